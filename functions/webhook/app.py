@@ -1,0 +1,26 @@
+"""Provider callbacks (Lambda Function URL or API Gateway HTTP API): verify, settle, answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import LambdaFunctionUrlResolver, Response
+
+from convbridge.runtime import answer_callback, raw_body, route_library_logs
+
+logger = Logger(service="convbridge")
+route_library_logs(logger)
+app = LambdaFunctionUrlResolver()
+
+
+@app.post("/callbacks/<provider>")
+def provider_callback(provider: str) -> Response[str]:
+    event = app.current_event
+    status, body = answer_callback(provider, event.headers, raw_body(event.raw_event))
+    return Response(status_code=status, content_type="application/json", body=body)
+
+
+@logger.inject_lambda_context
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return app.resolve(event, context)

@@ -1,0 +1,129 @@
+"""Wiring: settings, rules, secrets, storages, providers and the HTTP client, built once per
+cold start and handed to the pipeline.
+
+Nothing here is created before it is needed: a trigger that only ever sees S3 never builds an
+STS client for another storage, never imports another cloud's SDK, and fetches a provider's
+secret only when that provider is first used.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from convbridge.errors import ConfigError
+from convbridge.http import make_client
+from convbridge.providers import PROVIDERS
+from convbridge.providers.base import Provider
+from convbridge.rules import RuleSet, load_rules
+from convbridge.secrets import SecretStore
+from convbridge.settings import Settings
+from convbridge.storage import STORAGES
+from convbridge.storage.base import Storage
+
+
+class Bridge:
+    def __init__(
+        self,
+        settings: Settings,
+        rules: RuleSet,
+        secrets: SecretStore,
+        *,
+        http: httpx.Client | None = None,
+        storages: Mapping[str, Storage] | None = None,
+        aws_clients: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.rules = rules
+        self.secrets = secrets
+        self.http = http or make_client(settings.http_timeout_seconds)
+        self._storages: dict[str, Storage] = dict(storages or {})
+        self._providers: dict[str, Provider] = {}
+        self._aws = aws_clients or AwsClients(settings)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Bridge:
+        settings = Settings.from_env(env)
+        aws = AwsClients(settings)
+        rules = load_rules(settings.rules_location, read_ssm=aws.read_ssm, read_s3=aws.read_s3)
+        return cls(settings, rules, SecretStore(aws.client("secretsmanager")), aws_clients=aws)
+
+    def storage(self, name: str) -> Storage:
+        with self._lock:
+            if name not in self._storages:
+                cls = STORAGES.load(name)
+                self._storages[name] = build_storage(cls, self.settings, self._aws)
+            return self._storages[name]
+
+    def provider_class(self, name: str) -> type[Provider]:
+        return PROVIDERS.load(name)
+
+    def provider(self, name: str) -> Provider:
+        with self._lock:
+            if name not in self._providers:
+                cls = PROVIDERS.load(name)
+                secret = self.secrets.get(self.settings.provider_secret_name(name))
+                self._providers[name] = cls(
+                    api_key=secret.field("api_key"),
+                    signing_secret=secret.optional("signing_secret"),
+                    base_url=self.settings.base_url(name),
+                    http=self.http,
+                )
+            return self._providers[name]
+
+    def context_key(self) -> bytes:
+        secret = self.secrets.get(self.settings.context_secret_name)
+        key = secret.optional("key") or secret.field("value")
+        if len(key) < 32:
+            raise ConfigError("the context signing secret must be at least 32 characters")
+        return key.encode()
+
+
+class AwsClients:
+    """boto3 clients created on first use; boto3 itself is imported only then."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def client(self, service: str) -> Any:
+        with self._lock:
+            if service not in self._clients:
+                import boto3
+
+                kwargs: dict[str, Any] = {"region_name": self._settings.region}
+                if service == "s3":
+                    from convbridge.storage.s3 import S3_CLIENT_CONFIG
+
+                    kwargs["config"] = S3_CLIENT_CONFIG
+                    if self._settings.s3_endpoint_url:
+                        kwargs["endpoint_url"] = self._settings.s3_endpoint_url
+                self._clients[service] = boto3.client(service, **kwargs)  # type: ignore[call-overload]
+            return self._clients[service]
+
+    def read_ssm(self, name: str) -> str:
+        answer = self.client("ssm").get_parameter(Name=name, WithDecryption=True)
+        return str(answer["Parameter"]["Value"])
+
+    def read_s3(self, bucket: str, key: str) -> str:
+        body = self.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
+        return str(body.read().decode("utf-8"))
+
+
+def build_storage(cls: type[Storage], settings: Settings, aws: AwsClients) -> Storage:
+    if cls.name == "s3":
+        from convbridge.storage.s3 import S3Storage
+
+        return S3Storage(
+            s3_client=aws.client("s3"),
+            sts_client=aws.client("sts") if settings.grant_role_arn else None,
+            grant_role_arn=settings.grant_role_arn,
+            region=settings.region,
+            endpoint_url=settings.s3_endpoint_url,
+        )
+    raise ConfigError(f"storage {cls.name!r} is not wired yet")

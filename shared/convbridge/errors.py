@@ -1,0 +1,99 @@
+"""The exceptions convbridge raises, one tree so callers can catch at the depth they care about.
+
+    ConvbridgeError
+    ├── ConfigError                 settings or rules are unusable; fail the cold start loudly
+    │   └── RulesError              the rules file has problems (all of them listed)
+    ├── SecretError                 a secret could not be fetched or lacks a field
+    ├── RejectedObject              a stored object that will not be converted (empty, too big, ...)
+    ├── StorageError                a storage call failed (vendor error wrapped)
+    │   └── GrantError              a scoped credential could not be minted
+    ├── ProviderError               the conversion provider refused or failed a call
+    │   ├── ProviderRejected        4xx other than 429: retrying will not help
+    │   └── ProviderUnavailable     429/5xx/connection errors that outlived the retry budget
+    └── CallbackError               a provider callback that must not be trusted
+        ├── CallbackTooLarge        body over the configured limit
+        ├── CallbackSignatureError  provider signature missing or wrong
+        └── ContextError            our own job context is missing, forged, or no longer matches a rule
+
+Vendor exceptions (botocore, httpx, yaml) are wrapped at the adapter boundary with
+``raise ... from exc`` so nothing above the adapters needs to know which SDK was used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class ConvbridgeError(Exception):
+    """Base of every error convbridge raises on purpose."""
+
+
+class ConfigError(ConvbridgeError):
+    """The environment or configuration is unusable."""
+
+
+class RulesError(ConfigError):
+    """The rules file is invalid; ``problems`` lists every problem found, not just the first."""
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        listed = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"rules file {source} has {len(self.problems)} problem(s):\n{listed}")
+
+
+class SecretError(ConvbridgeError):
+    """A secret could not be read. The message names the secret, never its value."""
+
+
+class RejectedObject(ConvbridgeError):
+    """An object that matched a rule but will not be converted; becomes a failure report."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+class StorageError(ConvbridgeError):
+    """A storage operation failed."""
+
+
+class GrantError(StorageError):
+    """A scoped credential could not be minted."""
+
+
+class ProviderError(ConvbridgeError):
+    """A conversion provider refused or failed a request."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(message if status is None else f"HTTP {status}: {message}")
+
+
+class ProviderRejected(ProviderError):
+    """The provider answered 4xx (not 429); the request itself is wrong and will not be retried."""
+
+
+class ProviderUnavailable(ProviderError):
+    """Throttling, server errors or network failures outlasted the retry budget."""
+
+
+class CallbackError(ConvbridgeError):
+    """A callback that is not acted on. ``status`` is the HTTP answer to give the caller."""
+
+    status = 400
+
+
+class CallbackTooLarge(CallbackError):
+    status = 413
+
+
+class CallbackSignatureError(CallbackError):
+    status = 401
+
+
+class ContextError(CallbackError):
+    status = 401

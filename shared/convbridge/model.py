@@ -1,0 +1,116 @@
+"""The values that flow through convbridge: what landed, what may touch it, what to make, what came back.
+
+All are frozen dataclasses so a value that crossed a trust boundary cannot be altered later.
+Secret material lives only in ``Grant.secret`` and is kept out of ``repr`` so that logging a
+grant (or a JobSpec holding one) never prints a credential.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+Route = Literal["native", "relay"]
+GrantKind = Literal["presigned_url", "sts_session"]
+OutcomeStatus = Literal["finished", "failed"]
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """One stored object. ``location`` is the bucket/container/host; ``version`` is what makes
+    two uploads of the same key distinct (S3 versionId or ETag, Azure ETag, GCS generation,
+    SFTP size+mtime)."""
+
+    storage: str
+    location: str
+    key: str
+    version: str | None = None
+    size: int | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.storage}://{self.location}/{self.key}"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A short-lived credential scoped to one object (read) or one job's outputs (write).
+
+    ``scope`` describes in words what the grant allows, for logs and records. ``secret`` holds
+    the credential itself (access key, secret key, session token) and never appears in repr.
+    """
+
+    kind: GrantKind
+    storage: str
+    location: str
+    scope: str
+    expires_at: datetime
+    key: str | None = None
+    prefix: str | None = None
+    region: str | None = None
+    endpoint: str | None = None
+    url: str | None = field(default=None, repr=False)
+    secret: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class ConversionSpec:
+    """What to make: ``input_format`` -> ``output_format`` with provider ``options``."""
+
+    input_format: str
+    output_format: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutputTarget:
+    """Where a job's output goes: an exact key for one output."""
+
+    storage: str
+    location: str
+    key: str
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a provider adapter needs to build one job; no adapter reads settings itself."""
+
+    source: ObjectRef
+    rule: str
+    conversion: ConversionSpec
+    route: Route
+    read_grant: Grant
+    write_grant: Grant | None
+    output: OutputTarget
+    context_token: str = field(repr=False)
+    webhook_url: str = field(repr=False)
+    filename: str = ""
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One file a job produced: where it is now (``key``) or where to fetch it (``url``)."""
+
+    filename: str
+    size: int | None = None
+    key: str | None = None
+    url: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """A provider's verdict on one job, parsed from a callback or a status read."""
+
+    provider: str
+    job_id: str
+    status: OutcomeStatus
+    context_token: str | None = field(default=None, repr=False)
+    event: str = ""
+    outputs: tuple[OutputFile, ...] = ()
+    failed_task: str | None = None
+    code: str | None = None
+    message: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None

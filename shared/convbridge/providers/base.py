@@ -1,0 +1,131 @@
+"""The provider adapter contract: four abstract operations, the request/callback flow here.
+
+An adapter turns a :class:`JobSpec` into the provider's job document, creates it, and turns a
+callback back into a :class:`JobOutcome`. It declares which scoped grants it accepts natively
+per storage (``native_imports`` / ``native_exports``) so the planner can choose native or relay
+without knowing any provider.
+"""
+
+from __future__ import annotations
+
+import hmac
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from hashlib import sha256
+from typing import Any, ClassVar
+
+import httpx
+
+from convbridge.errors import CallbackSignatureError, ProviderRejected, ProviderUnavailable
+from convbridge.model import JobOutcome, JobSpec
+
+
+class Provider(ABC):
+    """One conversion API dialect."""
+
+    name: ClassVar[str]
+    #: storage name -> grant kinds the provider's import task accepts without widening scope
+    native_imports: ClassVar[Mapping[str, frozenset[str]]] = {}
+    #: storage name -> grant kinds the provider's export task accepts without widening scope
+    native_exports: ClassVar[Mapping[str, frozenset[str]]] = {}
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        signing_secret: str | None,
+        base_url: str,
+        http: httpx.Client,
+    ) -> None:
+        self._api_key = api_key
+        self._signing_secret = signing_secret
+        self.base_url = base_url.rstrip("/")
+        self._http = http
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    @abstractmethod
+    def build_job(self, spec: JobSpec) -> dict[str, Any]:
+        """The provider's job document for ``spec``; pure, no I/O."""
+
+    @abstractmethod
+    def create_job(self, document: Mapping[str, Any]) -> str:
+        """Send the job document; return the provider's job id."""
+
+    @abstractmethod
+    def verify_callback(self, headers: Mapping[str, str], body: bytes) -> None:
+        """Raise CallbackSignatureError unless the callback is genuine."""
+
+    @abstractmethod
+    def parse_callback(self, body: bytes) -> JobOutcome | None:
+        """The outcome a verified callback reports, or None for events that need no action."""
+
+    def start(self, spec: JobSpec) -> str:
+        return self.create_job(self.build_job(spec))
+
+    def accept_callback(self, headers: Mapping[str, str], body: bytes) -> JobOutcome | None:
+        self.verify_callback(headers, body)
+        return self.parse_callback(body)
+
+    # helpers shared by the dialects
+
+    def _verify_hmac_hex(self, headers: Mapping[str, str], header: str, body: bytes) -> None:
+        """Check a lowercase-hex HMAC-SHA256 of the exact raw body, in constant time."""
+        if not self._signing_secret:
+            raise CallbackSignatureError(f"{self.name}: no signing secret configured")
+        given = _header(headers, header)
+        if not given:
+            raise CallbackSignatureError(f"missing {header} header")
+        expected = hmac.new(self._signing_secret.encode(), body, sha256).hexdigest()
+        if not hmac.compare_digest(expected, given.strip().lower()):
+            raise CallbackSignatureError(f"{header} does not match the body")
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request; provider answers become ProviderRejected / ProviderUnavailable."""
+        try:
+            response = self._http.request(method, f"{self.base_url}{path}", **kwargs)
+        except httpx.HTTPError as exc:
+            raise ProviderUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code == 429 or response.status_code >= 500:
+            raise ProviderUnavailable(
+                f"{self.name}: {_error_message(response)}", status=response.status_code
+            )
+        if response.status_code >= 400:
+            raise ProviderRejected(
+                f"{self.name}: {_error_message(response)}",
+                status=response.status_code,
+                code=_error_code(response),
+            )
+        return response
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    wanted = name.lower()
+    for key, value in headers.items():
+        if key.lower() == wanted:
+            return value
+    return None
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _error_message(response: httpx.Response) -> str:
+    body = _json_or_none(response)
+    if isinstance(body, dict):
+        for field in ("message", "msg", "error"):
+            if isinstance(body.get(field), str):
+                return str(body[field])
+    return response.text[:500] or response.reason_phrase
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    body = _json_or_none(response)
+    if isinstance(body, dict) and isinstance(body.get("code"), str):
+        return str(body["code"])
+    return None

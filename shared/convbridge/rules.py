@@ -1,0 +1,283 @@
+"""The rules file: which objects to convert, into what, by which provider, and where results go.
+
+Loaded once per cold start from a path, an SSM parameter (``ssm:/name``) or an S3 object
+(``s3://bucket/key``) and validated completely: a bad file raises :class:`RulesError` listing
+every problem, so a deploy fails on the first try with the whole list.
+
+Example::
+
+    version: 1
+    rules:
+      - name: photos-to-pdf
+        match: {storage: s3, location: my-bucket, prefix: inbox/, suffixes: [.png, .jpg]}
+        convert: {to: pdf, options: {}}
+        provider: cloudconvert
+        outputs: outbox/
+        results: results/
+        failures: failures/
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from convbridge.errors import ConfigError, RulesError
+from convbridge.model import ObjectRef
+
+#: Formats a rule may ask for. Providers convert far more pairs than any one list; this list
+#: exists to catch typos (``pfd``) at load time rather than as a failed job per upload.
+KNOWN_FORMATS = frozenset(
+    """png jpg jpeg webp gif tiff tif bmp ico avif heic svg eps psd pdf docx doc odt rtf txt html
+    md epub xlsx xls ods csv pptx ppt odp mp3 wav ogg flac m4a mp4 mov webm mkv avi""".split()
+)
+STORAGE_NAMES = frozenset({"s3", "azure_blob", "gcs", "sftp"})
+PROVIDER_NAMES = frozenset({"cloudconvert", "freeconvert", "onlineconvert", "cloudconvert_v1"})
+READ_GRANT_KINDS = frozenset({"presigned_url", "sts_session"})
+FAILURE_POLICIES = frozenset({"report"})
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEFAULT_MAX_SIZE = 1024 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    storage: str
+    location: str
+    prefix: str
+    suffixes: tuple[str, ...]
+    output_format: str
+    provider: str
+    outputs_prefix: str
+    results_prefix: str
+    failures_prefix: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    read_grant: str = "presigned_url"
+    max_size_bytes: int = DEFAULT_MAX_SIZE
+    on_failure: str = "report"
+
+    def covers(self, ref: ObjectRef) -> bool:
+        """Storage, location and prefix match; suffix decides later whether it converts."""
+        return (
+            ref.storage == self.storage
+            and ref.location == self.location
+            and ref.key.startswith(self.prefix)
+        )
+
+    def wants(self, ref: ObjectRef) -> bool:
+        return self.covers(ref) and (
+            not self.suffixes or ref.key.lower().endswith(self.suffixes)
+        )
+
+    def owns(self, key: str) -> bool:
+        """True for keys the bridge itself writes under this rule (the loop guard)."""
+        return key.startswith((self.outputs_prefix, self.results_prefix, self.failures_prefix))
+
+    def relative(self, key: str) -> str:
+        return key[len(self.prefix):]
+
+    def output_key(self, key: str) -> str:
+        stem, dot, _ = self.relative(key).rpartition(".")
+        return f"{self.outputs_prefix}{stem if dot else self.relative(key)}.{self.output_format}"
+
+    def result_key(self, key: str) -> str:
+        return f"{self.results_prefix}{self.relative(key)}.json"
+
+    def failure_key(self, key: str) -> str:
+        return f"{self.failures_prefix}{self.relative(key)}.json"
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    rules: tuple[Rule, ...]
+    source: str = "<memory>"
+
+    def match(self, ref: ObjectRef) -> Rule | None:
+        """The first rule that wants ``ref``. Objects the bridge wrote are never matched."""
+        if self.is_own_write(ref):
+            return None
+        for rule in self.rules:
+            if rule.wants(ref):
+                return rule
+        return None
+
+    def covering(self, ref: ObjectRef) -> Rule | None:
+        """The first rule whose location and prefix cover ``ref``, whatever its suffix."""
+        return next((r for r in self.rules if r.covers(ref)), None)
+
+    def is_own_write(self, ref: ObjectRef) -> bool:
+        from convbridge.storage.base import OUTPUT_MARKER
+
+        if OUTPUT_MARKER in ref.metadata:
+            return True
+        return any(
+            rule.storage == ref.storage and rule.location == ref.location and rule.owns(ref.key)
+            for rule in self.rules
+        )
+
+    def get(self, name: str) -> Rule | None:
+        return next((r for r in self.rules if r.name == name), None)
+
+
+def parse_rules(text: str, source: str = "<memory>") -> RuleSet:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RulesError(source, [f"not valid YAML: {exc}"]) from exc
+    problems: list[str] = []
+    if not isinstance(document, dict):
+        raise RulesError(source, ["the file must be a mapping with 'version' and 'rules'"])
+    if document.get("version") != 1:
+        problems.append(f"version must be 1, got {document.get('version')!r}")
+    raw_rules = document.get("rules")
+    if not isinstance(raw_rules, list) or not raw_rules:
+        problems.append("'rules' must be a non-empty list")
+        raw_rules = []
+    rules: list[Rule] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(raw_rules):
+        rule = _parse_rule(raw, f"rules[{index}]", problems)
+        if rule is None:
+            continue
+        if rule.name in seen:
+            problems.append(f"rules[{index}]: duplicate rule name {rule.name!r}")
+        seen.add(rule.name)
+        rules.append(rule)
+    for rule in rules:
+        for other in rules:
+            if other.storage == rule.storage and other.location == rule.location:
+                for written in (other.outputs_prefix, other.results_prefix, other.failures_prefix):
+                    if rule.prefix.startswith(written) and rule.prefix != "":
+                        problems.append(
+                            f"rule {rule.name!r} watches {rule.prefix!r}, which is inside "
+                            f"{written!r} where rule {other.name!r} writes"
+                        )
+    if problems:
+        raise RulesError(source, problems)
+    return RuleSet(tuple(rules), source)
+
+
+def _parse_rule(raw: Any, where: str, problems: list[str]) -> Rule | None:
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: must be a mapping")
+        return None
+    before = len(problems)
+    known = {"name", "match", "convert", "provider", "outputs", "results", "failures",
+             "read_grant", "max_size_bytes", "on_failure"}
+    for extra in sorted(set(raw) - known):
+        problems.append(f"{where}: unknown field {extra!r}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        problems.append(f"{where}.name: must be 1-64 of letters, digits, '_', '.', '-'")
+        name = where
+    else:
+        where = f"rule {name!r}"
+    match = raw.get("match")
+    if not isinstance(match, dict):
+        problems.append(f"{where}.match: must be a mapping with storage, location, prefix")
+        match = {}
+    storage = match.get("storage")
+    if storage not in STORAGE_NAMES:
+        problems.append(f"{where}.match.storage: {storage!r} is not one of {sorted(STORAGE_NAMES)}")
+    location = match.get("location")
+    if not isinstance(location, str) or not location:
+        problems.append(f"{where}.match.location: the bucket/container/host is required")
+    prefix = _prefix(match.get("prefix", ""), f"{where}.match.prefix", problems)
+    suffixes_raw = match.get("suffixes", [])
+    suffixes: list[str] = []
+    if not isinstance(suffixes_raw, list):
+        problems.append(f"{where}.match.suffixes: must be a list like ['.png', '.jpg']")
+    else:
+        for suffix in suffixes_raw:
+            if not isinstance(suffix, str) or not suffix.startswith(".") or len(suffix) < 2:
+                problems.append(f"{where}.match.suffixes: {suffix!r} must look like '.png'")
+            else:
+                suffixes.append(suffix.lower())
+    convert = raw.get("convert")
+    if not isinstance(convert, dict):
+        problems.append(f"{where}.convert: must be a mapping with 'to'")
+        convert = {}
+    output_format = str(convert.get("to", "")).lower().lstrip(".")
+    if output_format not in KNOWN_FORMATS:
+        problems.append(f"{where}.convert.to: unknown output format {convert.get('to')!r}")
+    options = convert.get("options", {})
+    if not isinstance(options, dict):
+        problems.append(f"{where}.convert.options: must be a mapping")
+        options = {}
+    provider = raw.get("provider")
+    if provider not in PROVIDER_NAMES:
+        problems.append(f"{where}.provider: {provider!r} is not one of {sorted(PROVIDER_NAMES)}")
+    outputs = _prefix(raw.get("outputs"), f"{where}.outputs", problems, required=True)
+    results = _prefix(raw.get("results"), f"{where}.results", problems, required=True)
+    failures = _prefix(raw.get("failures"), f"{where}.failures", problems, required=True)
+    written = [p for p in (outputs, results, failures) if p]
+    if len(set(written)) != len(written):
+        problems.append(f"{where}: outputs, results and failures must be different prefixes")
+    read_grant = raw.get("read_grant", "presigned_url")
+    if read_grant not in READ_GRANT_KINDS:
+        problems.append(f"{where}.read_grant: {read_grant!r} is not one of "
+                        f"{sorted(READ_GRANT_KINDS)}")
+    max_size = raw.get("max_size_bytes", DEFAULT_MAX_SIZE)
+    if not isinstance(max_size, int) or isinstance(max_size, bool) or max_size <= 0:
+        problems.append(f"{where}.max_size_bytes: must be a positive integer")
+        max_size = DEFAULT_MAX_SIZE
+    on_failure = raw.get("on_failure", "report")
+    if on_failure not in FAILURE_POLICIES:
+        problems.append(f"{where}.on_failure: {on_failure!r} is not one of "
+                        f"{sorted(FAILURE_POLICIES)}")
+    if len(problems) > before:
+        return None
+    return Rule(
+        name=name, storage=str(storage), location=str(location), prefix=prefix,
+        suffixes=tuple(suffixes), output_format=output_format, options=dict(options),
+        provider=str(provider), outputs_prefix=outputs, results_prefix=results,
+        failures_prefix=failures, read_grant=str(read_grant), max_size_bytes=max_size,
+        on_failure=str(on_failure),
+    )
+
+
+def _prefix(value: Any, where: str, problems: list[str], *, required: bool = False) -> str:
+    if value is None or value == "":
+        if required:
+            problems.append(f"{where}: required (a prefix ending in '/')")
+        return ""
+    if not isinstance(value, str) or not value.endswith("/") or value.startswith("/"):
+        problems.append(f"{where}: {value!r} must be a relative prefix ending in '/'")
+        return ""
+    if any(part in {"..", "."} for part in value.split("/")):
+        problems.append(f"{where}: {value!r} must not contain '.' or '..' segments")
+        return ""
+    return value
+
+
+Fetcher = Callable[[str], str]
+
+
+def load_rules(
+    location: str,
+    *,
+    read_ssm: Fetcher | None = None,
+    read_s3: Callable[[str, str], str] | None = None,
+) -> RuleSet:
+    """Load from a path, ``ssm:/parameter`` or ``s3://bucket/key``; the readers are injected so
+    only the client the location needs is ever created."""
+    try:
+        if location.startswith("ssm:"):
+            if read_ssm is None:
+                raise ConfigError("rules in SSM need an SSM reader")
+            text = read_ssm(location[len("ssm:"):])
+        elif location.startswith("s3://"):
+            if read_s3 is None:
+                raise ConfigError("rules in S3 need an S3 reader")
+            bucket, _, key = location[len("s3://"):].partition("/")
+            text = read_s3(bucket, key)
+        else:
+            text = Path(location).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read rules from {location}: {exc}") from exc
+    return parse_rules(text, location)

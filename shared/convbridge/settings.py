@@ -1,0 +1,120 @@
+"""Environment -> validated :class:`Settings`, read once per cold start.
+
+Settings hold secret *names* (ARNs) only; the values are fetched by :mod:`convbridge.secrets`
+when first needed, so nothing sensitive sits in the environment or in a settings repr.
+Every problem in the environment is reported at once, not one per deploy.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+from convbridge.errors import ConfigError
+
+PREFIX = "CONVBRIDGE_"
+
+DEFAULT_BASE_URLS = {
+    "cloudconvert": "https://api.cloudconvert.com/v2",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    rules_location: str
+    context_secret_name: str
+    webhook_url: str | None = None
+    provider_secret_names: Mapping[str, str] = field(default_factory=dict)
+    provider_base_urls: Mapping[str, str] = field(default_factory=dict)
+    grant_role_arn: str | None = None
+    read_grant_seconds: int = 900
+    write_grant_seconds: int = 3600
+    s3_endpoint_url: str | None = None
+    region: str = "us-east-1"
+    max_callback_bytes: int = 1024 * 1024
+    http_timeout_seconds: float = 10.0
+    context_max_age_seconds: int = 7 * 24 * 3600
+
+    def base_url(self, provider: str) -> str:
+        try:
+            return self.provider_base_urls.get(provider) or DEFAULT_BASE_URLS[provider]
+        except KeyError:
+            raise ConfigError(f"no base URL known for provider {provider!r}; set "
+                              f"{PREFIX}{provider.upper()}_URL") from None
+
+    def provider_secret_name(self, provider: str) -> str:
+        try:
+            return self.provider_secret_names[provider]
+        except KeyError:
+            raise ConfigError(f"no secret configured for provider {provider!r}; set "
+                              f"{PREFIX}SECRET_{provider.upper()}") from None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        problems: list[str] = []
+
+        def required(name: str) -> str:
+            value = env.get(PREFIX + name, "").strip()
+            if not value:
+                problems.append(f"{PREFIX}{name} is not set")
+            return value
+
+        def integer(name: str, default: int, low: int, high: int) -> int:
+            raw = env.get(PREFIX + name)
+            if raw is None or raw.strip() == "":
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                problems.append(f"{PREFIX}{name}={raw!r} is not an integer")
+                return default
+            if not low <= value <= high:
+                problems.append(f"{PREFIX}{name}={value} is outside {low}..{high}")
+            return value
+
+        def url(name: str) -> str | None:
+            raw = env.get(PREFIX + name, "").strip() or None
+            if raw is not None and urlparse(raw).scheme not in {"http", "https"}:
+                problems.append(f"{PREFIX}{name}={raw!r} is not an http(s) URL")
+            return raw
+
+        secret_names: dict[str, str] = {}
+        base_urls: dict[str, str] = {}
+        for key, value in env.items():
+            if key.startswith(PREFIX + "SECRET_") and value.strip():
+                secret_names[key[len(PREFIX + "SECRET_"):].lower()] = value.strip()
+        for provider in DEFAULT_BASE_URLS:
+            found = url(f"{provider.upper()}_URL")
+            if found:
+                base_urls[provider] = found
+
+        timeout_raw = env.get(PREFIX + "HTTP_TIMEOUT_SECONDS", "10")
+        try:
+            timeout = float(timeout_raw)
+        except ValueError:
+            problems.append(f"{PREFIX}HTTP_TIMEOUT_SECONDS={timeout_raw!r} is not a number")
+            timeout = 10.0
+
+        settings = cls(
+            rules_location=required("RULES"),
+            context_secret_name=required("CONTEXT_SECRET"),
+            webhook_url=url("WEBHOOK_URL"),
+            provider_secret_names=secret_names,
+            provider_base_urls=base_urls,
+            grant_role_arn=env.get(PREFIX + "GRANT_ROLE_ARN", "").strip() or None,
+            # STS cannot go below 15 minutes; presigned URLs may.
+            read_grant_seconds=integer("READ_GRANT_SECONDS", 900, 60, 43200),
+            write_grant_seconds=integer("WRITE_GRANT_SECONDS", 3600, 900, 3600),
+            s3_endpoint_url=url("S3_ENDPOINT_URL"),
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            max_callback_bytes=integer("MAX_CALLBACK_BYTES", 1024 * 1024, 1024, 6 * 1024 * 1024),
+            http_timeout_seconds=timeout,
+            context_max_age_seconds=integer("CONTEXT_MAX_AGE_SECONDS", 7 * 24 * 3600, 60,
+                                            30 * 24 * 3600),
+        )
+        if problems:
+            raise ConfigError("invalid environment:\n" + "\n".join(f"  - {p}" for p in problems))
+        return settings

@@ -1,0 +1,243 @@
+"""Amazon S3 (and S3-compatible servers): scoped grants and streaming I/O.
+
+Read grants are a SigV4 presigned GET for the one key, or STS AssumeRole credentials whose
+inline session policy allows only ``s3:GetObject`` on that object's ARN. Write grants are STS
+credentials allowing only ``s3:PutObject`` on the job's own output key (and, for jobs with
+several outputs, the folder named after it). The role assumed carries the broad base
+permissions; the session policy is the intersection that actually reaches the provider.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+import botocore.exceptions
+from botocore.config import Config
+
+from convbridge.errors import GrantError, StorageError
+from convbridge.model import Grant, ObjectRef, OutputTarget
+from convbridge.storage.base import Storage
+
+#: S3's own floor for multipart parts; also the most the relay holds in memory per upload.
+PART_SIZE = 8 * 1024 * 1024
+READ_CHUNK = 1024 * 1024
+#: STS rejects inline session policies longer than this.
+MAX_SESSION_POLICY = 2048
+#: In IAM resource ARNs ``*``, ``?`` and ``$`` are wildcard/variable syntax; a key holding them
+#: must be spelled with policy variables, or the grant would reach other objects.
+_IAM_SPECIAL = re.compile(r"[*?$]")
+
+S3_CLIENT_CONFIG = Config(signature_version="s3v4", s3={"addressing_style": "path"})
+
+
+def object_arn(bucket: str, key: str) -> str:
+    escaped = _IAM_SPECIAL.sub(lambda m: "${" + m.group(0) + "}", key)
+    return f"arn:aws:s3:::{bucket}/{escaped}"
+
+
+def session_policy(action: str, resources: list[str]) -> str:
+    document = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": [action], "Resource": resources}],
+    }
+    return json.dumps(document, separators=(",", ":"))
+
+
+def session_name(purpose: str, bucket: str, key: str) -> str:
+    """RoleSessionName must be 2-64 of ``[\\w+=,.@-]``; a digest keeps it unique per object and
+    traceable in CloudTrail without putting the (possibly hostile) key in it."""
+    digest = hashlib.sha256(f"{bucket}/{key}".encode()).hexdigest()[:32]
+    return f"convbridge-{purpose}-{digest}"
+
+
+class S3Storage(Storage):
+    name: ClassVar[str] = "s3"
+
+    def __init__(
+        self,
+        *,
+        s3_client: Any,
+        sts_client: Any = None,
+        grant_role_arn: str | None = None,
+        region: str = "us-east-1",
+        endpoint_url: str | None = None,
+    ) -> None:
+        self._s3 = s3_client
+        self._sts = sts_client
+        self._grant_role_arn = grant_role_arn
+        self.region = region
+        #: handed to providers so they reach the same S3-compatible server the bridge uses
+        self.endpoint_url = endpoint_url
+
+    def __repr__(self) -> str:
+        return f"S3Storage(region={self.region!r}, endpoint_url={self.endpoint_url!r})"
+
+    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *, kind: str = "presigned_url") -> Grant:
+        expires = datetime.now(UTC) + timedelta(seconds=ttl_seconds)
+        scope = f"s3:GetObject on s3://{ref.location}/{ref.key}"
+        if kind == "presigned_url":
+            params = {"Bucket": ref.location, "Key": ref.key}
+            try:
+                url = self._s3.generate_presigned_url(
+                    "get_object", Params=params, ExpiresIn=ttl_seconds
+                )
+            except botocore.exceptions.BotoCoreError as exc:
+                raise GrantError(f"cannot presign a read of {ref}: {exc}") from exc
+            return Grant(
+                kind="presigned_url", storage=self.name, location=ref.location, key=ref.key,
+                scope=scope, expires_at=expires, region=self.region,
+                endpoint=self.endpoint_url, url=url,
+            )
+        if kind == "sts_session":
+            policy = session_policy("s3:GetObject", [object_arn(ref.location, ref.key)])
+            secret, expires = self._assume(session_name("read", ref.location, ref.key), policy,
+                                           ttl_seconds)
+            return Grant(
+                kind="sts_session", storage=self.name, location=ref.location, key=ref.key,
+                scope=scope, expires_at=expires, region=self.region,
+                endpoint=self.endpoint_url, secret=secret,
+            )
+        raise GrantError(f"s3 cannot mint a read grant of kind {kind!r}")
+
+    def grant_write(self, target: OutputTarget, ttl_seconds: int) -> Grant:
+        stem, _, _ = target.key.rpartition(".")
+        folder = f"{stem or target.key}/"
+        resources = [object_arn(target.location, target.key),
+                     object_arn(target.location, folder) + "*"]
+        policy = session_policy("s3:PutObject", resources)
+        secret, expires = self._assume(session_name("write", target.location, target.key), policy,
+                                       ttl_seconds)
+        return Grant(
+            kind="sts_session", storage=self.name, location=target.location, key=target.key,
+            prefix=folder,
+            scope=f"s3:PutObject on s3://{target.location}/{target.key} and {folder}*",
+            expires_at=expires, region=self.region, endpoint=self.endpoint_url, secret=secret,
+        )
+
+    def _assume(self, name: str, policy: str, ttl_seconds: int) -> tuple[dict[str, str], datetime]:
+        if self._sts is None or not self._grant_role_arn:
+            raise GrantError("STS grants need CONVBRIDGE_GRANT_ROLE_ARN and an STS client")
+        if len(policy) > MAX_SESSION_POLICY:
+            raise GrantError(
+                f"session policy is {len(policy)} characters, over the STS limit of "
+                f"{MAX_SESSION_POLICY}; the key is too long for an STS grant"
+            )
+        try:
+            answer = self._sts.assume_role(
+                RoleArn=self._grant_role_arn,
+                RoleSessionName=name,
+                Policy=policy,
+                # STS refuses less than 15 minutes; role chaining caps it at one hour.
+                DurationSeconds=min(max(ttl_seconds, 900), 3600),
+            )
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise GrantError(f"AssumeRole on the grant role failed: {_describe(exc)}") from exc
+        creds = answer["Credentials"]
+        secret = {
+            "access_key_id": creds["AccessKeyId"],
+            "secret_access_key": creds["SecretAccessKey"],
+            "session_token": creds["SessionToken"],
+        }
+        expiration = creds["Expiration"]
+        if not isinstance(expiration, datetime):
+            expiration = datetime.fromisoformat(str(expiration))
+        return secret, expiration
+
+    def read_stream(self, location: str, key: str) -> Iterator[bytes]:
+        try:
+            body = self._s3.get_object(Bucket=location, Key=key)["Body"]
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise StorageError(f"cannot read s3://{location}/{key}: {_describe(exc)}") from exc
+        try:
+            yield from body.iter_chunks(READ_CHUNK)
+        finally:
+            body.close()
+
+    def write_stream(
+        self,
+        location: str,
+        key: str,
+        chunks: Iterable[bytes],
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: Mapping[str, str] | None = None,
+    ) -> int:
+        extra: dict[str, Any] = {"ContentType": content_type, "Metadata": dict(metadata or {})}
+        buffer = bytearray()
+        iterator = iter(chunks)
+        for chunk in iterator:
+            buffer += chunk
+            if len(buffer) >= PART_SIZE:
+                return self._multipart(location, key, buffer, iterator, extra)
+        try:
+            self._s3.put_object(Bucket=location, Key=key, Body=bytes(buffer), **extra)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise StorageError(f"cannot write s3://{location}/{key}: {_describe(exc)}") from exc
+        return len(buffer)
+
+    def _multipart(
+        self,
+        location: str,
+        key: str,
+        buffer: bytearray,
+        rest: Iterator[bytes],
+        extra: dict[str, Any],
+    ) -> int:
+        """Multipart upload holding at most about two parts in memory. Nothing appears under
+        ``key`` until CompleteMultipartUpload; any failure aborts the upload."""
+        upload_id = self._s3.create_multipart_upload(Bucket=location, Key=key, **extra)["UploadId"]
+        parts: list[dict[str, Any]] = []
+        total = 0
+
+        def flush(data: bytes) -> None:
+            nonlocal total
+            answer = self._s3.upload_part(
+                Bucket=location, Key=key, UploadId=upload_id, PartNumber=len(parts) + 1, Body=data
+            )
+            parts.append({"PartNumber": len(parts) + 1, "ETag": answer["ETag"]})
+            total += len(data)
+
+        try:
+            for chunk in rest:
+                buffer += chunk
+                while len(buffer) >= PART_SIZE:
+                    flush(bytes(buffer[:PART_SIZE]))
+                    del buffer[:PART_SIZE]
+            if buffer or not parts:
+                flush(bytes(buffer))
+            self._s3.complete_multipart_upload(
+                Bucket=location, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException as exc:
+            self._s3.abort_multipart_upload(Bucket=location, Key=key, UploadId=upload_id)
+            if isinstance(exc, botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError):
+                raise StorageError(f"cannot write s3://{location}/{key}: {_describe(exc)}") from exc
+            raise
+        return total
+
+    def stat(self, location: str, key: str) -> ObjectRef | None:
+        try:
+            head = self._s3.head_object(Bucket=location, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise StorageError(f"cannot stat s3://{location}/{key}: {_describe(exc)}") from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise StorageError(f"cannot stat s3://{location}/{key}: {exc}") from exc
+        version = head.get("VersionId") or str(head.get("ETag", "")).strip('"') or None
+        return ObjectRef(
+            storage=self.name, location=location, key=key, version=version,
+            size=int(head.get("ContentLength", 0)), metadata=dict(head.get("Metadata", {})),
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".strip()
+    return str(exc)
