@@ -1,0 +1,64 @@
+"""Environment validation and secret handling."""
+
+from __future__ import annotations
+
+import pytest
+
+from convbridge.errors import ConfigError, SecretError
+from convbridge.secrets import SecretStore
+from convbridge.settings import Settings
+
+BASE = {"CONVBRIDGE_RULES": "/opt/rules.yaml", "CONVBRIDGE_CONTEXT_SECRET": "arn:ctx"}
+
+
+def test_minimal_environment_gets_defaults() -> None:
+    settings = Settings.from_env({**BASE, "CONVBRIDGE_SECRET_CLOUDCONVERT": "arn:cc"})
+    assert settings.read_grant_seconds == 900
+    assert settings.write_grant_seconds == 3600
+    assert settings.base_url("cloudconvert") == "https://api.cloudconvert.com/v2"
+    assert settings.provider_secret_name("cloudconvert") == "arn:cc"
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"CONVBRIDGE_READ_GRANT_SECONDS": "soon",
+                           "CONVBRIDGE_WRITE_GRANT_SECONDS": "7200",
+                           "CONVBRIDGE_WEBHOOK_URL": "ftp://x"})
+    message = str(caught.value)
+    for expected in ("CONVBRIDGE_RULES is not set", "CONVBRIDGE_CONTEXT_SECRET is not set",
+                     "READ_GRANT_SECONDS='soon'", "WRITE_GRANT_SECONDS=7200 is outside",
+                     "WEBHOOK_URL='ftp://x'"):
+        assert expected in message
+
+
+def test_missing_provider_secret_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="CONVBRIDGE_SECRET_CLOUDCONVERT"):
+        Settings.from_env(BASE).provider_secret_name("cloudconvert")
+
+
+class FakeSecretsManager:
+    def __init__(self, value: str) -> None:
+        self.value = value
+        self.calls = 0
+
+    def get_secret_value(self, SecretId: str) -> dict[str, str]:  # noqa: N803 (boto3 name)
+        self.calls += 1
+        return {"SecretString": self.value}
+
+
+def test_secret_values_are_cached_and_never_shown() -> None:
+    client = FakeSecretsManager('{"api_key": "sk-live-123", "signing_secret": "whsec-9"}')
+    store = SecretStore(client)
+    value = store.get("convbridge/cloudconvert")
+    assert value.field("api_key") == "sk-live-123"
+    store.get("convbridge/cloudconvert")
+    assert client.calls == 1
+    shown = repr(value) + str(value) + f"{value}"
+    assert "sk-live-123" not in shown and "whsec-9" not in shown
+    with pytest.raises(SecretError, match="no field 'nope'") as caught:
+        value.field("nope")
+    assert "sk-live-123" not in str(caught.value)
+
+
+def test_plain_string_secrets_are_one_value() -> None:
+    assert SecretStore(FakeSecretsManager("x" * 40)).get("ctx").field("value") == "x" * 40
