@@ -293,8 +293,9 @@ def _output_keys(output_key: str, outputs: tuple[OutputFile, ...]) -> list[str]:
     """One output goes to the rule's output key; several go into a folder named after it."""
     if len(outputs) == 1:
         return [output_key]
-    stem, _, _ = output_key.rpartition(".")
-    return [f"{stem}/{o.filename.rsplit('/', 1)[-1]}" for o in outputs]
+    directory, slash, name = output_key.rpartition("/")
+    folder = f"{directory}{slash}{name.rpartition('.')[0] or name}/"
+    return [f"{folder}{o.filename.rsplit('/', 1)[-1]}" for o in outputs]
 
 
 def _relay(bridge: Bridge, storage: Storage, context: JobContext, output: OutputFile,

@@ -105,8 +105,10 @@ class S3Storage(Storage):
         raise GrantError(f"s3 cannot mint a read grant of kind {kind!r}")
 
     def grant_write(self, target: OutputTarget, ttl_seconds: int) -> Grant:
-        stem, _, _ = target.key.rpartition(".")
-        folder = f"{stem or target.key}/"
+        directory, slash, name = target.key.rpartition("/")
+        # ".hidden" keeps its name; a dot in a parent folder never shortens the folder
+        stem = name.rpartition(".")[0] or name
+        folder = f"{directory}{slash}{stem}/"
         resources = [object_arn(target.location, target.key),
                      object_arn(target.location, folder) + "*"]
         policy = session_policy("s3:PutObject", resources)

