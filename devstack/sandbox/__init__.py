@@ -1,0 +1,11 @@
+"""A local, offline stand-in for the conversion providers: real HTTP, real conversions, real
+storage I/O with exactly the grants given, signed callbacks with retries, and fault injection.
+`Sandbox` runs one in a background thread (tests, demo, bench); `serve` runs one in the
+foreground (the `convbridge sandbox` command)."""
+
+from __future__ import annotations
+
+from .models import Faults
+from .server import Sandbox, serve
+
+__all__ = ["Faults", "Sandbox", "serve"]

@@ -1,0 +1,372 @@
+"""The CloudConvert API v2 dialect of the sandbox: bearer-key authentication, validation of
+`POST /v2/jobs` bodies, translation of CloudConvert task payloads into the neutral operation specs
+of models.py, rendering of jobs and tasks as CloudConvert returns them (`{"data": ...}`, with
+credentials hidden), and the signed `job.finished` / `job.failed` callback. Field and operation
+names follow the CloudConvert v2 documents in shared/seeds exactly; execution is not done here."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from .models import (
+    ApiRequest,
+    ApiResponse,
+    Backend,
+    Callback,
+    Convert,
+    ExportS3,
+    ExportUrl,
+    ImportS3,
+    ImportUrl,
+    Job,
+    Operation,
+    Task,
+    TaskSpec,
+    order_by_dependencies,
+)
+from .storage_io import S3Access
+
+DIALECT = "cloudconvert/v2"
+SIGNATURE_HEADER = "CloudConvert-Signature"
+USER_AGENT = "CloudConvert-Sandbox"
+
+# Never echoed back: CloudConvert hides credentials in every response.
+HIDDEN_FIELDS = frozenset({
+    "access_key_id", "secret_access_key", "session_token", "sas_token", "password",
+    "private_key", "storage_access_key", "headers",
+})
+
+# Documented by CloudConvert but not emulated here; rejected with a message saying so,
+# rather than accepted and then failed in a way the real service never would.
+NOT_EMULATED = frozenset({
+    "import/upload", "import/base64", "import/raw", "import/azure/blob",
+    "import/google-cloud-storage", "import/openstack", "import/sftp",
+    "export/azure/blob", "export/google-cloud-storage", "export/openstack", "export/sftp",
+    "optimize", "watermark", "capture-website", "thumbnail", "merge", "archive", "command",
+    "metadata", "metadata/write",
+})
+
+_TASK_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+# RFC 3987 forbids these unencoded; CloudConvert rejects such URLs (spaces included).
+_URL_FORBIDDEN = re.compile(r"[\s<>\"{}|\\^`\x00-\x1f\x7f]")
+_CONVERT_OPTIONS = ("quality", "width", "height")
+
+
+@dataclass(frozen=True)
+class _Fields:
+    required: tuple[str, ...] = ()
+    strings: tuple[str, ...] = ()
+    objects: tuple[str, ...] = ()
+
+
+_S3_STRINGS = (
+    "bucket", "region", "endpoint", "key", "key_prefix", "access_key_id", "secret_access_key",
+    "session_token",
+)
+_S3_REQUIRED = ("bucket", "region", "access_key_id", "secret_access_key")
+
+_SCHEMAS: dict[str, _Fields] = {
+    "import/url": _Fields(("url",), ("url", "filename"), ("headers",)),
+    "import/s3": _Fields(_S3_REQUIRED, (*_S3_STRINGS, "filename")),
+    "convert": _Fields(
+        ("input", "output_format"), ("input_format", "output_format", "filename"), ("options",)
+    ),
+    "export/s3": _Fields(
+        ("input", *_S3_REQUIRED),
+        (*_S3_STRINGS, "acl", "cache_control", "content_type", "server_side_encryption"),
+        ("metadata", "tagging"),
+    ),
+    "export/url": _Fields(("input",)),
+}
+
+
+class InvalidJob(Exception):
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        super().__init__("The given data was invalid.")
+        self.errors = errors
+
+
+def _json(status: int, payload: object, headers: Mapping[str, str] | None = None) -> ApiResponse:
+    return ApiResponse(
+        status,
+        json.dumps(payload).encode(),
+        {"Content-Type": "application/json", **(headers or {})},
+    )
+
+
+def _error(status: int, message: str, code: str, **extra: object) -> ApiResponse:
+    return _json(status, {"message": message, "code": code, **extra})
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: (None if k in HIDDEN_FIELDS else _redacted(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
+
+
+def _inputs(payload: Mapping[str, Any]) -> tuple[str, ...]:
+    value = payload.get("input")
+    return (value,) if isinstance(value, str) else tuple(value or ())
+
+
+def _valid_http_url(url: object) -> bool:
+    if not isinstance(url, str) or _URL_FORBIDDEN.search(url):
+        return False
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def validate_job(body: object) -> list[TaskSpec]:
+    """TaskSpecs in dependency order, or InvalidJob listing every problem found."""
+    errors: dict[str, list[str]] = {}
+
+    def fail(where: str, message: str) -> None:
+        errors.setdefault(where, []).append(message)
+
+    if not isinstance(body, dict):
+        raise InvalidJob({"tasks": ["The tasks field is required."]})
+    tasks = body.get("tasks")
+    if not isinstance(tasks, dict) or not tasks:
+        fail("tasks", "The tasks field is required and must be an object of named tasks.")
+        tasks = {}
+    for name in ("tag", "webhook_url"):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            fail(name, f"The {name} must be a string.")
+    if isinstance(body.get("webhook_url"), str) and not _valid_http_url(body["webhook_url"]):
+        fail("webhook_url", "The webhook_url format is invalid.")
+
+    for name, payload in tasks.items():
+        where = f"tasks.{name}"
+        if not _TASK_NAME.match(name):
+            fail(where, "Task names may only contain letters, digits, dashes and underscores.")
+        if not isinstance(payload, dict):
+            fail(where, f"The {where} must be an object.")
+            continue
+        operation = payload.get("operation")
+        schema = _SCHEMAS.get(operation) if isinstance(operation, str) else None
+        if schema is None:
+            if operation in NOT_EMULATED:
+                fail(f"{where}.operation",
+                     f"The operation {operation} is not emulated by the convbridge sandbox.")
+            else:
+                fail(f"{where}.operation", f"The selected {where}.operation is invalid.")
+            continue
+        for field_name in schema.required:
+            if payload.get(field_name) in (None, "", []):
+                fail(f"{where}.{field_name}", f"The {where}.{field_name} field is required.")
+        for field_name in schema.strings:
+            if payload.get(field_name) is not None and not isinstance(payload[field_name], str):
+                fail(f"{where}.{field_name}", f"The {where}.{field_name} must be a string.")
+        for field_name in schema.objects:
+            if payload.get(field_name) is not None and not isinstance(payload[field_name], dict):
+                fail(f"{where}.{field_name}", f"The {where}.{field_name} must be an object.")
+        if operation == "import/url" and payload.get("url") and not _valid_http_url(
+            payload["url"]
+        ):
+            fail(f"{where}.url", f"The {where}.url format is invalid.")
+        if operation == "import/s3" and not payload.get("key") and not payload.get("key_prefix"):
+            fail(f"{where}.key", f"The {where}.key field is required when key_prefix is not "
+                                 "present.")
+        if "input" in payload:
+            raw = payload["input"]
+            refs = [raw] if isinstance(raw, str) else raw
+            if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+                fail(f"{where}.input", f"The {where}.input must be a task name or a list of "
+                                       "task names.")
+                continue
+            for ref in refs:
+                if ref not in tasks or ref == name:
+                    fail(f"{where}.input",
+                         f"The {where}.input references {ref!r}, which is not another task "
+                         "of this job.")
+    if errors:
+        raise InvalidJob(errors)
+    try:
+        order = order_by_dependencies({name: _inputs(p) for name, p in tasks.items()})
+    except ValueError as exc:
+        raise InvalidJob({"tasks": [f"The tasks have circular input references: {exc}."]}) \
+            from exc
+    return [
+        TaskSpec(name, tasks[name]["operation"], _operation(tasks[name]), tasks[name],
+                 _inputs(tasks[name]))
+        for name in order
+    ]
+
+
+def _access(p: Mapping[str, Any]) -> S3Access:
+    return S3Access(
+        bucket=p["bucket"], region=p["region"], access_key_id=p["access_key_id"],
+        secret_access_key=p["secret_access_key"], session_token=p.get("session_token"),
+        endpoint=p.get("endpoint"),
+    )
+
+
+def _operation(p: Mapping[str, Any]) -> Operation:
+    match p["operation"]:
+        case "import/url":
+            return ImportUrl(p["url"], p.get("filename"), p.get("headers"))
+        case "import/s3":
+            return ImportS3(_access(p), p.get("key"), p.get("key_prefix"), p.get("filename"))
+        case "convert":
+            # CloudConvert takes engine options at the top level of the task; an `options`
+            # object is accepted too, the top level winning.
+            options = {**(p.get("options") or {})}
+            options.update({k: p[k] for k in _CONVERT_OPTIONS if p.get(k) is not None})
+            return Convert(p["output_format"], p.get("input_format"), options, p.get("filename"))
+        case "export/s3":
+            tagging = p.get("tagging")
+            return ExportS3(
+                _access(p), p.get("key"), p.get("key_prefix"), p.get("acl"),
+                p.get("cache_control"), p.get("metadata"), p.get("content_type"),
+                p.get("server_side_encryption"), urlencode(tagging) if tagging else None,
+            )
+        case _:
+            return ExportUrl()
+
+
+class CloudConvertV2:
+    """Serves CloudConvert API v2 below `prefix` (by default /v2)."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        api_key: str,
+        signing_secret: str,
+        base_url: Callable[[], str],
+        prefix: str = "/v2",
+    ) -> None:
+        self.prefix = prefix
+        self._backend = backend
+        self._api_key = api_key.encode()
+        self._signing_secret = signing_secret.encode()
+        self._base_url = base_url
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    def handle(self, request: ApiRequest) -> ApiResponse:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
+                                                                 self._api_key):
+            return _error(401, "Unauthenticated.", "UNAUTHENTICATED")
+        parts = request.path[len(self.prefix):].strip("/").split("/")
+        match parts, request.method:
+            case ["jobs"], "POST":
+                return self._create_job(request.body)
+            case ["jobs", job_id], "GET":
+                job = self._backend.job(job_id)
+                if job is None or job.dialect != DIALECT:
+                    return _error(404, "Job not found.", "NOT_FOUND")
+                return _json(200, {"data": self.render_job(job)})
+            case ["tasks", task_id], "GET":
+                task = self._backend.task(task_id)
+                owner = self._backend.job(task.job_id) if task else None
+                if task is None or owner is None or owner.dialect != DIALECT:
+                    return _error(404, "Task not found.", "NOT_FOUND")
+                return _json(200, {"data": self.render_task(task)})
+            case (["jobs"] | ["jobs", _] | ["tasks", _]), _:
+                return _error(405, "Method not allowed.", "METHOD_NOT_ALLOWED")
+        return _error(404, "Not found.", "NOT_FOUND")
+
+    def _create_job(self, raw: bytes) -> ApiResponse:
+        rejection = self._backend.draw_rejection()
+        if rejection is not None:
+            retry_after = {"Retry-After": str(self._backend.faults.retry_after_seconds)}
+            if rejection == 429:
+                return _json(429, {"message": "Too Many Attempts.", "code": "TOO_MANY_REQUESTS"},
+                             {**retry_after, "X-RateLimit-Remaining": "0"})
+            return _json(503, {"message": "Service Unavailable.", "code": "SERVICE_UNAVAILABLE"},
+                         retry_after)
+        try:
+            body = json.loads(raw or b"null")
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return _error(400, "The request body is not valid JSON.", "INVALID_JSON")
+        try:
+            specs = validate_job(body)
+        except InvalidJob as exc:
+            return _error(422, "The given data was invalid.", "INVALID_DATA", errors=exc.errors)
+        job = self._backend.create_job(DIALECT, specs, body.get("tag"), body.get("webhook_url"))
+        # Render before the worker starts, so the answer shows the job as created.
+        with self._backend.lock:
+            rendered = self.render_job(job)
+        self._backend.run(job, self.build_callback)
+        return _json(201, {"data": rendered})
+
+    # -- rendering -----------------------------------------------------------------------------
+
+    def render_job(self, job: Job) -> dict[str, Any]:
+        with self._backend.lock:
+            return {
+                "id": job.id,
+                "tag": job.tag,
+                "status": job.status,
+                "created_at": job.created_at,
+                "started_at": job.started_at,
+                "ended_at": job.ended_at,
+                "tasks": [self.render_task(task) for task in job.tasks],
+                "links": {"self": f"{self._base_url()}{self.prefix}/jobs/{job.id}"},
+            }
+
+    def render_task(self, task: Task) -> dict[str, Any]:
+        with self._backend.lock:
+            result = None
+            if task.status == "finished" and task.result_files is not None:
+                result = {"files": [
+                    {"filename": f.filename, "size": f.size}
+                    | ({"url": f.url} if f.url is not None else {})
+                    for f in task.result_files
+                ]}
+            return {
+                "id": task.id,
+                "name": task.name,
+                "job_id": task.job_id,
+                "operation": task.operation,
+                "status": task.status,
+                "message": task.message,
+                "code": task.code,
+                "created_at": task.created_at,
+                "started_at": task.started_at,
+                "ended_at": task.ended_at,
+                "depends_on_task_ids": list(task.input_ids),
+                "payload": _redacted(task.payload),
+                "result": result,
+                "links": {"self": f"{self._base_url()}{self.prefix}/tasks/{task.id}"},
+            }
+
+    # -- callbacks -----------------------------------------------------------------------------
+
+    def build_callback(self, job: Job) -> Callback | None:
+        if not job.webhook_url:
+            return None
+        event = "job.finished" if job.status == "finished" else "job.failed"
+        # Compact, with "/" escaped as PHP's json_encode does: a receiver that verifies a
+        # re-serialised body instead of the raw bytes fails here as it would in production.
+        text = json.dumps({"event": event, "job": self.render_job(job)}, separators=(",", ":"))
+        body = text.replace("/", "\\/").encode()
+        signature = hmac.new(self._signing_secret, body, hashlib.sha256).hexdigest()
+        return Callback(
+            url=job.webhook_url,
+            event=event,
+            body=body,
+            headers={
+                "Content-Type": "application/json",
+                SIGNATURE_HEADER: signature,
+                "User-Agent": USER_AGENT,
+            },
+            retry=_worth_retrying,
+        )
+
+
+def _worth_retrying(status: int | None) -> bool:
+    """CloudConvert retries network errors and 5xx; 2xx and 4xx (410 included, which
+    disables the webhook) end the delivery."""
+    return status is None or status >= 500

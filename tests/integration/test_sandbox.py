@@ -1,0 +1,421 @@
+"""Integration tests of the sandbox's CloudConvert v2 dialect over real HTTP: a real moto S3
+server holds the inputs and receives the outputs, a local HTTP receiver records callbacks byte for
+byte, and every assertion is about what crossed the wire or landed in storage."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from botocore.config import Config
+from moto.server import ThreadedMotoServer
+from PIL import Image
+
+from devstack.sandbox import Faults, Sandbox
+
+API_KEY = "sandbox-api-key"
+SIGNING_SECRET = "sandbox-signing-secret"
+# moto keeps state per process, shared by every moto server in it: use a name of our own.
+BUCKET = f"sandbox-test-{uuid.uuid4().hex[:12]}"
+REGION = "us-east-1"
+# Distinctive values so a leak into any response is easy to spot.
+ACCESS_KEY_ID = "AKIASANDBOXLEAKCHECK1"
+SECRET_ACCESS_KEY = "secret-access-key-must-never-be-echoed"
+SESSION_TOKEN = "session-token-must-never-be-echoed"
+
+
+def _png(mode: str = "RGBA", size: tuple[int, int] = (32, 24)) -> bytes:
+    image = Image.new(mode, size, (200, 40, 40, 128) if mode == "RGBA" else (200, 40, 40))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+class Receiver:
+    """A callback endpoint: answers each path with its scripted statuses (then 200) and
+    records the raw body and headers of every request."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.script: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver._lock:
+                    receiver.calls.append({
+                        "path": self.path,
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                        "body": body,
+                    })
+                    planned = receiver.script.get(self.path, [])
+                    status = planned.pop(0) if planned else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        server = self.server
+        threading.Thread(target=lambda: server.serve_forever(poll_interval=0.05),
+                         daemon=True).start()
+
+    def calls_to(self, path: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [call for call in self.calls if call["path"] == path]
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    yield url
+    httpx.post(url + "/moto-api/reset", trust_env=False)
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3(moto_url: str) -> Any:
+    # Dummy credentials for this setup client only; the sandbox gets its own in each task.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", "setup-dummy")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "setup-dummy")
+        client = boto3.client(
+            "s3", region_name=REGION, endpoint_url=moto_url,
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+        )
+    client.create_bucket(Bucket=BUCKET)
+    client.put_object(Bucket=BUCKET, Key="in/photo.png", Body=_png())
+    client.put_object(Bucket=BUCKET, Key="in/my photo.png", Body=_png("RGB"))
+    client.put_object(Bucket=BUCKET, Key="in/corrupt.png", Body=b"\x89PNG\r\n\x1a\nnot really")
+    client.put_object(Bucket=BUCKET, Key="pages/a.png", Body=_png("RGB", (10, 10)))
+    client.put_object(Bucket=BUCKET, Key="pages/b.png", Body=_png("RGB", (20, 10)))
+    return client
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    rec = Receiver()
+    yield rec
+    rec.server.shutdown()
+    rec.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox(api_key=API_KEY, signing_secret=SIGNING_SECRET, callback_attempts=4,
+                 callback_backoff_seconds=0.05) as sb:
+        yield sb
+
+
+@pytest.fixture(autouse=True)
+def stray_aws_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ambient endpoint must not redirect the sandbox's S3 calls."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+
+
+@pytest.fixture
+def api(sandbox: Sandbox) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=sandbox.url + "/v2", trust_env=False, timeout=10,
+                      headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+        yield client
+
+
+def s3_fields(moto_url: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "bucket": BUCKET, "region": REGION, "endpoint": moto_url,
+        "access_key_id": ACCESS_KEY_ID, "secret_access_key": SECRET_ACCESS_KEY,
+        "session_token": SESSION_TOKEN, **extra,
+    }
+
+
+def run_job(api: httpx.Client, sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
+    created = api.post("/jobs", json=body)
+    assert created.status_code == 201, created.text
+    job = created.json()["data"]
+    assert job["status"] == "waiting"
+    sandbox.wait_idle(timeout=15)
+    fetched = api.get(f"/jobs/{job['id']}")
+    assert fetched.status_code == 200
+    data: dict[str, Any] = fetched.json()["data"]
+    return data
+
+
+def by_name(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {task["name"]: task for task in job["tasks"]}
+
+
+def signature_ok(call: dict[str, Any]) -> bool:
+    expected = hmac.new(SIGNING_SECRET.encode(), call["body"], hashlib.sha256).hexdigest()
+    return hmac.compare_digest(call["headers"]["cloudconvert-signature"], expected)
+
+
+def test_s3_to_pdf_with_signed_callback(
+    api: httpx.Client, sandbox: Sandbox, s3: Any, moto_url: str, receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # boto3 with ambient configuration would raise ProfileNotFound here; the sandbox must use
+    # only the task's credentials. (Only this success path: moto's own error rendering in this
+    # process builds a default botocore session and would trip over the missing profile.)
+    monkeypatch.setenv("AWS_PROFILE", "convbridge-no-such-profile")
+    job = run_job(api, sandbox, {
+        "tag": "ctx-1",
+        "webhook_url": receiver.url + "/hook/pdf",
+        "tasks": {
+            "import-1": {"operation": "import/s3", **s3_fields(moto_url, key="in/photo.png")},
+            "convert-1": {"operation": "convert", "input": "import-1", "output_format": "pdf"},
+            "export-1": {
+                "operation": "export/s3", "input": ["convert-1"],
+                **s3_fields(moto_url, key_prefix="out/", cache_control="max-age=60",
+                            metadata={"convbridge": "output"}),
+            },
+        },
+    })
+    assert job["status"] == "finished" and job["tag"] == "ctx-1"
+    tasks = by_name(job)
+    assert [t["status"] for t in tasks.values()] == ["finished"] * 3
+    assert tasks["convert-1"]["depends_on_task_ids"] == [tasks["import-1"]["id"]]
+
+    pdf = s3.get_object(Bucket=BUCKET, Key="out/photo.pdf")
+    data = pdf["Body"].read()
+    assert data.startswith(b"%PDF")
+    assert pdf["ContentType"] == "application/pdf"
+    assert pdf["CacheControl"] == "max-age=60"
+    assert pdf["Metadata"] == {"convbridge": "output"}
+    assert tasks["export-1"]["result"] == {"files": [{"filename": "photo.pdf",
+                                                      "size": len(data)}]}
+
+    [call] = receiver.calls_to("/hook/pdf")
+    assert signature_ok(call)
+    assert call["headers"]["content-type"] == "application/json"
+    assert call["headers"]["user-agent"] == "CloudConvert-Sandbox"
+    payload = json.loads(call["body"])
+    assert payload["event"] == "job.finished"
+    assert payload["job"] == job
+    assert sandbox.deliveries()[-1] == {"job_id": job["id"], "event": "job.finished",
+                                        "status": 200, "attempt": 1}
+
+    # Credentials are hidden everywhere the job is shown.
+    shown = [api.get(f"/jobs/{job['id']}").text, call["body"].decode(), json.dumps(sandbox.jobs()),
+             api.get(f"/tasks/{tasks['export-1']['id']}").text]
+    for text in shown:
+        for secret in (ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN):
+            assert secret not in text
+    payload_shown = tasks["import-1"]["payload"]
+    assert payload_shown["secret_access_key"] is None and payload_shown["key"] == "in/photo.png"
+
+
+def test_presigned_url_to_jpeg_download(
+    api: httpx.Client, sandbox: Sandbox, s3: Any
+) -> None:
+    url = s3.generate_presigned_url(
+        "get_object", Params={"Bucket": BUCKET, "Key": "in/my photo.png"}, ExpiresIn=300
+    )
+    assert "X-Amz-Signature" in url
+    job = run_job(api, sandbox, {"tasks": {
+        "fetch": {"operation": "import/url", "url": url},
+        "jpg": {"operation": "convert", "input": "fetch", "input_format": "png",
+                "output_format": "jpg", "quality": 80},
+        "out": {"operation": "export/url", "input": "jpg"},
+    }})
+    assert job["status"] == "finished", job
+    [file] = by_name(job)["out"]["result"]["files"]
+    assert file["filename"] == "my photo.jpg"
+    assert file["url"].startswith(sandbox.url + "/files/")
+    assert file["url"].endswith("/my%20photo.jpg")
+
+    with httpx.Client(trust_env=False) as client:
+        got = client.get(file["url"])
+        head = client.head(file["url"])
+        guessed = client.get(file["url"].rsplit("/", 2)[0] + "/not-a-token/my%20photo.jpg")
+    assert got.status_code == 200 and got.headers["content-type"] == "image/jpeg"
+    assert int(got.headers["content-length"]) == len(got.content) == file["size"]
+    image = Image.open(io.BytesIO(got.content))
+    assert image.format == "JPEG" and image.size == (32, 24)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(file["size"])
+    assert guessed.status_code == 404
+
+
+def test_corrupt_input_fails_the_job(
+    api: httpx.Client, sandbox: Sandbox, s3: Any, moto_url: str, receiver: Receiver
+) -> None:
+    job = run_job(api, sandbox, {
+        "webhook_url": receiver.url + "/hook/corrupt",
+        "tasks": {
+            "in": {"operation": "import/s3", **s3_fields(moto_url, key="in/corrupt.png")},
+            "conv": {"operation": "convert", "input": "in", "output_format": "pdf"},
+            "out": {"operation": "export/s3", "input": "conv",
+                    **s3_fields(moto_url, key="failed/corrupt.pdf")},
+        },
+    })
+    tasks = by_name(job)
+    assert job["status"] == "error"
+    assert tasks["in"]["status"] == "finished"
+    assert (tasks["conv"]["status"], tasks["conv"]["code"]) == ("error", "CONVERSION_FAILED")
+    assert "corrupt.png" in tasks["conv"]["message"]
+    assert (tasks["out"]["status"], tasks["out"]["code"]) == ("error", "INPUT_TASK_FAILED")
+    assert tasks["conv"]["result"] is None
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="failed/").get("KeyCount") == 0
+
+    [call] = receiver.calls_to("/hook/corrupt")
+    assert signature_ok(call)
+    payload = json.loads(call["body"])
+    assert payload["event"] == "job.failed" and payload["job"]["status"] == "error"
+
+
+def test_storage_and_format_failures(
+    api: httpx.Client, sandbox: Sandbox, s3: Any, moto_url: str
+) -> None:
+    missing_url = s3.generate_presigned_url(
+        "get_object", Params={"Bucket": BUCKET, "Key": "in/absent.png"}, ExpiresIn=300
+    )
+    job = run_job(api, sandbox, {"tasks": {
+        "no-key": {"operation": "import/s3", **s3_fields(moto_url, key="in/absent.png")},
+        "no-url": {"operation": "import/url", "url": missing_url},
+        "ok": {"operation": "import/s3", **s3_fields(moto_url, key="in/photo.png")},
+        "docx": {"operation": "convert", "input": "ok", "output_format": "docx"},
+        "no-bucket": {"operation": "export/s3", "input": "ok",
+                      **s3_fields(moto_url, bucket="no-such-bucket", key="x.png")},
+    }})
+    tasks = by_name(job)
+    assert job["status"] == "error"
+    assert tasks["no-key"]["code"] == "IMPORT_FAILED"
+    assert "NoSuchKey" in tasks["no-key"]["message"]
+    assert tasks["no-url"]["code"] == "IMPORT_FAILED"
+    assert "HTTP 404" in tasks["no-url"]["message"]
+    # The presigned query string is a credential: it must not be echoed in the message.
+    assert "X-Amz-Signature" not in tasks["no-url"]["message"]
+    assert tasks["docx"]["code"] == "UNSUPPORTED_CONVERSION"
+    assert tasks["no-bucket"]["code"] == "EXPORT_FAILED"
+    assert "NoSuchBucket" in tasks["no-bucket"]["message"]
+
+
+def test_key_prefix_import_and_numbered_export_keys(
+    api: httpx.Client, sandbox: Sandbox, s3: Any, moto_url: str
+) -> None:
+    job = run_job(api, sandbox, {"tasks": {
+        "pages": {"operation": "import/s3", **s3_fields(moto_url, key_prefix="pages/")},
+        "webp": {"operation": "convert", "input": "pages", "output_format": "webp"},
+        "out": {"operation": "export/s3", "input": "webp",
+                **s3_fields(moto_url, key="numbered/page-%02d.webp")},
+    }})
+    assert job["status"] == "finished", job
+    sizes = []
+    for key in ("numbered/page-01.webp", "numbered/page-02.webp"):
+        image = Image.open(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()))
+        assert image.format == "WEBP"
+        sizes.append(image.size)
+    assert sizes == [(10, 10), (20, 10)]
+
+
+def test_auth_validation_and_not_found(api: httpx.Client, sandbox: Sandbox) -> None:
+    valid = {"tasks": {"a": {"operation": "import/url", "url": "http://127.0.0.1:9/x.png"}}}
+    for headers in ({"Authorization": "Bearer wrong"}, {"Authorization": ""}):
+        denied = api.post("/jobs", json=valid, headers=headers)
+        assert denied.status_code == 401
+        assert denied.json() == {"message": "Unauthenticated.", "code": "UNAUTHENTICATED"}
+
+    jobs_before = len(sandbox.jobs())
+
+    def invalid(tasks: dict[str, Any]) -> dict[str, list[str]]:
+        response = api.post("/jobs", json={"tasks": tasks})
+        assert response.status_code == 422, response.text
+        assert response.json()["code"] == "INVALID_DATA"
+        errors: dict[str, list[str]] = response.json()["errors"]
+        return errors
+
+    assert "tasks.a.operation" in invalid({"a": {"operation": "import/magic"}})
+    assert "tasks.b.input" in invalid({
+        "a": {"operation": "import/url", "url": "http://example.com/a.png"},
+        "b": {"operation": "convert", "input": "nope", "output_format": "pdf"},
+    })
+    assert "tasks.a.url" in invalid({
+        "a": {"operation": "import/url", "url": "http://example.com/with space.png"},
+    })
+    assert "tasks.a b" in invalid({"a b": {"operation": "export/url", "input": []}})
+    errors = invalid({"a": {"operation": "import/s3", "bucket": "b"}})
+    assert {"tasks.a.region", "tasks.a.access_key_id", "tasks.a.key"} <= set(errors)
+    assert api.post("/jobs", json={"tasks": {}}).status_code == 422
+
+    assert api.get("/jobs/00000000-0000-0000-0000-000000000000").status_code == 404
+    assert api.get("/tasks/00000000-0000-0000-0000-000000000000").status_code == 404
+    assert len(sandbox.jobs()) == jobs_before
+
+
+def test_callback_retries(
+    api: httpx.Client, sandbox: Sandbox, moto_url: str, receiver: Receiver
+) -> None:
+    receiver.script["/hook/flaky"] = [500, 500]
+    receiver.script["/hook/gone"] = [410]
+    receiver.script["/hook/down"] = [503] * 10
+    ids = {}
+    for path in ("/hook/flaky", "/hook/gone", "/hook/down"):
+        created = api.post("/jobs", json={
+            "webhook_url": receiver.url + path,
+            "tasks": {"in": {"operation": "import/s3",
+                             **s3_fields(moto_url, key="in/photo.png")}},
+        })
+        assert created.status_code == 201
+        ids[path] = created.json()["data"]["id"]
+    sandbox.wait_idle(timeout=15)
+
+    def attempts(job_id: str) -> list[tuple[int | None, int]]:
+        return [(d["status"], d["attempt"]) for d in sandbox.deliveries()
+                if d["job_id"] == job_id]
+
+    assert attempts(ids["/hook/flaky"]) == [(500, 1), (500, 2), (200, 3)]
+    flaky = receiver.calls_to("/hook/flaky")
+    assert len({call["body"] for call in flaky}) == 1 and all(map(signature_ok, flaky))
+    assert attempts(ids["/hook/gone"]) == [(410, 1)]
+    assert attempts(ids["/hook/down"]) == [(503, 1), (503, 2), (503, 3), (503, 4)]
+
+
+def test_fault_injection(moto_url: str, s3: Any, receiver: Receiver) -> None:
+    body = {"tasks": {"in": {"operation": "import/s3",
+                             **s3_fields(moto_url, key="in/photo.png")}}}
+    for faults, status in ((Faults(fail_rate_429=1.0), 429), (Faults(fail_rate_503=1.0), 503)):
+        with Sandbox(api_key=API_KEY, signing_secret=SIGNING_SECRET, faults=faults) as sb:
+            answer = httpx.post(sb.url + "/v2/jobs", json=body, trust_env=False,
+                                headers={"Authorization": f"Bearer {API_KEY}"})
+            assert answer.status_code == status and answer.headers["retry-after"] == "1"
+            assert sb.jobs() == []
+
+    faults = Faults(latency_seconds=0.3, fail_operations=frozenset({"convert"}),
+                    duplicate_callbacks=1)
+    with Sandbox(api_key=API_KEY, signing_secret=SIGNING_SECRET, faults=faults) as sb:
+        started = time.monotonic()
+        answer = httpx.post(sb.url + "/v2/jobs", trust_env=False,
+                            headers={"Authorization": f"Bearer {API_KEY}"}, json={
+            "webhook_url": receiver.url + "/hook/faults",
+            "tasks": {**body["tasks"], "c": {"operation": "convert", "input": "in",
+                                             "output_format": "jpg"}},
+        })
+        assert time.monotonic() - started >= 0.3
+        assert answer.status_code == 201
+        sb.wait_idle(timeout=10)
+        [job] = sb.jobs()
+        convert = by_name(job)["c"]
+        assert (convert["status"], convert["code"]) == ("error", "CONVERSION_FAILED")
+        assert [(d["status"], d["attempt"]) for d in sb.deliveries()] == [(200, 1), (200, 2)]
+        calls = receiver.calls_to("/hook/faults")
+        assert len(calls) == 2 and calls[0]["body"] == calls[1]["body"]
