@@ -76,6 +76,8 @@ class DevStack:
 
     def start(self) -> DevStack:
         self.moto.start()
+        # moto keeps state per process, shared by every server started in it
+        self.moto.reset()
         self.sandbox.start()
         rules_path = Path(self._tmp.name) / "rules.yaml"
         rules_path.write_text(self._rules_text, encoding="utf-8")

@@ -103,7 +103,7 @@ def submit(bridge: Bridge, ref: ObjectRef) -> Submission:
     if ref.size is None:
         return _skip(ref, "object no longer exists")
     try:
-        job_id = _start_job(bridge, storage, rule, ref, spec)
+        job_id, route = _start_job(bridge, storage, rule, ref, spec)
     except ProviderRejected as exc:
         return _reject(storage, ref, rule, RejectedObject(
             exc.code or f"PROVIDER_HTTP_{exc.status}", exc.message))
@@ -111,11 +111,11 @@ def submit(bridge: Bridge, ref: ObjectRef) -> Submission:
         return _reject(storage, ref, rule, RejectedObject("PROVIDER_UNAVAILABLE", exc.message))
     storage.write_json(
         ref.location, rule.result_key(ref.key),
-        records.submitted_record(ref, rule, job_id=job_id, route=spec.route),
+        records.submitted_record(ref, rule, job_id=job_id, route=route),
         marker=rule.name,
     )
     logger.info("submitted %s under rule %s as %s job %s (route %s)",
-                ref, rule.name, rule.provider, job_id, spec.route)
+                ref, rule.name, rule.provider, job_id, route)
     return Submission(ref, "submitted", rule=rule.name, job_id=job_id)
 
 
@@ -171,7 +171,7 @@ def _conversion(rule: Rule, ref: ObjectRef) -> ConversionSpec:
 
 
 def _start_job(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef,
-               conversion: ConversionSpec) -> str:
+               conversion: ConversionSpec) -> tuple[str, str]:
     settings = bridge.settings
     provider = bridge.provider(rule.provider)
     plan = plan_route(ref.storage, type(provider), rule.read_grant)
@@ -194,7 +194,7 @@ def _start_job(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef,
     )
     logger.info("grants for %s: read %s (%s), write %s", ref, read_grant.scope, read_grant.kind,
                 write_grant.scope if write_grant else "relay through the bridge")
-    return provider.start(spec)
+    return provider.start(spec), plan.route
 
 
 # --------------------------------------------------------------------------- complete

@@ -25,10 +25,18 @@ def bridge() -> Bridge:
     return Bridge.from_env()
 
 
+#: Vendor loggers that print credentials at DEBUG (botocore logs Secrets Manager response
+#: bodies; httpx/httpcore log request URLs, which carry presigned signatures).
+CHATTY_VENDOR_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpcore")
+
+
 def route_library_logs(powertools_logger: Any) -> None:
-    """Send convbridge's own log records through the handler's structured logger."""
+    """Send convbridge's own log records through the handler's structured logger, and keep
+    vendor libraries at WARNING even when someone turns the root logger to DEBUG."""
     from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
+    for name in CHATTY_VENDOR_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("convbridge").setLevel(powertools_logger.log_level)
     copy_config_to_registered_loggers(source_logger=powertools_logger, include={"convbridge"})
 

@@ -1,0 +1,153 @@
+"""The S3 -> CloudConvert v2 -> S3 flow over real HTTP: moto server, the sandbox, and the real
+trigger and webhook handlers behind a local Function URL."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+
+import httpx
+import pytest
+
+from convbridge.context import JobContext, sign_context
+from devstack.stack import DevStack
+from tests.conftest import png_bytes
+
+
+def run(stack: DevStack, *keys: str) -> dict:
+    summary = stack.trigger({"Records": [r for k in keys for r in stack.s3_event(k)["Records"]]})
+    stack.wait()
+    return summary
+
+
+def test_upload_becomes_a_pdf_and_a_finished_record(stack: DevStack) -> None:
+    stack.upload("inbox/a/my photo+1.png", png_bytes())
+    summary = run(stack, "inbox/a/my photo+1.png")
+    assert summary["counts"] == {"submitted": 1}
+    record = stack.read_json("results/a/my photo+1.png.json")
+    assert record is not None
+    assert record["status"] == "finished" and record["route"] == "native"
+    assert record["job_id"] == summary["objects"][0]["job_id"]
+    assert record["outputs"][0]["key"] == "outbox/a/my photo+1.pdf"
+    head = stack.s3.head_object(Bucket=stack.bucket, Key="outbox/a/my photo+1.pdf")
+    assert head["Metadata"].get("convbridge-output") == "images-to-pdf"
+    assert record["outputs"][0]["size"] == head["ContentLength"] > 0
+    body = stack.s3.get_object(Bucket=stack.bucket, Key="outbox/a/my photo+1.pdf")["Body"].read()
+    assert body.startswith(b"%PDF")
+    assert stack.read_json("failures/a/my photo+1.png.json") is None
+    job = stack.sandbox.jobs()[0]
+    operations = [t["operation"] for t in job["tasks"]]
+    assert "import/url" in operations and "export/s3" in operations
+
+
+def test_sts_read_grant_uses_import_s3(sts_stack: DevStack) -> None:
+    sts_stack.upload("inbox/b.png", png_bytes(mode="RGBA"))
+    run(sts_stack, "inbox/b.png")
+    record = sts_stack.read_json("results/b.png.json")
+    assert record is not None and record["status"] == "finished"
+    operations = [t["operation"] for t in sts_stack.sandbox.jobs()[0]["tasks"]]
+    assert "import/s3" in operations
+
+
+def test_corrupt_input_gets_a_failure_report_with_the_providers_code(stack: DevStack) -> None:
+    stack.upload("inbox/broken.png", b"\x89PNG\r\n\x1a\nnot an image at all")
+    run(stack, "inbox/broken.png")
+    report = stack.read_json("failures/broken.png.json")
+    assert report is not None
+    assert report["status"] == "failed" and report["provider"] == "cloudconvert"
+    assert report["error"]["task"] == "convert"
+    assert report["error"]["code"] == "CONVERSION_FAILED"
+    assert report["error"]["message"]
+    assert report["job_id"]
+    assert stack.read_json("results/broken.png.json")["status"] == "failed"  # type: ignore[index]
+    assert stack.keys("outbox/") == {}
+
+
+def callback(stack: DevStack, body: bytes, signature: str | None) -> httpx.Response:
+    headers = {"Content-Type": "application/json"}
+    if signature is not None:
+        headers["CloudConvert-Signature"] = signature
+    assert stack.webhook is not None
+    return httpx.post(f"{stack.webhook.url}/callbacks/cloudconvert", content=body,
+                      headers=headers)
+
+
+def finished_body(token: str, job_id: str = "forged-job") -> bytes:
+    return json.dumps({"event": "job.finished", "job": {
+        "id": job_id, "tag": token, "status": "finished", "tasks": [
+            {"name": "export-output", "operation": "export/url", "status": "finished",
+             "result": {"files": [{"filename": "x.pdf", "size": 3,
+                                   "url": "http://127.0.0.1:1/x.pdf"}]}}]}}).encode()
+
+
+def test_forged_callbacks_get_401_and_write_nothing(stack: DevStack) -> None:
+    stack.upload("inbox/c.png", png_bytes())
+    run(stack, "inbox/c.png")
+    before = stack.keys()
+    context = JobContext.new(rule="images-to-pdf", storage="s3", location=stack.bucket,
+                             key="inbox/c.png", version=None, output_key="outbox/c.pdf",
+                             route="relay")
+    good_token = sign_context(context, stack.context_key.encode())
+    body = finished_body(good_token)
+    wrong = hmac.new(b"guess", body, hashlib.sha256).hexdigest()
+    assert callback(stack, body, None).status_code == 401
+    assert callback(stack, body, wrong).status_code == 401
+    # A genuine provider signature around a context we did not sign: still refused.
+    attacker_context = JobContext.new(rule="images-to-pdf", storage="s3",
+                                      location="attacker-bucket", key="inbox/c.png",
+                                      version=None, output_key="outbox/c.pdf", route="relay")
+    forged = finished_body(sign_context(attacker_context, b"a" * 48))
+    real_signature = hmac.new(stack.signing_secret.encode(), forged, hashlib.sha256).hexdigest()
+    assert callback(stack, forged, real_signature).status_code == 401
+    assert callback(stack, b"x" * (2 * 1024 * 1024), wrong).status_code == 413
+    assert stack.keys() == before
+
+
+def test_rejected_inputs_get_failure_reports_and_the_batch_goes_on(stack: DevStack) -> None:
+    stack.upload("inbox/empty.png", b"")
+    stack.upload("inbox/huge.png", b"\0" * (10 * 1024 * 1024 + 1))
+    stack.upload("inbox/noextension", png_bytes())
+    stack.upload("inbox/notes.txt", b"hello")
+    stack.upload("inbox/fine.png", png_bytes())
+    stack.upload("elsewhere/x.png", png_bytes())
+    summary = run(stack, "inbox/empty.png", "inbox/huge.png", "inbox/noextension",
+                  "inbox/notes.txt", "inbox/fine.png", "elsewhere/x.png")
+    statuses = {o["object"].split("/", 3)[-1]: (o["status"], o["reason"])
+                for o in summary["objects"]}
+    assert statuses["inbox/fine.png"][0] == "submitted"
+    assert statuses["inbox/empty.png"][0] == "rejected"
+    assert statuses["inbox/huge.png"][0] == "rejected"
+    assert statuses["inbox/notes.txt"] == ("skipped", "rule 'images-to-pdf' does not convert "
+                                           "this suffix")
+    assert statuses["elsewhere/x.png"] == ("skipped", "no rule covers this location and prefix")
+    assert stack.read_json("failures/empty.png.json")["error"]["code"] == "EMPTY_OBJECT"  # type: ignore[index]
+    assert stack.read_json("failures/huge.png.json")["error"]["code"] == "TOO_LARGE"  # type: ignore[index]
+    assert stack.read_json("results/fine.png.json")["status"] == "finished"  # type: ignore[index]
+    assert len(stack.sandbox.jobs()) == 1
+
+
+def test_event_for_an_uncovered_bucket_starts_nothing(stack: DevStack) -> None:
+    stack.upload("inbox/a.png", png_bytes())
+    event = stack.s3_event("inbox/a.png")
+    event["Records"][0]["s3"]["bucket"]["name"] = "someone-elses-bucket"
+    summary = stack.trigger(event)
+    assert summary["counts"] == {"skipped": 1}
+    assert stack.sandbox.jobs() == []
+
+
+def test_no_secret_reaches_any_log_line(stack: DevStack, capfd: pytest.CaptureFixture[str],
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    stack.upload("inbox/s.png", png_bytes())
+    stack.upload("inbox/t.png", b"corrupt")
+    run(stack, "inbox/s.png", "inbox/t.png")
+    callback(stack, b'{"event":"job.finished"}', "0" * 64)
+    out, err = capfd.readouterr()
+    logged = out + err + caplog.text
+    assert "submitted" in logged  # the capture did see the bridge's logs
+    for secret in (stack.api_key, stack.signing_secret, stack.context_key):
+        assert secret not in logged
+    assert not re.search(r"X-Amz-(Signature|Security-Token|Credential)=", logged)
+    assert "session_token" not in logged and "secret_access_key" not in logged
