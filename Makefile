@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m devstack.demo
 
-test: $(STAMP)
+# lint first: a type error or a broken template fails faster than the integration tests
+test: lint
 	$(BIN)/python -m pytest -q
 
 unit: $(STAMP)

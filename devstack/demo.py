@@ -46,7 +46,8 @@ def run(storage: str) -> int:
     with DevStack() as stack:
         say(f"  moto server     {stack.moto.endpoint_url}")
         say(f"  sandbox         {stack.sandbox.url}/v2")
-        say(f"  webhook         {stack.webhook.url if stack.webhook else '?'}/callbacks/cloudconvert")
+        webhook = stack.webhook.url if stack.webhook else "?"
+        say(f"  webhook         {webhook}/callbacks/cloudconvert")
         say(f"  bucket          s3://{stack.bucket}")
         stack.upload(GOOD_KEY, sample_png())
         stack.upload(BAD_KEY, b"\x89PNG\r\n\x1a\n this is not really an image")

@@ -184,8 +184,10 @@ def s3_put_event(bucket: str, key: str, size: int, etag: str,
         "eventName": "ObjectCreated:Put",
         "userIdentity": {"principalId": "AWS:AIDAEXAMPLE"},
         "requestParameters": {"sourceIPAddress": "127.0.0.1"},
-        "responseElements": {"x-amz-request-id": "C3D13FE58DE4C810",
-                             "x-amz-id-2": "FMyUVURIY8/IgAtTv8xRjskZQpcIZ9KG4V5Wp6S7S/JRWeUWerMUE5"},
+        "responseElements": {
+            "x-amz-request-id": "C3D13FE58DE4C810",
+            "x-amz-id-2": "FMyUVURIY8/IgAtTv8xRjskZQpcIZ9KG4V5Wp6S7S/JRWeUWerMUE5",
+        },
         "s3": {
             "s3SchemaVersion": "1.0",
             "configurationId": "convbridge-inbox",

@@ -13,7 +13,7 @@
     └── CallbackError               a provider callback that must not be trusted
         ├── CallbackTooLarge        body over the configured limit
         ├── CallbackSignatureError  provider signature missing or wrong
-        └── ContextError            our own job context is missing, forged, or no longer matches a rule
+        └── ContextError            our job context is missing, forged, or matches no rule now
 
 Vendor exceptions (botocore, httpx, yaml) are wrapped at the adapter boundary with
 ``raise ... from exc`` so nothing above the adapters needs to know which SDK was used.

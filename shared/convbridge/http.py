@@ -14,7 +14,9 @@ from convbridge import __version__
 USER_AGENT = f"convbridge/{__version__}"
 
 
-def make_client(timeout_seconds: float, transport: httpx.BaseTransport | None = None) -> httpx.Client:
+def make_client(
+    timeout_seconds: float, transport: httpx.BaseTransport | None = None
+) -> httpx.Client:
     return httpx.Client(
         timeout=httpx.Timeout(timeout_seconds, connect=min(timeout_seconds, 5.0)),
         headers={"User-Agent": USER_AGENT},

@@ -1,4 +1,5 @@
-"""The values that flow through convbridge: what landed, what may touch it, what to make, what came back.
+"""The values that flow through convbridge: what landed, what may touch it, what to make, and
+what came back.
 
 All are frozen dataclasses so a value that crossed a trust boundary cannot be altered later.
 Secret material lives only in ``Grant.secret`` and is kept out of ``repr`` so that logging a

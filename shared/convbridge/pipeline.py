@@ -284,7 +284,7 @@ def _collect_outputs(bridge: Bridge, storage: Storage, context: JobContext,
             found = storage.stat(context.location, key)
             if found is None:
                 raise StorageError(f"the provider reported {output.filename} but {key} is missing")
-            size = found.size
+            size = found.size or 0
         collected.append(OutputFile(filename=output.filename, size=size, key=key))
     return collected
 

@@ -19,9 +19,9 @@ import boto3
 import botocore.exceptions
 import httpx
 import pytest
+
 from convbridge.model import Grant, ObjectRef, OutputTarget
 from convbridge.storage.s3 import S3_CLIENT_CONFIG, S3Storage, session_policy
-
 from devstack.servers import SeaweedFS, ServerStartError
 
 pytestmark = pytest.mark.seaweedfs

@@ -14,9 +14,9 @@ from typing import Any
 
 import boto3
 import pytest
+
 from convbridge.storage.base import OUTPUT_MARKER
 from convbridge.storage.s3 import PART_SIZE, READ_CHUNK, S3_CLIENT_CONFIG, S3Storage
-
 from devstack.servers import MotoServer, ServerStartError
 
 BUCKET = "convbridge-moto"

@@ -12,8 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from convbridge.errors import CallbackError, CallbackSignatureError, ProviderRejected
-from convbridge.errors import ProviderUnavailable
+from convbridge.errors import (
+    CallbackError,
+    CallbackSignatureError,
+    ProviderRejected,
+    ProviderUnavailable,
+)
 from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget
 from convbridge.providers.cloudconvert import CloudConvert
 from convbridge.runtime import raw_body

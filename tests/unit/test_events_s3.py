@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from convbridge.events import ParsedEvents
 from convbridge.events.s3 import parse_s3_event, parse_sqs_body
 from convbridge.model import ObjectRef

@@ -93,7 +93,8 @@ def parse_job(job: Mapping[str, Any], *, event: str = "") -> JobOutcome:
         status = FINAL_EVENTS[event]
     outputs: list[OutputFile] = []
     for task in tasks:
-        if str(task.get("operation", "")).startswith("export/") and task.get("status") == "finished":
+        exported = str(task.get("operation", "")).startswith("export/")
+        if exported and task.get("status") == "finished":
             for file in (task.get("result") or {}).get("files") or []:
                 outputs.append(OutputFile(filename=str(file.get("filename", "")),
                                           size=_int(file.get("size")), url=file.get("url")))

@@ -53,7 +53,9 @@ class Storage(ABC):
     def stat(self, location: str, key: str) -> ObjectRef | None:
         """The object's size and version, or None if it does not exist."""
 
-    def write_json(self, location: str, key: str, document: Mapping[str, Any], *, marker: str) -> int:
+    def write_json(
+        self, location: str, key: str, document: Mapping[str, Any], *, marker: str
+    ) -> int:
         body = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False).encode()
         return self.write_stream(
             location,
