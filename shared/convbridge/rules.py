@@ -142,13 +142,14 @@ def parse_rules(text: str, source: str = "<memory>") -> RuleSet:
     rules: list[Rule] = []
     seen: set[str] = set()
     for index, raw in enumerate(raw_rules):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if isinstance(name, str):
+            if name in seen:
+                problems.append(f"rules[{index}]: duplicate rule name {name!r}")
+            seen.add(name)
         rule = _parse_rule(raw, f"rules[{index}]", problems)
-        if rule is None:
-            continue
-        if rule.name in seen:
-            problems.append(f"rules[{index}]: duplicate rule name {rule.name!r}")
-        seen.add(rule.name)
-        rules.append(rule)
+        if rule is not None:
+            rules.append(rule)
     for rule in rules:
         for other in rules:
             if other.storage == rule.storage and other.location == rule.location:

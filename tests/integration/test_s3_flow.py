@@ -151,3 +151,36 @@ def test_no_secret_reaches_any_log_line(stack: DevStack, capfd: pytest.CaptureFi
         assert secret not in logged
     assert not re.search(r"X-Amz-(Signature|Security-Token|Credential)=", logged)
     assert "session_token" not in logged and "secret_access_key" not in logged
+
+
+BAD_RULES = """\
+version: 1
+rules:
+  - name: images
+    match: {storage: s3, location: convbridge-demo, prefix: inbox/}
+    convert: {to: pdff}
+    provider: cloudconvert
+    outputs: outbox/
+    results: results/
+  - name: images
+    match: {storage: s3, location: convbridge-demo, prefix: inbox/}
+    convert: {to: pdf}
+    provider: cloudconvert
+    outputs: outbox/
+    results: results/
+    failures: failures/
+"""
+
+
+def test_a_bad_rules_file_fails_the_cold_start_listing_every_problem() -> None:
+    from convbridge.errors import RulesError
+
+    with DevStack(rules_text=BAD_RULES) as stack:
+        stack.upload("inbox/a.png", png_bytes())
+        with pytest.raises(RulesError) as caught:
+            stack.trigger(stack.s3_event("inbox/a.png"))
+        message = str(caught.value)
+        assert "unknown output format 'pdff'" in message
+        assert "failures: required" in message
+        assert "duplicate rule name 'images'" in message
+        assert stack.sandbox.jobs() == []
