@@ -10,6 +10,7 @@
     ├── ProviderError               the conversion provider refused or failed a call
     │   ├── ProviderRejected        4xx other than 429: retrying will not help
     │   └── ProviderUnavailable     429/5xx/connection errors that outlived the retry budget
+    │       └── ProviderOutcomeUnknown  a create request's answer was lost; it may have worked
     └── CallbackError               a provider callback that must not be trusted
         ├── CallbackTooLarge        body over the configured limit
         ├── CallbackSignatureError  provider signature missing or wrong
@@ -79,6 +80,11 @@ class ProviderRejected(ProviderError):
 
 class ProviderUnavailable(ProviderError):
     """Throttling, server errors or network failures outlasted the retry budget."""
+
+
+class ProviderOutcomeUnknown(ProviderUnavailable):
+    """A non-idempotent request (creating a job) may have been processed but its answer was
+    lost; look for what it created before sending it again."""
 
 
 class CallbackError(ConvbridgeError):

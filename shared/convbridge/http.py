@@ -1,17 +1,59 @@
-"""The one HTTP client convbridge uses to talk to providers: explicit timeouts everywhere.
+"""The one HTTP client convbridge uses to talk to providers: timeouts, retries, deadlines.
 
-Built once per cold start and shared, so connections to a provider are reused across the
-objects of a batch. The transport is injectable: tests pass an ``httpx.MockTransport`` for
-edge cases and real servers for everything else.
+Providers throttle (429), fail over (502/503/504) and drop connections. :func:`send` retries
+those with exponential backoff and full jitter, waits at least what ``Retry-After`` asks
+(seconds or an HTTP date), and never sleeps past the invocation's deadline: a retry that
+could not finish in time is not started. Other 4xx answers are returned at once; they are
+the caller's to turn into a failure report with the provider's message.
+
+A request that may have reached the provider but whose answer was lost (read timeout, a
+connection dropped mid-answer) is not retried blindly when it is not idempotent: it raises
+:class:`~convbridge.errors.ProviderOutcomeUnknown` so the caller can look for what it created before trying again.
 """
 
 from __future__ import annotations
 
+import contextvars
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
 import httpx
 
 from convbridge import __version__
+from convbridge.errors import ProviderOutcomeUnknown
+
+logger = logging.getLogger(__name__)
 
 USER_AGENT = f"convbridge/{__version__}"
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: Errors raised before the request could have reached the server: always safe to retry.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+#: Errors after which the server may or may not have acted on the request.
+MAYBE_SENT = (httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError,
+              httpx.ReadError, httpx.WriteError)
+DEFAULT_BUDGET_SECONDS = 60.0
+#: Time kept back from the deadline for the work after the request (records, logging).
+SAFETY_MARGIN_SECONDS = 2.0
+
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    base_seconds: float = 0.5
+    cap_seconds: float = 20.0
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2^attempt)]."""
+        return random.uniform(0, min(self.cap_seconds, self.base_seconds * 2 ** attempt))
 
 
 def make_client(
@@ -23,3 +65,98 @@ def make_client(
         transport=transport,
         follow_redirects=False,
     )
+
+
+@contextmanager
+def deadline_from(get_remaining_ms: Callable[[], int] | None) -> Iterator[None]:
+    """Bound every retry inside the block by the Lambda's remaining time."""
+    if get_remaining_ms is None:
+        end = time.monotonic() + DEFAULT_BUDGET_SECONDS
+    else:
+        end = time.monotonic() + get_remaining_ms() / 1000.0
+    token = _deadline.set(end)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def seconds_left() -> float:
+    end = _deadline.get()
+    if end is None:
+        return DEFAULT_BUDGET_SECONDS
+    return end - time.monotonic() - SAFETY_MARGIN_SECONDS
+
+
+def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds to wait: delta-seconds or an HTTP date (RFC 9110)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+class GaveUp(Exception):
+    """Retries ran out (attempts or time); carries the last response or error."""
+
+    def __init__(self, message: str, response: httpx.Response | None = None) -> None:
+        super().__init__(message)
+        self.response = response
+
+
+def send(
+    client: httpx.Client,
+    method: str,
+    url: str,
+    *,
+    idempotent: bool,
+    policy: RetryPolicy = RetryPolicy(),
+    sleep: Callable[[float], None] = time.sleep,
+    **kwargs: Any,
+) -> httpx.Response:
+    """Send with retries. Returns the final response (2xx or a non-retryable 4xx). Raises
+    :class:`GaveUp` when retryable failures outlast the budget and ProviderOutcomeUnknown
+    when a non-idempotent request's fate is unknown."""
+    last: httpx.Response | None = None
+    reason = ""
+    for attempt in range(policy.max_attempts):
+        try:
+            response = client.request(method, url, **kwargs)
+        except NOT_SENT as exc:
+            reason, last, wait = f"{type(exc).__name__}", None, policy.backoff(attempt)
+        except MAYBE_SENT as exc:
+            if not idempotent:
+                raise ProviderOutcomeUnknown(
+                    f"{method} {_path(url)}: {type(exc).__name__}; the request may have been "
+                    "processed") from exc
+            reason, last, wait = f"{type(exc).__name__}", None, policy.backoff(attempt)
+        else:
+            if response.status_code not in RETRY_STATUSES:
+                return response
+            asked = retry_after_seconds(response.headers.get("Retry-After"))
+            reason, last = f"HTTP {response.status_code}", response
+            wait = max(asked, policy.backoff(attempt)) if asked is not None else policy.backoff(
+                attempt)
+        if attempt + 1 == policy.max_attempts:
+            break
+        left = seconds_left()
+        if wait > left:
+            raise GaveUp(f"{method} {_path(url)}: {reason}; the next try (in {wait:.1f} s) would "
+                         f"pass the deadline ({max(left, 0):.1f} s left)", last)
+        logger.info("%s %s: %s, retry %d in %.2f s", method, _path(url), reason, attempt + 1,
+                    wait)
+        sleep(wait)
+    raise GaveUp(f"{method} {_path(url)}: {reason} after {policy.max_attempts} attempts", last)
+
+
+def _path(url: str) -> str:
+    """The URL without its query: query strings may carry signatures."""
+    return url.split("?", 1)[0]

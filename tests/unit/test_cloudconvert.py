@@ -18,6 +18,7 @@ from convbridge.errors import (
     ProviderRejected,
     ProviderUnavailable,
 )
+from convbridge.http import deadline_from
 from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget
 from convbridge.providers.cloudconvert import CloudConvert
 from convbridge.runtime import raw_body
@@ -123,8 +124,9 @@ def test_422_is_rejected_with_the_providers_message_and_429_is_unavailable() -> 
     def busy(request: httpx.Request) -> httpx.Response:
         return httpx.Response(429, headers={"Retry-After": "3"}, json={"message": "slow down"})
 
-    with pytest.raises(ProviderUnavailable):
+    with deadline_from(lambda: 1000), pytest.raises(ProviderUnavailable) as unavailable:
         provider(busy).start(spec())
+    assert "slow down" in str(unavailable.value)
 
 
 # signatures
@@ -217,3 +219,32 @@ def test_other_events_need_no_action_and_garbage_is_an_error() -> None:
         provider().parse_callback(b"not json")
     with pytest.raises(CallbackError):
         provider().parse_callback(b'{"job": {}}')
+
+
+def test_a_lost_create_answer_finds_the_job_by_tag_instead_of_creating_another() -> None:
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(f"{request.method} {request.url.path}")
+        if request.method == "POST":
+            raise httpx.ReadTimeout("lost", request=request)
+        assert request.url.params["filter[tag]"] == "CTX"
+        return httpx.Response(200, json={"data": [{"id": "job-7", "tag": "CTX"}]})
+
+    assert provider(handler).start(spec()) == "job-7"
+    assert calls == ["POST /v2/jobs", "GET /v2/jobs"]
+
+
+def test_a_lost_create_that_made_nothing_is_sent_again() -> None:
+    posts: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            posts.append(1)
+            if len(posts) == 1:
+                raise httpx.ReadTimeout("lost", request=request)
+            return httpx.Response(201, json={"data": {"id": "job-8"}})
+        return httpx.Response(200, json={"data": []})
+
+    assert provider(handler).start(spec()) == "job-8"
+    assert len(posts) == 2

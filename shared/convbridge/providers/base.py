@@ -9,6 +9,7 @@ without knowing any provider.
 from __future__ import annotations
 
 import hmac
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from hashlib import sha256
@@ -16,8 +17,19 @@ from typing import Any, ClassVar
 
 import httpx
 
-from convbridge.errors import CallbackSignatureError, ProviderRejected, ProviderUnavailable
+from convbridge.errors import (
+    CallbackSignatureError,
+    ProviderOutcomeUnknown,
+    ProviderRejected,
+    ProviderUnavailable,
+)
+from convbridge.http import GaveUp, send
 from convbridge.model import JobOutcome, JobSpec
+
+
+logger = logging.getLogger(__name__)
+#: create attempts whose answers were lost before giving up on a job
+MAX_CREATE_ATTEMPTS = 3
 
 
 class Provider(ABC):
@@ -61,8 +73,24 @@ class Provider(ABC):
     def parse_callback(self, body: bytes) -> JobOutcome | None:
         """The outcome a verified callback reports, or None for events that need no action."""
 
+    def find_job(self, context_token: str) -> str | None:
+        """The id of a job created with ``context_token``, if the provider can search by it.
+        Used after a create request whose answer was lost, so a retry never makes a second
+        job; providers that cannot search return None and the create is tried again."""
+        return None
+
     def start(self, spec: JobSpec) -> str:
-        return self.create_job(self.build_job(spec))
+        document = self.build_job(spec)
+        for _ in range(MAX_CREATE_ATTEMPTS - 1):
+            try:
+                return self.create_job(document)
+            except ProviderOutcomeUnknown as exc:
+                found = self.find_job(spec.context_token)
+                if found:
+                    logger.info("%s: %s; found job %s it created", self.name, exc, found)
+                    return found
+                logger.info("%s: %s; no job was created, trying again", self.name, exc)
+        return self.create_job(document)
 
     def accept_callback(self, headers: Mapping[str, str], body: bytes) -> JobOutcome | None:
         self.verify_callback(headers, body)
@@ -81,16 +109,22 @@ class Provider(ABC):
         if not hmac.compare_digest(expected, given.strip().lower()):
             raise CallbackSignatureError(f"{header} does not match the body")
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One request; provider answers become ProviderRejected / ProviderUnavailable."""
+    def _send(self, method: str, path: str, *, idempotent: bool = True,
+              **kwargs: Any) -> httpx.Response:
+        """One request with retries; provider answers become ProviderRejected (4xx) or
+        ProviderUnavailable (retries exhausted)."""
         try:
-            response = self._http.request(method, f"{self.base_url}{path}", **kwargs)
-        except httpx.HTTPError as exc:
-            raise ProviderUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
-        if response.status_code == 429 or response.status_code >= 500:
+            response = send(self._http, method, f"{self.base_url}{path}", idempotent=idempotent,
+                            **kwargs)
+        except GaveUp as exc:
+            detail = f" ({_error_message(exc.response)})" if exc.response is not None else ""
             raise ProviderUnavailable(
-                f"{self.name}: {_error_message(response)}", status=response.status_code
-            )
+                f"{self.name}: {exc}{detail}",
+                status=exc.response.status_code if exc.response is not None else None,
+            ) from exc
+        if response.status_code >= 500:
+            raise ProviderUnavailable(f"{self.name}: {_error_message(response)}",
+                                      status=response.status_code)
         if response.status_code >= 400:
             raise ProviderRejected(
                 f"{self.name}: {_error_message(response)}",

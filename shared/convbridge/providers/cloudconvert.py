@@ -57,14 +57,26 @@ class CloudConvert(Provider):
         }
 
     def create_job(self, document: Mapping[str, Any]) -> str:
-        response = self._send(
-            "POST", "/jobs", json=document,
-            headers={"Authorization": f"Bearer {self._api_key}"},
-        )
+        response = self._send("POST", "/jobs", json=document, headers=self._auth(),
+                              idempotent=False)
         try:
             return str(response.json()["data"]["id"])
         except (ValueError, KeyError, TypeError) as exc:
             raise ProviderError(f"{self.name}: job created but the answer has no data.id") from exc
+
+    def find_job(self, context_token: str) -> str | None:
+        # the context token is unique per submission, so at most one job carries it
+        response = self._send("GET", "/jobs", headers=self._auth(),
+                              params={"filter[tag]": context_token, "per_page": 1})
+        try:
+            jobs = response.json()["data"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProviderError(f"{self.name}: job list answer has no data") from exc
+        matching = [j for j in jobs if isinstance(j, dict) and j.get("tag") == context_token]
+        return str(matching[0]["id"]) if matching else None
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}"}
 
     def verify_callback(self, headers: Mapping[str, str], body: bytes) -> None:
         self._verify_hmac_hex(headers, SIGNATURE_HEADER, body)
