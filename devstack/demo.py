@@ -49,17 +49,15 @@ def run(storage: str) -> int:
         webhook = stack.webhook.url if stack.webhook else "?"
         say(f"  webhook         {webhook}/callbacks/cloudconvert")
         say(f"  bucket          s3://{stack.bucket}")
+        stack.watch_bucket()
         stack.upload(GOOD_KEY, sample_png())
         stack.upload(BAD_KEY, b"\x89PNG\r\n\x1a\n this is not really an image")
-        say(f"\nuploaded {GOOD_KEY!r} and {BAD_KEY!r}; delivering their S3 events")
-        for key in (GOOD_KEY, BAD_KEY):
-            summary = stack.trigger(stack.s3_event(key))
-            for item in summary["objects"]:
-                say(f"  {item['object']}: {item['status']}"
-                    + (f" as job {item['job_id']}" if item["job_id"] else "")
-                    + (f" ({item['reason']})" if item["reason"] else ""))
-        say("\nwaiting for the sandbox to convert and call back ...")
+        say(f"\nuploaded {GOOD_KEY!r} and {BAD_KEY!r}")
+        say("  S3 notifications -> SQS -> S3 trigger -> CloudConvert jobs -> signed callbacks"
+            " -> webhook -> completion queue -> records")
         stack.wait(timeout=60)
+        for job in stack.sandbox.jobs():
+            say(f"  job {job['id']}: {job['status']}")
         ok = report(stack)
     say(f"\ndemo {'succeeded' if ok else 'FAILED'} in {time.monotonic() - started:.1f} s")
     return 0 if ok else 1

@@ -143,3 +143,91 @@ class FunctionUrlServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class SqsPoller:
+    """Lambda's SQS event source mapping, locally: receive a batch, invoke the handler with the
+    SQS event AWS would build, delete what succeeded, and let reported failures come back
+    after their visibility timeout (shortened here so tests and the demo stay quick)."""
+
+    def __init__(self, sqs: Any, queue_url: str, handler: Handler, *, batch_size: int = 10,
+                 retry_after_seconds: int = 1) -> None:
+        self._sqs = sqs
+        self.queue_url = queue_url
+        self._handler = handler
+        self._batch_size = batch_size
+        self._retry_after = retry_after_seconds
+        self._stop = threading.Event()
+        self._busy = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.invocations = 0
+        self.failures = 0
+        name = queue_url.rstrip("/").rsplit("/", 1)[-1]
+        self._arn = f"arn:aws:sqs:us-east-1:123456789012:{name}"
+
+    def start(self) -> SqsPoller:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def idle(self) -> bool:
+        if self._busy.is_set():
+            return False
+        attributes = self._sqs.get_queue_attributes(
+            QueueUrl=self.queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return (int(attributes["ApproximateNumberOfMessages"]) == 0
+                and int(attributes["ApproximateNumberOfMessagesNotVisible"]) == 0
+                and not self._busy.is_set())
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._busy.set()
+            try:
+                answer = self._sqs.receive_message(
+                    QueueUrl=self.queue_url, MaxNumberOfMessages=self._batch_size,
+                    WaitTimeSeconds=0, AttributeNames=["All"], MessageAttributeNames=["All"],
+                    VisibilityTimeout=30,
+                )
+                messages = answer.get("Messages", [])
+                if messages:
+                    self._deliver(messages)
+            finally:
+                self._busy.clear()
+            if not messages:
+                self._stop.wait(0.05)
+
+    def _deliver(self, messages: list[dict[str, Any]]) -> None:
+        event = {"Records": [self._record(m) for m in messages]}
+        self.invocations += 1
+        try:
+            answer = self._handler(event, LocalContext(timeout_seconds=120))
+            failed = {f["itemIdentifier"] for f in (answer or {}).get("batchItemFailures", [])}
+        except Exception:  # a crashed invocation fails the whole batch, as on Lambda
+            failed = {m["MessageId"] for m in messages}
+        for message in messages:
+            if message["MessageId"] in failed:
+                self.failures += 1
+                self._sqs.change_message_visibility(
+                    QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"],
+                    VisibilityTimeout=self._retry_after)
+            else:
+                self._sqs.delete_message(QueueUrl=self.queue_url,
+                                         ReceiptHandle=message["ReceiptHandle"])
+
+    def _record(self, message: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "messageId": message["MessageId"],
+            "receiptHandle": message["ReceiptHandle"],
+            "body": message["Body"],
+            "attributes": message.get("Attributes", {}),
+            "messageAttributes": message.get("MessageAttributes", {}),
+            "md5OfBody": message.get("MD5OfBody", ""),
+            "eventSource": "aws:sqs",
+            "eventSourceARN": self._arn,
+            "awsRegion": "us-east-1",
+        }

@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +20,7 @@ from urllib.parse import quote_plus
 
 import boto3
 
-from devstack.lambda_local import FunctionUrlServer, LocalContext, load_function
+from devstack.lambda_local import FunctionUrlServer, LocalContext, SqsPoller, load_function
 from devstack.sandbox import Sandbox
 from devstack.servers import MotoServer
 
@@ -71,6 +72,8 @@ class DevStack:
         self.webhook: FunctionUrlServer | None = None
         self._env_cm: Any = None
         self.trigger_module: Any = None
+        self.pollers: list[SqsPoller] = []
+        self.s3_events_queue_url = ""
 
     # lifecycle
 
@@ -95,10 +98,15 @@ class DevStack:
             "CONVBRIDGE_CLOUDCONVERT_URL": self.sandbox.url + "/v2",
             "CONVBRIDGE_GRANT_ROLE_ARN": GRANT_ROLE_ARN,
             "CONVBRIDGE_S3_ENDPOINT_URL": self.moto.endpoint_url,
+            "CONVBRIDGE_IDEMPOTENCY_TABLE": "convbridge-claims",
         }
         self._env_cm = patched_environ(env)
         self._env_cm.__enter__()
         self._seed_aws()
+        sqs = boto3.client("sqs", region_name=REGION)
+        completion_url = sqs.create_queue(QueueName="convbridge-completion")["QueueUrl"]
+        os.environ["CONVBRIDGE_COMPLETION_QUEUE_URL"] = completion_url
+        self.s3_events_queue_url = sqs.create_queue(QueueName="convbridge-s3-events")["QueueUrl"]
         from convbridge import runtime
 
         runtime.bridge.cache_clear()
@@ -106,16 +114,37 @@ class DevStack:
         self.webhook = FunctionUrlServer(webhook.handler).start()
         os.environ["CONVBRIDGE_WEBHOOK_URL"] = self.webhook.url
         self.trigger_module = load_function("s3_trigger")
+        self.pollers.append(SqsPoller(sqs, completion_url, webhook.handler, batch_size=5).start())
         return self
+
+    def watch_bucket(self) -> None:
+        """Deliver uploads the deployed way: S3 notifications into SQS, polled into the
+        trigger in batches, as Lambda's event source mapping does."""
+        sqs = boto3.client("sqs", region_name=REGION)
+        arn = sqs.get_queue_attributes(QueueUrl=self.s3_events_queue_url,
+                                       AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        self.s3.put_bucket_notification_configuration(
+            Bucket=self.bucket,
+            NotificationConfiguration={"QueueConfigurations": [{
+                "QueueArn": arn, "Events": ["s3:ObjectCreated:*"],
+                "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "inbox/"}]}},
+            }]},
+        )
+        self.pollers.append(SqsPoller(sqs, self.s3_events_queue_url,
+                                      self.trigger_module.handler).start())
 
     def stop(self) -> None:
         from convbridge import runtime
 
         runtime.bridge.cache_clear()
+        for poller in self.pollers:
+            poller.stop()
         if self.webhook:
             self.webhook.stop()
         if self._env_cm:
             self._env_cm.__exit__(None, None, None)
+        for late in ("CONVBRIDGE_WEBHOOK_URL", "CONVBRIDGE_COMPLETION_QUEUE_URL"):
+            os.environ.pop(late, None)
         self.sandbox.stop()
         self.moto.stop()
         self._tmp.cleanup()
@@ -128,6 +157,12 @@ class DevStack:
 
     def _seed_aws(self) -> None:
         self.s3.create_bucket(Bucket=self.bucket)
+        boto3.client("dynamodb", region_name=REGION).create_table(
+            TableName="convbridge-claims",
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
         sm = boto3.client("secretsmanager", region_name=REGION)
         sm.create_secret(Name="convbridge/cloudconvert", SecretString=json.dumps(
             {"api_key": self.api_key, "signing_secret": self.signing_secret}))
@@ -154,7 +189,16 @@ class DevStack:
         return result
 
     def wait(self, timeout: float = 30.0) -> None:
-        self.sandbox.wait_idle(timeout=timeout)
+        """Until every queued event is handled, every job ran and every callback settled."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if all(p.idle() for p in self.pollers):
+                self.sandbox.wait_idle(timeout=max(0.1, deadline - time.monotonic()))
+                if all(p.idle() for p in self.pollers):
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError("the stack did not settle in time")
+            time.sleep(0.05)
 
     def read_json(self, key: str) -> dict[str, Any] | None:
         try:

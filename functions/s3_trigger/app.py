@@ -1,4 +1,5 @@
-"""S3 trigger: S3 notifications, EventBridge "Object Created" events, SQS-wrapped S3 events."""
+"""S3 trigger: S3 notifications, EventBridge "Object Created" events, and either delivered
+through SQS (the deployed path: batches with partial failure reporting)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from convbridge.events.s3 import parse_s3_event
-from convbridge.pipeline import submit_all
-from convbridge.runtime import bridge, route_library_logs, summarize
+from convbridge.events.s3 import parse_s3_event, parse_sqs_body
+from convbridge.runtime import route_library_logs, run_trigger
 
 logger = Logger(service="convbridge")
 route_library_logs(logger)
@@ -16,7 +16,4 @@ route_library_logs(logger)
 
 @logger.inject_lambda_context
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    parsed = parse_s3_event(event)
-    for reason in parsed.ignored:
-        logger.info("event record ignored", extra={"reason": reason})
-    return summarize(submit_all(bridge(), parsed.objects))
+    return run_trigger(event, context, parse_s3_event, parse_sqs_body)

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from convbridge.claims import Claims
 from convbridge.errors import ConfigError
 from convbridge.http import make_client
 from convbridge.providers import PROVIDERS
@@ -44,6 +45,7 @@ class Bridge:
         self._providers: dict[str, Provider] = {}
         self._aws = aws_clients or AwsClients(settings)
         self._lock = threading.Lock()
+        self._claims: Claims | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Bridge:
@@ -59,8 +61,17 @@ class Bridge:
                 self._storages[name] = build_storage(cls, self.settings, self._aws)
             return self._storages[name]
 
-    def provider_class(self, name: str) -> type[Provider]:
-        return PROVIDERS.load(name)
+    @property
+    def claims(self) -> Claims:
+        with self._lock:
+            if self._claims is None:
+                self._claims = Claims(self.settings.idempotency_table,
+                                      self._aws.client("dynamodb"),
+                                      expires_after_seconds=self.settings.claim_expiry_seconds)
+            return self._claims
+
+    def sqs(self) -> Any:
+        return self._aws.client("sqs")
 
     def provider(self, name: str) -> Provider:
         with self._lock:

@@ -8,7 +8,8 @@ the caller's to turn into a failure report with the provider's message.
 
 A request that may have reached the provider but whose answer was lost (read timeout, a
 connection dropped mid-answer) is not retried blindly when it is not idempotent: it raises
-:class:`~convbridge.errors.ProviderOutcomeUnknown` so the caller can look for what it created before trying again.
+:class:`~convbridge.errors.ProviderOutcomeUnknown` so the caller can look for what it
+created before trying again.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The only orchestration code: ``submit(ref)`` starts a job for a stored object, and
-``complete(callback)`` settles one.
+``accept`` / ``settle`` (together ``complete``) turn a provider callback into records.
 
-Everything else (events, rules, grants, provider dialects, records) is a part; this module
-decides the order and what happens when a part says no. A rejected object always leaves a
-failure report or a logged reason, and one bad object never stops the others in a batch.
+Everything else (events, rules, grants, provider dialects, records, claims) is a part; this
+module decides the order and what happens when a part says no. A rejected object always
+leaves a failure report or a logged reason, one bad object never stops the others in a
+batch, and a duplicate event or callback never starts or writes anything twice.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import httpx
 
 from convbridge import records
 from convbridge.bridge import Bridge
+from convbridge.claims import ClaimInProgress
 from convbridge.context import JobContext, sign_context, verify_context
 from convbridge.errors import (
     CallbackTooLarge,
@@ -44,18 +46,31 @@ from convbridge.storage.base import OUTPUT_MARKER, Storage
 logger = logging.getLogger(__name__)
 
 CALLBACK_PATH = "/callbacks/{provider}"
+#: downloads of one output tried before the relay gives up and reports the failure
+RELAY_ATTEMPTS = 3
+RELAY_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class Submission:
-    """What ``submit`` did with one object: ``submitted``, ``rejected`` (failure report
-    written), ``skipped`` (logged only) or ``error`` (could not even report)."""
+    """What ``submit`` did with one object: ``submitted``, ``duplicate`` (an earlier delivery
+    already handled it), ``rejected`` (failure report written), ``skipped`` (logged only),
+    ``retry`` (transient trouble: deliver again) or ``error``."""
 
     ref: ObjectRef
     status: str
     reason: str = ""
     rule: str | None = None
     job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A callback proven genuine: the provider's outcome and our own context for it."""
+
+    outcome: JobOutcome
+    context: JobContext
+    rule: Rule
 
 
 @dataclass(frozen=True)
@@ -69,19 +84,30 @@ class Completion:
 # ----------------------------------------------------------------------------- submit
 
 
-def submit_all(bridge: Bridge, refs: Iterable[ObjectRef]) -> list[Submission]:
-    """Submit each object on its own: an error on one is reported and the rest go on."""
+def submit_all(bridge: Bridge, refs: Iterable[ObjectRef], *,
+               final_attempt: bool = True) -> list[Submission]:
+    """Submit each object on its own: trouble with one is reported and the rest go on."""
     results = []
     for ref in refs:
         try:
-            results.append(submit(bridge, ref))
+            results.append(submit(bridge, ref, final_attempt=final_attempt))
+        except ClaimInProgress as exc:
+            logger.info("%s: %s", ref, exc)
+            results.append(Submission(ref, "retry", str(exc)))
+        except ProviderUnavailable as exc:
+            logger.warning("%s: provider unavailable, will be delivered again: %s", ref, exc)
+            results.append(Submission(ref, "retry", str(exc)))
         except ConvbridgeError as exc:
             logger.error("could not submit %s: %s", ref, exc)
             results.append(Submission(ref, "error", str(exc)))
     return results
 
 
-def submit(bridge: Bridge, ref: ObjectRef) -> Submission:
+def submit(bridge: Bridge, ref: ObjectRef, *, final_attempt: bool = True,
+           claim_scope: str = "submit") -> Submission:
+    """Start one job for ``ref`` unless it is the bridge's own write, matches no rule, or was
+    already claimed. ``final_attempt=False`` lets a transient provider failure propagate
+    (releasing the claim) so the event is delivered again instead of reported."""
     rules = bridge.rules
     if rules.is_own_write(ref):
         return _skip(ref, "written by convbridge itself (loop guard)")
@@ -95,28 +121,47 @@ def submit(bridge: Bridge, ref: ObjectRef) -> Submission:
             return _skip(ref, "no rule covers this location and prefix")
         return _skip(ref, f"rule {covering.name!r} does not convert this suffix")
     storage = bridge.storage(ref.storage)
+    found = storage.stat(ref.location, ref.key)
+    if found is None:
+        return _skip(ref, "object no longer exists")
+    if OUTPUT_MARKER in found.metadata:
+        return _skip(ref, "carries the convbridge output marker (loop guard)")
+    ref = replace(ref, size=found.size if ref.size is None else ref.size,
+                  version=ref.version or found.version)
+    claim_key = {"storage": ref.storage, "location": ref.location, "key": ref.key,
+                 "version": ref.version, "rule": rule.name}
+    result = bridge.claims.once(
+        claim_scope, claim_key,
+        lambda: _submit_claimed(bridge, storage, rule, ref, final_attempt=final_attempt),
+    )
+    if result.get("replayed"):
+        logger.info("duplicate delivery of %s: already %s", ref, result["status"])
+        return Submission(ref, "duplicate", f"already {result['status']}", rule.name,
+                          result.get("job_id"))
+    return Submission(ref, result["status"], result.get("reason", ""), rule.name,
+                      result.get("job_id"))
+
+
+def _submit_claimed(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef, *,
+                    final_attempt: bool) -> dict[str, Any]:
     try:
-        ref = _with_size(storage, ref)
-        spec = _conversion(rule, ref)
+        conversion = _conversion(rule, ref)
+        job_id, route = _start_job(bridge, storage, rule, ref, conversion)
     except RejectedObject as rejected:
         return _reject(storage, ref, rule, rejected)
-    if ref.size is None:
-        return _skip(ref, "object no longer exists")
-    try:
-        job_id, route = _start_job(bridge, storage, rule, ref, spec)
     except ProviderRejected as exc:
         return _reject(storage, ref, rule, RejectedObject(
             exc.code or f"PROVIDER_HTTP_{exc.status}", exc.message))
     except ProviderUnavailable as exc:
+        if not final_attempt:
+            raise
         return _reject(storage, ref, rule, RejectedObject("PROVIDER_UNAVAILABLE", exc.message))
-    storage.write_json(
-        ref.location, rule.result_key(ref.key),
-        records.submitted_record(ref, rule, job_id=job_id, route=route),
-        marker=rule.name,
-    )
+    storage.write_json(ref.location, rule.result_key(ref.key),
+                       records.submitted_record(ref, rule, job_id=job_id, route=route),
+                       marker=rule.name)
     logger.info("submitted %s under rule %s as %s job %s (route %s)",
                 ref, rule.name, rule.provider, job_id, route)
-    return Submission(ref, "submitted", rule=rule.name, job_id=job_id)
+    return {"status": "submitted", "job_id": job_id}
 
 
 def unsafe_key_reason(key: str) -> str | None:
@@ -138,21 +183,25 @@ def _skip(ref: ObjectRef, reason: str) -> Submission:
     return Submission(ref, "skipped", reason)
 
 
-def _reject(storage: Storage, ref: ObjectRef, rule: Rule, rejected: RejectedObject) -> Submission:
+def _reject(storage: Storage, ref: ObjectRef, rule: Rule,
+            rejected: RejectedObject) -> dict[str, Any]:
     logger.warning("rejected %s under rule %s: %s", ref, rule.name, rejected)
     document = records.rejected_record(ref, rule, code=rejected.code, message=rejected.message)
-    storage.write_json(ref.location, rule.failure_key(ref.key), document, marker=rule.name)
-    storage.write_json(ref.location, rule.result_key(ref.key), document, marker=rule.name)
-    return Submission(ref, "rejected", str(rejected), rule=rule.name)
+    _write_failure(storage, rule, ref.location, ref.key, document)
+    return {"status": "rejected", "reason": str(rejected)}
 
 
-def _with_size(storage: Storage, ref: ObjectRef) -> ObjectRef:
-    if ref.size is not None:
-        return ref
-    found = storage.stat(ref.location, ref.key)
-    if found is None:
-        return ref
-    return replace(ref, size=found.size, version=ref.version or found.version)
+def _write_failure(storage: Storage, rule: Rule, location: str, key: str,
+                   document: Mapping[str, Any]) -> None:
+    """Failure report, result record, then the rule's failure policy for the source."""
+    storage.write_json(location, rule.failure_key(key), document, marker=rule.name)
+    storage.write_json(location, rule.result_key(key), document, marker=rule.name)
+    if rule.on_failure in {"copy", "move"} and storage.stat(location, key) is not None:
+        storage.copy(location, key, rule.failed_source_key(key))
+        if rule.on_failure == "move":
+            storage.delete(location, key)
+        logger.info("%s %s to %s", "moved" if rule.on_failure == "move" else "copied", key,
+                    rule.failed_source_key(key))
 
 
 def _conversion(rule: Rule, ref: ObjectRef) -> ConversionSpec:
@@ -173,6 +222,8 @@ def _conversion(rule: Rule, ref: ObjectRef) -> ConversionSpec:
 def _start_job(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef,
                conversion: ConversionSpec) -> tuple[str, str]:
     settings = bridge.settings
+    if not settings.webhook_url:
+        raise StorageError("CONVBRIDGE_WEBHOOK_URL is not set; providers could not call back")
     provider = bridge.provider(rule.provider)
     plan = plan_route(ref.storage, type(provider), rule.read_grant)
     output = OutputTarget(storage=ref.storage, location=ref.location,
@@ -183,8 +234,6 @@ def _start_job(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef,
     context = JobContext.new(rule=rule.name, storage=ref.storage, location=ref.location,
                              key=ref.key, version=ref.version, output_key=output.key,
                              route=plan.route)
-    if not settings.webhook_url:
-        raise StorageError("CONVBRIDGE_WEBHOOK_URL is not set; providers could not call back")
     spec = JobSpec(
         source=ref, rule=rule.name, conversion=conversion, route=plan.route,
         read_grant=read_grant, write_grant=write_grant, output=output,
@@ -197,53 +246,70 @@ def _start_job(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef,
     return provider.start(spec), plan.route
 
 
-# --------------------------------------------------------------------------- complete
+# --------------------------------------------------------------------------- callbacks
 
 
 def complete(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
              body: bytes) -> Completion:
-    """Settle a job from a provider callback. Raises CallbackError (with the HTTP status to
-    answer) for anything not proven genuine; writes nothing in that case."""
+    accepted = accept(bridge, provider_name, headers, body)
+    if accepted is None:
+        return Completion("ignored")
+    return settle(bridge, accepted)
+
+
+def accept(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
+           body: bytes) -> Accepted | None:
+    """Prove a callback genuine, fast and without writing anything. Raises CallbackError (with
+    the HTTP status to answer); returns None for events that need no action."""
     if len(body) > bridge.settings.max_callback_bytes:
         raise CallbackTooLarge(f"callback body of {len(body)} bytes is over the limit")
     if provider_name not in {rule.provider for rule in bridge.rules.rules}:
         raise ContextError(f"no rule uses provider {provider_name!r}")
-    provider = bridge.provider(provider_name)
-    outcome = provider.accept_callback(headers, body)
+    outcome = bridge.provider(provider_name).accept_callback(headers, body)
     if outcome is None:
-        return Completion("ignored")
+        return None
     context = verify_context(outcome.context_token, bridge.context_key(),
                              max_age_seconds=bridge.settings.context_max_age_seconds)
-    rule = _rule_for(bridge, context, provider_name)
+    return Accepted(outcome, context, _rule_for(bridge, context, provider_name))
+
+
+def settle(bridge: Bridge, accepted: Accepted) -> Completion:
+    """Write the outcome of an accepted callback, once per job however often it is called."""
+    outcome = accepted.outcome
+    result = bridge.claims.once(
+        "settle", {"provider": outcome.provider, "job_id": outcome.job_id},
+        lambda: _settle_claimed(bridge, accepted),
+    )
+    if result.get("replayed"):
+        logger.info("job %s already settled as %s; %s callback changes nothing",
+                    outcome.job_id, result["outcome"], outcome.event or "repeated")
+        return Completion("duplicate", outcome.job_id, result["outcome"], result["record_key"])
+    return Completion("recorded", outcome.job_id, result["outcome"], result["record_key"])
+
+
+def _settle_claimed(bridge: Bridge, accepted: Accepted) -> dict[str, Any]:
+    outcome, context, rule = accepted.outcome, accepted.context, accepted.rule
     storage = bridge.storage(context.storage)
-    source = ObjectRef(storage=context.storage, location=context.location, key=context.key,
-                       version=context.version)
     result_key = rule.result_key(context.key)
     previous = _read_record(storage, context.location, result_key)
-    if previous and previous.get("job_id") == outcome.job_id and previous.get("status") in {
-            "finished", "failed"}:
-        logger.info("job %s already settled as %s; callback %s ignored",
-                    outcome.job_id, previous["status"], outcome.event)
-        return Completion("duplicate", outcome.job_id, previous["status"], result_key)
-    submitted_at = previous.get("submitted_at") if previous else None
+    source = ObjectRef(storage=context.storage, location=context.location, key=context.key,
+                       version=context.version, size=(previous or {}).get("source", {}).get("size"))
+    outputs: list[OutputFile] = []
     if outcome.status == "finished":
         try:
             outputs = _collect_outputs(bridge, storage, context, outcome)
-        except ConvbridgeError as exc:
+        except StorageError as exc:
             outcome = replace(outcome, status="failed", failed_task="relay",
                               code="OUTPUT_UNAVAILABLE", message=str(exc))
-            outputs = []
-    else:
-        outputs = []
-    source = replace(source, size=(previous or {}).get("source", {}).get("size"))
     document = records.outcome_record(source, rule, outcome, route=context.route,
-                                      outputs=outputs, submitted_at=submitted_at)
+                                      outputs=outputs,
+                                      submitted_at=(previous or {}).get("submitted_at"))
     if outcome.status == "failed":
-        storage.write_json(context.location, rule.failure_key(context.key), document,
-                           marker=rule.name)
-    storage.write_json(context.location, result_key, document, marker=rule.name)
+        _write_failure(storage, rule, context.location, context.key, document)
+    else:
+        storage.write_json(context.location, result_key, document, marker=rule.name)
     logger.info("job %s for %s %s; record %s", outcome.job_id, source, outcome.status, result_key)
-    return Completion("recorded", outcome.job_id, outcome.status, result_key)
+    return {"outcome": outcome.status, "record_key": result_key}
 
 
 def _rule_for(bridge: Bridge, context: JobContext, provider_name: str) -> Rule:
@@ -275,11 +341,12 @@ def _collect_outputs(bridge: Bridge, storage: Storage, context: JobContext,
                      outcome: JobOutcome) -> list[OutputFile]:
     if not outcome.outputs:
         raise StorageError("the provider reported no output files")
-    keys = _output_keys(context.output_key, outcome.outputs)
     collected = []
-    for output, key in zip(outcome.outputs, keys, strict=True):
+    for output, key in zip(outcome.outputs, output_keys(context.output_key, outcome.outputs),
+                           strict=True):
         if context.route == "relay":
-            size = _relay(bridge, storage, context, output, key)
+            size = relay_output(bridge.http, storage, context.location, key, output,
+                                marker=context.rule)
         else:
             found = storage.stat(context.location, key)
             if found is None:
@@ -289,7 +356,7 @@ def _collect_outputs(bridge: Bridge, storage: Storage, context: JobContext,
     return collected
 
 
-def _output_keys(output_key: str, outputs: tuple[OutputFile, ...]) -> list[str]:
+def output_keys(output_key: str, outputs: tuple[OutputFile, ...]) -> list[str]:
     """One output goes to the rule's output key; several go into a folder named after it."""
     if len(outputs) == 1:
         return [output_key]
@@ -298,21 +365,32 @@ def _output_keys(output_key: str, outputs: tuple[OutputFile, ...]) -> list[str]:
     return [f"{folder}{o.filename.rsplit('/', 1)[-1]}" for o in outputs]
 
 
-def _relay(bridge: Bridge, storage: Storage, context: JobContext, output: OutputFile,
-           key: str) -> int:
+def relay_output(http: httpx.Client, storage: Storage, location: str, key: str,
+                 output: OutputFile, *, marker: str) -> int:
+    """Stream one output from the provider's URL into storage. The object appears under
+    ``key`` only complete and with the byte count the provider announced; a dropped download
+    is started again, up to RELAY_ATTEMPTS times."""
     if not output.url:
         raise StorageError(f"the provider gave no URL for {output.filename}")
-    try:
-        with bridge.http.stream("GET", output.url) as response:
-            if response.status_code != 200:
-                raise StorageError(f"download of {output.filename} answered "
-                                   f"HTTP {response.status_code}")
-            written = storage.write_stream(
-                context.location, key, response.iter_bytes(1024 * 1024),
-                metadata={OUTPUT_MARKER: context.rule},
-            )
-    except httpx.HTTPError as exc:
-        raise StorageError(f"download of {output.filename} failed: {type(exc).__name__}") from exc
-    if output.size is not None and written != output.size:
-        raise StorageError(f"{output.filename}: wrote {written} bytes, provider said {output.size}")
-    return written
+    problem = ""
+    for attempt in range(1, RELAY_ATTEMPTS + 1):
+        try:
+            with http.stream("GET", output.url) as response:
+                if response.status_code != 200:
+                    problem = f"HTTP {response.status_code}"
+                    if response.status_code < 500:
+                        break
+                    continue
+                announced = response.headers.get("Content-Length")
+                expected = output.size if output.size is not None else (
+                    int(announced) if announced and announced.isdigit() else None)
+                return storage.write_stream(
+                    location, key, response.iter_bytes(RELAY_CHUNK),
+                    metadata={OUTPUT_MARKER: marker}, expected_size=expected,
+                )
+        except (httpx.HTTPError, StorageError) as exc:
+            problem = f"{type(exc).__name__}: {exc}" if isinstance(exc, StorageError) else (
+                type(exc).__name__)
+            logger.warning("relay of %s, attempt %d of %d: %s", output.filename, attempt,
+                           RELAY_ATTEMPTS, problem)
+    raise StorageError(f"relay of {output.filename} failed: {problem}")

@@ -40,7 +40,7 @@ KNOWN_FORMATS = frozenset(
 STORAGE_NAMES = frozenset({"s3", "azure_blob", "gcs", "sftp"})
 PROVIDER_NAMES = frozenset({"cloudconvert", "freeconvert", "onlineconvert", "cloudconvert_v1"})
 READ_GRANT_KINDS = frozenset({"presigned_url", "sts_session"})
-FAILURE_POLICIES = frozenset({"report"})
+FAILURE_POLICIES = frozenset({"report", "copy", "move"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_MAX_SIZE = 1024 * 1024 * 1024
 
@@ -91,6 +91,10 @@ class Rule:
 
     def failure_key(self, key: str) -> str:
         return f"{self.failures_prefix}{self.relative(key)}.json"
+
+    def failed_source_key(self, key: str) -> str:
+        """Where ``on_failure: copy|move`` puts the source: beside its failure report."""
+        return f"{self.failures_prefix}{self.relative(key)}"
 
 
 @dataclass(frozen=True)

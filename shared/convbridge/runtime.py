@@ -1,7 +1,7 @@
-"""What the Lambda handlers share: the cold-start Bridge, raw request bodies, JSON logging.
+"""What the Lambda handlers share: the cold-start Bridge, event routing, raw request bodies,
+queue hand-offs and logging set-up.
 
-The handlers in ``functions/*/app.py`` hold wiring only; each calls one function here or in
-:mod:`convbridge.pipeline`.
+The handlers in ``functions/*/app.py`` hold wiring only; each calls one function here.
 """
 
 from __future__ import annotations
@@ -10,24 +10,37 @@ import base64
 import functools
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
 from convbridge.bridge import Bridge
 from convbridge.errors import CallbackError, ConvbridgeError
-from convbridge.pipeline import Submission, complete
+from convbridge.events import ParsedEvents
+from convbridge.http import deadline_from
+from convbridge.pipeline import Submission, accept, complete, settle, submit_all
+
+logger = logging.getLogger(__name__)
+
+#: Vendor loggers that print credentials at DEBUG (botocore logs Secrets Manager response
+#: bodies; httpx/httpcore log request URLs, which carry presigned signatures).
+CHATTY_VENDOR_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpcore")
+#: SQS delivers a message this many times before the redrive policy moves it to the DLQ; on
+#: the last delivery a transient failure is reported instead of retried (template.yaml).
+MAX_RECEIVES = 5
+#: SQS messages stop at 256 KiB; larger callbacks are settled before answering.
+MAX_QUEUED_BODY = 180 * 1024
+
+
+class RetryLater(Exception):
+    """Raised inside a batch record handler so the batch processor reports the record as a
+    failure and SQS delivers it again."""
 
 
 @functools.cache
 def bridge() -> Bridge:
     """Built on the first invocation, then reused for the life of the execution environment."""
     return Bridge.from_env()
-
-
-#: Vendor loggers that print credentials at DEBUG (botocore logs Secrets Manager response
-#: bodies; httpx/httpcore log request URLs, which carry presigned signatures).
-CHATTY_VENDOR_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpcore")
 
 
 def route_library_logs(powertools_logger: Any) -> None:
@@ -50,6 +63,12 @@ def raw_body(event: Mapping[str, Any]) -> bytes:
     return str(body).encode("utf-8")
 
 
+def is_sqs_event(event: Mapping[str, Any]) -> bool:
+    records = event.get("Records")
+    return bool(records) and isinstance(records, list) and all(
+        isinstance(r, dict) and r.get("eventSource") == "aws:sqs" for r in records)
+
+
 def summarize(submissions: list[Submission]) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for item in submissions:
@@ -64,16 +83,102 @@ def summarize(submissions: list[Submission]) -> dict[str, Any]:
     }
 
 
-def answer_callback(provider: str, headers: Mapping[str, str], body: bytes) -> tuple[int, str]:
-    """(status code, JSON body) for one provider callback. Failures say only what kind of
-    failure it was: the caller may be hostile."""
+def _log_ignored(parsed: ParsedEvents) -> None:
+    for reason in parsed.ignored:
+        logger.info("event record ignored: %s", reason)
+
+
+def run_trigger(event: dict[str, Any], context: Any,
+                parse: Callable[[dict[str, Any]], ParsedEvents],
+                parse_message: Callable[[str], ParsedEvents]) -> dict[str, Any]:
+    """Direct events are submitted object by object; SQS batches go through the Powertools
+    batch processor so one failing message is redelivered without the good ones."""
+    current = bridge()
+    current.claims.register_lambda_context(context)
+    with deadline_from(getattr(context, "get_remaining_time_in_millis", None)):
+        if not is_sqs_event(event):
+            parsed = parse(event)
+            _log_ignored(parsed)
+            return summarize(submit_all(current, parsed.objects))
+        return _process_batch(event, context, lambda record: _submit_message(
+            current, record, parse_message))
+
+
+def _submit_message(current: Bridge, record: Any,
+                    parse_message: Callable[[str], ParsedEvents]) -> dict[str, Any]:
+    parsed = parse_message(record.body)
+    _log_ignored(parsed)
+    final = int(record.attributes.approximate_receive_count or 1) >= MAX_RECEIVES
+    submissions = submit_all(current, parsed.objects, final_attempt=final)
+    again = [s for s in submissions if s.status in {"retry", "error"}]
+    if again:
+        raise RetryLater("; ".join(f"{s.ref}: {s.reason}" for s in again))
+    return summarize(submissions)
+
+
+def _process_batch(event: dict[str, Any], context: Any,
+                   record_handler: Callable[[Any], Any]) -> dict[str, Any]:
+    from aws_lambda_powertools.utilities.batch import (
+        BatchProcessor,
+        EventType,
+        process_partial_response,
+    )
+
+    processor = BatchProcessor(event_type=EventType.SQS)
+    return dict(process_partial_response(event=event, record_handler=record_handler,
+                                         processor=processor, context=context))
+
+
+# ----------------------------------------------------------------------------- webhook
+
+
+def answer_callback(provider: str, headers: Mapping[str, str], body: bytes,
+                    context: Any = None) -> tuple[int, str]:
+    """(status code, JSON body) for one provider callback. Genuine callbacks are queued for
+    settling when a completion queue is configured, so the provider gets its answer within
+    its timeout whatever the relay has to copy. Refusals say only what kind of refusal it
+    was: the caller may be hostile."""
+    current = bridge()
     try:
-        completion = complete(bridge(), provider, headers, body)
+        accepted = accept(current, provider, headers, body)
+        if accepted is None:
+            return 200, json.dumps({"status": "ignored"})
+        queue_url = current.settings.completion_queue_url
+        if queue_url and len(body) <= MAX_QUEUED_BODY:
+            current.sqs().send_message(QueueUrl=queue_url, MessageBody=json.dumps({
+                "provider": provider,
+                "headers": dict(headers),
+                "body": base64.b64encode(body).decode(),
+            }))
+            return 202, json.dumps({"status": "queued", "job_id": accepted.outcome.job_id})
+        current.claims.register_lambda_context(context)
+        with deadline_from(getattr(context, "get_remaining_time_in_millis", None)):
+            return 200, json.dumps(asdict(settle(current, accepted)))
     except CallbackError as exc:
-        logging.getLogger(__name__).warning("callback from %s refused: %s", provider, exc)
+        logger.warning("callback from %s refused: %s", provider, exc)
         return exc.status, json.dumps({"error": type(exc).__name__})
     except ConvbridgeError:
-        # Our side failed (storage, secrets): 5xx so the provider retries the callback.
-        logging.getLogger(__name__).exception("callback from %s could not be settled", provider)
+        # Our side failed (storage, secrets, claims): 5xx so the provider retries.
+        logger.exception("callback from %s could not be handled", provider)
         return 503, json.dumps({"error": "temporarily unavailable"})
-    return 200, json.dumps(asdict(completion))
+
+
+def settle_queued_callbacks(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The queue side of the webhook: each message is a callback accepted earlier; it is
+    verified again (the same code path as a direct callback) and settled once."""
+    current = bridge()
+    current.claims.register_lambda_context(context)
+
+    def settle_message(record: Any) -> None:
+        message = json.loads(record.body)
+        try:
+            complete(current, message["provider"], message["headers"],
+                     base64.b64decode(message["body"]))
+        except CallbackError as exc:
+            # it verified when queued; if it no longer does (rules changed), retrying won't help
+            logger.warning("queued callback dropped: %s", exc)
+        except ConvbridgeError as exc:
+            raise RetryLater(str(exc)) from exc
+
+    with deadline_from(getattr(context, "get_remaining_time_in_millis", None)):
+        return _process_batch(event, context, settle_message)

@@ -25,6 +25,7 @@ DEFAULT_BASE_URLS = {
 class Settings:
     rules_location: str
     context_secret_name: str
+    idempotency_table: str
     webhook_url: str | None = None
     provider_secret_names: Mapping[str, str] = field(default_factory=dict)
     provider_base_urls: Mapping[str, str] = field(default_factory=dict)
@@ -36,6 +37,8 @@ class Settings:
     max_callback_bytes: int = 1024 * 1024
     http_timeout_seconds: float = 10.0
     context_max_age_seconds: int = 7 * 24 * 3600
+    completion_queue_url: str | None = None
+    claim_expiry_seconds: int = 7 * 24 * 3600
 
     def base_url(self, provider: str) -> str:
         try:
@@ -101,6 +104,10 @@ class Settings:
         settings = cls(
             rules_location=required("RULES"),
             context_secret_name=required("CONTEXT_SECRET"),
+            idempotency_table=required("IDEMPOTENCY_TABLE"),
+            completion_queue_url=url("COMPLETION_QUEUE_URL"),
+            claim_expiry_seconds=integer("CLAIM_EXPIRY_SECONDS", 7 * 24 * 3600, 3600,
+                                         365 * 24 * 3600),
             webhook_url=url("WEBHOOK_URL"),
             provider_secret_names=secret_names,
             provider_base_urls=base_urls,

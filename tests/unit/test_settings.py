@@ -8,7 +8,8 @@ from convbridge.errors import ConfigError, SecretError
 from convbridge.secrets import SecretStore
 from convbridge.settings import Settings
 
-BASE = {"CONVBRIDGE_RULES": "/opt/rules.yaml", "CONVBRIDGE_CONTEXT_SECRET": "arn:ctx"}
+BASE = {"CONVBRIDGE_RULES": "/opt/rules.yaml", "CONVBRIDGE_CONTEXT_SECRET": "arn:ctx",
+        "CONVBRIDGE_IDEMPOTENCY_TABLE": "claims"}
 
 
 def test_minimal_environment_gets_defaults() -> None:
@@ -26,6 +27,7 @@ def test_every_problem_is_reported_at_once() -> None:
                            "CONVBRIDGE_WEBHOOK_URL": "ftp://x"})
     message = str(caught.value)
     for expected in ("CONVBRIDGE_RULES is not set", "CONVBRIDGE_CONTEXT_SECRET is not set",
+                     "CONVBRIDGE_IDEMPOTENCY_TABLE is not set",
                      "READ_GRANT_SECONDS='soon'", "WRITE_GRANT_SECONDS=7200 is outside",
                      "WEBHOOK_URL='ftp://x'"):
         assert expected in message

@@ -26,7 +26,6 @@ from convbridge.errors import (
 from convbridge.http import GaveUp, send
 from convbridge.model import JobOutcome, JobSpec
 
-
 logger = logging.getLogger(__name__)
 #: create attempts whose answers were lost before giving up on a job
 MAX_CREATE_ATTEMPTS = 3

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
+from convbridge.errors import StorageError
 from convbridge.model import Grant, ObjectRef, OutputTarget
 
 #: Metadata key the bridge sets on everything it writes. The trigger's loop guard drops any
@@ -45,13 +46,32 @@ class Storage(ABC):
         *,
         content_type: str = "application/octet-stream",
         metadata: Mapping[str, str] | None = None,
+        expected_size: int | None = None,
     ) -> int:
         """Write ``chunks`` to ``key`` with bounded memory; return the bytes written. The object
-        becomes visible under ``key`` only once complete."""
+        becomes visible under ``key`` only once complete, and only if exactly
+        ``expected_size`` bytes arrived (when given): a short or failed stream leaves nothing
+        behind and raises StorageError."""
 
     @abstractmethod
     def stat(self, location: str, key: str) -> ObjectRef | None:
-        """The object's size and version, or None if it does not exist."""
+        """The object's size, version and metadata, or None if it does not exist."""
+
+    @abstractmethod
+    def delete(self, location: str, key: str) -> None:
+        """Remove the object; removing a missing object is not an error."""
+
+    @abstractmethod
+    def list_keys(self, location: str, prefix: str) -> Iterator[str]:
+        """Every key under ``prefix``, in storage order."""
+
+    def copy(self, location: str, source_key: str, target_key: str) -> int:
+        """Copy within one location; adapters with a server-side copy override this."""
+        found = self.stat(location, source_key)
+        if found is None:
+            raise StorageError(f"cannot copy {location}/{source_key}: it does not exist")
+        return self.write_stream(location, target_key, self.read_stream(location, source_key),
+                                 metadata=found.metadata, expected_size=found.size)
 
     def write_json(
         self, location: str, key: str, document: Mapping[str, Any], *, marker: str

@@ -168,6 +168,7 @@ class S3Storage(Storage):
         *,
         content_type: str = "application/octet-stream",
         metadata: Mapping[str, str] | None = None,
+        expected_size: int | None = None,
     ) -> int:
         extra: dict[str, Any] = {"ContentType": content_type, "Metadata": dict(metadata or {})}
         buffer = bytearray()
@@ -175,7 +176,8 @@ class S3Storage(Storage):
         for chunk in iterator:
             buffer += chunk
             if len(buffer) >= PART_SIZE:
-                return self._multipart(location, key, buffer, iterator, extra)
+                return self._multipart(location, key, buffer, iterator, extra, expected_size)
+        _check_size(location, key, len(buffer), expected_size)
         try:
             self._s3.put_object(Bucket=location, Key=key, Body=bytes(buffer), **extra)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
@@ -189,6 +191,7 @@ class S3Storage(Storage):
         buffer: bytearray,
         rest: Iterator[bytes],
         extra: dict[str, Any],
+        expected_size: int | None,
     ) -> int:
         """Multipart upload holding at most about two parts in memory. Nothing appears under
         ``key`` until CompleteMultipartUpload; any failure aborts the upload."""
@@ -212,6 +215,7 @@ class S3Storage(Storage):
                     del buffer[:PART_SIZE]
             if buffer or not parts:
                 flush(bytes(buffer))
+            _check_size(location, key, total, expected_size)
             self._s3.complete_multipart_upload(
                 Bucket=location, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
@@ -221,6 +225,36 @@ class S3Storage(Storage):
                 raise StorageError(f"cannot write s3://{location}/{key}: {_describe(exc)}") from exc
             raise
         return total
+
+    def delete(self, location: str, key: str) -> None:
+        try:
+            self._s3.delete_object(Bucket=location, Key=key)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise StorageError(f"cannot delete s3://{location}/{key}: {_describe(exc)}") from exc
+
+    def list_keys(self, location: str, prefix: str) -> Iterator[str]:
+        try:
+            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=location,
+                                                                       Prefix=prefix)
+            for page in pages:
+                for item in page.get("Contents", []):
+                    yield str(item["Key"])
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise StorageError(f"cannot list s3://{location}/{prefix}: {_describe(exc)}") from exc
+
+    def copy(self, location: str, source_key: str, target_key: str) -> int:
+        found = self.stat(location, source_key)
+        if found is None:
+            raise StorageError(f"cannot copy s3://{location}/{source_key}: it does not exist")
+        if (found.size or 0) > 5 * 1024**3:
+            return super().copy(location, source_key, target_key)  # CopyObject stops at 5 GiB
+        try:
+            self._s3.copy_object(Bucket=location, Key=target_key,
+                                 CopySource={"Bucket": location, "Key": source_key})
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise StorageError(f"cannot copy s3://{location}/{source_key}: "
+                               f"{_describe(exc)}") from exc
+        return found.size or 0
 
     def stat(self, location: str, key: str) -> ObjectRef | None:
         try:
@@ -236,6 +270,12 @@ class S3Storage(Storage):
             storage=self.name, location=location, key=key, version=version,
             size=int(head.get("ContentLength", 0)), metadata=dict(head.get("Metadata", {})),
         )
+
+
+def _check_size(location: str, key: str, written: int, expected: int | None) -> None:
+    if expected is not None and written != expected:
+        raise StorageError(f"s3://{location}/{key}: got {written} bytes, expected {expected}; "
+                           "nothing was written")
 
 
 def _describe(exc: BaseException) -> str:

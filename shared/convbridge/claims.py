@@ -1,0 +1,93 @@
+"""At-least-once delivery made exactly-once where it matters: claims in DynamoDB.
+
+Two things must happen once however often an event arrives: starting a job for one upload
+(keyed on storage, location, key, version and rule) and settling a job (keyed on provider and
+job id). Both use aws-lambda-powertools Idempotency with its DynamoDB persistence layer:
+
+* the first caller records the claim as in progress, runs the action, and stores its result;
+* a later duplicate gets the stored result back, marked ``replayed``, and runs nothing;
+* a duplicate arriving while the first is still running gets :class:`ClaimInProgress`
+  (SQS redelivers it later, when the stored result answers it);
+* if the action raises, the claim is deleted, so a failed submission can be retried.
+
+With a registered Lambda context, an in-progress claim expires with the invocation, so a
+function that timed out mid-claim does not block its event forever.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from convbridge.errors import ConvbridgeError, StorageError
+
+DEFAULT_EXPIRY_SECONDS = 7 * 24 * 3600
+
+
+class ClaimInProgress(ConvbridgeError):
+    """Another invocation holds this claim right now; try again later."""
+
+
+class Claims:
+    def __init__(self, table_name: str, dynamodb_client: Any, *,
+                 expires_after_seconds: int = DEFAULT_EXPIRY_SECONDS) -> None:
+        # powertools' idempotency module costs ~140 ms to import: only functions that claim pay
+        from aws_lambda_powertools.utilities.idempotency import (
+            DynamoDBPersistenceLayer,
+            IdempotencyConfig,
+        )
+
+        self._persistence = DynamoDBPersistenceLayer(table_name=table_name,
+                                                     boto3_client=dynamodb_client)
+        self._config = IdempotencyConfig(
+            event_key_jmespath="key",
+            raise_on_no_idempotency_key=True,
+            expires_after_seconds=expires_after_seconds,
+            response_hook=_mark_replayed,
+        )
+        self._wrapped: dict[str, Callable[..., dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def register_lambda_context(self, context: Any) -> None:
+        if context is not None and hasattr(context, "get_remaining_time_in_millis"):
+            self._config.register_lambda_context(context)
+
+    def once(self, scope: str, key: Mapping[str, Any],
+             action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run ``action`` once per (scope, key); duplicates get its stored result with
+        ``"replayed": True``. ``action`` must return a JSON-serialisable dict."""
+        from aws_lambda_powertools.utilities.idempotency.exceptions import (
+            IdempotencyAlreadyInProgressError,
+            IdempotencyPersistenceLayerError,
+        )
+
+        wrapped = self._wrapper(scope)
+        try:
+            return wrapped(claim={"key": dict(key), "action": action})
+        except IdempotencyAlreadyInProgressError as exc:
+            raise ClaimInProgress(f"{scope} claim is held by another invocation") from exc
+        except IdempotencyPersistenceLayerError as exc:
+            raise StorageError(f"idempotency table unavailable: {type(exc).__name__}") from exc
+
+    def _wrapper(self, scope: str) -> Callable[..., dict[str, Any]]:
+        from aws_lambda_powertools.utilities.idempotency import idempotent_function
+
+        with self._lock:
+            if scope not in self._wrapped:
+
+                def run(claim: dict[str, Any]) -> dict[str, Any]:
+                    result: dict[str, Any] = claim["action"]()
+                    return result
+
+                self._wrapped[scope] = idempotent_function(
+                    run, data_keyword_argument="claim", persistence_store=self._persistence,
+                    config=self._config, key_prefix=f"convbridge.{scope}",
+                )
+            return self._wrapped[scope]
+
+
+def _mark_replayed(response: Any, idempotent_data: Any) -> Any:
+    if isinstance(response, dict):
+        return {**response, "replayed": True}
+    return response
