@@ -21,7 +21,7 @@ from urllib.parse import quote_plus
 import boto3
 
 from devstack.lambda_local import FunctionUrlServer, LocalContext, SqsPoller, load_function
-from devstack.sandbox import Sandbox
+from devstack.sandbox import Faults, Sandbox
 from devstack.servers import MotoServer
 
 REGION = "us-east-1"
@@ -59,7 +59,8 @@ def patched_environ(values: Mapping[str, str]) -> Iterator[None]:
 
 class DevStack:
     def __init__(self, *, rules_text: str | None = None, read_grant: str = "presigned_url",
-                 bucket: str = BUCKET) -> None:
+                 bucket: str = BUCKET, env: Mapping[str, str] | None = None,
+                 faults: Faults | None = None) -> None:
         self.bucket = bucket
         self.api_key = secrets.token_urlsafe(24)
         self.signing_secret = secrets.token_urlsafe(32)
@@ -68,7 +69,9 @@ class DevStack:
                                                            "read_grant": read_grant}
         self._tmp = tempfile.TemporaryDirectory(prefix="convbridge-stack-")
         self.moto = MotoServer()
-        self.sandbox = Sandbox(api_key=self.api_key, signing_secret=self.signing_secret)
+        self.sandbox = Sandbox(api_key=self.api_key, signing_secret=self.signing_secret,
+                               faults=faults)
+        self._extra_env = dict(env or {})
         self.webhook: FunctionUrlServer | None = None
         self._env_cm: Any = None
         self.trigger_module: Any = None
@@ -99,6 +102,7 @@ class DevStack:
             "CONVBRIDGE_GRANT_ROLE_ARN": GRANT_ROLE_ARN,
             "CONVBRIDGE_S3_ENDPOINT_URL": self.moto.endpoint_url,
             "CONVBRIDGE_IDEMPOTENCY_TABLE": "convbridge-claims",
+            **self._extra_env,
         }
         self._env_cm = patched_environ(env)
         self._env_cm.__enter__()
@@ -117,19 +121,17 @@ class DevStack:
         self.pollers.append(SqsPoller(sqs, completion_url, webhook.handler, batch_size=5).start())
         return self
 
-    def watch_bucket(self) -> None:
+    def watch_bucket(self, prefix: str = "inbox/") -> None:
         """Deliver uploads the deployed way: S3 notifications into SQS, polled into the
         trigger in batches, as Lambda's event source mapping does."""
         sqs = boto3.client("sqs", region_name=REGION)
         arn = sqs.get_queue_attributes(QueueUrl=self.s3_events_queue_url,
                                        AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        queue: dict[str, Any] = {"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}
+        if prefix:
+            queue["Filter"] = {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}}
         self.s3.put_bucket_notification_configuration(
-            Bucket=self.bucket,
-            NotificationConfiguration={"QueueConfigurations": [{
-                "QueueArn": arn, "Events": ["s3:ObjectCreated:*"],
-                "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "inbox/"}]}},
-            }]},
-        )
+            Bucket=self.bucket, NotificationConfiguration={"QueueConfigurations": [queue]})
         self.pollers.append(SqsPoller(sqs, self.s3_events_queue_url,
                                       self.trigger_module.handler).start())
 

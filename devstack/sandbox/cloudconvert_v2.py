@@ -1,19 +1,25 @@
 """The CloudConvert API v2 dialect of the sandbox: bearer-key authentication, validation of
-`POST /v2/jobs` bodies, translation of CloudConvert task payloads into the neutral operation specs
-of models.py, rendering of jobs and tasks as CloudConvert returns them (`{"data": ...}`, with
-credentials hidden), and the signed `job.finished` / `job.failed` callback. Field and operation
-names follow the CloudConvert v2 documents in shared/seeds exactly; execution is not done here."""
+`POST /v2/jobs` bodies, the paginated `GET /v2/jobs` listing (`filter[tag]`, `filter[status]`,
+`include=tasks`, `page`, `per_page`), translation of CloudConvert task payloads into the neutral
+operation specs of models.py, rendering of jobs and tasks as CloudConvert returns them
+(`{"data": ...}`, with credentials hidden), and the signed `job.finished` / `job.failed`
+callback. Field and operation names follow the CloudConvert v2 documents in shared/seeds exactly;
+execution is not done here."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
+import math
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from .models import (
     ApiRequest,
@@ -23,6 +29,7 @@ from .models import (
     Convert,
     ExportS3,
     ExportUrl,
+    Faults,
     ImportS3,
     ImportUrl,
     Job,
@@ -57,6 +64,8 @@ _TASK_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 # RFC 3987 forbids these unencoded; CloudConvert rejects such URLs (spaces included).
 _URL_FORBIDDEN = re.compile(r"[\s<>\"{}|\\^`\x00-\x1f\x7f]")
 _CONVERT_OPTIONS = ("quality", "width", "height")
+JOB_STATUSES = ("waiting", "processing", "finished", "error")
+DEFAULT_PER_PAGE = 100
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,15 @@ def _json(status: int, payload: object, headers: Mapping[str, str] | None = None
 
 def _error(status: int, message: str, code: str, **extra: object) -> ApiResponse:
     return _json(status, {"message": message, "code": code, **extra})
+
+
+def retry_after(faults: Faults) -> str:
+    """Integer seconds, or an IMF-fixdate at least that many seconds ahead (rounded up to the
+    next whole second, since HTTP dates have no fractions)."""
+    if not faults.retry_after_http_date:
+        return str(faults.retry_after_seconds)
+    when = datetime.fromtimestamp(math.ceil(time.time()) + faults.retry_after_seconds, UTC)
+    return format_datetime(when, usegmt=True)
 
 
 def _redacted(value: Any) -> Any:
@@ -262,6 +280,8 @@ class CloudConvertV2:
         match parts, request.method:
             case ["jobs"], "POST":
                 return self._create_job(request.body)
+            case ["jobs"], "GET":
+                return self._list_jobs(request.query)
             case ["jobs", job_id], "GET":
                 job = self._backend.job(job_id)
                 if job is None or job.dialect != DIALECT:
@@ -278,14 +298,15 @@ class CloudConvertV2:
         return _error(404, "Not found.", "NOT_FOUND")
 
     def _create_job(self, raw: bytes) -> ApiResponse:
-        rejection = self._backend.draw_rejection()
+        faults = self._backend.faults
+        rejection = self._backend.draw_rejection(faults)
         if rejection is not None:
-            retry_after = {"Retry-After": str(self._backend.faults.retry_after_seconds)}
+            wait = {"Retry-After": retry_after(faults)}
             if rejection == 429:
                 return _json(429, {"message": "Too Many Attempts.", "code": "TOO_MANY_REQUESTS"},
-                             {**retry_after, "X-RateLimit-Remaining": "0"})
+                             {**wait, "X-RateLimit-Remaining": "0"})
             return _json(503, {"message": "Service Unavailable.", "code": "SERVICE_UNAVAILABLE"},
-                         retry_after)
+                         wait)
         try:
             body = json.loads(raw or b"null")
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -299,22 +320,79 @@ class CloudConvertV2:
         with self._backend.lock:
             rendered = self.render_job(job)
         self._backend.run(job, self.build_callback)
-        return _json(201, {"data": rendered})
+        response = _json(201, {"data": rendered})
+        if self._backend.draw(faults.timeout_rate):
+            # The job exists and runs; only the answer is late.
+            return ApiResponse(response.status, response.body, response.headers,
+                               hold_seconds=faults.timeout_seconds)
+        return response
+
+    def _list_jobs(self, query: str) -> ApiResponse:
+        """Newest first, as CloudConvert lists them. Filters match exactly; jobs carry their
+        tasks only with `include=tasks`."""
+        params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        errors: dict[str, list[str]] = {}
+        numbers: dict[str, int] = {}
+        for name, default in (("page", 1), ("per_page", DEFAULT_PER_PAGE)):
+            text = params.get(name, str(default))
+            if not text.isdigit() or int(text) < 1:
+                errors[name] = [f"The {name} must be a positive integer."]
+            else:
+                numbers[name] = int(text)
+        status = params.get("filter[status]")
+        if status is not None and status not in JOB_STATUSES:
+            errors["filter.status"] = ["The selected filter.status is invalid."]
+        if errors:
+            return _error(422, "The given data was invalid.", "INVALID_DATA", errors=errors)
+        page, per_page = numbers["page"], numbers["per_page"]
+        include_tasks = "tasks" in params.get("include", "").split(",")
+        with self._backend.lock:
+            jobs = self._backend.jobs(DIALECT, tag=params.get("filter[tag]"))
+            if status is not None:
+                jobs = [job for job in jobs if job.status == status]
+            jobs.reverse()
+            start = (page - 1) * per_page
+            shown = jobs[start:start + per_page]
+            data = [self.render_job(job, include_tasks=include_tasks) for job in shown]
+        path = f"{self._base_url()}{self.prefix}/jobs"
+        kept = {k: v for k, v in params.items() if k not in ("page",)}
+
+        def link(number: int) -> str:
+            return f"{path}?{urlencode({**kept, 'page': number})}"
+
+        return _json(200, {
+            "data": data,
+            "links": {
+                "first": link(1),
+                "last": None,
+                "prev": link(page - 1) if page > 1 else None,
+                "next": link(page + 1) if start + per_page < len(jobs) else None,
+            },
+            "meta": {
+                "current_page": page,
+                "from": start + 1 if data else None,
+                "path": path,
+                "per_page": per_page,
+                "to": start + len(data) if data else None,
+            },
+        })
 
     # -- rendering -----------------------------------------------------------------------------
 
-    def render_job(self, job: Job) -> dict[str, Any]:
+    def render_job(self, job: Job, *, include_tasks: bool = True) -> dict[str, Any]:
         with self._backend.lock:
-            return {
+            rendered: dict[str, Any] = {
                 "id": job.id,
                 "tag": job.tag,
                 "status": job.status,
                 "created_at": job.created_at,
                 "started_at": job.started_at,
                 "ended_at": job.ended_at,
-                "tasks": [self.render_task(task) for task in job.tasks],
-                "links": {"self": f"{self._base_url()}{self.prefix}/jobs/{job.id}"},
             }
+            if include_tasks:
+                rendered["tasks"] = [self.render_task(task) for task in job.tasks]
+            rendered["links"] = {"self": f"{self._base_url()}{self.prefix}/jobs/{job.id}"}
+            return rendered
 
     def render_task(self, task: Task) -> dict[str, Any]:
         with self._backend.lock:

@@ -1,17 +1,23 @@
 """State and execution for the sandbox, independent of any provider dialect: jobs made of tasks,
-run in dependency order on a background thread per job, with real downloads, conversions and
-uploads, followed by callback delivery with retries. A dialect module (cloudconvert_v2.py and its
-future siblings) translates its wire format into the neutral operation specs defined here, renders
-jobs back into its own JSON, and builds the signed callback body; everything else lives here so
-that every dialect behaves alike. Fault injection (`Faults`) is configured here for the same
-reason."""
+run in dependency order on a small worker pool, with real downloads, conversions and uploads,
+followed by callback delivery with retries (on a pool of its own, with waits kept on a timer heap
+rather than on sleeping threads, so hundreds of jobs with delayed callbacks stay cheap). A
+dialect module (cloudconvert_v2.py and its future siblings) translates its wire format into the
+neutral operation specs defined here, renders jobs back into its own JSON, and builds the signed
+callback body; everything else lives here so that every dialect behaves alike. Fault injection
+(`Faults`) is configured here for the same reason."""
 
 from __future__ import annotations
 
+import dataclasses
+import heapq
+import itertools
 import logging
+import queue
 import random
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,7 +37,9 @@ from .storage_io import (
     FileBlob,
     FileStore,
     S3Access,
+    Spool,
     StorageError,
+    download_client,
     fetch_url,
     filename_from_url,
     public_url_form,
@@ -57,17 +65,28 @@ class Faults:
 
     latency_seconds: added before every API answer.
     fail_rate_429 / fail_rate_503: share (0..1) of job creations refused with that status and
-        `Retry-After: retry_after_seconds`.
+        a Retry-After of `retry_after_seconds`: integer seconds, or with
+        `retry_after_http_date` an IMF-fixdate that many seconds (rounded up) from now.
+    timeout_rate: share of accepted job creations whose answer is held for `timeout_seconds`
+        after the job was created and started, so a client with a shorter read timeout sees a
+        timeout for a job that exists (a blind retry makes a duplicate).
+    drop_download_rate: share of GET /files/... downloads that send the full Content-Length,
+        then only `drop_after_bytes` of the body, then close the connection.
     fail_operations: neutral operation kinds ("import/s3", "convert", ...) whose tasks always
         fail, with that operation's usual error code.
     duplicate_callbacks: extra copies of a callback sent after it was accepted.
     callback_delay_seconds: wait before the first delivery attempt.
-    seed: makes the random draws repeatable."""
+    seed: makes the random draws repeatable (re-seeds when set with Sandbox.set_faults)."""
 
     latency_seconds: float = 0.0
     fail_rate_429: float = 0.0
     fail_rate_503: float = 0.0
     retry_after_seconds: int = 1
+    retry_after_http_date: bool = False
+    timeout_rate: float = 0.0
+    timeout_seconds: float = 5.0
+    drop_download_rate: float = 0.0
+    drop_after_bytes: int = 1024
     fail_operations: frozenset[str] = frozenset()
     duplicate_callbacks: int = 0
     callback_delay_seconds: float = 0.0
@@ -87,9 +106,13 @@ class ApiRequest:
 
 @dataclass(frozen=True)
 class ApiResponse:
+    """An answer for the server to send; `hold_seconds` > 0 makes it wait that long first
+    (the timeout fault)."""
+
     status: int
     body: bytes = b""
     headers: Mapping[str, str] = field(default_factory=dict)
+    hold_seconds: float = 0.0
 
 
 class Dialect(Protocol):
@@ -280,6 +303,99 @@ def export_keys(spec: ExportS3, filenames: list[str]) -> list[str]:
     return [key]
 
 
+class _Pool:
+    """A fixed set of daemon worker threads, started on first use. Unlike ThreadPoolExecutor's
+    workers they never hold up interpreter exit, as a job stuck in a 30 s download would."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._workers = max(1, workers)
+        self._name = name
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._started = False
+        self._closed = False
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        """Queue `fn`; RuntimeError once shut down."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self._name} pool is shut down")
+            if not self._started:
+                self._started = True
+                for number in range(self._workers):
+                    threading.Thread(target=self._work, name=f"{self._name}-{number}",
+                                     daemon=True).start()
+            self._queue.put(fn)
+
+    def shutdown(self) -> None:
+        """Drop queued work; running work ends on its own."""
+        with self._lock:
+            self._closed = True
+            while True:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            for _ in range(self._workers):
+                self._queue.put(None)
+
+    def _work(self) -> None:
+        while (fn := self._queue.get()) is not None:
+            try:
+                fn()
+            except Exception:
+                log.exception("sandbox %s worker: unexpected error", self._name)
+
+
+class _Timers:
+    """Runs callables on `pool` once their delay has passed: one thread and a heap, rather
+    than one sleeping thread per pending callback delay or retry backoff."""
+
+    def __init__(self, pool: _Pool) -> None:
+        self._pool = pool
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._order = itertools.count()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        if delay <= 0:
+            self._pool.submit(fn)
+            return
+        with self._wake:
+            if self._closed:
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="sandbox-timers",
+                                                daemon=True)
+                self._thread.start()
+            heapq.heappush(self._heap, (time.monotonic() + delay, next(self._order), fn))
+            self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._heap.clear()
+            self._wake.notify()
+
+    def _loop(self) -> None:
+        with self._wake:
+            while not self._closed:
+                if not self._heap:
+                    self._wake.wait()
+                    continue
+                wait = self._heap[0][0] - time.monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
+                    continue
+                fn = heapq.heappop(self._heap)[2]
+                try:
+                    self._pool.submit(fn)
+                except RuntimeError:  # the pool was shut down: the sandbox is stopping
+                    return
+
+
 class Backend:
     """All jobs of one sandbox, their execution and their callbacks."""
 
@@ -291,9 +407,12 @@ class Backend:
         public_url: Callable[[], str],
         callback_attempts: int,
         callback_backoff_seconds: float,
+        job_workers: int = 4,
+        callback_workers: int = 8,
     ) -> None:
-        self.faults = faults
+        self._faults = faults
         self.files = files
+        self.spool = Spool()
         self._public_url = public_url
         self._callback_attempts = max(1, callback_attempts)
         self._callback_backoff = callback_backoff_seconds
@@ -301,21 +420,56 @@ class Backend:
         # Re-entrant: dialects render a job while holding it, and rendering may look up tasks.
         self.lock = threading.RLock()
         self._idle = threading.Condition(self.lock)
+        # Jobs not yet ended plus callback deliveries not yet done or given up.
         self._active = 0
-        self._stopping = threading.Event()
-        self._jobs: dict[str, Job] = {}
+        self.stopping = threading.Event()
+        self._jobs: dict[str, Job] = {}  # in creation order
+        self._by_tag: dict[str, list[Job]] = {}
         self._tasks: dict[str, Task] = {}
         self._deliveries: list[Delivery] = []
+        self._job_pool = _Pool(job_workers, "sandbox-job")
+        self._callback_pool = _Pool(callback_workers, "sandbox-callback")
+        self._timers = _Timers(self._callback_pool)
+        # Shared clients: building one costs ~15 ms. No keep-alive, so a receiver that drops
+        # idle connections cannot turn a reused socket into a spurious delivery failure.
+        self._downloads = download_client()
+        self._callbacks = httpx.Client(
+            timeout=CALLBACK_TIMEOUT_SECONDS, trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
 
-    # -- fault draws -------------------------------------------------------------------------
+    # -- faults ------------------------------------------------------------------------------
 
-    def draw_rejection(self) -> int | None:
+    @property
+    def faults(self) -> Faults:
+        with self.lock:
+            return self._faults
+
+    def set_faults(self, faults: Faults) -> None:
+        """Replace the faults in force; a seed given re-seeds the random draws."""
+        with self.lock:
+            self._faults = faults
+            if faults.seed is not None:
+                self._rng.seed(faults.seed)
+
+    def draw(self, rate: float) -> bool:
+        """True for a `rate` share (0..1) of calls; rates of 0 and 1 use no randomness."""
+        if rate <= 0:
+            return False
+        if rate >= 1:
+            return True
+        with self.lock:
+            return self._rng.random() < rate
+
+    def draw_rejection(self, faults: Faults) -> int | None:
         """429 or 503 for the configured share of job creations, else None."""
+        if faults.fail_rate_429 <= 0 and faults.fail_rate_503 <= 0:
+            return None
         with self.lock:
             roll = self._rng.random()
-        if roll < self.faults.fail_rate_429:
+        if roll < faults.fail_rate_429:
             return 429
-        if roll < self.faults.fail_rate_429 + self.faults.fail_rate_503:
+        if roll < faults.fail_rate_429 + faults.fail_rate_503:
             return 503
         return None
 
@@ -343,6 +497,8 @@ class Backend:
         job = Job(job_id, dialect, tag, webhook_url, tasks, created)
         with self.lock:
             self._jobs[job_id] = job
+            if tag is not None:
+                self._by_tag.setdefault(tag, []).append(job)
             self._tasks.update({task.id: task for task in tasks})
         return job
 
@@ -354,9 +510,15 @@ class Backend:
         with self.lock:
             return self._tasks.get(task_id)
 
-    def jobs(self, dialect: str) -> list[Job]:
+    def jobs(self, dialect: str, *, tag: str | None = None) -> list[Job]:
+        """The dialect's jobs, oldest first; with `tag`, only those whose tag equals it."""
         with self.lock:
-            return [job for job in self._jobs.values() if job.dialect == dialect]
+            pool = self._by_tag.get(tag, []) if tag is not None else self._jobs.values()
+            return [job for job in pool if job.dialect == dialect]
+
+    def job_count(self) -> int:
+        with self.lock:
+            return len(self._jobs)
 
     def deliveries(self) -> list[Delivery]:
         with self.lock:
@@ -365,24 +527,37 @@ class Backend:
     # -- execution ---------------------------------------------------------------------------
 
     def run(self, job: Job, build_callback: Callable[[Job], Callback | None]) -> None:
-        """Execute `job` in the background; `build_callback` is asked for the callback
+        """Execute `job` on the worker pool; `build_callback` is asked for the callback
         once the job has ended."""
         with self.lock:
             self._active += 1
-        thread = threading.Thread(
-            target=self._run_job, args=(job, build_callback), name=f"sandbox-job-{job.id[:8]}",
-            daemon=True,
-        )
-        thread.start()
+        try:
+            self._job_pool.submit(lambda: self._run_job(job, build_callback))
+        except RuntimeError:  # the pool was shut down: the sandbox is stopping
+            self._finished_one()
 
     def wait_idle(self, timeout: float) -> None:
+        if self.stopping.is_set():
+            return
         with self._idle:
             if not self._idle.wait_for(lambda: self._active == 0, timeout=timeout):
-                raise TimeoutError(f"{self._active} sandbox job(s) still running after {timeout}s")
+                raise TimeoutError(f"{self._active} sandbox job(s) or callback(s) still running "
+                                   f"after {timeout}s")
 
     def close(self) -> None:
-        """Cut short every wait (backoffs, injected delays) so threads end promptly."""
-        self._stopping.set()
+        """Stop the pools and timers, cut short every wait (injected delays, held answers)
+        and remove spilled files. Work already running ends on its own; queued work is
+        dropped."""
+        self.stopping.set()
+        self._timers.close()
+        self._job_pool.shutdown()
+        self._callback_pool.shutdown()
+        self.spool.close()
+
+    def _finished_one(self) -> None:
+        with self._idle:
+            self._active -= 1
+            self._idle.notify_all()
 
     def _run_job(self, job: Job, build_callback: Callable[[Job], Callback | None]) -> None:
         try:
@@ -396,16 +571,26 @@ class Backend:
                 failed = any(task.status == "error" for task in job.tasks)
                 job.status, job.ended_at = ("error" if failed else "finished"), now()
             log.info("job %s %s", job.id, job.status)
+            self._release_outputs(job)
             with self.lock:
                 callback = build_callback(job)
             if callback is not None:
-                self._deliver(job.id, callback)
+                self._start_delivery(job.id, callback)
         except Exception:
             log.exception("sandbox job %s crashed", job.id)
         finally:
-            with self._idle:
-                self._active -= 1
-                self._idle.notify_all()
+            self._finished_one()
+
+    def _release_outputs(self, job: Job) -> None:
+        """Intermediate files are needed only while the job runs; spilled ones that no
+        export/url serves are deleted now rather than at stop."""
+        with self.lock:
+            blobs = [blob for task in job.tasks for blob in task.outputs]
+            for task in job.tasks:
+                task.outputs = []
+        for blob in blobs:
+            if blob.path is not None and not self.files.serves(blob.path):
+                self.spool.discard(blob)
 
     def _run_task(self, task: Task, inputs: list[Task]) -> None:
         with self.lock:
@@ -445,87 +630,111 @@ class Backend:
         match spec:
             case ImportUrl():
                 try:
-                    data = fetch_url(spec.url, dict(spec.headers or {}))
+                    blob = fetch_url(self._downloads, spec.url, dict(spec.headers or {}),
+                                     self.spool, spec.filename or filename_from_url(spec.url))
                 except StorageError as exc:
                     raise TaskFailure(IMPORT_FAILED, str(exc)) from exc
-                outputs = [FileBlob(spec.filename or filename_from_url(spec.url), data)]
+                outputs = [blob]
                 log.debug("imported %s", public_url_form(spec.url))
             case ImportS3():
                 try:
-                    objects = read_s3(spec.access, spec.key, spec.key_prefix)
+                    objects = read_s3(spec.access, spec.key, spec.key_prefix, self.spool)
                 except StorageError as exc:
                     raise TaskFailure(IMPORT_FAILED, str(exc)) from exc
                 outputs = [
-                    FileBlob(
-                        spec.filename if spec.filename and spec.key else key.rsplit("/", 1)[-1],
-                        data,
-                    )
-                    for key, data in objects
+                    dataclasses.replace(blob, filename=spec.filename)
+                    if spec.filename and spec.key else blob
+                    for _key, blob in objects
                 ]
             case Convert():
                 outputs = [self._convert(spec, blob, len(files)) for blob in files]
             case ExportS3():
                 keys = export_keys(spec, [blob.filename for blob in files])
                 for key, blob in zip(keys, files, strict=True):
-                    try:
-                        write_s3(
-                            spec.access, key, blob.data,
-                            content_type=spec.content_type, acl=spec.acl,
-                            cache_control=spec.cache_control,
-                            metadata=dict(spec.metadata) if spec.metadata else None,
-                            server_side_encryption=spec.server_side_encryption,
-                            tagging=spec.tagging,
-                        )
-                    except StorageError as exc:
-                        raise TaskFailure(EXPORT_FAILED, str(exc)) from exc
-                return [], [ResultFile(blob.filename, len(blob.data)) for blob in files]
+                    self._export_s3(spec, key, blob)
+                return [], [ResultFile(blob.filename, blob.size) for blob in files]
             case ExportUrl():
                 base = self._public_url()
                 return [], [
-                    ResultFile(blob.filename, len(blob.data), base + self.files.add(blob))
+                    ResultFile(blob.filename, blob.size, base + self.files.add(blob))
                     for blob in files
                 ]
-        return outputs, [ResultFile(blob.filename, len(blob.data)) for blob in outputs]
+        return outputs, [ResultFile(blob.filename, blob.size) for blob in outputs]
 
     @staticmethod
-    def _convert(spec: Convert, blob: FileBlob, count: int) -> FileBlob:
+    def _export_s3(spec: ExportS3, key: str, blob: FileBlob) -> None:
+        options: dict[str, Any] = {
+            "content_type": spec.content_type, "acl": spec.acl,
+            "cache_control": spec.cache_control,
+            "metadata": dict(spec.metadata) if spec.metadata else None,
+            "server_side_encryption": spec.server_side_encryption, "tagging": spec.tagging,
+        }
+        try:
+            if blob.path is None:
+                write_s3(spec.access, key, blob.data, **options)
+            else:
+                with blob.open() as body:
+                    write_s3(spec.access, key, body, **options)
+        except StorageError as exc:
+            raise TaskFailure(EXPORT_FAILED, str(exc)) from exc
+
+    def _convert(self, spec: Convert, blob: FileBlob, count: int) -> FileBlob:
         source = spec.input_format or extension(blob.filename)
         try:
-            data = convert_image(blob.data, source, spec.output_format, spec.options)
+            data = convert_image(blob.read(), source, spec.output_format, spec.options)
         except ConversionError as exc:
             raise TaskFailure(exc.code, f"{blob.filename}: {exc.message}") from exc
         # A custom filename only makes sense for a single output.
         name = spec.filename if spec.filename and count == 1 else None
-        return FileBlob(name or output_filename(blob.filename, spec.output_format), data)
+        return self.spool.blob(name or output_filename(blob.filename, spec.output_format), data)
 
     # -- callbacks ---------------------------------------------------------------------------
 
-    def _deliver(self, job_id: str, callback: Callback) -> None:
-        if self.faults.callback_delay_seconds and self._stopping.wait(
-            self.faults.callback_delay_seconds
-        ):
-            return
-        attempt = 0
-        status: int | None = None
-        with httpx.Client(timeout=CALLBACK_TIMEOUT_SECONDS, trust_env=False) as client:
-            for attempt in range(1, self._callback_attempts + 1):
-                status = self._post(client, job_id, callback, attempt)
-                if not callback.retry(status) or attempt == self._callback_attempts:
-                    break
-                if self._stopping.wait(self._callback_backoff * 2 ** (attempt - 1)):
-                    return
-            if status is not None and 200 <= status < 300:
-                for extra in range(1, self.faults.duplicate_callbacks + 1):
-                    self._post(client, job_id, callback, attempt + extra)
+    def _start_delivery(self, job_id: str, callback: Callback) -> None:
+        """Deliver `callback` with retries; counts as active (for wait_idle) until the last
+        attempt or duplicate was sent or the delivery was given up."""
+        faults = self.faults
+        with self.lock:
+            self._active += 1
+        self._later(
+            faults.callback_delay_seconds,
+            lambda: self._attempt(job_id, callback, 1, faults.duplicate_callbacks),
+        )
 
-    def _post(
-        self, client: httpx.Client, job_id: str, callback: Callback, attempt: int
-    ) -> int | None:
+    def _later(self, delay: float, step: Callable[[], None]) -> None:
+        try:
+            self._timers.call_later(delay, step)
+        except RuntimeError:  # the pool was shut down: the sandbox is stopping
+            self._finished_one()
+
+    def _attempt(self, job_id: str, callback: Callback, attempt: int, duplicates: int) -> None:
+        finished = True
+        try:
+            if self.stopping.is_set():
+                return
+            status = self._post(job_id, callback, attempt)
+            if callback.retry(status) and attempt < self._callback_attempts:
+                finished = False
+                self._later(
+                    self._callback_backoff * 2 ** (attempt - 1),
+                    lambda: self._attempt(job_id, callback, attempt + 1, duplicates),
+                )
+                return
+            if status is not None and 200 <= status < 300:
+                for extra in range(1, duplicates + 1):
+                    self._post(job_id, callback, attempt + extra)
+        except Exception:
+            log.exception("callback delivery for job %s crashed", job_id)
+        finally:
+            if finished:
+                self._finished_one()
+
+    def _post(self, job_id: str, callback: Callback, attempt: int) -> int | None:
         # Only scheme, host and path are logged: callback URLs may carry a per-job token.
         shown = public_url_form(callback.url)
         try:
-            response = client.post(callback.url, content=callback.body,
-                                   headers=dict(callback.headers))
+            response = self._callbacks.post(callback.url, content=callback.body,
+                                            headers=dict(callback.headers))
             status: int | None = response.status_code
             log.info("callback %s %s attempt %d -> %s", callback.event, shown, attempt, status)
         except httpx.HTTPError as exc:

@@ -1,8 +1,10 @@
 """The sandbox's HTTP front: a stdlib ThreadingHTTPServer that parses requests, routes them by
 path prefix to a provider dialect (CloudConvert v2 below /v2; other dialects mount beside it on
-the same port), serves exported files below /files/, and applies the latency fault. `Sandbox`
-owns the server, the shared backend and the file store; `serve` runs one in the foreground for
-the `convbridge sandbox` command. No parsing of provider semantics happens here."""
+the same port), serves exported files below /files/ (small ones from memory, large ones from disk
+with sendfile), applies the transport-level faults (latency, held answers, dropped downloads) and
+keeps a log of every request for tests. `Sandbox` owns the server, the shared backend and the
+file store; `serve` runs one in the foreground for the `convbridge sandbox` command. No parsing
+of provider semantics happens here."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -17,7 +20,7 @@ from urllib.parse import quote, urlsplit
 from .cloudconvert_v2 import DIALECT as CLOUDCONVERT_V2
 from .cloudconvert_v2 import CloudConvertV2
 from .models import ApiRequest, ApiResponse, Backend, Dialect, Faults
-from .storage_io import FileStore
+from .storage_io import FileBlob, FileStore
 
 log = logging.getLogger("devstack.sandbox")
 
@@ -25,15 +28,48 @@ MAX_BODY_BYTES = 10 * 1024 * 1024
 _CHUNK = 64 * 1024
 
 
+class _Log:
+    """The request and download logs behind Sandbox.requests() and Sandbox.downloads()."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: list[dict[str, Any]] = []
+        self._downloads: list[dict[str, Any]] = []
+
+    def request(self, started: float, method: str, path: str, status: int | str,
+                retry_after: str | None) -> None:
+        entry = {"time": started, "method": method, "path": path, "status": status,
+                 "retry_after": retry_after}
+        with self._lock:
+            self._requests.append(entry)
+
+    def download(self, started: float, path: str, status: int, dropped: bool) -> None:
+        entry = {"time": started, "path": path, "status": status, "dropped": dropped}
+        with self._lock:
+            self._downloads.append(entry)
+
+    def requests(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(entry) for entry in self._requests]
+
+    def downloads(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(entry) for entry in self._downloads]
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # The stdlib default of 5 drops connection attempts when a few dozen clients arrive at
+    # once, and each dropped SYN costs the client a one-second retransmit.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], dialects: list[Dialect], files: FileStore,
-                 faults: Faults) -> None:
+                 backend: Backend, journal: _Log) -> None:
         super().__init__(address, _Handler)
         self.dialects = dialects
         self.files = files
-        self.faults = faults
+        self.backend = backend
+        self.journal = journal
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -67,20 +103,22 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s - %s", self.address_string(), format % args)
 
     def _dispatch(self) -> None:
+        started = time.monotonic()
         parts = urlsplit(self.path)
+        if parts.path.startswith("/files/"):
+            self._send_file(parts.path, started)
+            return
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY_BYTES:
-            self._send(ApiResponse(413, b"request body too large"))
             self.close_connection = True
+            self._answer(started, parts.path, ApiResponse(413, b"request body too large"))
             return
         body = self.rfile.read(length) if length else b""
-        if parts.path.startswith("/files/"):
-            self._send_file(parts.path)
-            return
         for dialect in self.server.dialects:
             if parts.path == dialect.prefix or parts.path.startswith(dialect.prefix + "/"):
-                if self.server.faults.latency_seconds:
-                    time.sleep(self.server.faults.latency_seconds)
+                latency = self.server.backend.faults.latency_seconds
+                if latency:
+                    time.sleep(latency)
                 request = ApiRequest(
                     method=self.command,
                     path=parts.path,
@@ -97,10 +135,26 @@ class _Handler(BaseHTTPRequestHandler):
                         500, b'{"message": "Server Error", "code": "INTERNAL_ERROR"}',
                         {"Content-Type": "application/json"},
                     )
-                self._send(response)
+                self._answer(started, parts.path, response)
                 return
-        self._send(ApiResponse(404, b'{"message": "Not found.", "code": "NOT_FOUND"}',
-                               {"Content-Type": "application/json"}))
+        self._answer(started, parts.path, ApiResponse(
+            404, b'{"message": "Not found.", "code": "NOT_FOUND"}',
+            {"Content-Type": "application/json"},
+        ))
+
+    def _answer(self, started: float, path: str, response: ApiResponse) -> None:
+        held = response.hold_seconds > 0
+        self.server.journal.request(
+            started, self.command, path, "timeout" if held else response.status,
+            response.headers.get("Retry-After"),
+        )
+        if held and self.server.backend.stopping.wait(response.hold_seconds):
+            self.close_connection = True
+            return
+        try:
+            self._send(response)
+        except OSError:  # a client that timed out has usually gone by now
+            self.close_connection = True
 
     def _send(self, response: ApiResponse) -> None:
         self.send_response(response.status)
@@ -111,24 +165,60 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(response.body)
 
-    def _send_file(self, path: str) -> None:
+    def _send_file(self, path: str, started: float) -> None:
+        # A download has no body to read; anything sent is left unread, so don't reuse.
+        if self.headers.get("Content-Length") not in (None, "0"):
+            self.close_connection = True
         token = path[len("/files/"):].split("/", 1)[0]
         stored = self.server.files.get(token) if self.command in ("GET", "HEAD") else None
         if stored is None:
+            if self.command == "GET":
+                self.server.journal.download(started, path, 404, False)
             self._send(ApiResponse(404, b"not found"))
             return
+        blob = stored.blob
+        try:
+            size = blob.size
+        except OSError:  # a spilled file removed at stop, or a served file deleted by its owner
+            self._send(ApiResponse(404, b"not found"))
+            return
+        faults = self.server.backend.faults
+        dropped = self.command == "GET" and self.server.backend.draw(faults.drop_download_rate)
+        if self.command == "GET":
+            self.server.journal.download(started, path, 200, dropped)
         self.send_response(200)
         self.send_header("Content-Type", stored.content_type)
-        self.send_header("Content-Length", str(len(stored.data)))
+        self.send_header("Content-Length", str(size))
         self.send_header(
             "Content-Disposition", f"attachment; filename*=UTF-8''{quote(stored.filename)}"
         )
         self.end_headers()
         if self.command == "HEAD":
             return
-        view = memoryview(stored.data)
+        count = min(max(0, faults.drop_after_bytes), size) if dropped else size
+        try:
+            _write_body(self, blob, count)
+        except OSError:
+            self.close_connection = True
+            return
+        if dropped:
+            # Fewer bytes than Content-Length, then the connection ends: the client sees an
+            # incomplete body, as when a provider's CDN connection breaks mid-download.
+            self.close_connection = True
+
+
+def _write_body(handler: _Handler, blob: FileBlob, count: int) -> None:
+    """The first `count` bytes of `blob`: from memory, or from disk with sendfile, so a large
+    file never passes through this process's memory."""
+    if blob.path is None:
+        view = memoryview(blob.data)[:count]
         for start in range(0, len(view), _CHUNK):
-            self.wfile.write(view[start:start + _CHUNK])
+            handler.wfile.write(view[start:start + _CHUNK])
+        return
+    if count == 0:
+        return
+    with blob.path.open("rb") as source:
+        handler.connection.sendfile(source, 0, count)
 
 
 class Sandbox:
@@ -143,18 +233,20 @@ class Sandbox:
         callback_attempts: int = 4,
         callback_backoff_seconds: float = 0.2,
         faults: Faults | None = None,
+        job_workers: int = 4,
     ) -> None:
         self._address = (host, port)
         self._api_key = api_key
         self._signing_secret = signing_secret
         self._files = FileStore()
-        self._faults = faults or Faults()
+        self._journal = _Log()
         self._backend = Backend(
-            faults=self._faults,
+            faults=faults or Faults(),
             files=self._files,
             public_url=lambda: self.url,
             callback_attempts=callback_attempts,
             callback_backoff_seconds=callback_backoff_seconds,
+            job_workers=job_workers,
         )
         self._cloudconvert_v2 = CloudConvertV2(
             self._backend, api_key=api_key, signing_secret=signing_secret,
@@ -174,7 +266,8 @@ class Sandbox:
         return f"http://{self._address[0]}:{self._server.server_port}"
 
     def start(self) -> Sandbox:
-        self._server = _Server(self._address, [self._cloudconvert_v2], self._files, self._faults)
+        self._server = _Server(self._address, [self._cloudconvert_v2], self._files,
+                               self._backend, self._journal)
         server = self._server
         # A short poll interval makes stop() quick; tests start and stop many sandboxes.
         self._thread = threading.Thread(
@@ -186,6 +279,7 @@ class Sandbox:
         return self
 
     def stop(self) -> None:
+        """Stop serving, drop queued work, release held answers, delete spilled files."""
         self._backend.close()
         if self._server is not None:
             self._server.shutdown()
@@ -205,15 +299,30 @@ class Sandbox:
     ) -> None:
         self.stop()
 
+    @property
+    def faults(self) -> Faults:
+        return self._backend.faults
+
+    def set_faults(self, faults: Faults) -> None:
+        """Change the faults while running (thread-safe); later requests, downloads, tasks
+        and callback deliveries see the new ones."""
+        self._backend.set_faults(faults)
+
     def wait_idle(self, timeout: float = 30) -> None:
-        """Block until every job has ended and its callbacks were delivered or given up;
-        TimeoutError otherwise."""
+        """Block until every job has ended and its callbacks (duplicates and delayed ones
+        included) were delivered or given up; TimeoutError otherwise."""
         self._backend.wait_idle(timeout)
 
     def jobs(self) -> list[dict[str, Any]]:
-        """Every CloudConvert v2 job, as GET /v2/jobs/{id} returns it (without `data`)."""
-        return [self._cloudconvert_v2.render_job(job)
-                for job in self._backend.jobs(CLOUDCONVERT_V2)]
+        """Every CloudConvert v2 job, oldest first, as GET /v2/jobs/{id} returns it (without
+        `data`)."""
+        with self._backend.lock:
+            return [self._cloudconvert_v2.render_job(job)
+                    for job in self._backend.jobs(CLOUDCONVERT_V2)]
+
+    def job_count(self) -> int:
+        """How many jobs were ever created (every dialect)."""
+        return self._backend.job_count()
 
     def deliveries(self) -> list[dict[str, Any]]:
         """Every callback attempt: {job_id, event, status (None on network error), attempt}."""
@@ -221,6 +330,23 @@ class Sandbox:
             {"job_id": d.job_id, "event": d.event, "status": d.status, "attempt": d.attempt}
             for d in self._backend.deliveries()
         ]
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every API request (everything outside /files/), in the order answered:
+        {time (time.monotonic() at arrival), method, path (no query), status (int, or
+        "timeout" for an answer held by the timeout fault), retry_after (header or None)}."""
+        return self._journal.requests()
+
+    def downloads(self) -> list[dict[str, Any]]:
+        """Every GET below /files/: {time (time.monotonic() at arrival), path, status,
+        dropped (cut short by the drop fault)}."""
+        return self._journal.downloads()
+
+    def serve_file(self, path: Path, filename: str) -> str:
+        """Serve the file at `path` (read from disk at each download, never loaded into
+        memory, never deleted by the sandbox) and return its download URL; downloads obey
+        the drop fault like export/url files."""
+        return self.url + self._files.add(FileBlob(filename, path=Path(path)))
 
 
 def serve(port: int, api_key: str, signing_secret: str, host: str = "127.0.0.1") -> None:

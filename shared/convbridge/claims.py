@@ -33,13 +33,10 @@ class Claims:
     def __init__(self, table_name: str, dynamodb_client: Any, *,
                  expires_after_seconds: int = DEFAULT_EXPIRY_SECONDS) -> None:
         # powertools' idempotency module costs ~140 ms to import: only functions that claim pay
-        from aws_lambda_powertools.utilities.idempotency import (
-            DynamoDBPersistenceLayer,
-            IdempotencyConfig,
-        )
+        from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig
 
-        self._persistence = DynamoDBPersistenceLayer(table_name=table_name,
-                                                     boto3_client=dynamodb_client)
+        self._table_name = table_name
+        self._client = dynamodb_client
         self._config = IdempotencyConfig(
             event_key_jmespath="key",
             raise_on_no_idempotency_key=True,
@@ -71,7 +68,10 @@ class Claims:
             raise StorageError(f"idempotency table unavailable: {type(exc).__name__}") from exc
 
     def _wrapper(self, scope: str) -> Callable[..., dict[str, Any]]:
-        from aws_lambda_powertools.utilities.idempotency import idempotent_function
+        from aws_lambda_powertools.utilities.idempotency import (
+            DynamoDBPersistenceLayer,
+            idempotent_function,
+        )
 
         with self._lock:
             if scope not in self._wrapped:
@@ -80,8 +80,13 @@ class Claims:
                     result: dict[str, Any] = claim["action"]()
                     return result
 
+                # One persistence layer per scope: powertools keeps the key prefix on the layer
+                # object, so scopes sharing one would write each other's claims when they run
+                # on concurrent threads.
+                persistence = DynamoDBPersistenceLayer(table_name=self._table_name,
+                                                       boto3_client=self._client)
                 self._wrapped[scope] = idempotent_function(
-                    run, data_keyword_argument="claim", persistence_store=self._persistence,
+                    run, data_keyword_argument="claim", persistence_store=persistence,
                     config=self._config, key_prefix=f"convbridge.{scope}",
                 )
             return self._wrapped[scope]

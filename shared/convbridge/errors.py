@@ -6,7 +6,8 @@
     ├── SecretError                 a secret could not be fetched or lacks a field
     ├── RejectedObject              a stored object that will not be converted (empty, too big, ...)
     ├── StorageError                a storage call failed (vendor error wrapped)
-    │   └── GrantError              a scoped credential could not be minted
+    │   ├── GrantError              a scoped credential could not be minted
+    │   └── StaleWrite              a conditional write lost to a newer one
     ├── ProviderError               the conversion provider refused or failed a call
     │   ├── ProviderRejected        4xx other than 429: retrying will not help
     │   └── ProviderUnavailable     429/5xx/connection errors that outlived the retry budget
@@ -62,6 +63,10 @@ class StorageError(ConvbridgeError):
 
 class GrantError(StorageError):
     """A scoped credential could not be minted."""
+
+
+class StaleWrite(StorageError):
+    """The object changed since the revision a conditional write expected."""
 
 
 class ProviderError(ConvbridgeError):

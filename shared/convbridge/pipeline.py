@@ -29,6 +29,7 @@ from convbridge.errors import (
     ProviderRejected,
     ProviderUnavailable,
     RejectedObject,
+    StaleWrite,
     StorageError,
 )
 from convbridge.model import (
@@ -48,7 +49,7 @@ logger = logging.getLogger(__name__)
 CALLBACK_PATH = "/callbacks/{provider}"
 #: downloads of one output tried before the relay gives up and reports the failure
 RELAY_ATTEMPTS = 3
-RELAY_CHUNK = 1024 * 1024
+RELAY_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -104,10 +105,11 @@ def submit_all(bridge: Bridge, refs: Iterable[ObjectRef], *,
 
 
 def submit(bridge: Bridge, ref: ObjectRef, *, final_attempt: bool = True,
-           claim_scope: str = "submit") -> Submission:
+           attempt: str | None = None) -> Submission:
     """Start one job for ``ref`` unless it is the bridge's own write, matches no rule, or was
     already claimed. ``final_attempt=False`` lets a transient provider failure propagate
-    (releasing the claim) so the event is delivered again instead of reported."""
+    (releasing the claim) so the event is delivered again instead of reported. ``attempt``
+    names a deliberate resubmission, which gets a claim of its own."""
     rules = bridge.rules
     if rules.is_own_write(ref):
         return _skip(ref, "written by convbridge itself (loop guard)")
@@ -129,9 +131,9 @@ def submit(bridge: Bridge, ref: ObjectRef, *, final_attempt: bool = True,
     ref = replace(ref, size=found.size if ref.size is None else ref.size,
                   version=ref.version or found.version)
     claim_key = {"storage": ref.storage, "location": ref.location, "key": ref.key,
-                 "version": ref.version, "rule": rule.name}
+                 "version": ref.version, "rule": rule.name, "attempt": attempt}
     result = bridge.claims.once(
-        claim_scope, claim_key,
+        "submit", claim_key,
         lambda: _submit_claimed(bridge, storage, rule, ref, final_attempt=final_attempt),
     )
     if result.get("replayed"):
@@ -146,6 +148,11 @@ def _submit_claimed(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef
                     final_attempt: bool) -> dict[str, Any]:
     try:
         conversion = _conversion(rule, ref)
+        # The record is written before the job exists: a provider may call back before
+        # the create request has answered, and the settled record must win.
+        revision = storage.write_json(ref.location, rule.result_key(ref.key),
+                                      records.submitting_record(ref, rule),
+                                      marker=rule.name)
         job_id, route = _start_job(bridge, storage, rule, ref, conversion)
     except RejectedObject as rejected:
         return _reject(storage, ref, rule, rejected)
@@ -156,9 +163,12 @@ def _submit_claimed(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef
         if not final_attempt:
             raise
         return _reject(storage, ref, rule, RejectedObject("PROVIDER_UNAVAILABLE", exc.message))
-    storage.write_json(ref.location, rule.result_key(ref.key),
-                       records.submitted_record(ref, rule, job_id=job_id, route=route),
-                       marker=rule.name)
+    try:
+        storage.write_json(ref.location, rule.result_key(ref.key),
+                           records.submitted_record(ref, rule, job_id=job_id, route=route),
+                           marker=rule.name, if_revision=revision)
+    except StaleWrite:
+        logger.info("job %s settled before its submission was recorded", job_id)
     logger.info("submitted %s under rule %s as %s job %s (route %s)",
                 ref, rule.name, rule.provider, job_id, route)
     return {"status": "submitted", "job_id": job_id}
@@ -244,6 +254,38 @@ def _start_job(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef,
     logger.info("grants for %s: read %s (%s), write %s", ref, read_grant.scope, read_grant.kind,
                 write_grant.scope if write_grant else "relay through the bridge")
     return provider.start(spec), plan.route
+
+
+def retry_failures(bridge: Bridge, rule_name: str | None = None) -> list[Submission]:
+    """Resubmit every source named by a failure report (``convbridge retry``). A source the
+    failure policy moved aside is put back first. A report is removed once its source is
+    submitted again, so running this twice does not start two jobs."""
+    submissions = []
+    for rule in bridge.rules.rules:
+        if rule_name and rule.name != rule_name:
+            continue
+        storage = bridge.storage(rule.storage)
+        for report_key in list(storage.list_keys(rule.location, rule.failures_prefix)):
+            report = _read_record(storage, rule.location, report_key) if report_key.endswith(
+                ".json") else None
+            if not report or report.get("schema") != records.SCHEMA:
+                continue  # a source moved aside, not a report
+            key = str(report["source"]["key"])
+            moved = rule.failed_source_key(key)
+            if storage.stat(rule.location, moved) is not None:
+                storage.copy(rule.location, moved, key)
+                storage.delete(rule.location, moved)
+            if storage.stat(rule.location, key) is None:
+                logger.warning("cannot retry %s: the source is gone", key)
+                submissions.append(Submission(ObjectRef(rule.storage, rule.location, key),
+                                              "skipped", "the source is gone", rule.name))
+                continue
+            submission = submit(bridge, ObjectRef(rule.storage, rule.location, key),
+                                attempt=str(report.get("recorded_at")))
+            if submission.status == "submitted":
+                storage.delete(rule.location, report_key)
+            submissions.append(submission)
+    return submissions
 
 
 # --------------------------------------------------------------------------- callbacks

@@ -45,6 +45,12 @@ def base_record(status: str, ref: ObjectRef, rule: Rule) -> dict[str, Any]:
     }
 
 
+def submitting_record(ref: ObjectRef, rule: Rule) -> dict[str, Any]:
+    record = base_record("submitting", ref, rule)
+    record["submitted_at"] = record["recorded_at"]
+    return record
+
+
 def submitted_record(ref: ObjectRef, rule: Rule, *, job_id: str, route: str) -> dict[str, Any]:
     record = base_record("submitted", ref, rule)
     record.update(job_id=job_id, route=route, submitted_at=record["recorded_at"])

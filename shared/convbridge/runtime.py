@@ -124,7 +124,9 @@ def _process_batch(event: dict[str, Any], context: Any,
         process_partial_response,
     )
 
-    processor = BatchProcessor(event_type=EventType.SQS)
+    # a batch where every record failed still answers with batchItemFailures: raising would
+    # make Lambda retry the batch as a whole, the same outcome with less information
+    processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
     return dict(process_partial_response(event=event, record_handler=record_handler,
                                          processor=processor, context=context))
 

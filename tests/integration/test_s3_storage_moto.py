@@ -184,12 +184,23 @@ def test_stat_of_missing_key_is_none(storage: S3Storage) -> None:
 def test_write_json_round_trip(storage: S3Storage, s3: Any) -> None:
     document = {"job": "j-1", "outputs": [{"key": "outbox/résumé.pdf", "size": 3}], "ok": True}
 
-    written = storage.write_json(BUCKET, "records/j-1.json", document, marker="record")
+    revision = storage.write_json(BUCKET, "records/j-1.json", document, marker="record")
 
     body = storage.read_bytes(BUCKET, "records/j-1.json")
-    assert written == len(body)
+    assert revision == s3.head_object(Bucket=BUCKET, Key="records/j-1.json")["ETag"]
     assert json.loads(body) == document
     ref = storage.stat(BUCKET, "records/j-1.json")
     assert ref is not None and ref.metadata.get(OUTPUT_MARKER) == "record"
     head = s3.head_object(Bucket=BUCKET, Key="records/j-1.json")
     assert head["ContentType"] == "application/json"
+
+
+def test_a_conditional_record_write_loses_to_a_newer_one(storage: S3Storage) -> None:
+    from convbridge.errors import StaleWrite
+
+    first = storage.write_json(BUCKET, "records/race.json", {"status": "submitting"}, marker="r")
+    storage.write_json(BUCKET, "records/race.json", {"status": "finished"}, marker="r")
+    with pytest.raises(StaleWrite):
+        storage.write_json(BUCKET, "records/race.json", {"status": "submitted"}, marker="r",
+                           if_revision=first)
+    assert json.loads(storage.read_bytes(BUCKET, "records/race.json")) == {"status": "finished"}

@@ -4,6 +4,7 @@ byte, and every assertion is about what crossed the wire or landed in storage.""
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import hmac
 import io
@@ -12,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -42,6 +44,12 @@ def _png(mode: str = "RGBA", size: tuple[int, int] = (32, 24)) -> bytes:
     return out.getvalue()
 
 
+class _ReceiverServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # The sandbox delivers callbacks from several threads at once.
+    request_queue_size = 128
+
+
 class Receiver:
     """A callback endpoint: answers each path with its scripted statuses (then 200) and
     records the raw body and headers of every request."""
@@ -70,7 +78,7 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _ReceiverServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         server = self.server
         threading.Thread(target=lambda: server.serve_forever(poll_interval=0.05),
@@ -419,3 +427,296 @@ def test_fault_injection(moto_url: str, s3: Any, receiver: Receiver) -> None:
         assert [(d["status"], d["attempt"]) for d in sb.deliveries()] == [(200, 1), (200, 2)]
         calls = receiver.calls_to("/hook/faults")
         assert len(calls) == 2 and calls[0]["body"] == calls[1]["body"]
+
+
+# -- listing, transport faults, request logs, large files, load ---------------------------------
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def _vmrss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def _write_file(path: Any, size: int, seed: bytes = b"x") -> str:
+    """Write `size` bytes of varied content in 1 MiB pieces (never all in memory); sha256."""
+    digest = hashlib.sha256()
+    block = hashlib.sha256(seed).digest() * (1024 * 1024 // 32)
+    with open(path, "wb") as out:
+        written = 0
+        number = 0
+        while written < size:
+            piece = (number.to_bytes(8, "big") + block)[: min(len(block), size - written)]
+            out.write(piece)
+            digest.update(piece)
+            written += len(piece)
+            number += 1
+    return digest.hexdigest()
+
+
+def _url_job(source_url: str, *, tag: str | None = None, webhook: str | None = None,
+             convert: bool = False) -> dict[str, Any]:
+    tasks: dict[str, Any] = {"in": {"operation": "import/url", "url": source_url}}
+    last = "in"
+    if convert:
+        tasks["conv"] = {"operation": "convert", "input": "in", "output_format": "jpg"}
+        last = "conv"
+    tasks["out"] = {"operation": "export/url", "input": last}
+    body: dict[str, Any] = {"tasks": tasks}
+    if tag is not None:
+        body["tag"] = tag
+    if webhook is not None:
+        body["webhook_url"] = webhook
+    return body
+
+
+def _find_by_tag(client: httpx.Client, tag: str, **params: str) -> dict[str, Any]:
+    listed = client.get("/jobs", params={"filter[tag]": tag, **params})
+    assert listed.status_code == 200, listed.text
+    payload: dict[str, Any] = listed.json()
+    return payload
+
+
+def test_list_jobs_filters_on_the_exact_long_tag(api: httpx.Client, sandbox: Sandbox) -> None:
+    # ~1 KB, with every character that URL encoding or a loose match could get wrong.
+    tag = f"ctx-{uuid.uuid4().hex}:" + "a&b=c+d e%20f/é?#[x];" * 48
+    assert len(tag) > 1000
+    unreachable = "http://127.0.0.1:9/x.png"
+    ids = {}
+    for name, each in (("prefix", tag[:-1]), ("exact", tag), ("longer", tag + "x"),
+                       ("upper", tag.upper())):
+        created = api.post("/jobs", json=_url_job(unreachable, tag=each))
+        assert created.status_code == 201
+        ids[name] = created.json()["data"]["id"]
+    sandbox.wait_idle(timeout=15)
+
+    found = _find_by_tag(api, tag)
+    assert [job["id"] for job in found["data"]] == [ids["exact"]]
+    [job] = found["data"]
+    assert job["tag"] == tag and job["status"] == "error"
+    assert "tasks" not in job  # only with include=tasks, as CloudConvert lists them
+    assert found["meta"]["per_page"] == 100 and found["meta"]["current_page"] == 1
+    assert found["links"]["next"] is None
+
+    with_tasks = _find_by_tag(api, tag, include="tasks")["data"][0]
+    assert [task["name"] for task in with_tasks["tasks"]] == ["in", "out"]
+    assert _find_by_tag(api, tag, **{"filter[status]": "error"})["data"] == found["data"]
+    assert _find_by_tag(api, tag, **{"filter[status]": "finished"})["data"] == []
+    assert _find_by_tag(api, "no-such-tag-" + uuid.uuid4().hex)["data"] == []
+    assert _find_by_tag(api, "")["data"] == []
+
+    # Newest first, paged, with links that keep the filter.
+    first = api.get("/jobs", params={"per_page": "2"}).json()
+    assert [job["id"] for job in first["data"]] == [ids["upper"], ids["longer"]]
+    assert (first["meta"]["from"], first["meta"]["to"]) == (1, 2)
+    second = api.get(first["links"]["next"]).json()
+    assert [job["id"] for job in second["data"]] == [ids["exact"], ids["prefix"]]
+    assert api.get("/jobs", params={"per_page": "0"}).status_code == 422
+    assert api.get("/jobs", params={"filter[status]": "done"}).status_code == 422
+
+
+def test_timeout_fault_creates_the_job_but_holds_the_answer(
+    tmp_path: Any, receiver: Receiver
+) -> None:
+    (tmp_path / "in.png").write_bytes(_png())
+    faults = Faults(timeout_rate=1.0, timeout_seconds=3.0)
+    with Sandbox(api_key=API_KEY, signing_secret=SIGNING_SECRET, faults=faults) as sb:
+        source = sb.serve_file(tmp_path / "in.png", "in.png")
+        tag = "timeout-" + uuid.uuid4().hex
+        body = _url_job(source, tag=tag, webhook=receiver.url + "/hook/timeout", convert=True)
+        impatient = httpx.Timeout(5.0, read=0.5)
+        with httpx.Client(base_url=sb.url + "/v2", trust_env=False, timeout=impatient,
+                          headers=AUTH) as client:
+            started = time.monotonic()
+            with pytest.raises(httpx.ReadTimeout):
+                client.post("/jobs", json=body)
+            assert time.monotonic() - started < 2
+            [job] = _find_by_tag(client, tag)["data"]
+        sb.wait_idle(timeout=10)
+        assert sb.job_count() == 1
+        [finished] = sb.jobs()
+        assert finished["id"] == job["id"] and finished["status"] == "finished"
+        [call] = receiver.calls_to("/hook/timeout")
+        assert json.loads(call["body"])["job"]["id"] == job["id"]
+        [post, listing] = sb.requests()
+        assert (post["method"], post["path"], post["status"]) == ("POST", "/v2/jobs", "timeout")
+        assert (listing["method"], listing["path"], listing["status"]) == ("GET", "/v2/jobs", 200)
+        stopping = time.monotonic()
+    # stop() released the held answer instead of waiting it out.
+    assert time.monotonic() - stopping < 2
+
+
+def test_drop_fault_cuts_downloads_short_and_can_be_switched_off(tmp_path: Any) -> None:
+    size = 256 * 1024
+    digest = _write_file(tmp_path / "big.bin", size)
+    faults = Faults(drop_download_rate=1.0, drop_after_bytes=1000)
+    with Sandbox(api_key=API_KEY, signing_secret=SIGNING_SECRET, faults=faults) as sb, \
+            httpx.Client(trust_env=False, timeout=10) as client:
+        url = sb.serve_file(tmp_path / "big.bin", "big file.bin")
+        assert url.startswith(sb.url + "/files/") and url.endswith("/big%20file.bin")
+        received = 0
+        with pytest.raises(httpx.TransportError), client.stream("GET", url) as response:
+            assert response.headers["content-length"] == str(size)
+            for chunk in response.iter_bytes():
+                received += len(chunk)
+        assert received == 1000
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.get(url)
+
+        sb.set_faults(Faults())
+        whole = client.get(url)
+        assert whole.status_code == 200 and hashlib.sha256(whole.content).hexdigest() == digest
+        path = url[len(sb.url):]
+        assert [(d["path"], d["status"], d["dropped"]) for d in sb.downloads()] == [
+            (path, 200, True), (path, 200, True), (path, 200, False),
+        ]
+        assert sb.requests() == []
+
+
+def test_retry_after_as_http_date_and_the_request_log() -> None:
+    faults = Faults(fail_rate_429=1.0, retry_after_seconds=3, retry_after_http_date=True)
+    body = _url_job("http://127.0.0.1:9/x.png")
+    with Sandbox(api_key=API_KEY, signing_secret=SIGNING_SECRET, faults=faults) as sb, \
+            httpx.Client(base_url=sb.url + "/v2", trust_env=False, headers=AUTH) as client:
+        refused = client.post("/jobs", json=body)
+        assert refused.status_code == 429
+        when = email.utils.parsedate_to_datetime(refused.headers["retry-after"])
+        assert refused.headers["retry-after"].endswith(" GMT")
+        ahead = (when - datetime.now(UTC)).total_seconds()
+        assert 0 < ahead <= 4
+
+        sb.set_faults(Faults(fail_rate_503=1.0, retry_after_seconds=7))
+        unavailable = client.post("/jobs", json=body)
+        assert unavailable.status_code == 503 and unavailable.headers["retry-after"] == "7"
+        sb.set_faults(Faults())
+        assert client.post("/jobs", json=body).status_code == 201
+        assert client.get("/jobs", params={"filter[tag]": "x"}).status_code == 200
+        assert client.get("/nowhere").status_code == 404
+        sb.wait_idle(timeout=10)
+
+        log = sb.requests()
+        assert [(e["method"], e["path"], e["status"]) for e in log] == [
+            ("POST", "/v2/jobs", 429), ("POST", "/v2/jobs", 503), ("POST", "/v2/jobs", 201),
+            ("GET", "/v2/jobs", 200), ("GET", "/v2/nowhere", 404),
+        ]
+        assert log[0]["retry_after"] == refused.headers["retry-after"]
+        assert [e["retry_after"] for e in log[1:]] == ["7", None, None, None]
+        times = [e["time"] for e in log]
+        assert times == sorted(times) and times[-1] <= time.monotonic()
+        assert sb.job_count() == 1
+
+
+def test_serve_file_streams_64_mib_from_disk(tmp_path: Any) -> None:
+    size = 64 * 1024 * 1024
+    digest = _write_file(tmp_path / "large.bin", size, seed=b"large")
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _vmrss_kib())
+            time.sleep(0.005)
+
+    with Sandbox(api_key=API_KEY, signing_secret=SIGNING_SECRET) as sb, \
+            httpx.Client(trust_env=False, timeout=30) as client:
+        url = sb.serve_file(tmp_path / "large.bin", "large.bin")
+        baseline = _vmrss_kib()
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        received = hashlib.sha256()
+        with client.stream("GET", url) as response:
+            assert response.headers["content-length"] == str(size)
+            for chunk in response.iter_bytes(256 * 1024):
+                received.update(chunk)
+        done.set()
+        sampler.join()
+    assert received.hexdigest() == digest
+    assert (peak[0] - baseline) / 1024 < 30, f"RSS grew by {(peak[0] - baseline) / 1024:.1f} MB"
+
+
+def test_large_outputs_spill_to_disk_and_are_removed_on_stop(
+    tmp_path: Any, s3: Any, moto_url: str
+) -> None:
+    size = 12 * 1024 * 1024
+    digest = _write_file(tmp_path / "scan.bin", size, seed=b"scan")
+    with Sandbox(api_key=API_KEY, signing_secret=SIGNING_SECRET) as sb, \
+            httpx.Client(base_url=sb.url + "/v2", trust_env=False, headers=AUTH,
+                         timeout=30) as client:
+        source = sb.serve_file(tmp_path / "scan.bin", "scan.bin")
+        body = _url_job(source)
+        body["tasks"]["s3out"] = {"operation": "export/s3", "input": "in",
+                                  **s3_fields(moto_url, key="spill/scan.bin")}
+        assert client.post("/jobs", json=body).status_code == 201
+        sb.wait_idle(timeout=20)
+        [job] = sb.jobs()
+        assert job["status"] == "finished", job
+        stored = s3.get_object(Bucket=BUCKET, Key="spill/scan.bin")["Body"].read()
+        assert hashlib.sha256(stored).hexdigest() == digest
+        [file] = by_name(job)["out"]["result"]["files"]
+        assert (file["filename"], file["size"]) == ("scan.bin", size)
+        got = client.get(file["url"])
+        assert hashlib.sha256(got.content).hexdigest() == digest
+        spilled = list(sb._backend.spool._dir.iterdir())  # type: ignore[union-attr]
+        assert len(spilled) == 1 and spilled[0].stat().st_size == size
+
+        # And back from S3, streamed to disk on the way in.
+        assert client.post("/jobs", json={"tasks": {
+            "in": {"operation": "import/s3", **s3_fields(moto_url, key="spill/scan.bin")},
+            "out": {"operation": "export/url", "input": "in"},
+        }}).status_code == 201
+        sb.wait_idle(timeout=20)
+        [back] = by_name(sb.jobs()[1])["out"]["result"]["files"]
+        assert hashlib.sha256(client.get(back["url"]).content).hexdigest() == digest
+        spilled = list(sb._backend.spool._dir.iterdir())  # type: ignore[union-attr]
+        assert len(spilled) == 2
+    assert not any(path.exists() for path in spilled)
+    assert (tmp_path / "scan.bin").exists()  # serve_file never deletes the caller's file
+
+
+def test_300_jobs_from_20_clients_with_delayed_and_duplicated_callbacks(
+    tmp_path: Any, receiver: Receiver
+) -> None:
+    (tmp_path / "in.png").write_bytes(_png())
+    faults = Faults(duplicate_callbacks=1, callback_delay_seconds=0.3)
+    hook = f"/hook/load-{uuid.uuid4().hex[:8]}"
+    with Sandbox(api_key=API_KEY, signing_secret=SIGNING_SECRET, faults=faults) as sb:
+        source = sb.serve_file(tmp_path / "in.png", "in.png")
+        statuses: list[int] = []
+        lock = threading.Lock()
+
+        def client_run(number: int) -> None:
+            with httpx.Client(base_url=sb.url + "/v2", trust_env=False, headers=AUTH,
+                              timeout=20) as client:
+                for each in range(15):
+                    answer = client.post("/jobs", json=_url_job(
+                        source, tag=f"load-{number}-{each}", webhook=receiver.url + hook))
+                    with lock:
+                        statuses.append(answer.status_code)
+
+        started = time.monotonic()
+        clients = [threading.Thread(target=client_run, args=(n,)) for n in range(20)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join()
+        sb.wait_idle(timeout=20)
+        elapsed = time.monotonic() - started
+
+        assert statuses == [201] * 300
+        assert sb.job_count() == 300
+        listed_at = time.monotonic()
+        jobs = sb.jobs()
+        assert time.monotonic() - listed_at < 1
+        assert {job["status"] for job in jobs} == {"finished"}
+        deliveries = sb.deliveries()
+        assert len(deliveries) == 600 and {d["status"] for d in deliveries} == {200}
+        assert len(receiver.calls_to(hook)) == 600
+        with httpx.Client(base_url=sb.url + "/v2", trust_env=False, headers=AUTH) as client:
+            page = client.get("/jobs").json()
+            assert len(page["data"]) == 100 and page["links"]["next"] is not None
+            assert _find_by_tag(client, "load-7-3")["data"][0]["tag"] == "load-7-3"
+    assert elapsed < 15, f"300 jobs took {elapsed:.1f}s"

@@ -12,12 +12,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
-from convbridge.errors import StorageError
+from convbridge.errors import StaleWrite, StorageError
 from convbridge.model import Grant, ObjectRef, OutputTarget
 
 #: Metadata key the bridge sets on everything it writes. The trigger's loop guard drops any
 #: object carrying it, so writing into a watched prefix never starts a job.
 OUTPUT_MARKER = "convbridge-output"
+
+
+__all__ = ["OUTPUT_MARKER", "StaleWrite", "Storage"]
 
 
 class Storage(ABC):
@@ -73,17 +76,33 @@ class Storage(ABC):
         return self.write_stream(location, target_key, self.read_stream(location, source_key),
                                  metadata=found.metadata, expected_size=found.size)
 
+    @abstractmethod
+    def put_bytes(
+        self,
+        location: str,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str],
+        if_revision: str | None = None,
+    ) -> str:
+        """Write a small object whole and return its revision (ETag, generation). With
+        ``if_revision``, write only if the object is still at that revision, else raise
+        StaleWrite: how a late writer avoids clobbering a newer record."""
+
     def write_json(
-        self, location: str, key: str, document: Mapping[str, Any], *, marker: str
-    ) -> int:
+        self,
+        location: str,
+        key: str,
+        document: Mapping[str, Any],
+        *,
+        marker: str,
+        if_revision: str | None = None,
+    ) -> str:
         body = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False).encode()
-        return self.write_stream(
-            location,
-            key,
-            [body],
-            content_type="application/json",
-            metadata={OUTPUT_MARKER: marker},
-        )
+        return self.put_bytes(location, key, body, content_type="application/json",
+                              metadata={OUTPUT_MARKER: marker}, if_revision=if_revision)
 
     def read_bytes(self, location: str, key: str) -> bytes:
         return b"".join(self.read_stream(location, key))

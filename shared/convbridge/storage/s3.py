@@ -10,6 +10,7 @@ permissions; the session policy is the intersection that actually reaches the pr
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -19,7 +20,7 @@ from typing import Any, ClassVar
 import botocore.exceptions
 from botocore.config import Config
 
-from convbridge.errors import GrantError, StorageError
+from convbridge.errors import GrantError, StaleWrite, StorageError
 from convbridge.model import Grant, ObjectRef, OutputTarget
 from convbridge.storage.base import Storage
 
@@ -170,51 +171,41 @@ class S3Storage(Storage):
         metadata: Mapping[str, str] | None = None,
         expected_size: int | None = None,
     ) -> int:
-        extra: dict[str, Any] = {"ContentType": content_type, "Metadata": dict(metadata or {})}
-        buffer = bytearray()
+        part = _PartBuffer(PART_SIZE)
         iterator = iter(chunks)
-        for chunk in iterator:
-            buffer += chunk
-            if len(buffer) >= PART_SIZE:
-                return self._multipart(location, key, buffer, iterator, extra, expected_size)
-        _check_size(location, key, len(buffer), expected_size)
-        try:
-            self._s3.put_object(Bucket=location, Key=key, Body=bytes(buffer), **extra)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise StorageError(f"cannot write s3://{location}/{key}: {_describe(exc)}") from exc
-        return len(buffer)
+        part.fill(iterator)
+        if not part.full:
+            data = part.getvalue()
+            _check_size(location, key, len(data), expected_size)
+            self.put_bytes(location, key, data, content_type=content_type,
+                           metadata=metadata or {})
+            return len(data)
+        extra: dict[str, Any] = {"ContentType": content_type, "Metadata": dict(metadata or {})}
+        return self._multipart(location, key, part, iterator, extra, expected_size)
 
     def _multipart(
         self,
         location: str,
         key: str,
-        buffer: bytearray,
+        part: _PartBuffer,
         rest: Iterator[bytes],
         extra: dict[str, Any],
         expected_size: int | None,
     ) -> int:
-        """Multipart upload holding at most about two parts in memory. Nothing appears under
-        ``key`` until CompleteMultipartUpload; any failure aborts the upload."""
+        """Multipart upload through one reused part buffer, so memory stays at one part
+        whatever the size (allocating a fresh part each time fragments the heap). Nothing
+        appears under ``key`` until CompleteMultipartUpload, which happens only after the byte
+        count is checked; any failure aborts the upload."""
         upload_id = self._s3.create_multipart_upload(Bucket=location, Key=key, **extra)["UploadId"]
         parts: list[dict[str, Any]] = []
         total = 0
-
-        def flush(data: bytes) -> None:
-            nonlocal total
-            answer = self._s3.upload_part(
-                Bucket=location, Key=key, UploadId=upload_id, PartNumber=len(parts) + 1, Body=data
-            )
-            parts.append({"PartNumber": len(parts) + 1, "ETag": answer["ETag"]})
-            total += len(data)
-
         try:
-            for chunk in rest:
-                buffer += chunk
-                while len(buffer) >= PART_SIZE:
-                    flush(bytes(buffer[:PART_SIZE]))
-                    del buffer[:PART_SIZE]
-            if buffer or not parts:
-                flush(bytes(buffer))
+            while part.length:
+                answer = self._s3.upload_part(Bucket=location, Key=key, UploadId=upload_id,
+                                              PartNumber=len(parts) + 1, Body=part.reader())
+                parts.append({"PartNumber": len(parts) + 1, "ETag": answer["ETag"]})
+                total += part.length
+                part.fill(rest)
             _check_size(location, key, total, expected_size)
             self._s3.complete_multipart_upload(
                 Bucket=location, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
@@ -225,6 +216,30 @@ class S3Storage(Storage):
                 raise StorageError(f"cannot write s3://{location}/{key}: {_describe(exc)}") from exc
             raise
         return total
+
+    def put_bytes(
+        self,
+        location: str,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str],
+        if_revision: str | None = None,
+    ) -> str:
+        condition = {"IfMatch": if_revision} if if_revision else {}
+        try:
+            answer = self._s3.put_object(Bucket=location, Key=key, Body=data,
+                                         ContentType=content_type, Metadata=dict(metadata),
+                                         **condition)
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if if_revision and code in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
+                raise StaleWrite(f"s3://{location}/{key} changed since {if_revision}") from exc
+            raise StorageError(f"cannot write s3://{location}/{key}: {_describe(exc)}") from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise StorageError(f"cannot write s3://{location}/{key}: {exc}") from exc
+        return str(answer.get("ETag", ""))
 
     def delete(self, location: str, key: str) -> None:
         try:
@@ -270,6 +285,73 @@ class S3Storage(Storage):
             storage=self.name, location=location, key=key, version=version,
             size=int(head.get("ContentLength", 0)), metadata=dict(head.get("Metadata", {})),
         )
+
+
+class _PartBuffer:
+    """A fixed buffer filled from a chunk stream; what does not fit waits for the next fill."""
+
+    def __init__(self, size: int) -> None:
+        self._buffer = bytearray(size)
+        self._view = memoryview(self._buffer)
+        self._carry = memoryview(b"")
+        self.length = 0
+
+    @property
+    def full(self) -> bool:
+        return self.length == len(self._buffer)
+
+    def fill(self, chunks: Iterator[bytes]) -> None:
+        self.length = 0
+        pending = self._carry
+        while True:
+            if pending:
+                room = len(self._buffer) - self.length
+                taken = pending[:room]
+                self._view[self.length:self.length + len(taken)] = taken
+                self.length += len(taken)
+                pending = pending[len(taken):]
+            if self.full:
+                break
+            chunk = next(chunks, None)
+            if chunk is None:
+                break
+            pending = memoryview(chunk)
+        self._carry = pending
+
+    def getvalue(self) -> bytes:
+        return bytes(self._view[:self.length])
+
+    def reader(self) -> io.BufferedReader:
+        return io.BufferedReader(_ViewReader(self._view[:self.length]))
+
+
+class _ViewReader(io.RawIOBase):
+    """A seekable read-only file over a memoryview: botocore reads a part twice (checksum,
+    then send) without it ever being copied whole."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        count = min(len(target), len(self._view) - self._position)
+        target[:count] = self._view[self._position:self._position + count]
+        self._position += count
+        return count
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
 
 
 def _check_size(location: str, key: str, written: int, expected: int | None) -> None:
