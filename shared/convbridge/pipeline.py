@@ -26,6 +26,7 @@ from convbridge.errors import (
     CallbackTooLarge,
     ContextError,
     ConvbridgeError,
+    GrantError,
     ProviderRejected,
     ProviderUnavailable,
     RejectedObject,
@@ -123,6 +124,10 @@ def submit(bridge: Bridge, ref: ObjectRef, *, final_attempt: bool = True,
             return _skip(ref, "no rule covers this location and prefix")
         return _skip(ref, f"rule {covering.name!r} does not convert this suffix")
     storage = bridge.storage(ref.storage)
+    derived = (rule.result_key(ref.key), rule.failure_key(ref.key), rule.output_key(ref.key))
+    if max(len(k.encode("utf-8")) for k in derived) > storage.max_key_bytes:
+        return _skip(ref, f"key too long: its record names would pass the storage's "
+                          f"{storage.max_key_bytes}-byte limit")
     found = storage.stat(ref.location, ref.key)
     if found is None:
         return _skip(ref, "object no longer exists")
@@ -238,9 +243,18 @@ def _start_job(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef,
     plan = plan_route(ref.storage, type(provider), rule.read_grant)
     output = OutputTarget(storage=ref.storage, location=ref.location,
                           key=rule.output_key(ref.key))
-    read_grant = storage.grant_read(ref, settings.read_grant_seconds, kind=plan.read_grant)
-    write_grant = (storage.grant_write(output, settings.write_grant_seconds)
-                   if plan.route == "native" else None)
+    try:
+        read_grant = storage.grant_read(ref, settings.read_grant_seconds, kind=plan.read_grant)
+    except GrantError as exc:
+        logger.info("%s: %s; importing from a presigned URL instead", ref, exc)
+        read_grant = storage.grant_read(ref, settings.read_grant_seconds, kind="presigned_url")
+    write_grant = None
+    if plan.route == "native":
+        try:
+            write_grant = storage.grant_write(output, settings.write_grant_seconds)
+        except GrantError as exc:
+            logger.info("%s: %s; relaying the output instead", ref, exc)
+            plan = replace(plan, route="relay", write_grant=None)
     context = JobContext.new(rule=rule.name, storage=ref.storage, location=ref.location,
                              key=ref.key, version=ref.version, output_key=output.key,
                              route=plan.route)

@@ -184,3 +184,17 @@ def test_a_bad_rules_file_fails_the_cold_start_listing_every_problem() -> None:
         assert "failures: required" in message
         assert "duplicate rule name 'images'" in message
         assert stack.sandbox.jobs() == []
+
+
+def test_a_key_too_long_for_an_sts_policy_is_relayed_through_the_bridge(stack: DevStack) -> None:
+    key = "inbox/" + "x" * 1000 + ".png"  # the write policy would pass STS's 2,048 characters
+    stack.upload(key, png_bytes())
+    run(stack, key)
+    record = stack.read_json(f"results/{key.removeprefix('inbox/')}.json")
+    assert record is not None and record["status"] == "finished" and record["route"] == "relay"
+    output = record["outputs"][0]
+    head = stack.s3.head_object(Bucket=stack.bucket, Key=output["key"])
+    assert head["ContentLength"] == output["size"] > 0
+    assert head["Metadata"]["convbridge-output"] == "images-to-pdf"
+    operations = [t["operation"] for t in stack.sandbox.jobs()[0]["tasks"]]
+    assert "export/url" in operations and "export/s3" not in operations

@@ -27,6 +27,8 @@ class Storage(ABC):
     """One storage service. Subclasses implement the four abstract methods and ``stat``."""
 
     name: ClassVar[str]
+    #: longest key the storage accepts, in UTF-8 bytes (S3 and GCS: 1024)
+    max_key_bytes: ClassVar[int] = 1024
 
     @abstractmethod
     def grant_read(self, ref: ObjectRef, ttl_seconds: int, *, kind: str = "presigned_url") -> Grant:

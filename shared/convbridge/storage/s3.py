@@ -46,7 +46,8 @@ def session_policy(action: str, resources: list[str]) -> str:
         "Version": "2012-10-17",
         "Statement": [{"Effect": "Allow", "Action": [action], "Resource": resources}],
     }
-    return json.dumps(document, separators=(",", ":"))
+    # STS counts characters: \u-escaping non-ASCII keys would spend six per character
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
 
 
 def session_name(purpose: str, bucket: str, key: str) -> str:
