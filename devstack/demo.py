@@ -67,7 +67,7 @@ def report(stack: DevStack) -> bool:
     ok = True
     good = stack.read_json("results/photos/sunset beach.png.json")
     say("\nconverted objects:")
-    for key, size in sorted(stack.keys("outbox/").items()):
+    for key, size in sorted(stack.objects("outbox/").items()):
         say(f"  s3://{stack.bucket}/{key}  {size} bytes")
     if not good or good.get("status") != "finished":
         say(f"  expected a finished result record for {GOOD_KEY}, got {good}")

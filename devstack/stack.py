@@ -210,7 +210,7 @@ class DevStack:
         document: dict[str, Any] = json.loads(body)
         return document
 
-    def keys(self, prefix: str = "") -> dict[str, int]:
+    def objects(self, prefix: str = "") -> dict[str, int]:
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
                                                                   Prefix=prefix)
         return {obj["Key"]: obj["Size"] for page in pages for obj in page.get("Contents", [])}

@@ -33,7 +33,7 @@ def sqs_event(*bodies: str, receive_count: int = 1) -> dict[str, Any]:
 
 
 def results(stack: DevStack) -> dict[str, dict[str, Any]]:
-    return {key: stack.read_json(key) or {} for key in stack.keys("results/")}
+    return {key: stack.read_json(key) or {} for key in stack.objects("results/")}
 
 
 def test_300_events_for_200_uploads_start_exactly_200_jobs(stack: DevStack) -> None:
@@ -112,8 +112,8 @@ def test_the_bridges_own_writes_in_a_watched_prefix_start_no_jobs() -> None:
             stack.upload(f"photos/{n}.png", PNG)
         stack.wait(timeout=60)
         assert stack.sandbox.job_count() == 3
-        written = stack.keys("converted/")
-        assert len(written) == 3 and len(stack.keys("results/")) == 3
+        written = stack.objects("converted/")
+        assert len(written) == 3 and len(stack.objects("results/")) == 3
         # a user copying an output elsewhere keeps its marker: still not a new job
         stack.s3.copy_object(Bucket=stack.bucket, Key="photos/copied.jpg",
                              CopySource={"Bucket": stack.bucket, "Key": next(iter(written))})
@@ -205,7 +205,7 @@ def test_replayed_and_out_of_order_callbacks_change_nothing(stack: DevStack) -> 
     after = stack.s3.head_object(Bucket=stack.bucket, Key="results/once.png.json")
     assert after["ETag"] == head["ETag"] and after["LastModified"] == head["LastModified"]
     assert stack.read_json("failures/once.png.json") is None
-    assert stack.keys("outbox/") == {"outbox/once.pdf": stack.keys("outbox/")["outbox/once.pdf"]}
+    assert list(stack.objects("outbox/")) == ["outbox/once.pdf"]
 
 
 MOVE_RULES = """\
@@ -229,8 +229,8 @@ def test_failure_policy_moves_or_copies_the_source(policy: str) -> None:
         stack.trigger(stack.s3_event("inbox/bad/scan.png"))
         stack.wait()
         assert stack.read_json("failures/bad/scan.png.json")["status"] == "failed"  # type: ignore[index]
-        assert stack.keys("failures/bad/")["failures/bad/scan.png"] == 9
-        assert ("inbox/bad/scan.png" in stack.keys("inbox/")) == (policy == "copy")
+        assert stack.objects("failures/bad/")["failures/bad/scan.png"] == 9
+        assert ("inbox/bad/scan.png" in stack.objects("inbox/")) == (policy == "copy")
 
 
 def test_retry_resubmits_the_sources_named_in_failure_reports(capsys) -> None:  # type: ignore[no-untyped-def]
@@ -250,6 +250,6 @@ def test_retry_resubmits_the_sources_named_in_failure_reports(capsys) -> None:  
         record = stack.read_json("results/fixme.png.json")
         assert record is not None and record["status"] == "finished"
         assert stack.read_json("failures/fixme.png.json") is None
-        assert "outbox/fixme.pdf" in stack.keys("outbox/")
+        assert "outbox/fixme.pdf" in stack.objects("outbox/")
         assert cli.main(["retry"]) == 0
         assert "nothing to retry" in capsys.readouterr().out

@@ -81,9 +81,9 @@ def test_hostile_keys_never_crash_and_never_write_outside_the_rules_prefixes(
     assert stack.read_json(f"results/{nfc}.png.json")["source"]["key"] == f"inbox/{nfc}.png"  # type: ignore[index]
     assert stack.read_json(f"results/{nfd}.png.json")["source"]["key"] == f"inbox/{nfd}.png"  # type: ignore[index]
 
-    stray = [k for k in stack.keys() if k not in uploaded and not k.startswith(PREFIXES)]
+    stray = [k for k in stack.objects() if k not in uploaded and not k.startswith(PREFIXES)]
     assert stray == []
-    for key in stack.keys("outbox/"):
+    for key in stack.objects("outbox/"):
         assert ".." not in key.split("/")
     assert stack.sandbox.job_count() == sum(
         1 for item in outcomes.values() if item["status"] == "submitted")

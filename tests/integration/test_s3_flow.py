@@ -62,7 +62,7 @@ def test_corrupt_input_gets_a_failure_report_with_the_providers_code(stack: DevS
     assert report["error"]["message"]
     assert report["job_id"]
     assert stack.read_json("results/broken.png.json")["status"] == "failed"  # type: ignore[index]
-    assert stack.keys("outbox/") == {}
+    assert stack.objects("outbox/") == {}
 
 
 def callback(stack: DevStack, body: bytes, signature: str | None) -> httpx.Response:
@@ -85,7 +85,7 @@ def finished_body(token: str, job_id: str = "forged-job") -> bytes:
 def test_forged_callbacks_get_401_and_write_nothing(stack: DevStack) -> None:
     stack.upload("inbox/c.png", png_bytes())
     run(stack, "inbox/c.png")
-    before = stack.keys()
+    before = stack.objects()
     context = JobContext.new(rule="images-to-pdf", storage="s3", location=stack.bucket,
                              key="inbox/c.png", version=None, output_key="outbox/c.pdf",
                              route="relay")
@@ -102,7 +102,7 @@ def test_forged_callbacks_get_401_and_write_nothing(stack: DevStack) -> None:
     real_signature = hmac.new(stack.signing_secret.encode(), forged, hashlib.sha256).hexdigest()
     assert callback(stack, forged, real_signature).status_code == 401
     assert callback(stack, b"x" * (2 * 1024 * 1024), wrong).status_code == 413
-    assert stack.keys() == before
+    assert stack.objects() == before
 
 
 def test_rejected_inputs_get_failure_reports_and_the_batch_goes_on(stack: DevStack) -> None:
