@@ -35,7 +35,7 @@ class Bridge:
         *,
         http: httpx.Client | None = None,
         storages: Mapping[str, Storage] | None = None,
-        aws_clients: Any = None,
+        clients: CloudClients | None = None,
     ) -> None:
         self.settings = settings
         self.rules = rules
@@ -43,22 +43,22 @@ class Bridge:
         self.http = http or make_client(settings.http_timeout_seconds)
         self._storages: dict[str, Storage] = dict(storages or {})
         self._providers: dict[str, Provider] = {}
-        self._aws = aws_clients or AwsClients(settings)
+        self._clients = clients or CloudClients(settings)
         self._lock = threading.Lock()
         self._claims: Claims | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Bridge:
         settings = Settings.from_env(env)
-        aws = AwsClients(settings)
+        aws = CloudClients(settings)
         rules = load_rules(settings.rules_location, read_ssm=aws.read_ssm, read_s3=aws.read_s3)
-        return cls(settings, rules, SecretStore(aws.client("secretsmanager")), aws_clients=aws)
+        return cls(settings, rules, aws.secrets, clients=aws)
 
     def storage(self, name: str) -> Storage:
         with self._lock:
             if name not in self._storages:
                 cls = STORAGES.load(name)
-                self._storages[name] = build_storage(cls, self.settings, self._aws)
+                self._storages[name] = cls.from_settings(self.settings, self._clients)
             return self._storages[name]
 
     @property
@@ -66,12 +66,12 @@ class Bridge:
         with self._lock:
             if self._claims is None:
                 self._claims = Claims(self.settings.idempotency_table,
-                                      self._aws.client("dynamodb"),
+                                      self._clients.client("dynamodb"),
                                       expires_after_seconds=self.settings.claim_expiry_seconds)
             return self._claims
 
     def sqs(self) -> Any:
-        return self._aws.client("sqs")
+        return self._clients.client("sqs")
 
     def provider(self, name: str) -> Provider:
         with self._lock:
@@ -94,28 +94,40 @@ class Bridge:
         return key.encode()
 
 
-class AwsClients:
-    """boto3 clients created on first use; boto3 itself is imported only then."""
+class CloudClients:
+    """AWS clients created on first use (boto3 itself is imported only then), and secret
+    values for adapters that need credentials of another cloud."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._secrets: SecretStore | None = None
+
+    @property
+    def secrets(self) -> SecretStore:
+        with self._lock:
+            if self._secrets is None:
+                self._secrets = SecretStore(self._client_unlocked("secretsmanager"))
+            return self._secrets
 
     def client(self, service: str) -> Any:
         with self._lock:
-            if service not in self._clients:
-                import boto3
+            return self._client_unlocked(service)
 
-                kwargs: dict[str, Any] = {"region_name": self._settings.region}
-                if service == "s3":
-                    from convbridge.storage.s3 import S3_CLIENT_CONFIG
+    def _client_unlocked(self, service: str) -> Any:
+        if service not in self._clients:
+            import boto3
 
-                    kwargs["config"] = S3_CLIENT_CONFIG
-                    if self._settings.s3_endpoint_url:
-                        kwargs["endpoint_url"] = self._settings.s3_endpoint_url
-                self._clients[service] = boto3.client(service, **kwargs)  # type: ignore[call-overload]
-            return self._clients[service]
+            kwargs: dict[str, Any] = {"region_name": self._settings.region}
+            if service == "s3":
+                from convbridge.storage.s3 import S3_CLIENT_CONFIG
+
+                kwargs["config"] = S3_CLIENT_CONFIG
+                if self._settings.s3_endpoint_url:
+                    kwargs["endpoint_url"] = self._settings.s3_endpoint_url
+            self._clients[service] = boto3.client(service, **kwargs)  # type: ignore[call-overload]
+        return self._clients[service]
 
     def read_ssm(self, name: str) -> str:
         answer = self.client("ssm").get_parameter(Name=name, WithDecryption=True)
@@ -124,17 +136,3 @@ class AwsClients:
     def read_s3(self, bucket: str, key: str) -> str:
         body = self.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
         return str(body.read().decode("utf-8"))
-
-
-def build_storage(cls: type[Storage], settings: Settings, aws: AwsClients) -> Storage:
-    if cls.name == "s3":
-        from convbridge.storage.s3 import S3Storage
-
-        return S3Storage(
-            s3_client=aws.client("s3"),
-            sts_client=aws.client("sts") if settings.grant_role_arn else None,
-            grant_role_arn=settings.grant_role_arn,
-            region=settings.region,
-            endpoint_url=settings.s3_endpoint_url,
-        )
-    raise ConfigError(f"storage {cls.name!r} is not wired yet")

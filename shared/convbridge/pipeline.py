@@ -240,7 +240,7 @@ def _start_job(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef,
     if not settings.webhook_url:
         raise StorageError("CONVBRIDGE_WEBHOOK_URL is not set; providers could not call back")
     provider = bridge.provider(rule.provider)
-    plan = plan_route(ref.storage, type(provider), rule.read_grant)
+    plan = plan_route(type(storage), type(provider), rule.read_grant)
     output = OutputTarget(storage=ref.storage, location=ref.location,
                           key=rule.output_key(ref.key))
     try:

@@ -12,9 +12,7 @@ from dataclasses import dataclass
 
 from convbridge.model import Route
 from convbridge.providers.base import Provider
-
-#: The grant kind each storage mints for writes, narrowest first.
-WRITE_GRANT_KINDS = {"s3": ("sts_session",)}
+from convbridge.storage.base import Storage
 
 
 @dataclass(frozen=True)
@@ -24,14 +22,14 @@ class Plan:
     write_grant: str | None
 
 
-def plan_route(storage: str, provider: type[Provider], read_grant: str) -> Plan:
+def plan_route(storage: type[Storage], provider: type[Provider], read_grant: str) -> Plan:
     """``read_grant`` is the rule's choice; a provider that cannot take it falls back to a
     presigned URL, which every provider can import from."""
-    imports = provider.native_imports.get(storage, frozenset())
+    imports = provider.native_imports.get(storage.name, frozenset())
     if read_grant not in imports:
         read_grant = "presigned_url"
-    exports = provider.native_exports.get(storage, frozenset())
-    write = next((k for k in WRITE_GRANT_KINDS.get(storage, ()) if k in exports), None)
+    exports = provider.native_exports.get(storage.name, frozenset())
+    write = next((k for k in storage.write_grant_kinds if k in exports), None)
     if write is None:
         return Plan(route="relay", read_grant=read_grant, write_grant=None)
     return Plan(route="native", read_grant=read_grant, write_grant=write)

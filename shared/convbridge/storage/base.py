@@ -10,10 +10,14 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from convbridge.errors import StaleWrite, StorageError
 from convbridge.model import Grant, ObjectRef, OutputTarget
+
+if TYPE_CHECKING:
+    from convbridge.bridge import CloudClients
+    from convbridge.settings import Settings
 
 #: Metadata key the bridge sets on everything it writes. The trigger's loop guard drops any
 #: object carrying it, so writing into a watched prefix never starts a job.
@@ -29,6 +33,14 @@ class Storage(ABC):
     name: ClassVar[str]
     #: longest key the storage accepts, in UTF-8 bytes (S3 and GCS: 1024)
     max_key_bytes: ClassVar[int] = 1024
+    #: write grant kinds this storage can mint, narrowest first; empty: outputs are relayed
+    write_grant_kinds: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, settings: Settings, clients: CloudClients) -> Storage:
+        """Build the adapter for a deployment: endpoints from settings, credentials from
+        Secrets Manager through ``clients``, never from the environment."""
 
     @abstractmethod
     def grant_read(self, ref: ObjectRef, ttl_seconds: int, *, kind: str = "presigned_url") -> Grant:

@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import botocore.exceptions
 from botocore.config import Config
@@ -23,6 +23,10 @@ from botocore.config import Config
 from convbridge.errors import GrantError, StaleWrite, StorageError
 from convbridge.model import Grant, ObjectRef, OutputTarget
 from convbridge.storage.base import Storage
+
+if TYPE_CHECKING:
+    from convbridge.bridge import CloudClients
+    from convbridge.settings import Settings
 
 #: S3's own floor for multipart parts; also the most the relay holds in memory per upload.
 PART_SIZE = 8 * 1024 * 1024
@@ -59,6 +63,17 @@ def session_name(purpose: str, bucket: str, key: str) -> str:
 
 class S3Storage(Storage):
     name: ClassVar[str] = "s3"
+    write_grant_kinds: ClassVar[tuple[str, ...]] = ("sts_session",)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clients: CloudClients) -> S3Storage:
+        return cls(
+            s3_client=clients.client("s3"),
+            sts_client=clients.client("sts") if settings.grant_role_arn else None,
+            grant_role_arn=settings.grant_role_arn,
+            region=settings.region,
+            endpoint_url=settings.s3_endpoint_url,
+        )
 
     def __init__(
         self,
