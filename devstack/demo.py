@@ -15,6 +15,7 @@ import os
 import sys
 import time
 
+from devstack.harness import HARNESSES, load_harness
 from devstack.stack import DevStack
 
 GOOD_KEY = "inbox/photos/sunset beach.png"
@@ -38,23 +39,27 @@ def say(message: str) -> None:
 
 
 def run(storage: str) -> int:
-    if storage != "s3":
+    if storage not in HARNESSES:
         say(f"storage {storage!r} is not available in the demo yet; try --storage s3")
         return 2
     started = time.monotonic()
-    say("convbridge demo: S3 (moto) -> CloudConvert v2 (local sandbox) -> results back in S3")
-    with DevStack() as stack:
-        say(f"  moto server     {stack.moto.endpoint_url}")
+    harness = load_harness(storage)()
+    say(f"convbridge demo: {harness.title} -> CloudConvert v2 (local sandbox) -> results back")
+    with DevStack(storage=harness) as stack:
+        say(f"  moto server     {stack.moto.endpoint_url}  (Secrets Manager, DynamoDB, SQS)")
         say(f"  sandbox         {stack.sandbox.url}/v2")
         webhook = stack.webhook.url if stack.webhook else "?"
         say(f"  webhook         {webhook}/callbacks/cloudconvert")
-        say(f"  bucket          s3://{stack.bucket}")
-        stack.watch_bucket()
+        say(f"  storage         {harness.describe('')}")
+        automatic = harness.watch(stack)
         stack.upload(GOOD_KEY, sample_png())
         stack.upload(BAD_KEY, b"\x89PNG\r\n\x1a\n this is not really an image")
         say(f"\nuploaded {GOOD_KEY!r} and {BAD_KEY!r}")
-        say("  S3 notifications -> SQS -> S3 trigger -> CloudConvert jobs -> signed callbacks"
-            " -> webhook -> completion queue -> records")
+        if not automatic:
+            for key in (GOOD_KEY, BAD_KEY):
+                stack.trigger(stack.event_for(key))
+        say(f"  {harness.delivery} -> CloudConvert jobs -> signed callbacks -> webhook"
+            " -> completion queue -> records")
         stack.wait(timeout=60)
         for job in stack.sandbox.jobs():
             say(f"  job {job['id']}: {job['status']}")
@@ -67,17 +72,18 @@ def report(stack: DevStack) -> bool:
     ok = True
     good = stack.read_json("results/photos/sunset beach.png.json")
     say("\nconverted objects:")
+    describe = stack.harness.describe
     for key, size in sorted(stack.objects("outbox/").items()):
-        say(f"  s3://{stack.bucket}/{key}  {size} bytes")
+        say(f"  {describe(key)}  {size} bytes")
     if not good or good.get("status") != "finished":
         say(f"  expected a finished result record for {GOOD_KEY}, got {good}")
         ok = False
     else:
-        say(f"result record: s3://{stack.bucket}/results/photos/sunset beach.png.json")
+        say(f"result record: {describe('results/photos/sunset beach.png.json')}")
         say(f"  status {good['status']}, job {good['job_id']}, route {good['route']}, "
             f"outputs {[o['key'] for o in good['outputs']]}")
-        pdf = stack.s3.get_object(Bucket=stack.bucket, Key=good["outputs"][0]["key"])
-        if not pdf["Body"].read(5).startswith(b"%PDF"):
+        pdf = stack.harness.read_bytes(good["outputs"][0]["key"]) or b""
+        if not pdf.startswith(b"%PDF"):
             say("  the output is not a PDF")
             ok = False
     bad = stack.read_json("failures/photos/broken.png.json")
@@ -86,7 +92,7 @@ def report(stack: DevStack) -> bool:
         ok = False
     else:
         error = bad["error"]
-        say(f"failure report: s3://{stack.bucket}/failures/photos/broken.png.json")
+        say(f"failure report: {describe('failures/photos/broken.png.json')}")
         say(f"  job {bad['job_id']}: task {error['task']!r} failed with {error['code']}: "
             f"{error['message']}")
     return ok
@@ -94,7 +100,8 @@ def report(stack: DevStack) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__)
-    parser.add_argument("--storage", default="s3", choices=["s3", "azure", "gcs", "sftp"])
+    parser.add_argument("--storage", default="s3", choices=["s3", "azure", "gcs", "sftp"],
+                        help="which storage to run the flow on (default: s3 on moto)")
     parser.add_argument("--verbose", action="store_true", help="show the bridge's own log lines")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)

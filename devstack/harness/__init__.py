@@ -10,6 +10,9 @@ from devstack.harness.base import StorageHarness
 
 HARNESSES = {
     "s3": "devstack.harness.s3:S3Harness",
+    "azure": "devstack.harness.azure:AzureHarness",
+    "gcs": "devstack.harness.gcs:GcsHarness",
+    "sftp": "devstack.harness.sftp:SftpHarness",
 }
 
 

@@ -20,6 +20,9 @@ class StorageHarness(ABC):
     storage: ClassVar[str]
     #: ``functions/<trigger_function>/app.py`` receives this storage's events
     trigger_function: ClassVar[str]
+    #: for the demo: the storage and its local server, and how uploads reach the trigger
+    title: ClassVar[str]
+    delivery: ClassVar[str] = "trigger events"
 
     def __init__(self, location: str) -> None:
         self.location = location
@@ -52,6 +55,14 @@ class StorageHarness(ABC):
     @abstractmethod
     def event_for(self, key: str) -> dict[str, Any]:
         """The event the trigger function would receive for an upload of ``key``."""
+
+    def watch(self, stack: DevStack, prefix: str = "inbox/") -> bool:
+        """Arrange for uploads to reach the trigger by themselves, as in a deployment; False
+        when the storage cannot, and the caller delivers ``event_for`` each upload."""
+        return False
+
+    def describe(self, key: str) -> str:
+        return f"{self.storage}://{self.location}/{key}"
 
     def deliver(self, stack: DevStack, event: dict[str, Any]) -> dict[str, Any]:
         """Hand ``event`` to the trigger function, as the cloud would."""

@@ -20,6 +20,8 @@ GRANT_ROLE_ARN = "arn:aws:iam::123456789012:role/convbridge-grants"
 class S3Harness(StorageHarness):
     storage: ClassVar[str] = "s3"
     trigger_function: ClassVar[str] = "s3_trigger"
+    title: ClassVar[str] = "S3 (moto)"
+    delivery: ClassVar[str] = "S3 notifications -> SQS -> S3 trigger"
 
     def __init__(self, location: str = "convbridge-demo") -> None:
         super().__init__(location)
@@ -63,7 +65,7 @@ class S3Harness(StorageHarness):
         return s3_put_event(self.location, key, head["ContentLength"], head["ETag"].strip('"'),
                             head.get("VersionId"))
 
-    def watch(self, stack: DevStack, prefix: str = "inbox/") -> None:
+    def watch(self, stack: DevStack, prefix: str = "inbox/") -> bool:
         """Deliver uploads the deployed way: S3 notifications into SQS, polled into the
         trigger in batches, as Lambda's event source mapping does."""
         sqs = boto3.client("sqs", region_name=REGION)
@@ -76,6 +78,7 @@ class S3Harness(StorageHarness):
             Bucket=self.location, NotificationConfiguration={"QueueConfigurations": [queue]})
         stack.pollers.append(SqsPoller(sqs, self.events_queue_url,
                                        stack.trigger_module.handler).start())
+        return True
 
 
 def s3_put_event(bucket: str, key: str, size: int, etag: str,

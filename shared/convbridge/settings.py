@@ -39,6 +39,20 @@ class Settings:
     context_max_age_seconds: int = 7 * 24 * 3600
     completion_queue_url: str | None = None
     claim_expiry_seconds: int = 7 * 24 * 3600
+    #: the CONVBRIDGE_* variables as read, for adapters that validate their own
+    #: (e.g. CONVBRIDGE_AZURE_ACCOUNT_SECRET); never holds secret values, only names
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def value(self, name: str, default: str | None = None) -> str | None:
+        """``CONVBRIDGE_<name>`` as set at cold start, stripped, or ``default``."""
+        found = self.environ.get(PREFIX + name, "").strip()
+        return found or default
+
+    def required(self, name: str, why: str) -> str:
+        found = self.value(name)
+        if found is None:
+            raise ConfigError(f"{PREFIX}{name} is not set; it is needed {why}")
+        return found
 
     def base_url(self, provider: str) -> str:
         try:
@@ -121,6 +135,7 @@ class Settings:
             http_timeout_seconds=timeout,
             context_max_age_seconds=integer("CONTEXT_MAX_AGE_SECONDS", 7 * 24 * 3600, 60,
                                             30 * 24 * 3600),
+            environ={k: v for k, v in env.items() if k.startswith(PREFIX)},
         )
         if problems:
             raise ConfigError("invalid environment:\n" + "\n".join(f"  - {p}" for p in problems))

@@ -13,5 +13,8 @@ STORAGES: Registry[Storage] = Registry(
     "storage",
     {
         "s3": ("convbridge.storage.s3:S3Storage", None),
+        "azure_blob": ("convbridge.storage.azure_blob:AzureBlobStorage", "azure"),
+        "gcs": ("convbridge.storage.gcs:GcsStorage", "gcs"),
+        "sftp": ("convbridge.storage.sftp:SftpStorage", "sftp"),
     },
 )
