@@ -9,7 +9,7 @@ CloudConvert's own download URL (``export/url``) for the relay.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -126,25 +126,53 @@ def parse_job(job: Mapping[str, Any], *, event: str = "") -> JobOutcome:
 
 
 def _import_task(grant: Grant, filename: str) -> dict[str, Any]:
-    if grant.kind == "presigned_url":
+    if grant.kind == "presigned_url":  # any storage's signed URL
         return {"operation": "import/url", "url": grant.url, "filename": filename}
-    task = {"operation": "import/s3", "bucket": grant.location, "region": grant.region,
-            "key": grant.key, "filename": filename, **_s3_credentials(grant)}
-    if grant.endpoint:
-        task["endpoint"] = grant.endpoint
-    return task
+    try:
+        build = IMPORT_TASKS[(grant.storage, grant.kind)]
+    except KeyError:
+        raise ProviderError(f"cloudconvert cannot import a {grant.storage} "
+                            f"{grant.kind} grant") from None
+    return {**build(grant), "filename": filename}
 
 
 def _export_task(spec: JobSpec) -> dict[str, Any]:
     grant = spec.write_grant
     if spec.route == "relay" or grant is None:
         return {"operation": "export/url", "input": CONVERT_TASK}
-    task = {"operation": "export/s3", "input": CONVERT_TASK, "bucket": grant.location,
-            "region": grant.region, "key": spec.output.key,
-            "metadata": {OUTPUT_MARKER: spec.rule}, **_s3_credentials(grant)}
+    try:
+        build = EXPORT_TASKS[(grant.storage, grant.kind)]
+    except KeyError:
+        raise ProviderError(f"cloudconvert cannot export with a {grant.storage} "
+                            f"{grant.kind} grant") from None
+    return {**build(grant, spec), "input": CONVERT_TASK}
+
+
+def _import_s3(grant: Grant) -> dict[str, Any]:
+    task = {"operation": "import/s3", "bucket": grant.location, "region": grant.region,
+            "key": grant.key, **_s3_credentials(grant)}
     if grant.endpoint:
         task["endpoint"] = grant.endpoint
     return task
+
+
+def _export_s3(grant: Grant, spec: JobSpec) -> dict[str, Any]:
+    task = {"operation": "export/s3", "bucket": grant.location, "region": grant.region,
+            "key": spec.output.key, "metadata": {OUTPUT_MARKER: spec.rule},
+            **_s3_credentials(grant)}
+    if grant.endpoint:
+        task["endpoint"] = grant.endpoint
+    return task
+
+
+#: (storage, grant kind) -> the task that imports with it natively
+IMPORT_TASKS: dict[tuple[str, str], Callable[[Grant], dict[str, Any]]] = {
+    ("s3", "sts_session"): _import_s3,
+}
+#: (storage, grant kind) -> the task that exports with it natively
+EXPORT_TASKS: dict[tuple[str, str], Callable[[Grant, JobSpec], dict[str, Any]]] = {
+    ("s3", "sts_session"): _export_s3,
+}
 
 
 def _s3_credentials(grant: Grant) -> dict[str, str]:
