@@ -7,10 +7,12 @@ The handlers in ``functions/*/app.py`` hold wiring only; each calls one function
 from __future__ import annotations
 
 import base64
+import contextvars
 import functools
 import json
 import logging
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
@@ -30,6 +32,15 @@ CHATTY_VENDOR_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", 
 MAX_RECEIVES = 5
 #: SQS messages stop at 256 KiB; larger callbacks are settled before answering.
 MAX_QUEUED_BODY = 180 * 1024
+
+
+#: records of one batch handled at once; SQS batches for the triggers are 10 at most
+RECORD_WORKERS = 16
+
+
+@functools.cache
+def _record_workers() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=RECORD_WORKERS, thread_name_prefix="convbridge-record")
 
 
 class RetryLater(Exception):
@@ -130,7 +141,9 @@ def _process_batch(event: dict[str, Any], context: Any,
     )
 
     async def handle(record: Any) -> Any:
-        return await asyncio.to_thread(record_handler, record)
+        context_copy = contextvars.copy_context()  # carries the invocation's deadline
+        return await asyncio.get_running_loop().run_in_executor(
+            _record_workers(), context_copy.run, record_handler, record)
 
     # a batch where every record failed still answers with batchItemFailures: raising would
     # make Lambda retry the batch as a whole, the same outcome with less information
