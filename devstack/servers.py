@@ -107,8 +107,13 @@ class MotoServer(_Server):
     grant is narrow (see SeaweedFS for that).
     """
 
-    def __init__(self, *, start_timeout: float = 10.0, quiet: bool = True) -> None:
+    def __init__(self, *, start_timeout: float = 10.0, quiet: bool = True,
+                 own_process: bool = False) -> None:
         self.start_timeout = start_timeout
+        #: run moto in a child process: benchmarks use this so moto's CPU does not share the
+        #: bridge's GIL (AWS is not in the caller's process either)
+        self.own_process = own_process
+        self._process: subprocess.Popen[bytes] | None = None
         #: silence werkzeug's line per request (it would flood demo and bench output)
         self.quiet = quiet
         self.region = REGION
@@ -121,8 +126,30 @@ class MotoServer(_Server):
             raise RuntimeError("MotoServer is not running; call start() first")
         return f"http://{LOCALHOST}:{self._port}"
 
+    def _start_process(self) -> None:
+        port = free_ports(1)[0]
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from moto.server import main; main(sys.argv[1:])",
+             "-H", LOCALHOST, "-p", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self._port = port
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise ServerStartError(f"moto server exited with {self._process.returncode}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=1):
+                    return
+            time.sleep(0.1)
+        self.stop()
+        raise ServerStartError(f"moto server did not answer within {self.start_timeout:.0f} s")
+
     def start(self) -> None:
-        if self._server is not None:
+        if self._server is not None or self._process is not None:
+            return
+        if self.own_process:
+            self._start_process()
             return
         try:
             from moto.server import ThreadedMotoServer
@@ -168,6 +195,10 @@ class MotoServer(_Server):
         server, self._server, self._port = self._server, None, None
         if server is not None:
             server.stop()
+        process, self._process = self._process, None
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=10)
 
     def __repr__(self) -> str:
         state = self.endpoint_url if self._port is not None else "stopped"

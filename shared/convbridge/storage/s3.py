@@ -9,11 +9,13 @@ permissions; the session policy is the intersection that actually reaches the pr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -37,7 +39,9 @@ MAX_SESSION_POLICY = 2048
 #: must be spelled with policy variables, or the grant would reach other objects.
 _IAM_SPECIAL = re.compile(r"[*?$]")
 
-S3_CLIENT_CONFIG = Config(signature_version="s3v4", s3={"addressing_style": "path"})
+#: pool size matches the batch record workers, so concurrent records reuse connections
+S3_CLIENT_CONFIG = Config(signature_version="s3v4", s3={"addressing_style": "path"},
+                          max_pool_connections=32)
 
 
 def object_arn(bucket: str, key: str) -> str:
@@ -188,8 +192,8 @@ class S3Storage(Storage):
         expected_size: int | None = None,
     ) -> int:
         part = _PartBuffer(PART_SIZE)
-        iterator = iter(chunks)
-        part.fill(iterator)
+        stream = _ChunkStream(chunks)
+        part.fill(stream)
         if not part.full:
             data = part.getvalue()
             _check_size(location, key, len(data), expected_size)
@@ -197,40 +201,56 @@ class S3Storage(Storage):
                            metadata=metadata or {})
             return len(data)
         extra: dict[str, Any] = {"ContentType": content_type, "Metadata": dict(metadata or {})}
-        return self._multipart(location, key, part, iterator, extra, expected_size)
+        return self._multipart(location, key, part, stream, extra, expected_size)
 
     def _multipart(
         self,
         location: str,
         key: str,
         part: _PartBuffer,
-        rest: Iterator[bytes],
+        rest: _ChunkStream,
         extra: dict[str, Any],
         expected_size: int | None,
     ) -> int:
-        """Multipart upload through one reused part buffer, so memory stays at one part
-        whatever the size (allocating a fresh part each time fragments the heap). Nothing
-        appears under ``key`` until CompleteMultipartUpload, which happens only after the byte
-        count is checked; any failure aborts the upload."""
+        """Multipart upload through two reused part buffers: one uploads on a helper thread
+        while the next fills from the stream, so download and upload overlap and memory stays
+        at two parts whatever the size. Nothing appears under ``key`` until
+        CompleteMultipartUpload, which happens only after the byte count is checked; any
+        failure aborts the upload."""
         upload_id = self._s3.create_multipart_upload(Bucket=location, Key=key, **extra)["UploadId"]
         parts: list[dict[str, Any]] = []
         total = 0
+        spare = _PartBuffer(PART_SIZE)
+
+        def upload(buffer: _PartBuffer, number: int) -> dict[str, Any]:
+            answer = self._s3.upload_part(Bucket=location, Key=key, UploadId=upload_id,
+                                          PartNumber=number, Body=buffer.reader())
+            return {"PartNumber": number, "ETag": answer["ETag"]}
+
+        uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convbridge-part")
+        in_flight: Future[dict[str, Any]] | None = None
         try:
             while part.length:
-                answer = self._s3.upload_part(Bucket=location, Key=key, UploadId=upload_id,
-                                              PartNumber=len(parts) + 1, Body=part.reader())
-                parts.append({"PartNumber": len(parts) + 1, "ETag": answer["ETag"]})
                 total += part.length
+                in_flight = uploader.submit(upload, part, len(parts) + 1)
+                part, spare = spare, part  # fill one buffer while the other uploads
                 part.fill(rest)
+                parts.append(in_flight.result())
+                in_flight = None
             _check_size(location, key, total, expected_size)
             self._s3.complete_multipart_upload(
                 Bucket=location, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
         except BaseException as exc:
+            if in_flight is not None:
+                with contextlib.suppress(BaseException):
+                    in_flight.result()  # never abort under an upload still running
             self._s3.abort_multipart_upload(Bucket=location, Key=key, UploadId=upload_id)
             if isinstance(exc, botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError):
                 raise StorageError(f"cannot write s3://{location}/{key}: {_describe(exc)}") from exc
             raise
+        finally:
+            uploader.shutdown(wait=True)
         return total
 
     def put_bytes(
@@ -303,36 +323,44 @@ class S3Storage(Storage):
         )
 
 
+class _ChunkStream:
+    """An iterator of chunks that can hand out exactly as many bytes as a buffer has room for,
+    keeping the rest of a chunk for the next buffer."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._carry = memoryview(b"")
+
+    def take(self, limit: int) -> memoryview:
+        while not self._carry:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return memoryview(b"")
+            self._carry = memoryview(chunk)
+        piece, self._carry = self._carry[:limit], self._carry[limit:]
+        return piece
+
+
 class _PartBuffer:
-    """A fixed buffer filled from a chunk stream; what does not fit waits for the next fill."""
+    """A fixed, reused buffer for one multipart part."""
 
     def __init__(self, size: int) -> None:
         self._buffer = bytearray(size)
         self._view = memoryview(self._buffer)
-        self._carry = memoryview(b"")
         self.length = 0
 
     @property
     def full(self) -> bool:
         return self.length == len(self._buffer)
 
-    def fill(self, chunks: Iterator[bytes]) -> None:
+    def fill(self, stream: _ChunkStream) -> None:
         self.length = 0
-        pending = self._carry
-        while True:
-            if pending:
-                room = len(self._buffer) - self.length
-                taken = pending[:room]
-                self._view[self.length:self.length + len(taken)] = taken
-                self.length += len(taken)
-                pending = pending[len(taken):]
-            if self.full:
+        while not self.full:
+            piece = stream.take(len(self._buffer) - self.length)
+            if not piece:
                 break
-            chunk = next(chunks, None)
-            if chunk is None:
-                break
-            pending = memoryview(chunk)
-        self._carry = pending
+            self._view[self.length:self.length + len(piece)] = piece
+            self.length += len(piece)
 
     def getvalue(self) -> bytes:
         return bytes(self._view[:self.length])
