@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit clean servers
+.PHONY: demo test lint unit clean servers bench deploy-tools check-template cdk-synth docs
 
 # Azurite (npm) and, when root, Debian's OpenSSH server: the local servers the Azure and SFTP
 # flows run against. Both are installed by the project, never assumed present.
@@ -33,6 +33,45 @@ $(SSHD_STAMP): $(STAMP)
 
 servers: $(NODE_STAMP) $(SSHD_STAMP)
 
+# Deployment tools, offline: the SAM CLI and aws-cdk-lib in their own virtualenv (their pins
+# clash with moto's and Flask's), the CDK CLI from package.json. About 40 s and 770 MB once.
+DEPLOY_VENV ?= .venv-deploy
+DEPLOY_BIN := $(DEPLOY_VENV)/bin
+DEPLOY_STAMP := $(DEPLOY_VENV)/.installed
+SAM_CLI_VERSION ?= 1.170.0
+DEPLOY_ENV := AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 CDK_DISABLE_VERSION_CHECK=1 \
+	JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20
+TEMPLATE ?= template.yaml
+
+$(DEPLOY_STAMP): infra/cdk/requirements.txt
+	@test -x $(DEPLOY_BIN)/python || $(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_BIN)/python -m pip install --quiet --upgrade pip
+	$(DEPLOY_BIN)/python -m pip install --quiet --progress-bar off \
+		"aws-sam-cli==$(SAM_CLI_VERSION)" -r infra/cdk/requirements.txt
+	@touch $(DEPLOY_STAMP)
+
+deploy-tools: $(DEPLOY_STAMP) $(NODE_STAMP)
+
+# The SAM template: translated and linted as written and with every option on, then `sam
+# validate`. `make check-template TEMPLATE=other.yaml` checks another one.
+check-template: $(STAMP) $(DEPLOY_STAMP)
+	$(BIN)/python -m devstack.template_check $(TEMPLATE)
+	$(DEPLOY_ENV) $(DEPLOY_BIN)/sam validate --template $(TEMPLATE)
+
+# The CDK app synthesized offline (layers not built: that is `sam build`'s and the tests' job).
+cdk-synth: deploy-tools
+	cd infra/cdk && $(DEPLOY_ENV) $(CURDIR)/node_modules/.bin/cdk synth -q --no-notices \
+		--app "$(CURDIR)/$(DEPLOY_BIN)/python app.py" -c convbridge:bundleLayers=false \
+		-o $(CURDIR)/cdk.out
+
+# docs/flow.png from docs/flow.dot (Debian's graphviz, installed here only, never for tests).
+docs: docs/flow.png
+
+docs/flow.png: docs/flow.dot
+	@command -v dot >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null; }
+	dot -Tpng -Gdpi=110 -o $@ $<
+
 demo: $(STAMP) servers
 	$(BIN)/python -m devstack.demo $(if $(STORAGE),--storage $(STORAGE)) $(ARGS)
 
@@ -40,13 +79,19 @@ demo: $(STAMP) servers
 test: lint servers
 	$(BIN)/python -m pytest -q
 
+# benchmarks print their figures and write BENCHMARKS.md; they are not timed tests
+bench: $(STAMP) servers
+	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[dev,bench]'
+	POWERTOOLS_LOG_LEVEL=WARNING $(BIN)/python -m bench.run $(ARGS)
+
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
-lint: $(STAMP)
-	$(BIN)/ruff check shared functions devstack tests
+lint: $(STAMP) deploy-tools
+	$(BIN)/ruff check shared functions devstack tests infra
 	$(BIN)/mypy shared/convbridge
-	$(BIN)/python -m devstack.template_check template.yaml
+	@$(MAKE) --no-print-directory check-template TEMPLATE=template.yaml
+	@$(MAKE) --no-print-directory cdk-synth
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache $(DEPLOY_VENV) cdk.out .aws-sam

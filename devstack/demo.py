@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     # the handlers' structured logs are the deployed format; the demo prints its own summary
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO" if args.verbose else "WARNING")
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "false" if args.verbose else "true")
     return run(args.storage)
 
 

@@ -123,7 +123,9 @@ class FunctionUrlServer:
                 pass
 
         self._server = ThreadingHTTPServer((host, port), RequestHandler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # a short poll interval makes stop() quick; the default 0.5 s adds up across tests
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        daemon=True)
 
     @property
     def url(self) -> str:

@@ -138,9 +138,9 @@ class MotoServer(_Server):
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise ServerStartError(f"moto server exited with {self._process.returncode}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=1):
-                    return
+            with (contextlib.suppress(OSError),
+                  urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=1)):
+                return
             time.sleep(0.1)
         self.stop()
         raise ServerStartError(f"moto server did not answer within {self.start_timeout:.0f} s")

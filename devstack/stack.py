@@ -32,6 +32,10 @@ __all__ = ["DevStack", "patched_environ", "s3_put_event"]
 
 REGION = "us-east-1"
 CLAIMS_TABLE = "convbridge-claims"
+#: the sandbox's other dialects, provider -> path prefix (CloudConvert v2 is below /v2); each
+#: gets a secret convbridge/<provider> with the sandbox's key and signing secret
+SANDBOX_PREFIXES = {"freeconvert": "/freeconvert/v1", "onlineconvert": "/onlineconvert/v2",
+                    "cloudconvert_v1": "/v1"}
 
 
 @contextmanager
@@ -51,14 +55,14 @@ def patched_environ(values: Mapping[str, str]) -> Iterator[None]:
 class DevStack:
     def __init__(self, *, storage: str | StorageHarness = "s3", rules_text: str | None = None,
                  read_grant: str = "presigned_url", env: Mapping[str, str] | None = None,
-                 faults: Faults | None = None) -> None:
+                 faults: Faults | None = None, moto_own_process: bool = False) -> None:
         self.harness = load_harness(storage)() if isinstance(storage, str) else storage
         self.api_key = secrets.token_urlsafe(24)
         self.signing_secret = secrets.token_urlsafe(32)
         self.context_key = secrets.token_urlsafe(48)
         self._rules_text = rules_text or self.harness.default_rules(read_grant)
         self._tmp = tempfile.TemporaryDirectory(prefix="convbridge-stack-")
-        self.moto = MotoServer()
+        self.moto = MotoServer(own_process=moto_own_process)
         self.sandbox = Sandbox(api_key=self.api_key, signing_secret=self.signing_secret,
                                faults=faults)
         self._extra_env = dict(env or {})
@@ -89,6 +93,10 @@ class DevStack:
             "CONVBRIDGE_CONTEXT_SECRET": "convbridge/context",
             "CONVBRIDGE_SECRET_CLOUDCONVERT": "convbridge/cloudconvert",
             "CONVBRIDGE_CLOUDCONVERT_URL": self.sandbox.url + "/v2",
+            **{f"CONVBRIDGE_SECRET_{name.upper()}": f"convbridge/{name}"
+               for name in SANDBOX_PREFIXES},
+            **{f"CONVBRIDGE_{name.upper()}_URL": self.sandbox.url + prefix
+               for name, prefix in SANDBOX_PREFIXES.items()},
             "CONVBRIDGE_IDEMPOTENCY_TABLE": CLAIMS_TABLE,
             **self.harness.env(self),
             **self._extra_env,
@@ -106,6 +114,9 @@ class DevStack:
         webhook = load_function("webhook")
         self.webhook = FunctionUrlServer(webhook.handler).start()
         os.environ["CONVBRIDGE_WEBHOOK_URL"] = self.webhook.url
+        # FreeConvert's webhook belongs to the account; Online-Convert's amazons3 is "AWS"
+        self.sandbox.set_freeconvert_webhook(f"{self.webhook.url}/callbacks/freeconvert")
+        self.sandbox.set_aws_endpoint(os.environ.get("CONVBRIDGE_S3_ENDPOINT_URL"))
         self.trigger_module = load_function(self.harness.trigger_function)
         self.pollers.append(SqsPoller(sqs, completion_url, webhook.handler, batch_size=5).start())
         return self
@@ -141,8 +152,9 @@ class DevStack:
             BillingMode="PAY_PER_REQUEST",
         )
         sm = boto3.client("secretsmanager", region_name=REGION)
-        sm.create_secret(Name="convbridge/cloudconvert", SecretString=json.dumps(
-            {"api_key": self.api_key, "signing_secret": self.signing_secret}))
+        for provider in ("cloudconvert", *SANDBOX_PREFIXES):
+            sm.create_secret(Name=f"convbridge/{provider}", SecretString=json.dumps(
+                {"api_key": self.api_key, "signing_secret": self.signing_secret}))
         sm.create_secret(Name="convbridge/context", SecretString=json.dumps(
             {"key": self.context_key}))
 

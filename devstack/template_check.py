@@ -7,14 +7,22 @@ generated property), translating alone misses everything SAM passes through unch
 neither knows the S3 event names (``s3:ObjectMade`` would fail only mid-deploy). All of it
 runs without AWS credentials or network in about a second; ``make lint`` runs
 ``python -m devstack.template_check template.yaml``.
+
+cfn-lint evaluates conditions with the parameters' defaults, which leave every optional part of
+``template.yaml`` (Azure, GCS, SFTP, the other providers, a KMS key, reserved concurrency) out.
+So the check runs twice: as written, and with :data:`EVERY_OPTION_ON` as the defaults, which
+switches every one of them on. :func:`resolve_conditions` evaluates a template's conditions
+for given parameter values, the way CloudFormation does at deploy time, for tests that compare
+what would really be deployed.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -44,6 +52,42 @@ _LOCAL_URI_PROPERTIES = ("CodeUri", "ContentUri", "DefinitionUri")
 # parameter, a Ref in the wrong place, a deprecated runtime), and letting them through
 # "for now" is how they accumulate. Informational findings are suggestions and are dropped.
 _REPORTED_SEVERITIES = frozenset({"error", "warning"})
+
+_SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:convbridge/{}-AbCdEf"
+
+#: Plausible values for every optional parameter of ``template.yaml``: with these as defaults
+#: every storage, provider and option is deployed. Parameters a template does not declare are
+#: ignored, so the second pass also runs (as a repeat of the first) on unrelated templates.
+EVERY_OPTION_ON: Mapping[str, str | int] = {
+    "CloudConvertSecretArn": _SECRET.format("cloudconvert"),
+    "FreeConvertSecretArn": _SECRET.format("freeconvert"),
+    "OnlineConvertSecretArn": _SECRET.format("onlineconvert"),
+    "CloudConvertV1SecretArn": _SECRET.format("cloudconvert-v1"),
+    "SecretsKmsKeyArn":
+        "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+    "AzureAccountSecretArn": _SECRET.format("azure-account"),
+    "AzureBlobEndpoint": "https://convbridgedemo.blob.core.windows.net",
+    "EventGridSecretArn": _SECRET.format("event-grid"),
+    "GcsServiceAccountSecretArn": _SECRET.format("gcs-service-account"),
+    "PubSubServiceAccount": "convbridge-push@convbridge-demo.iam.gserviceaccount.com",
+    "PubSubAudience": "convbridge-demo",
+    "SftpSecretArn": _SECRET.format("sftp"),
+    "SftpHostKey":
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+    "AlarmTopicArn": "arn:aws:sns:us-east-1:123456789012:convbridge-alarms",
+    "S3TriggerConcurrency": 20,
+    "WebhookConcurrency": 20,
+    "AzureTriggerConcurrency": 5,
+    "GcsTriggerConcurrency": 5,
+    "SftpSweepConcurrency": 1,
+}
+
+#: Values for the parameters without a default, to go with :data:`EVERY_OPTION_ON` where a
+#: complete deployment is modelled (infra/cdk/cdk.json holds the same example).
+REQUIRED_EXAMPLES: Mapping[str, str] = {
+    "SourceBucketName": "convbridge-demo-bucket",
+    "ContextSecretArn": _SECRET.format("context"),
+}
 
 
 def _offline_managed_policy_map() -> dict[str, str]:
@@ -179,17 +223,236 @@ def load_template(path: Path) -> tuple[dict[str, Any] | None, list[str]]:
     return plain, []
 
 
-def check_template(path: str | Path, region: str = DEFAULT_REGION) -> list[str]:
-    """Every problem found in the SAM template at ``path``; an empty list means clean."""
-    template, problems = load_template(Path(path))
-    if template is None:
-        return problems
+def with_defaults(template: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``template`` whose declared parameters default to ``values`` (others ignored)."""
+    variant = copy.deepcopy(template)
+    parameters = variant.get("Parameters") or {}
+    for name, value in values.items():
+        if isinstance(parameters.get(name), dict):
+            parameters[name]["Default"] = value
+    return variant
+
+
+def _check_document(template: dict[str, Any], region: str) -> list[str]:
     try:
         translated = translate_sam(template, region)
     except ExceptionWithMessage as exc:
         # Nothing to lint: the translator stops at the first broken document.
         return _translation_problems(exc)
     return s3_notification_problems(translated) + lint_translated(translated, region)
+
+
+def check_template(path: str | Path, region: str = DEFAULT_REGION) -> list[str]:
+    """Every problem found in the SAM template at ``path``, as written and with every option
+    switched on (:data:`EVERY_OPTION_ON`); an empty list means clean."""
+    template, problems = load_template(Path(path))
+    if template is None:
+        return problems
+    problems = _check_document(template, region)
+    if problems:
+        return problems
+    variant = with_defaults(template, EVERY_OPTION_ON)
+    if variant == template:
+        return []
+    return [f"with every option on: {problem}" for problem in _check_document(variant, region)]
+
+
+# --- conditions, evaluated as CloudFormation would --------------------------------------------
+
+_NO_VALUE = {"Ref": "AWS::NoValue"}
+
+
+def parameter_values(template: Mapping[str, Any],
+                     overrides: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Each declared parameter's value (override, else default) as the string CloudFormation
+    compares in ``Fn::Equals``."""
+    values: dict[str, str] = {}
+    for name, spec in (template.get("Parameters") or {}).items():
+        value = (overrides or {}).get(name, spec.get("Default"))
+        if value is not None:
+            values[name] = str(value)
+    return values
+
+
+def _evaluate(value: Any, params: Mapping[str, str], conditions: Mapping[str, Any],
+              seen: dict[str, bool]) -> Any:
+    """The value of a condition expression (the functions conditions may use)."""
+    if not isinstance(value, dict):
+        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+            else value
+    if len(value) != 1:
+        raise ValueError(f"not a condition function: {value!r}")
+    ((name, argument),) = value.items()
+    def ev(item: Any) -> Any:
+        return _evaluate(item, params, conditions, seen)
+    if name == "Ref":
+        if argument not in params:
+            raise ValueError(f"condition refers to unknown parameter {argument!r}")
+        return params[argument]
+    if name == "Condition":
+        if argument not in seen:
+            seen[argument] = bool(ev(conditions[argument]))
+        return seen[argument]
+    if name == "Fn::Equals":
+        left, right = (ev(item) for item in argument)
+        return str(left) == str(right)
+    if name == "Fn::Not":
+        return not ev(argument[0])
+    if name == "Fn::And":
+        return all(ev(item) for item in argument)
+    if name == "Fn::Or":
+        return any(ev(item) for item in argument)
+    if name == "Fn::Select":
+        index, items = argument
+        return ev(items)[int(ev(index))]
+    if name == "Fn::Split":
+        delimiter, text = argument
+        return str(ev(text)).split(delimiter)
+    raise ValueError(f"{name} is not supported in conditions here")
+
+
+def evaluate_conditions(template: Mapping[str, Any],
+                        overrides: Mapping[str, Any] | None = None) -> dict[str, bool]:
+    """Every condition of ``template`` for the given parameter values (defaults otherwise)."""
+    params = parameter_values(template, overrides)
+    conditions = template.get("Conditions") or {}
+    seen: dict[str, bool] = {}
+    for name in conditions:
+        _evaluate({"Condition": name}, params, conditions, seen)
+    return seen
+
+
+def _prune(value: Any, truth: Mapping[str, bool]) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"Fn::If"}:
+            condition, when_true, when_false = value["Fn::If"]
+            return _prune(when_true if truth[condition] else when_false, truth)
+        pruned = {key: _prune(item, truth) for key, item in value.items()}
+        return {key: item for key, item in pruned.items() if item != _NO_VALUE}
+    if isinstance(value, list):
+        items = [_prune(item, truth) for item in value]
+        return [item for item in items if item != _NO_VALUE]
+    return value
+
+
+def resolve_conditions(template: Mapping[str, Any],
+                       overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``template`` as deployed with these parameter values: resources and outputs whose
+    condition is false removed, every ``Fn::If`` replaced by its chosen arm, and
+    ``AWS::NoValue`` dropped. Other intrinsics (Ref, GetAtt, Sub) stay as they are."""
+    truth = evaluate_conditions(template, overrides)
+    resolved: dict[str, Any] = {}
+    for section, body in template.items():
+        if section in {"Resources", "Outputs"} and isinstance(body, dict):
+            kept = {}
+            for logical_id, item in body.items():
+                condition = item.get("Condition") if isinstance(item, dict) else None
+                if condition is not None and not truth[condition]:
+                    continue
+                item = {k: v for k, v in item.items() if k != "Condition"}
+                kept[logical_id] = _prune(item, truth)
+            resolved[section] = kept
+        elif section in {"Conditions", "Rules"}:
+            continue
+        else:
+            resolved[section] = copy.deepcopy(body)
+    return resolved
+
+
+_SUB_NAME = re.compile(r"\$\{([^}!][^}]*)\}")
+
+
+def render(value: Any, params: Mapping[str, str],
+           rename: Callable[[str], str] = lambda logical_id: logical_id) -> Any:
+    """``value`` with intrinsics spelled out as text, for comparing templates written in
+    different styles (SAM's ``Fn::Sub``, CDK's ``Fn::Join``): parameters become their values,
+    pseudo parameters stay ``${AWS::Region}``, resources become ``${Name}`` and
+    ``${Name.Attribute}`` with ``rename`` applied to the logical id, and scalars become text.
+    """
+    def named(name: str) -> str:
+        if name in params:
+            return params[name]
+        if name.startswith("AWS::"):
+            return "${" + name + "}"
+        logical_id, dot, attribute = name.partition(".")
+        return "${" + rename(logical_id) + dot + attribute + "}"
+
+    if isinstance(value, list):
+        return [render(item, params, rename) for item in value]
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return str(int(value)) if float(value).is_integer() else str(value)
+    if not isinstance(value, dict):
+        return value
+    if len(value) == 1:
+        ((function, argument),) = value.items()
+        if function == "Ref":
+            return named(argument)
+        if function == "Fn::GetAtt":
+            logical_id, attribute = argument if isinstance(argument, list) \
+                else argument.split(".", 1)
+            return named(f"{logical_id}.{attribute}")
+        if function == "Fn::Join":
+            delimiter, items = argument
+            return delimiter.join(str(render(item, params, rename)) for item in items)
+        if function == "Fn::Sub":
+            text, variables = (argument, {}) if isinstance(argument, str) else argument
+            local = {k: str(render(v, params, rename)) for k, v in variables.items()}
+            return _SUB_NAME.sub(lambda m: local.get(m.group(1)) or named(m.group(1)), text)
+        if function == "Fn::Select":
+            index, items = argument
+            return render(items, params, rename)[int(render(index, params, rename))]
+        if function == "Fn::Split":
+            delimiter, text = argument
+            return str(render(text, params, rename)).split(delimiter)
+    return {key: render(item, params, rename) for key, item in value.items()}
+
+
+# --- what a role may do ------------------------------------------------------------------------
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def role_statements(template: Mapping[str, Any], role_id: str) -> list[dict[str, Any]]:
+    """Every statement that applies to the role ``role_id`` of a resolved template: its inline
+    policies, the managed policies of this template attached to it (by ``ManagedPolicyArns``
+    or the policy's ``Roles``), and ``AWS::IAM::Policy`` resources naming it. AWS managed
+    policies are not in the template; callers check those by ARN."""
+    resources = template["Resources"]
+    role = resources[role_id]["Properties"]
+    documents = [policy["PolicyDocument"] for policy in role.get("Policies", [])]
+    attached = {arn["Ref"] for arn in role.get("ManagedPolicyArns", [])
+                if isinstance(arn, dict) and "Ref" in arn}
+    for logical_id, resource in resources.items():
+        if resource["Type"] not in {"AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"}:
+            continue
+        properties = resource["Properties"]
+        names = {r.get("Ref") for r in properties.get("Roles", []) if isinstance(r, dict)}
+        if logical_id in attached or role_id in names:
+            documents.append(properties["PolicyDocument"])
+    return [statement for document in documents for statement in _as_list(document["Statement"])]
+
+
+def permissions(template: Mapping[str, Any], role_id: str, params: Mapping[str, str],
+                rename: Callable[[str], str] = lambda logical_id: logical_id,
+                ) -> set[tuple[str, str, str]]:
+    """(action in lower case, resource, condition as JSON or "") for every Allow the role has,
+    with intrinsics rendered by :func:`render`."""
+    found = set()
+    for statement in role_statements(template, role_id):
+        if statement.get("Effect") != "Allow":
+            continue
+        condition = statement.get("Condition")
+        condition_text = json.dumps(render(condition, params, rename), sort_keys=True) \
+            if condition else ""
+        for action in _as_list(statement.get("Action", [])):
+            for resource in _as_list(statement.get("Resource", [])):
+                found.add((action.lower(), str(render(resource, params, rename)),
+                           condition_text))
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,15 +21,18 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from .azure_io import AzureAccess
 from .models import (
     ApiRequest,
     ApiResponse,
     Backend,
     Callback,
     Convert,
+    ExportAzureBlob,
     ExportS3,
     ExportUrl,
     Faults,
+    ImportAzureBlob,
     ImportS3,
     ImportUrl,
     Job,
@@ -38,6 +41,7 @@ from .models import (
     TaskSpec,
     order_by_dependencies,
 )
+from .sftp_io import ExportSftp, ImportSftp, ImportUpload, SftpAccess
 from .storage_io import S3Access
 
 DIALECT = "cloudconvert/v2"
@@ -53,9 +57,9 @@ HIDDEN_FIELDS = frozenset({
 # Documented by CloudConvert but not emulated here; rejected with a message saying so,
 # rather than accepted and then failed in a way the real service never would.
 NOT_EMULATED = frozenset({
-    "import/upload", "import/base64", "import/raw", "import/azure/blob",
-    "import/google-cloud-storage", "import/openstack", "import/sftp",
-    "export/azure/blob", "export/google-cloud-storage", "export/openstack", "export/sftp",
+    "import/base64", "import/raw",
+    "import/google-cloud-storage", "import/openstack",
+    "export/google-cloud-storage", "export/openstack",
     "optimize", "watermark", "capture-website", "thumbnail", "merge", "archive", "command",
     "metadata", "metadata/write",
 })
@@ -81,6 +85,13 @@ _S3_STRINGS = (
 )
 _S3_REQUIRED = ("bucket", "region", "access_key_id", "secret_access_key")
 
+_AZURE_STRINGS = (
+    "storage_account", "storage_access_key", "sas_token", "container", "blob", "blob_prefix",
+)
+_AZURE_REQUIRED = ("storage_account", "container")
+
+_SFTP_STRINGS = ("host", "username", "password", "private_key", "file", "path")
+
 _SCHEMAS: dict[str, _Fields] = {
     "import/url": _Fields(("url",), ("url", "filename"), ("headers",)),
     "import/s3": _Fields(_S3_REQUIRED, (*_S3_STRINGS, "filename")),
@@ -93,6 +104,11 @@ _SCHEMAS: dict[str, _Fields] = {
         ("metadata", "tagging"),
     ),
     "export/url": _Fields(("input",)),
+    "import/azure/blob": _Fields(_AZURE_REQUIRED, (*_AZURE_STRINGS, "filename")),
+    "export/azure/blob": _Fields(("input", *_AZURE_REQUIRED), _AZURE_STRINGS, ("metadata",)),
+    "import/upload": _Fields((), ("redirect",)),
+    "import/sftp": _Fields(("host", "username"), (*_SFTP_STRINGS, "filename")),
+    "export/sftp": _Fields(("input", "host", "username"), _SFTP_STRINGS),
 }
 
 
@@ -194,6 +210,10 @@ def validate_job(body: object) -> list[TaskSpec]:
         if operation == "import/s3" and not payload.get("key") and not payload.get("key_prefix"):
             fail(f"{where}.key", f"The {where}.key field is required when key_prefix is not "
                                  "present.")
+        if operation in ("import/sftp", "export/sftp"):
+            _validate_sftp(payload, where, operation, fail)
+        if operation in ("import/azure/blob", "export/azure/blob"):
+            _validate_azure(payload, where, operation, fail)
         if "input" in payload:
             raw = payload["input"]
             refs = [raw] if isinstance(raw, str) else raw
@@ -247,8 +267,58 @@ def _operation(p: Mapping[str, Any]) -> Operation:
                 p.get("cache_control"), p.get("metadata"), p.get("content_type"),
                 p.get("server_side_encryption"), urlencode(tagging) if tagging else None,
             )
+        case "import/azure/blob":
+            return ImportAzureBlob(_azure_access(p), p.get("blob"), p.get("blob_prefix"),
+                                   p.get("filename"))
+        case "export/azure/blob":
+            return ExportAzureBlob(_azure_access(p), p.get("blob"), p.get("blob_prefix"),
+                                   p.get("metadata"))
+        case "import/upload":
+            return ImportUpload()
+        case "import/sftp":
+            return ImportSftp(_sftp_access(p), p.get("file"), p.get("path"), p.get("filename"))
+        case "export/sftp":
+            return ExportSftp(_sftp_access(p), p.get("file"), p.get("path"))
         case _:
             return ExportUrl()
+
+
+def _validate_azure(payload: Mapping[str, Any], where: str, operation: str,
+                    fail: Callable[[str, str], None]) -> None:
+    if payload.get("storage_access_key"):
+        fail(f"{where}.storage_access_key", "Account keys are not emulated by the convbridge "
+                                            "sandbox; use sas_token.")
+    elif not payload.get("sas_token"):
+        fail(f"{where}.sas_token", f"The {where}.sas_token field is required when "
+                                   "storage_access_key is not present.")
+    if operation == "import/azure/blob" and not payload.get("blob") and not payload.get(
+            "blob_prefix"):
+        fail(f"{where}.blob", f"The {where}.blob field is required when blob_prefix is not "
+                              "present.")
+
+
+def _validate_sftp(payload: Mapping[str, Any], where: str, operation: str,
+                   fail: Callable[[str, str], None]) -> None:
+    port = payload.get("port")
+    if port is not None and (not isinstance(port, int) or isinstance(port, bool)
+                             or not 0 < port < 65536):
+        fail(f"{where}.port", f"The {where}.port must be an integer.")
+    if not payload.get("password") and not payload.get("private_key"):
+        fail(f"{where}.password", f"The {where}.password field is required when private_key "
+                                  "is not present.")
+    if operation == "import/sftp" and not payload.get("file") and not payload.get("path"):
+        fail(f"{where}.file", f"The {where}.file field is required when path is not present.")
+
+
+def _sftp_access(p: Mapping[str, Any]) -> SftpAccess:
+    return SftpAccess(host=p["host"], username=p["username"], port=p.get("port") or 22,
+                      password=p.get("password"), private_key=p.get("private_key"))
+
+
+def _azure_access(p: Mapping[str, Any]) -> AzureAccess:
+    # the endpoint comes from the account name when the task runs, as at CloudConvert
+    return AzureAccess(account=p["storage_account"], container=p["container"],
+                       sas_token=p["sas_token"])
 
 
 class CloudConvertV2:
@@ -272,6 +342,12 @@ class CloudConvertV2:
     # -- HTTP ----------------------------------------------------------------------------------
 
     def handle(self, request: ApiRequest) -> ApiResponse:
+        upload = request.path[len(self.prefix):].strip("/").split("/")
+        if upload[0] == "upload" and len(upload) == 2 and request.method == "POST":
+            # the form's own signature authorises an upload, not the API key
+            status, message = self._backend.uploads.accept(
+                upload[1], request.headers.get("content-type", ""), request.body)
+            return _json(status, {"message": message})
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
                                                                  self._api_key):
@@ -396,13 +472,18 @@ class CloudConvertV2:
 
     def render_task(self, task: Task) -> dict[str, Any]:
         with self._backend.lock:
-            result = None
+            result: dict[str, Any] | None = None
             if task.status == "finished" and task.result_files is not None:
                 result = {"files": [
                     {"filename": f.filename, "size": f.size}
                     | ({"url": f.url} if f.url is not None else {})
                     for f in task.result_files
                 ]}
+            elif isinstance(task.spec, ImportUpload):
+                result = {"form": {
+                    "url": f"{self._base_url()}{self.prefix}/upload/{task.spec.slot}",
+                    "parameters": self._backend.uploads.form_parameters(task.spec.slot),
+                }}
             return {
                 "id": task.id,
                 "name": task.name,

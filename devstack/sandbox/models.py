@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import httpx
 
+from .azure_io import AzureAccess, read_azure, write_azure
 from .convert import (
     CONVERSION_FAILED,
     ConversionError,
@@ -33,6 +34,7 @@ from .convert import (
     extension,
     output_filename,
 )
+from .sftp_io import ExportSftp, ImportSftp, ImportUpload, Uploads, read_sftp, write_sftp
 from .storage_io import (
     FileBlob,
     FileStore,
@@ -171,7 +173,35 @@ class ExportUrl:
     kind: ClassVar[str] = "export/url"
 
 
-Operation = ImportUrl | ImportS3 | Convert | ExportS3 | ExportUrl
+@dataclass(frozen=True)
+class ImportAzureBlob:
+    access: AzureAccess
+    blob: str | None = None
+    blob_prefix: str | None = None
+    filename: str | None = None
+    kind: ClassVar[str] = "import/azure/blob"
+
+
+@dataclass(frozen=True)
+class ExportAzureBlob:
+    access: AzureAccess
+    blob: str | None = None
+    blob_prefix: str | None = None
+    metadata: Mapping[str, str] | None = None
+    kind: ClassVar[str] = "export/azure/blob"
+
+    # export_keys names outputs the same way for both clouds
+    @property
+    def key(self) -> str | None:
+        return self.blob
+
+    @property
+    def key_prefix(self) -> str | None:
+        return self.blob_prefix
+
+
+Operation = (ImportUrl | ImportS3 | Convert | ExportS3 | ExportUrl | ImportAzureBlob
+             | ExportAzureBlob | ImportSftp | ExportSftp | ImportUpload)
 
 _FAILURE_CODE = {
     "import/url": IMPORT_FAILED,
@@ -179,6 +209,11 @@ _FAILURE_CODE = {
     "convert": CONVERSION_FAILED,
     "export/s3": EXPORT_FAILED,
     "export/url": EXPORT_FAILED,
+    "import/azure/blob": IMPORT_FAILED,
+    "export/azure/blob": EXPORT_FAILED,
+    "import/sftp": IMPORT_FAILED,
+    "export/sftp": EXPORT_FAILED,
+    "import/upload": IMPORT_FAILED,
 }
 
 
@@ -247,6 +282,8 @@ class Callback:
     body: bytes
     headers: Mapping[str, str]
     retry: Callable[[int | None], bool]
+    #: CloudConvert v1 calls back with a GET (no body)
+    method: str = "POST"
 
 
 @dataclass(frozen=True)
@@ -282,7 +319,7 @@ def order_by_dependencies(inputs: Mapping[str, Iterable[str]]) -> list[str]:
 _PLACEHOLDER = re.compile(r"%(0?\d*)d")
 
 
-def export_keys(spec: ExportS3, filenames: list[str]) -> list[str]:
+def export_keys(spec: ExportS3 | ExportAzureBlob, filenames: list[str]) -> list[str]:
     """Object keys for the exported files: `key` (printf placeholders such as file-%d.pdf
     numbered from 1), else `key_prefix` + filename."""
     if not spec.key:
@@ -413,6 +450,7 @@ class Backend:
         self._faults = faults
         self.files = files
         self.spool = Spool()
+        self.uploads = Uploads(self.spool)
         self._public_url = public_url
         self._callback_attempts = max(1, callback_attempts)
         self._callback_backoff = callback_backoff_seconds
@@ -437,6 +475,22 @@ class Backend:
             timeout=CALLBACK_TIMEOUT_SECONDS, trust_env=False,
             limits=httpx.Limits(max_keepalive_connections=0),
         )
+        # Azure storage account name -> blob endpoint (the offline stand-in for DNS)
+        self._azure_endpoints: dict[str, str] = {}
+
+    # -- azure -------------------------------------------------------------------------------
+
+    def set_azure_endpoint(self, account: str, endpoint: str) -> None:
+        with self.lock:
+            self._azure_endpoints[account] = endpoint
+
+    def _azure_access(self, access: AzureAccess) -> AzureAccess:
+        with self.lock:
+            endpoint = self._azure_endpoints.get(access.account)
+        if endpoint is None:
+            raise StorageError(f"storage account {access.account!r} is unknown to the sandbox "
+                               "(Sandbox.set_azure_endpoint maps accounts to endpoints)")
+        return dataclasses.replace(access, endpoint=endpoint)
 
     # -- faults ------------------------------------------------------------------------------
 
@@ -653,6 +707,38 @@ class Backend:
                 for key, blob in zip(keys, files, strict=True):
                     self._export_s3(spec, key, blob)
                 return [], [ResultFile(blob.filename, blob.size) for blob in files]
+            case ImportAzureBlob():
+                try:
+                    objects = read_azure(self._downloads, self._azure_access(spec.access),
+                                         spec.blob, spec.blob_prefix, self.spool)
+                except StorageError as exc:
+                    raise TaskFailure(IMPORT_FAILED, str(exc)) from exc
+                outputs = [
+                    dataclasses.replace(blob, filename=spec.filename)
+                    if spec.filename and spec.blob else blob
+                    for _name, blob in objects
+                ]
+            case ExportAzureBlob():
+                names = export_keys(spec, [blob.filename for blob in files])
+                try:
+                    for name, blob in zip(names, files, strict=True):
+                        write_azure(self._downloads, self._azure_access(spec.access), name,
+                                    blob, metadata=spec.metadata)
+                except StorageError as exc:
+                    raise TaskFailure(EXPORT_FAILED, str(exc)) from exc
+                return [], [ResultFile(blob.filename, blob.size) for blob in files]
+            case ImportSftp() | ImportUpload():
+                try:
+                    outputs = (read_sftp(spec, self.spool) if isinstance(spec, ImportSftp)
+                               else [self.uploads.wait(spec.slot)])
+                except StorageError as exc:
+                    raise TaskFailure(IMPORT_FAILED, str(exc)) from exc
+            case ExportSftp():
+                try:
+                    write_sftp(spec, files)
+                except StorageError as exc:
+                    raise TaskFailure(EXPORT_FAILED, str(exc)) from exc
+                return [], [ResultFile(blob.filename, blob.size) for blob in files]
             case ExportUrl():
                 base = self._public_url()
                 return [], [
@@ -733,8 +819,9 @@ class Backend:
         # Only scheme, host and path are logged: callback URLs may carry a per-job token.
         shown = public_url_form(callback.url)
         try:
-            response = self._callbacks.post(callback.url, content=callback.body,
-                                            headers=dict(callback.headers))
+            response = self._callbacks.request(callback.method, callback.url,
+                                               content=callback.body or None,
+                                               headers=dict(callback.headers))
             status: int | None = response.status_code
             log.info("callback %s %s attempt %d -> %s", callback.event, shown, attempt, status)
         except httpx.HTTPError as exc:

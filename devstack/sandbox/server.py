@@ -1,7 +1,8 @@
 """The sandbox's HTTP front: a stdlib ThreadingHTTPServer that parses requests, routes them by
-path prefix to a provider dialect (CloudConvert v2 below /v2; other dialects mount beside it on
-the same port), serves exported files below /files/ (small ones from memory, large ones from disk
-with sendfile), applies the transport-level faults (latency, held answers, dropped downloads) and
+path prefix to a provider dialect (CloudConvert v2 below /v2, CloudConvert v1 below /v1,
+FreeConvert below /freeconvert/v1, Online-Convert below /onlineconvert/v2, all on one port),
+serves exported files below /files/ (small ones from memory, large ones from disk with
+sendfile), applies the transport-level faults (latency, held answers, dropped downloads) and
 keeps a log of every request for tests. `Sandbox` owns the server, the shared backend and the
 file store; `serve` runs one in the foreground for the `convbridge sandbox` command. No parsing
 of provider semantics happens here."""
@@ -11,15 +12,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from . import cloudconvert_v1, freeconvert, onlineconvert
 from .cloudconvert_v2 import DIALECT as CLOUDCONVERT_V2
 from .cloudconvert_v2 import CloudConvertV2
-from .models import ApiRequest, ApiResponse, Backend, Dialect, Faults
+from .models import ApiRequest, ApiResponse, Backend, Dialect, Faults, Job
 from .storage_io import FileBlob, FileStore
 
 log = logging.getLogger("devstack.sandbox")
@@ -252,6 +255,22 @@ class Sandbox:
             self._backend, api_key=api_key, signing_secret=signing_secret,
             base_url=lambda: self.url,
         )
+        self._aws_endpoint: str | None = None
+        self._freeconvert = freeconvert.FreeConvertV1(
+            self._backend, api_key=api_key, signing_secret=signing_secret,
+            base_url=lambda: self.url)
+        self._onlineconvert = onlineconvert.OnlineConvertV2(
+            self._backend, api_key=api_key, base_url=lambda: self.url,
+            aws_endpoint=lambda: self._aws_endpoint)
+        self._cloudconvert_v1 = cloudconvert_v1.CloudConvertV1(
+            self._backend, api_key=api_key, base_url=lambda: self.url)
+        # provider name (as in rules) -> (the dialect's backend name, how it shows a job)
+        self._renderers: dict[str, tuple[str, Callable[[Job], dict[str, Any]]]] = {
+            "cloudconvert": (CLOUDCONVERT_V2, self._cloudconvert_v2.render_job),
+            "freeconvert": (freeconvert.DIALECT, self._freeconvert.render_job),
+            "onlineconvert": (onlineconvert.DIALECT, self._onlineconvert.render_job),
+            "cloudconvert_v1": (cloudconvert_v1.DIALECT, self._cloudconvert_v1.render_job),
+        }
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -266,8 +285,10 @@ class Sandbox:
         return f"http://{self._address[0]}:{self._server.server_port}"
 
     def start(self) -> Sandbox:
-        self._server = _Server(self._address, [self._cloudconvert_v2], self._files,
-                               self._backend, self._journal)
+        dialects: list[Dialect] = [self._cloudconvert_v2, self._cloudconvert_v1,
+                                   self._freeconvert, self._onlineconvert]
+        self._server = _Server(self._address, dialects, self._files, self._backend,
+                               self._journal)
         server = self._server
         # A short poll interval makes stop() quick; tests start and stop many sandboxes.
         self._thread = threading.Thread(
@@ -308,6 +329,20 @@ class Sandbox:
         and callback deliveries see the new ones."""
         self._backend.set_faults(faults)
 
+    def set_azure_endpoint(self, account: str, endpoint: str) -> None:
+        """Where Azure tasks naming ``storage_account`` reach its blobs (an Azurite URL such
+        as http://127.0.0.1:10000/devstoreaccount1); the offline stand-in for Azure's DNS."""
+        self._backend.set_azure_endpoint(account, endpoint)
+
+    def set_freeconvert_webhook(self, url: str | None) -> None:
+        """The FreeConvert account's webhook (FreeConvert has no per-job callback URL)."""
+        self._freeconvert.set_webhook(url)
+
+    def set_aws_endpoint(self, url: str | None) -> None:
+        """Where Online-Convert ``amazons3`` tasks, which name no endpoint, reach S3: the
+        offline stand-in for AWS (moto in DevStack)."""
+        self._aws_endpoint = url
+
     def wait_idle(self, timeout: float = 30) -> None:
         """Block until every job has ended and its callbacks (duplicates and delayed ones
         included) were delivered or given up; TimeoutError otherwise."""
@@ -319,6 +354,14 @@ class Sandbox:
         with self._backend.lock:
             return [self._cloudconvert_v2.render_job(job)
                     for job in self._backend.jobs(CLOUDCONVERT_V2)]
+
+    def provider_jobs(self, provider: str) -> list[dict[str, Any]]:
+        """Every job of one dialect, named as in rules (cloudconvert, cloudconvert_v1,
+        freeconvert, onlineconvert), oldest first, as that dialect's API shows it (a
+        CloudConvert v1 job as its process status)."""
+        dialect, render = self._renderers[provider]
+        with self._backend.lock:
+            return [render(job) for job in self._backend.jobs(dialect)]
 
     def job_count(self) -> int:
         """How many jobs were ever created (every dialect)."""
@@ -352,8 +395,9 @@ class Sandbox:
 def serve(port: int, api_key: str, signing_secret: str, host: str = "127.0.0.1") -> None:
     """Run a sandbox in the foreground until Ctrl-C."""
     with Sandbox(api_key=api_key, signing_secret=signing_secret, host=host, port=port) as sandbox:
-        print(f"convbridge sandbox on {sandbox.url} (CloudConvert v2: {sandbox.url}/v2); "
-              "Ctrl-C stops", flush=True)
+        print(f"convbridge sandbox on {sandbox.url} (CloudConvert v2: {sandbox.url}/v2, "
+              f"CloudConvert v1: {sandbox.url}/v1, FreeConvert: {sandbox.url}/freeconvert/v1, "
+              f"Online-Convert: {sandbox.url}/onlineconvert/v2); Ctrl-C stops", flush=True)
         try:
             while True:
                 time.sleep(3600)

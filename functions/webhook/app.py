@@ -21,11 +21,12 @@ route_library_logs(logger)
 app = LambdaFunctionUrlResolver()
 
 
-@app.post("/callbacks/<provider>")
+# CloudConvert v1 calls back with a GET; the others POST
+@app.route("/callbacks/<provider>", method=["GET", "POST"])
 def provider_callback(provider: str) -> Response[str]:
     event = app.current_event
     status, body = answer_callback(provider, event.headers, raw_body(event.raw_event),
-                                   app.lambda_context)
+                                   app.lambda_context, query=event.raw_query_string or "")
     return Response(status_code=status, content_type="application/json", body=body)
 
 

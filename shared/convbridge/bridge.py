@@ -118,8 +118,11 @@ class CloudClients:
     def _client_unlocked(self, service: str) -> Any:
         if service not in self._clients:
             import boto3
+            from botocore.config import Config
 
-            kwargs: dict[str, Any] = {"region_name": self._settings.region}
+            # as many pooled connections as a batch has concurrent records
+            kwargs: dict[str, Any] = {"region_name": self._settings.region,
+                                      "config": Config(max_pool_connections=32)}
             if service == "s3":
                 from convbridge.storage.s3 import S3_CLIENT_CONFIG
 

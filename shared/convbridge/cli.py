@@ -22,7 +22,14 @@ def main(argv: list[str] | None = None) -> int:
         "retry", help="resubmit the sources listed in failure reports (uses the deployed "
         "function's CONVBRIDGE_* environment)")
     retry.add_argument("--rule", help="only this rule's failure reports")
+    commands.add_parser("routes", help="what each provider is handed per storage: scoped "
+                        "grants, or the relay")
     args = parser.parse_args(argv)
+    if args.command == "routes":
+        from convbridge.routes import capability_table, render
+
+        print(render(capability_table()))
+        return 0
     if args.command == "retry":
         return _retry(args.rule)
     if args.command == "sandbox":

@@ -14,7 +14,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 Route = Literal["native", "relay"]
-GrantKind = Literal["presigned_url", "sts_session"]
+#: ``sftp_account`` hands over a dedicated account (only when a rule opts in); ``upload`` means
+#: no credential leaves the bridge: it pushes the bytes to the provider itself
+GrantKind = Literal["presigned_url", "sts_session", "sftp_account", "upload", "sas"]
 OutcomeStatus = Literal["finished", "failed"]
 
 

@@ -14,6 +14,7 @@ import logging
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -44,6 +45,7 @@ from convbridge.model import (
 from convbridge.planner import plan_route
 from convbridge.rules import Rule
 from convbridge.storage.base import OUTPUT_MARKER, Storage
+from convbridge.telemetry import record as record_metric
 
 logger = logging.getLogger(__name__)
 
@@ -128,13 +130,16 @@ def submit(bridge: Bridge, ref: ObjectRef, *, final_attempt: bool = True,
     if max(len(k.encode("utf-8")) for k in derived) > storage.max_key_bytes:
         return _skip(ref, f"key too long: its record names would pass the storage's "
                           f"{storage.max_key_bytes}-byte limit")
-    found = storage.stat(ref.location, ref.key)
-    if found is None:
-        return _skip(ref, "object no longer exists")
-    if OUTPUT_MARKER in found.metadata:
-        return _skip(ref, "carries the convbridge output marker (loop guard)")
-    ref = replace(ref, size=found.size if ref.size is None else ref.size,
-                  version=ref.version or found.version)
+    # The marker can only be on objects under a watched prefix that some rule also writes
+    # into; otherwise the event's size and version suffice and a HEAD per upload is saved.
+    if ref.size is None or ref.version is None or rules.may_hold_own_writes(rule):
+        found = storage.stat(ref.location, ref.key)
+        if found is None:
+            return _skip(ref, "object no longer exists")
+        if OUTPUT_MARKER in found.metadata:
+            return _skip(ref, "carries the convbridge output marker (loop guard)")
+        ref = replace(ref, size=found.size if ref.size is None else ref.size,
+                      version=ref.version or found.version)
     claim_key = {"storage": ref.storage, "location": ref.location, "key": ref.key,
                  "version": ref.version, "rule": rule.name, "attempt": attempt}
     result = bridge.claims.once(
@@ -176,6 +181,7 @@ def _submit_claimed(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef
         logger.info("job %s settled before its submission was recorded", job_id)
     logger.info("submitted %s under rule %s as %s job %s (route %s)",
                 ref, rule.name, rule.provider, job_id, route)
+    record_metric("JobsSubmitted", 1, rule=rule.name, provider=rule.provider)
     return {"status": "submitted", "job_id": job_id}
 
 
@@ -240,7 +246,8 @@ def _start_job(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef,
     if not settings.webhook_url:
         raise StorageError("CONVBRIDGE_WEBHOOK_URL is not set; providers could not call back")
     provider = bridge.provider(rule.provider)
-    plan = plan_route(type(storage), type(provider), rule.read_grant)
+    plan = plan_route(type(storage), type(provider), rule.read_grant,
+                      hand_over_account=rule.hand_over_account)
     output = OutputTarget(storage=ref.storage, location=ref.location,
                           key=rule.output_key(ref.key))
     try:
@@ -267,7 +274,10 @@ def _start_job(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef,
     )
     logger.info("grants for %s: read %s (%s), write %s", ref, read_grant.scope, read_grant.kind,
                 write_grant.scope if write_grant else "relay through the bridge")
-    return provider.start(spec), plan.route
+    job_id = provider.start(spec)
+    if read_grant.kind == "upload":  # the storage cannot sign a URL: the bridge pushes the bytes
+        provider.upload_input(job_id, spec, lambda: storage.read_stream(ref.location, ref.key))
+    return job_id, plan.route
 
 
 def retry_failures(bridge: Bridge, rule_name: str | None = None) -> list[Submission]:
@@ -321,12 +331,20 @@ def accept(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
         raise CallbackTooLarge(f"callback body of {len(body)} bytes is over the limit")
     if provider_name not in {rule.provider for rule in bridge.rules.rules}:
         raise ContextError(f"no rule uses provider {provider_name!r}")
-    outcome = bridge.provider(provider_name).accept_callback(headers, body)
+    provider = bridge.provider(provider_name)
+    outcome = provider.accept_callback(headers, body)
     if outcome is None:
         return None
     context = verify_context(outcome.context_token, bridge.context_key(),
                              max_age_seconds=bridge.settings.context_max_age_seconds)
-    return Accepted(outcome, context, _rule_for(bridge, context, provider_name))
+    rule = _rule_for(bridge, context, provider_name)
+    # Only once our own HMAC verified: unsigned dialects fetch the real outcome here.
+    confirmed = provider.confirm(outcome, headers)
+    if confirmed is None:
+        return None
+    if confirmed.context_token != outcome.context_token:
+        raise ContextError("the provider's job belongs to another job context")
+    return Accepted(confirmed, context, rule)
 
 
 def settle(bridge: Bridge, accepted: Accepted) -> Completion:
@@ -364,7 +382,14 @@ def _settle_claimed(bridge: Bridge, accepted: Accepted) -> dict[str, Any]:
         _write_failure(storage, rule, context.location, context.key, document)
     else:
         storage.write_json(context.location, result_key, document, marker=rule.name)
+    storage.after_settle(context.location, context.key, outcome.status)
     logger.info("job %s for %s %s; record %s", outcome.job_id, source, outcome.status, result_key)
+    record_metric("JobsFinished" if outcome.status == "finished" else "JobsFailed", 1,
+                  rule=rule.name, provider=rule.provider)
+    if outcome.ended_at is not None:
+        latency = (datetime.now(UTC) - outcome.ended_at).total_seconds() * 1000
+        record_metric("CallbackLatencyMs", max(latency, 0.0), unit="Milliseconds",
+                      provider=rule.provider)
     return {"outcome": outcome.status, "record_key": result_key}
 
 
@@ -440,10 +465,12 @@ def relay_output(http: httpx.Client, storage: Storage, location: str, key: str,
                 announced = response.headers.get("Content-Length")
                 expected = output.size if output.size is not None else (
                     int(announced) if announced and announced.isdigit() else None)
-                return storage.write_stream(
+                written = storage.write_stream(
                     location, key, response.iter_bytes(RELAY_CHUNK),
                     metadata={OUTPUT_MARKER: marker}, expected_size=expected,
                 )
+                record_metric("RelayBytes", written, unit="Bytes", rule=marker)
+                return written
         except (httpx.HTTPError, StorageError) as exc:
             problem = f"{type(exc).__name__}: {exc}" if isinstance(exc, StorageError) else (
                 type(exc).__name__)

@@ -39,10 +39,16 @@ KNOWN_FORMATS = frozenset(
 )
 STORAGE_NAMES = frozenset({"s3", "azure_blob", "gcs", "sftp"})
 PROVIDER_NAMES = frozenset({"cloudconvert", "freeconvert", "onlineconvert", "cloudconvert_v1"})
-READ_GRANT_KINDS = frozenset({"presigned_url", "sts_session"})
+READ_GRANT_KINDS = frozenset({"presigned_url", "sts_session", "sas"})
 FAILURE_POLICIES = frozenset({"report", "copy", "move"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_MAX_SIZE = 1024 * 1024 * 1024
+#: Storages polled by a sweep, which claims a file by moving it under CLAIM_PREFIX (keeping its
+#: key) and, once settled, to DONE_PREFIX or FAILED_PREFIX; see convbridge.sweep.
+SWEPT_STORAGES = frozenset({"sftp"})
+CLAIM_PREFIX = "processing/"
+DONE_PREFIX = "done/"
+FAILED_PREFIX = "failed/"
 
 
 @dataclass(frozen=True)
@@ -61,13 +67,19 @@ class Rule:
     read_grant: str = "presigned_url"
     max_size_bytes: int = DEFAULT_MAX_SIZE
     on_failure: str = "report"
+    #: hand the storage's own (dedicated) account to the provider where nothing narrower exists
+    hand_over_account: bool = False
+    #: swept storages: also sweep the folders below ``prefix``
+    recursive: bool = False
+    #: swept storages: a file is ready once ``<name>.ready`` exists, not once it stops changing
+    ready_marker: bool = False
 
     def covers(self, ref: ObjectRef) -> bool:
         """Storage, location and prefix match; suffix decides later whether it converts."""
         return (
             ref.storage == self.storage
             and ref.location == self.location
-            and ref.key.startswith(self.prefix)
+            and self.dropped_key(ref.key).startswith(self.prefix)
         )
 
     def wants(self, ref: ObjectRef) -> bool:
@@ -79,8 +91,15 @@ class Rule:
         """True for keys the bridge itself writes under this rule (the loop guard)."""
         return key.startswith((self.outputs_prefix, self.results_prefix, self.failures_prefix))
 
+    def dropped_key(self, key: str) -> str:
+        """The key as it was dropped: a sweep claims a file by moving it under CLAIM_PREFIX,
+        and the rule still covers it there and names its outputs as if it had not moved."""
+        if self.storage in SWEPT_STORAGES and key.startswith(CLAIM_PREFIX):
+            return key[len(CLAIM_PREFIX):]
+        return key
+
     def relative(self, key: str) -> str:
-        return key[len(self.prefix):]
+        return self.dropped_key(key)[len(self.prefix):]
 
     def output_key(self, key: str) -> str:
         stem, dot, _ = self.relative(key).rpartition(".")
@@ -123,6 +142,15 @@ class RuleSet:
         return any(
             rule.storage == ref.storage and rule.location == ref.location and rule.owns(ref.key)
             for rule in self.rules
+        )
+
+    def may_hold_own_writes(self, rule: Rule) -> bool:
+        """Whether any rule writes outputs or records where ``rule`` watches."""
+        return any(
+            other.storage == rule.storage and other.location == rule.location
+            and any(p.startswith(rule.prefix) or rule.prefix.startswith(p)
+                    for p in (other.outputs_prefix, other.results_prefix, other.failures_prefix))
+            for other in self.rules
         )
 
     def get(self, name: str) -> Rule | None:
@@ -174,7 +202,8 @@ def _parse_rule(raw: Any, where: str, problems: list[str]) -> Rule | None:
         return None
     before = len(problems)
     known = {"name", "match", "convert", "provider", "outputs", "results", "failures",
-             "read_grant", "max_size_bytes", "on_failure"}
+             "read_grant", "max_size_bytes", "on_failure", "hand_over_account", "recursive",
+             "ready_marker"}
     for extra in sorted(set(raw) - known):
         problems.append(f"{where}: unknown field {extra!r}")
     name = raw.get("name")
@@ -236,6 +265,25 @@ def _parse_rule(raw: Any, where: str, problems: list[str]) -> Rule | None:
     if on_failure not in FAILURE_POLICIES:
         problems.append(f"{where}.on_failure: {on_failure!r} is not one of "
                         f"{sorted(FAILURE_POLICIES)}")
+    flags: dict[str, Any] = {}
+    for flag in ("hand_over_account", "recursive", "ready_marker"):
+        flags[flag] = raw.get(flag, False)
+        if not isinstance(flags[flag], bool):
+            problems.append(f"{where}.{flag}: must be true or false")
+    if storage in SWEPT_STORAGES:
+        # the sweep moves claimed and settled files into these folders: watching one would
+        # claim a file twice, writing into the claim folder would mix records with sources
+        kept: tuple[str, ...] = (CLAIM_PREFIX, DONE_PREFIX, FAILED_PREFIX)
+        for field_name, value, forbidden in (("match.prefix", prefix, kept),
+                                             ("outputs", outputs, kept[:1]),
+                                             ("results", results, kept[:1]),
+                                             ("failures", failures, kept[:1])):
+            if value.startswith(forbidden):
+                problems.append(f"{where}.{field_name}: {value!r} is inside "
+                                f"{' or '.join(forbidden)}, which the sweep keeps")
+    elif flags["recursive"] or flags["ready_marker"]:
+        problems.append(f"{where}: recursive and ready_marker apply to swept storages only "
+                        f"({', '.join(sorted(SWEPT_STORAGES))})")
     if len(problems) > before:
         return None
     return Rule(
@@ -243,7 +291,8 @@ def _parse_rule(raw: Any, where: str, problems: list[str]) -> Rule | None:
         suffixes=tuple(suffixes), output_format=output_format, options=dict(options),
         provider=str(provider), outputs_prefix=outputs, results_prefix=results,
         failures_prefix=failures, read_grant=str(read_grant), max_size_bytes=max_size,
-        on_failure=str(on_failure),
+        on_failure=str(on_failure), hand_over_account=flags["hand_over_account"],
+        recursive=flags["recursive"], ready_marker=flags["ready_marker"],
     )
 
 

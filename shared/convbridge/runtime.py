@@ -21,12 +21,14 @@ from convbridge.errors import CallbackError, ConvbridgeError
 from convbridge.events import ParsedEvents
 from convbridge.http import deadline_from
 from convbridge.pipeline import Submission, accept, complete, settle, submit_all
+from convbridge.providers.base import CALLBACK_QUERY
 
 logger = logging.getLogger(__name__)
 
 #: Vendor loggers that print credentials at DEBUG (botocore logs Secrets Manager response
 #: bodies; httpx/httpcore log request URLs, which carry presigned signatures).
-CHATTY_VENDOR_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpcore")
+CHATTY_VENDOR_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpcore",
+                         "azure", "google", "paramiko")
 #: SQS delivers a message this many times before the redrive policy moves it to the DLQ; on
 #: the last delivery a transient failure is reported instead of retried (template.yaml).
 MAX_RECEIVES = 5
@@ -156,12 +158,15 @@ def _process_batch(event: dict[str, Any], context: Any,
 
 
 def answer_callback(provider: str, headers: Mapping[str, str], body: bytes,
-                    context: Any = None) -> tuple[int, str]:
+                    context: Any = None, query: str = "") -> tuple[int, str]:
     """(status code, JSON body) for one provider callback. Genuine callbacks are queued for
     settling when a completion queue is configured, so the provider gets its answer within
     its timeout whatever the relay has to copy. Refusals say only what kind of refusal it
-    was: the caller may be hostile."""
+    was: the caller may be hostile. ``query`` (the raw query string) travels on among the
+    headers under CALLBACK_QUERY, where unsigned dialects find their per-job token."""
     current = bridge()
+    headers = {name: value for name, value in headers.items()
+               if name.lower() != CALLBACK_QUERY} | ({CALLBACK_QUERY: query} if query else {})
     try:
         accepted = accept(current, provider, headers, body)
         if accepted is None:

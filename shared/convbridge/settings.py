@@ -18,6 +18,9 @@ PREFIX = "CONVBRIDGE_"
 
 DEFAULT_BASE_URLS = {
     "cloudconvert": "https://api.cloudconvert.com/v2",
+    "freeconvert": "https://api.freeconvert.com/v1",
+    "onlineconvert": "https://api.api2convert.com/v2",
+    "cloudconvert_v1": "https://api.cloudconvert.com/v1",
 }
 
 

@@ -198,3 +198,17 @@ def test_a_key_too_long_for_an_sts_policy_is_relayed_through_the_bridge(stack: D
     assert head["Metadata"]["convbridge-output"] == "images-to-pdf"
     operations = [t["operation"] for t in stack.sandbox.jobs()[0]["tasks"]]
     assert "export/url" in operations and "export/s3" not in operations
+
+
+def test_metrics_for_the_dashboard_are_emitted(stack: DevStack,
+                                               capfd: pytest.CaptureFixture[str]) -> None:
+    stack.upload("inbox/m.png", png_bytes())
+    stack.upload("inbox/m-bad.png", b"corrupt")
+    run(stack, "inbox/m.png", "inbox/m-bad.png")
+    metrics = [json.loads(line) for line in capfd.readouterr().out.splitlines()
+               if line.startswith('{"_aws"')]
+    names = {m["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"]: m for m in metrics}
+    assert {"JobsSubmitted", "JobsFinished", "JobsFailed", "CallbackLatencyMs"} <= set(names)
+    assert names["JobsSubmitted"]["rule"] == "images-to-pdf"
+    assert names["JobsFinished"]["provider"] == "cloudconvert"
+    assert all(m["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "convbridge" for m in metrics)

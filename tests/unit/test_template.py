@@ -1,40 +1,100 @@
-"""The SAM template passes the offline deployment check, the check catches the faults it
-exists for (each broken variant is the real template with one edit, so a passing check here
-means it would pass there too), and the translated template keeps the least-privilege
-promises of the design: no wildcard resource for S3, Secrets Manager, KMS, DynamoDB or SQS, a
-grant role only the trigger can assume, no listing anywhere in what a provider can be handed,
-and deletes only under the watched prefix. It also pins the delivery guarantees: S3 events and
-completions arrive through queues with partial batch failures, dead-letter queues and alarms.
+"""The SAM template passes the offline deployment check (as written and with every option on),
+the check catches the faults it exists for (each broken variant is the real template with one
+edit, so a passing check here means it would pass there too; tests/unit/broken_templates holds
+small standalone ones), and the template as it would be deployed keeps the least-privilege
+promises of the design: each function's role holds exactly what its code calls, no wildcard
+resource for S3, Secrets Manager, KMS, DynamoDB or SQS, a grant role only the S3 trigger can
+assume and that can never list or delete. It also pins the wiring the code relies on (the
+environment per function, Function URLs, the SFTP schedule), the delivery guarantees (queues
+with partial batch failures, dead-letter queues and alarms) and the dashboard's metric names.
+
+"As deployed" means translated by aws-sam-translator and then resolved for a set of parameter
+values (conditions evaluated, ``Fn::If`` arms chosen) by devstack.template_check, twice: with
+the defaults (S3 and nothing optional) and with every option on.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from devstack.template_check import check_template, load_template, main, translate_sam
+from devstack.template_check import (
+    EVERY_OPTION_ON,
+    REQUIRED_EXAMPLES,
+    check_template,
+    evaluate_conditions,
+    load_template,
+    main,
+    parameter_values,
+    permissions,
+    render,
+    resolve_conditions,
+    translate_sam,
+    with_defaults,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
+BROKEN = Path(__file__).resolve().parent / "broken_templates"
 
-SENSITIVE_SERVICES = ("s3:", "secretsmanager:", "kms:", "dynamodb:", "sqs:")
-SECRET_PARAMETERS = [{"Ref": "CloudConvertSecretArn"}, {"Ref": "ContextSecretArn"}]
+SENSITIVE_SERVICES = ("s3:", "secretsmanager:", "kms:", "dynamodb:", "sqs:", "ssm:", "sts:")
+ALL_ON = {**EVERY_OPTION_ON, **REQUIRED_EXAMPLES}
+DEFAULTS = dict(REQUIRED_EXAMPLES)
+
+FUNCTIONS = {
+    "S3TriggerFunction": "S3TriggerRole",
+    "WebhookFunction": "WebhookFunctionRole",
+    "AzureTriggerFunction": "AzureTriggerRole",
+    "GcsTriggerFunction": "GcsTriggerRole",
+    "SftpSweepFunction": "SftpSweepRole",
+}
+OPTIONAL_FUNCTIONS = {"AzureTriggerFunction", "GcsTriggerFunction", "SftpSweepFunction"}
+
+
+def _source() -> dict[str, Any]:
+    template, problems = load_template(TEMPLATE)
+    assert template is not None, problems
+    return template
+
+
+def _deployed(values: dict[str, Any]) -> dict[str, Any]:
+    translated = translate_sam(with_defaults(_source(), values))
+    return resolve_conditions(translated, values)
 
 
 @pytest.fixture(scope="module")
 def translated() -> dict[str, Any]:
-    template, problems = load_template(TEMPLATE)
-    assert template is not None, problems
-    return translate_sam(template)
+    """The translated template with its conditions still in it."""
+    return translate_sam(_source())
 
 
-def _resources(translated: dict[str, Any], type_: str) -> dict[str, dict[str, Any]]:
-    return {k: v for k, v in translated["Resources"].items() if v["Type"] == type_}
+@pytest.fixture(scope="module")
+def deployed() -> dict[str, Any]:
+    """S3 only, the defaults: what `sam deploy` makes without any optional parameter."""
+    return _deployed(DEFAULTS)
+
+
+@pytest.fixture(scope="module")
+def deployed_all() -> dict[str, Any]:
+    """Every storage, provider and option switched on."""
+    return _deployed(ALL_ON)
+
+
+@pytest.fixture(scope="module")
+def params_all(deployed_all: dict[str, Any]) -> dict[str, str]:
+    return parameter_values(deployed_all, ALL_ON)
+
+
+def _resources(template: dict[str, Any], type_: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == type_}
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -70,16 +130,25 @@ def _statements(resource: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def _all_statements(translated: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def _all_statements(template: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [
         (logical_id, statement)
-        for logical_id, resource in translated["Resources"].items()
+        for logical_id, resource in template["Resources"].items()
         for statement in _statements(resource)
     ]
 
 
 def _actions(statement: dict[str, Any]) -> list[str]:
     return [action.lower() for action in _as_list(statement.get("Action", []))]
+
+
+def _variant(tmp_path: Path, original: str, replacement: str) -> Path:
+    text = TEMPLATE.read_text()
+    # Exactly one occurrence, or the edit would not be the single fault the test claims.
+    assert text.count(original) == 1, f"template no longer contains {original!r} once"
+    variant = tmp_path / "template.yaml"
+    variant.write_text(text.replace(original, replacement))
+    return variant
 
 
 # --- the check itself ---------------------------------------------------------------------
@@ -94,6 +163,16 @@ def test_main_reports_clean(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.strip() == f"{TEMPLATE}: clean"
 
 
+def test_every_option_on_switches_every_optional_part_on() -> None:
+    # Otherwise the second pass of the check would lint less than the whole template.
+    truth = evaluate_conditions(_source(), ALL_ON)
+    off = {name for name, value in truth.items() if not value}
+    # The rules file is in the layer by default; the two other places are tested below.
+    assert off == {"RulesInSsm", "RulesInS3"}
+    defaults = evaluate_conditions(_source(), DEFAULTS)
+    assert {name for name, value in defaults.items() if value} == set()
+
+
 @pytest.mark.parametrize(
     ("original", "broken", "named"),
     [
@@ -102,32 +181,82 @@ def test_main_reports_clean(capsys: pytest.CaptureFixture[str]) -> None:
             id="bad-s3-event-type",
         ),
         pytest.param(
+            "Type: SQS\n          Properties:\n            Queue: !GetAtt S3EventsQueue",
+            "Type: SQSQueue\n          Properties:\n            Queue: !GetAtt S3EventsQueue",
+            ["SQSQueue"],
+            id="bad-sam-event-type",
+        ),
+        pytest.param(
             "Value: !Ref WatchedPrefix", "Value: !Ref NoSuchThing", ["NoSuchThing"],
             id="dangling-ref",
+        ),
+        pytest.param(
+            # In a function that only exists with the SFTP option on: the second pass finds it.
+            "CONVBRIDGE_SFTP_HOST_KEY: !Ref SftpHostKey\n",
+            "CONVBRIDGE_SFTP_HOST_KEY: !Ref SftpHostKeys\n",
+            ["SftpHostKeys"],
+            id="dangling-ref-in-optional-function",
         ),
         pytest.param(
             "Runtime: !Ref PythonRuntime", "Runtime: python2.0", ["Runtime", "python2.0"],
             id="wrong-runtime",
         ),
         pytest.param(
-            "AuthType: NONE", "AuthType: OPEN", ["FunctionUrlConfig", "AuthType"],
+            "AuthType: NONE\n      Events:", "AuthType: OPEN\n      Events:",
+            ["FunctionUrlConfig", "AuthType"],
             id="bad-function-url-auth-type",
+        ),
+        pytest.param(
+            "Schedule: !Ref SftpSweepSchedule", "Schedule: rate(5 minute)",
+            ["ScheduleExpression", "minute"],
+            id="bad-schedule-expression",
+        ),
+        pytest.param(
+            "Condition: SftpEnabled\n    Properties:\n      Description: Sweeps",
+            "Condition: SftpEnable\n    Properties:\n      Description: Sweeps",
+            ["SftpEnable"],
+            id="unknown-condition",
         ),
     ],
 )
 def test_broken_variant_is_reported(
-    tmp_path: Path, original: str, broken: str, named: list[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], original: str, broken: str,
+    named: list[str],
 ) -> None:
-    text = TEMPLATE.read_text()
-    # Exactly one occurrence, or the edit would not be the single fault the test claims.
-    assert text.count(original) == 1, f"template no longer contains {original!r} once"
-    variant = tmp_path / "template.yaml"
-    variant.write_text(text.replace(original, broken))
-
-    problems = check_template(variant)
-
-    assert any(all(word in problem for word in named) for problem in problems), problems
+    variant = _variant(tmp_path, original, broken)
+    # main() is what `make lint` runs: non-zero, one line per problem.
     assert main([str(variant)]) == 1
+    problems = capsys.readouterr().out.splitlines()
+    assert any(all(word in problem for word in named) for problem in problems), problems
+
+
+def _broken_templates() -> list[Path]:
+    return sorted(BROKEN.glob("*.yaml"))
+
+
+def _expectation(path: Path) -> list[str]:
+    """The words a broken template's report must contain: its `# expect:` header line."""
+    for line in path.read_text().splitlines():
+        if line.startswith("# expect:"):
+            return [word.strip() for word in line.removeprefix("# expect:").split(",")]
+    raise AssertionError(f"{path.name} has no '# expect:' line")
+
+
+def test_broken_templates_exist() -> None:
+    assert {p.stem for p in _broken_templates()} >= {
+        "bad_event_type", "dangling_ref", "wrong_runtime", "bad_schedule",
+        "bad_s3_notification_event",
+    }
+
+
+@pytest.mark.parametrize("path", _broken_templates(), ids=lambda p: p.stem)
+def test_broken_template_fails_the_check(
+    capsys: pytest.CaptureFixture[str], path: Path
+) -> None:
+    assert main([str(path)]) == 1
+    problems = capsys.readouterr().out.splitlines()
+    words = _expectation(path)
+    assert any(all(word in problem for word in words) for problem in problems), problems
 
 
 @pytest.mark.parametrize(
@@ -136,35 +265,15 @@ def test_broken_variant_is_reported(
 def test_rules_outside_the_layer_are_clean(tmp_path: Path, location: str) -> None:
     # cfn-lint resolves the conditional rules-reading grants with the parameter default, so
     # this exercises the Split/Select that turns the location into an ARN.
-    text = TEMPLATE.read_text()
-    original = "Default: /opt/rules.yaml"
-    assert text.count(original) == 1
-    variant = tmp_path / "template.yaml"
-    variant.write_text(text.replace(original, f"Default: {location}"))
+    variant = _variant(tmp_path, "Default: /opt/rules.yaml", f"Default: {location}")
     assert check_template(variant) == []
 
 
 def test_wildcard_in_watched_prefix_is_rejected(tmp_path: Path) -> None:
     # The prefix is pasted into an IAM resource ARN; a "*" in it would widen the grant.
-    text = TEMPLATE.read_text()
-    original = "Default: inbox/"
-    assert text.count(original) == 1
-    variant = tmp_path / "template.yaml"
-    variant.write_text(text.replace(original, "Default: inbox/*"))
+    variant = _variant(tmp_path, "Default: inbox/", "Default: inbox/*")
     problems = check_template(variant)
     assert any("WatchedPrefix" in problem for problem in problems), problems
-
-
-def test_alarm_topic_variant_is_clean(tmp_path: Path) -> None:
-    # cfn-lint evaluates the HasAlarmTopic condition with the default (empty); this deploys
-    # the other arm, AlarmActions set to the topic.
-    text = TEMPLATE.read_text()
-    original = 'Default: ""'
-    assert text.count(original) == 1
-    variant = tmp_path / "template.yaml"
-    topic = "arn:aws:sns:us-east-1:123456789012:convbridge-alarms"
-    variant.write_text(text.replace(original, f"Default: {topic}"))
-    assert check_template(variant) == []
 
 
 def test_unparsable_template_is_a_problem_not_a_crash(tmp_path: Path) -> None:
@@ -174,49 +283,193 @@ def test_unparsable_template_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     assert problems and str(variant) in problems[0]
 
 
-# --- least privilege over the translated template -----------------------------------------
+def test_rules_refuse_half_configured_storages() -> None:
+    # CloudFormation evaluates Rules before creating anything; a storage secret without the
+    # settings that go with it, or no provider at all, stops the deployment there.
+    rules = _source()["Rules"]
+    assert set(rules) == {"AtLeastOneProvider", "AzureSettings", "GcsSettings", "SftpSettings"}
+    required = {
+        "AzureSettings": {"EventGridSecretArn"},
+        "GcsSettings": {"PubSubServiceAccount"},
+        "SftpSettings": {"SftpHostKey"},
+    }
+    for name, parameters in required.items():
+        asserted = {
+            a["Assert"]["Fn::Not"][0]["Fn::Equals"][0]["Ref"] for a in rules[name]["Assertions"]
+        }
+        assert asserted == parameters, name
 
 
-def test_no_wildcard_resource_for_sensitive_actions(translated: dict[str, Any]) -> None:
+# --- least privilege, as deployed ----------------------------------------------------------
+
+BUCKET = "arn:${AWS::Partition}:s3:::convbridge-demo-bucket"
+WATCHED = f"{BUCKET}/inbox/*"
+OBJECTS = f"{BUCKET}/*"
+SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:convbridge/{}-AbCdEf"
+GET_SECRET = "secretsmanager:getsecretvalue"
+DYNAMODB = ("dynamodb:getitem", "dynamodb:putitem", "dynamodb:updateitem", "dynamodb:deleteitem")
+SQS_CONSUME = ("sqs:receivemessage", "sqs:deletemessage", "sqs:getqueueattributes")
+KMS_CONDITION = json.dumps(
+    {"StringEquals": {"kms:ViaService": "secretsmanager.${AWS::Region}.amazonaws.com"}}
+)
+
+
+def _core(providers: tuple[str, ...], kms: bool) -> set[tuple[str, str, str]]:
+    """BridgeCorePolicy: every function submits or settles jobs, so every one reads the context
+    key and the provider secrets (secrets.py get_secret_value), and makes the claims calls of
+    Powertools' DynamoDBPersistenceLayer (get/put/update/delete_item) on the table."""
+    found = {(GET_SECRET, SECRET.format("context"), "")}
+    found |= {(GET_SECRET, SECRET.format(name), "") for name in providers}
+    found |= {(action, "${IdempotencyTable.Arn}", "") for action in DYNAMODB}
+    if kms:
+        found.add(("kms:decrypt", str(EVERY_OPTION_ON["SecretsKmsKeyArn"]), KMS_CONDITION))
+    return found
+
+
+def _s3_trigger() -> set[tuple[str, str, str]]:
+    """storage/s3.py on the submit path: head_object and presigned get_object on the source
+    (GetObject, and ListBucket so a vanished source reads as 404), put_object for records,
+    copy_object + delete_object for failure policy "move" on rejects, assume_role for grants;
+    the event source mapping consumes the S3 events queue."""
+    return {
+        ("s3:getobject", WATCHED, ""),
+        ("s3:listbucket", BUCKET, ""),
+        ("s3:putobject", OBJECTS, ""),
+        ("s3:deleteobject", WATCHED, ""),
+        ("sts:assumerole", "${GrantRole.Arn}", ""),
+    } | {(action, "${S3EventsQueue.Arn}", "") for action in SQS_CONSUME}
+
+
+def _webhook(storage_secrets: tuple[str, ...]) -> set[tuple[str, str, str]]:
+    """The settle path: head/get_object on records and outputs (+ ListBucket for 404s), put_object
+    and the multipart calls for records and relays (PutObject), abort_multipart_upload when a
+    relay fails, copy_object + delete_object for "move"; runtime.py send_message to the
+    completion queue, which its event source mapping consumes; and the storage secrets of the
+    other clouds, whose jobs it writes back."""
+    return {
+        ("s3:getobject", OBJECTS, ""),
+        ("s3:putobject", OBJECTS, ""),
+        ("s3:abortmultipartupload", OBJECTS, ""),
+        ("s3:listbucket", BUCKET, ""),
+        ("s3:deleteobject", WATCHED, ""),
+        ("sqs:sendmessage", "${CompletionQueue.Arn}", ""),
+    } | {(action, "${CompletionQueue.Arn}", "") for action in SQS_CONSUME} | {
+        (GET_SECRET, SECRET.format(name), "") for name in storage_secrets
+    }
+
+
+PROVIDERS_ALL = ("cloudconvert", "freeconvert", "onlineconvert", "cloudconvert-v1")
+EXPECTED_ALL_ON = {
+    "S3TriggerFunction": _core(PROVIDERS_ALL, kms=True) | _s3_trigger(),
+    "WebhookFunction": _core(PROVIDERS_ALL, kms=True)
+    | _webhook(("azure-account", "gcs-service-account", "sftp")),
+    # The other triggers touch no AWS storage: their grants are made from these secrets.
+    "AzureTriggerFunction": _core(PROVIDERS_ALL, kms=True)
+    | {(GET_SECRET, SECRET.format("event-grid"), ""),
+       (GET_SECRET, SECRET.format("azure-account"), "")},
+    "GcsTriggerFunction": _core(PROVIDERS_ALL, kms=True)
+    | {(GET_SECRET, SECRET.format("gcs-service-account"), "")},
+    "SftpSweepFunction": _core(PROVIDERS_ALL, kms=True) | {(GET_SECRET, SECRET.format("sftp"), "")},
+}
+
+
+def _role_of(template: dict[str, Any], function_id: str) -> str:
+    role = template["Resources"][function_id]["Properties"]["Role"]
+    assert role["Fn::GetAtt"][1] == "Arn"
+    return str(role["Fn::GetAtt"][0])
+
+
+@pytest.mark.parametrize("function_id", sorted(EXPECTED_ALL_ON))
+def test_each_role_holds_exactly_what_its_code_calls(
+    deployed_all: dict[str, Any], params_all: dict[str, str], function_id: str
+) -> None:
+    role = _role_of(deployed_all, function_id)
+    assert role == FUNCTIONS[function_id]
+    assert permissions(deployed_all, role, params_all) == EXPECTED_ALL_ON[function_id]
+
+
+def test_defaults_deploy_only_the_s3_parts(deployed: dict[str, Any]) -> None:
+    # No provider secret given by default: the stack's Rules refuse that, so model one.
+    values = {**DEFAULTS, "CloudConvertSecretArn": SECRET.format("cloudconvert")}
+    template = _deployed(values)
+    params = parameter_values(template, values)
+    functions = _resources(template, "AWS::Lambda::Function")
+    assert set(functions) == {"S3TriggerFunction", "WebhookFunction"}
+    core = _core(("cloudconvert",), kms=False)
+    assert permissions(template, "S3TriggerRole", params) == core | _s3_trigger()
+    assert permissions(template, "WebhookFunctionRole", params) == core | _webhook(())
+    assert set(_resources(deployed, "AWS::Lambda::Function")) == set(functions)
+
+
+def test_rules_read_grants_are_exactly_the_configured_location() -> None:
+    for location, expected in [
+        ("ssm:/convbridge/rules",
+         ("ssm:getparameter",
+          "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/convbridge/rules")),
+        ("s3://config-bucket/convbridge/rules.yaml",
+         ("s3:getobject", "arn:${AWS::Partition}:s3:::config-bucket/convbridge/rules.yaml")),
+    ]:
+        values = {**ALL_ON, "RulesLocation": location}
+        template = _deployed(values)
+        params = parameter_values(template, values)
+        for function_id, role in FUNCTIONS.items():
+            extra = permissions(template, role, params) - EXPECTED_ALL_ON[function_id]
+            assert extra == {(*expected, "")}, (location, function_id)
+
+
+def _every_arm_statements(template: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return _all_statements(template)
+
+
+@pytest.mark.parametrize("which", ["translated", "deployed_all"])
+def test_no_wildcard_resource_for_sensitive_actions(
+    request: pytest.FixtureRequest, which: str
+) -> None:
+    template = request.getfixturevalue(which)
     offenders = []
-    for logical_id, statement in _all_statements(translated):
+    for logical_id, statement in _every_arm_statements(template):
         actions = _actions(statement)
+        if statement.get("Effect") == "Deny":
+            continue  # a deny (the bucket's TLS-only policy) may be as wide as it likes
+        if any("*" in action for action in actions if action.startswith(SENSITIVE_SERVICES)):
+            offenders.append((logical_id, "wildcard action", statement))
         sensitive = any(a == "*" or a.startswith(SENSITIVE_SERVICES) for a in actions)
         if not sensitive:
             continue
-        resources = _as_list(statement.get("Resource", []))
-        if "NotResource" in statement or "*" in resources:
-            offenders.append((logical_id, statement))
+        resources = [str(r) for r in _as_list(statement.get("Resource", []))]
+        # A bare "*" or a resource that is all wildcard after the service part.
+        if "NotResource" in statement or any(r == "*" or r.endswith(":*") for r in resources):
+            offenders.append((logical_id, "wildcard resource", statement))
     assert offenders == []
 
 
-def test_only_the_logs_managed_policy_is_attached(translated: dict[str, Any]) -> None:
-    # A managed policy is a statement this test cannot see; only the logs one is allowed. (An
-    # SQS event on a SAM-generated role would attach AWSLambdaSQSQueueExecutionRole, which
-    # allows every queue: hence explicit roles for both functions.)
-    roles = _resources(translated, "AWS::IAM::Role")
-    assert set(roles) == {"S3TriggerRole", "WebhookFunctionRole", "GrantRole"}
-    for role in roles.values():
-        for arn in role["Properties"].get("ManagedPolicyArns", []):
-            text = arn if isinstance(arn, str) else arn.get("Fn::Sub", "")
-            assert text.endswith(":iam::aws:policy/service-role/AWSLambdaBasicExecutionRole")
+def test_only_the_logs_managed_policy_and_the_core_policy_are_attached(
+    deployed_all: dict[str, Any],
+) -> None:
+    # An AWS managed policy is a statement this test cannot see; only the logs one is allowed.
+    # (An SQS event on a SAM-generated role would attach AWSLambdaSQSQueueExecutionRole, which
+    # allows every queue: hence explicit roles for every function.)
+    roles = _resources(deployed_all, "AWS::IAM::Role")
+    assert set(roles) == set(FUNCTIONS.values()) | {"GrantRole"}
+    for logical_id, role in roles.items():
+        arns = role["Properties"].get("ManagedPolicyArns", [])
+        if logical_id == "GrantRole":
+            assert arns == []
+            continue
+        assert arns == [
+            {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/"
+                        "AWSLambdaBasicExecutionRole"},
+            {"Ref": "BridgeCorePolicy"},
+        ]
+        trust = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+        assert trust == [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+                          "Action": "sts:AssumeRole"}]
+    # The core policy is attached by the roles, never by name to others.
+    assert "Roles" not in deployed_all["Resources"]["BridgeCorePolicy"]["Properties"]
 
 
-def test_secrets_are_exactly_the_two_configured(translated: dict[str, Any]) -> None:
-    secret_statements = [
-        statement
-        for _, statement in _all_statements(translated)
-        if any(a.startswith("secretsmanager:") for a in _actions(statement))
-    ]
-    # One for the trigger's role, one for the webhook's.
-    assert len(secret_statements) == 2
-    for statement in secret_statements:
-        assert _actions(statement) == ["secretsmanager:getsecretvalue"]
-        assert sorted(map(str, statement["Resource"])) == sorted(map(str, SECRET_PARAMETERS))
-
-
-def test_grant_role_trusts_only_the_trigger_role(translated: dict[str, Any]) -> None:
-    grant = translated["Resources"]["GrantRole"]["Properties"]
+def test_grant_role_trusts_only_the_trigger_role(deployed_all: dict[str, Any]) -> None:
+    grant = deployed_all["Resources"]["GrantRole"]["Properties"]
     statements = grant["AssumeRolePolicyDocument"]["Statement"]
     assert statements == [
         {
@@ -228,76 +481,16 @@ def test_grant_role_trusts_only_the_trigger_role(translated: dict[str, Any]) -> 
     assert grant["MaxSessionDuration"] == 3600
 
 
-def test_grant_role_cannot_list_or_delete(translated: dict[str, Any]) -> None:
-    actions = {a for s in _statements(translated["Resources"]["GrantRole"]) for a in _actions(s)}
-    assert actions == {"s3:getobject", "s3:putobject"}
-    assert "s3:listbucket" not in actions
-
-
-def _grants(translated: dict[str, Any], service: str) -> dict[str, set[tuple[str, str]]]:
-    """What each role or resource policy allows for ``service``: (action, resource) pairs
-    (resources as text, intrinsics included), keyed by logical id. Denies grant nothing."""
-    found: dict[str, set[tuple[str, str]]] = {}
-    for logical_id, statement in _all_statements(translated):
-        if statement["Effect"] != "Allow":
-            continue
-        for action in _actions(statement):
-            if action.startswith(service):
-                for resource in _as_list(statement["Resource"]):
-                    found.setdefault(logical_id, set()).add((action, str(resource)))
-    return found
-
-
-IDEMPOTENCY_ACTIONS = ("getitem", "putitem", "updateitem", "deleteitem")
-
-
-def test_idempotency_table_grants_are_the_powertools_calls(translated: dict[str, Any]) -> None:
-    table = str({"Fn::GetAtt": ["IdempotencyTable", "Arn"]})
-    expected = {(f"dynamodb:{action}", table) for action in IDEMPOTENCY_ACTIONS}
-    assert _grants(translated, "dynamodb:") == {
-        "S3TriggerRole": expected, "WebhookFunctionRole": expected,
+def test_grant_role_cannot_list_or_delete(
+    deployed_all: dict[str, Any], params_all: dict[str, str]
+) -> None:
+    # The ceiling of everything a provider is handed: objects only, never the bucket.
+    assert permissions(deployed_all, "GrantRole", params_all) == {
+        ("s3:getobject", OBJECTS, ""), ("s3:putobject", OBJECTS, ""),
     }
 
 
-def test_queue_grants_are_per_role_and_per_queue(translated: dict[str, Any]) -> None:
-    s3_events = str({"Fn::GetAtt": ["S3EventsQueue", "Arn"]})
-    completions = str({"Fn::GetAtt": ["CompletionQueue", "Arn"]})
-    consume = ("sqs:receivemessage", "sqs:deletemessage", "sqs:getqueueattributes")
-    assert _grants(translated, "sqs:") == {
-        "S3TriggerRole": {(action, s3_events) for action in consume},
-        "WebhookFunctionRole": {(action, completions) for action in consume}
-        | {("sqs:sendmessage", completions)},
-        # The one resource policy: S3 (conditioned, see below) sending to the events queue.
-        "S3EventsQueuePolicy": {("sqs:sendmessage", s3_events)},
-    }
-
-
-def test_webhook_can_delete_only_under_the_watched_prefix(translated: dict[str, Any]) -> None:
-    watched = str(
-        {"Fn::Sub": "arn:${AWS::Partition}:s3:::${SourceBucketName}/${WatchedPrefix}*"}
-    )
-    s3_grants = _grants(translated, "s3:")
-    deletes = {
-        logical_id: {pair for pair in pairs if pair[0].startswith("s3:delete")}
-        for logical_id, pairs in s3_grants.items()
-    }
-    # s3:DeleteObject only (a delete marker on this versioned bucket); no DeleteObjectVersion.
-    assert {k: v for k, v in deletes.items() if v} == {
-        "WebhookFunctionRole": {("s3:deleteobject", watched)}
-    }
-    # The copy before the delete may read the exact version, and only under the prefix too.
-    webhook = s3_grants["WebhookFunctionRole"]
-    assert {("s3:getobject", watched), ("s3:getobjectversion", watched)} <= webhook
-    versioned_reads = {
-        (logical_id, resource)
-        for logical_id, pairs in s3_grants.items()
-        for action, resource in pairs
-        if action == "s3:getobjectversion"
-    }
-    assert versioned_reads == {("WebhookFunctionRole", watched)}
-
-
-def test_only_the_trigger_may_assume_the_grant_role(translated: dict[str, Any]) -> None:
+def test_only_the_s3_trigger_may_assume_the_grant_role(translated: dict[str, Any]) -> None:
     assumers = [
         (logical_id, statement)
         for logical_id, statement in _all_statements(translated)
@@ -316,88 +509,101 @@ def test_only_the_trigger_may_assume_the_grant_role(translated: dict[str, Any]) 
     ]
     policy = translated["Resources"]["S3TriggerAssumeGrantRolePolicy"]["Properties"]
     assert policy["Roles"] == [{"Ref": "S3TriggerRole"}]
+    # The function waits for the attachment, or its first invocations could race it.
+    assert "S3TriggerAssumeGrantRolePolicy" in _as_list(
+        translated["Resources"]["S3TriggerFunction"]["DependsOn"])
 
 
-# --- wiring the code depends on --------------------------------------------------------------
-
-
-def _environment(translated: dict[str, Any], logical_id: str) -> dict[str, Any]:
-    function = translated["Resources"][logical_id]
-    assert function["Type"] == "AWS::Lambda::Function"
-    variables: dict[str, Any] = function["Properties"]["Environment"]["Variables"]
-    return variables
-
-
-def test_environment_variables(translated: dict[str, Any]) -> None:
-    common = {
-        "POWERTOOLS_SERVICE_NAME": "convbridge",
-        "LOG_LEVEL": {"Ref": "LogLevel"},
-        "CONVBRIDGE_RULES": {"Ref": "RulesLocation"},
-        "CONVBRIDGE_CONTEXT_SECRET": {"Ref": "ContextSecretArn"},
-        "CONVBRIDGE_SECRET_CLOUDCONVERT": {"Ref": "CloudConvertSecretArn"},
-        "CONVBRIDGE_READ_GRANT_SECONDS": "900",
-        "CONVBRIDGE_WRITE_GRANT_SECONDS": "3600",
-    }
-    common["CONVBRIDGE_IDEMPOTENCY_TABLE"] = {"Ref": "IdempotencyTable"}
-    trigger_only = {
-        "CONVBRIDGE_WEBHOOK_URL": {"Fn::GetAtt": ["WebhookFunctionUrl", "FunctionUrl"]},
-        "CONVBRIDGE_GRANT_ROLE_ARN": {"Fn::GetAtt": ["GrantRole", "Arn"]},
-    }
-    assert _environment(translated, "S3TriggerFunction") == common | trigger_only
-    webhook_only = {"CONVBRIDGE_COMPLETION_QUEUE_URL": {"Ref": "CompletionQueue"}}
-    assert _environment(translated, "WebhookFunction") == common | webhook_only
-
-
-def test_functions_run_on_arm64_with_the_layer(translated: dict[str, Any]) -> None:
-    functions = _resources(translated, "AWS::Lambda::Function")
-    assert set(functions) == {"S3TriggerFunction", "WebhookFunction"}
-    for function in functions.values():
-        properties = function["Properties"]
-        assert properties["Architectures"] == ["arm64"]
-        assert properties["Runtime"] == {"Ref": "PythonRuntime"}
-        (layer,) = properties["Layers"]
-        assert layer["Ref"].startswith("SharedLayer")
-
-
-def test_webhook_url_is_public_and_output(translated: dict[str, Any]) -> None:
-    url = translated["Resources"]["WebhookFunctionUrl"]
-    assert url["Type"] == "AWS::Lambda::Url"
-    assert url["Properties"]["AuthType"] == "NONE"
-    outputs = translated["Outputs"]
-    assert {name: output["Value"] for name, output in outputs.items()} == {
-        "WebhookUrl": {"Fn::GetAtt": ["WebhookFunctionUrl", "FunctionUrl"]},
-        "SourceBucket": {"Ref": "SourceBucket"},
-        "GrantRoleArn": {"Fn::GetAtt": ["GrantRole", "Arn"]},
-        "IdempotencyTableName": {"Ref": "IdempotencyTable"},
-        "S3EventsQueueUrl": {"Ref": "S3EventsQueue"},
-        "S3EventsDeadLetterQueueUrl": {"Ref": "S3EventsDeadLetterQueue"},
-        "CompletionQueueUrl": {"Ref": "CompletionQueue"},
-        "CompletionDeadLetterQueueUrl": {"Ref": "CompletionDeadLetterQueue"},
-    }
-
-
-def test_bucket_notifies_the_queue_only_for_the_watched_prefix(
-    translated: dict[str, Any],
+def test_deletes_only_under_the_watched_prefix(
+    deployed_all: dict[str, Any], params_all: dict[str, str]
 ) -> None:
-    resource = translated["Resources"]["SourceBucket"]
-    # S3 tests the destination when the notification is set: the queue policy must be there.
-    assert resource["DependsOn"] == "S3EventsQueuePolicy"
-    bucket = resource["Properties"]
-    assert set(bucket["NotificationConfiguration"]) == {"QueueConfigurations"}
-    (notification,) = bucket["NotificationConfiguration"]["QueueConfigurations"]
-    assert notification["Event"] == "s3:ObjectCreated:*"
-    assert notification["Queue"] == {"Fn::GetAtt": ["S3EventsQueue", "Arn"]}
-    assert notification["Filter"]["S3Key"]["Rules"] == [
-        {"Name": "prefix", "Value": {"Ref": "WatchedPrefix"}}
-    ]
-    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
-    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    # s3:DeleteObject only (a delete marker on this versioned bucket); no DeleteObjectVersion.
+    for function_id, role in FUNCTIONS.items():
+        for action, resource, _ in permissions(deployed_all, role, params_all):
+            if action.startswith("s3:delete"):
+                assert (action, resource) == ("s3:deleteobject", WATCHED), function_id
 
 
-def test_only_the_source_bucket_may_send_s3_events(translated: dict[str, Any]) -> None:
-    policy = translated["Resources"]["S3EventsQueuePolicy"]["Properties"]
+# Every AWS call the package makes -> the IAM actions it needs. A call missing here fails
+# test_every_aws_call_is_granted: add it here and to the role of the function that makes it.
+CALL_ACTIONS = {
+    ("s3", "get_object"): {"s3:getobject"},
+    ("s3", "generate_presigned_url"): {"s3:getobject"},
+    # 404 for a missing key needs ListBucket; 403 otherwise.
+    ("s3", "head_object"): {"s3:getobject", "s3:listbucket"},
+    ("s3", "put_object"): {"s3:putobject"},
+    ("s3", "create_multipart_upload"): {"s3:putobject"},
+    ("s3", "upload_part"): {"s3:putobject"},
+    ("s3", "complete_multipart_upload"): {"s3:putobject"},
+    ("s3", "abort_multipart_upload"): {"s3:abortmultipartupload"},
+    ("s3", "copy_object"): {"s3:getobject", "s3:putobject"},
+    ("s3", "delete_object"): {"s3:deleteobject"},
+    # list_objects_v2: `convbridge retry` (the CLI, run with the operator's credentials).
+    ("s3", "get_paginator"): {"s3:listbucket"},
+    ("sts", "assume_role"): {"sts:assumerole"},
+    ("secretsmanager", "get_secret_value"): {"secretsmanager:getsecretvalue"},
+    ("ssm", "get_parameter"): {"ssm:getparameter"},
+    ("sqs", "send_message"): {"sqs:sendmessage"},
+    ("dynamodb", "get_item"): {"dynamodb:getitem"},
+    ("dynamodb", "put_item"): {"dynamodb:putitem"},
+    ("dynamodb", "update_item"): {"dynamodb:updateitem"},
+    ("dynamodb", "delete_item"): {"dynamodb:deleteitem"},
+}
+# What the event source mappings call with the function's role (not in the package).
+EVENT_SOURCE_ACTIONS = set(SQS_CONSUME)
+
+_CALL_PATTERNS = [
+    (re.compile(r"self\._s3\.(\w+)\("), "s3"),
+    (re.compile(r"self\._sts\.(\w+)\("), "sts"),
+    (re.compile(r"\.sqs\(\)\.(\w+)\("), "sqs"),
+    (re.compile(r"""client\(["'](\w+)["']\)\.(\w+)\("""), None),
+]
+
+
+def _aws_calls() -> set[tuple[str, str]]:
+    """(service, method) for every boto3 call in shared/convbridge, and the DynamoDB calls of
+    the Powertools persistence layer the claims use."""
+    calls: set[tuple[str, str]] = set()
+    for path in (ROOT / "shared" / "convbridge").rglob("*.py"):
+        text = path.read_text()
+        for pattern, service in _CALL_PATTERNS:
+            for match in pattern.finditer(text):
+                if service is None:
+                    calls.add((match.group(1), match.group(2)))
+                else:
+                    calls.add((service, match.group(1)))
+        if path.name == "secrets.py":
+            calls |= {("secretsmanager", m) for m in re.findall(r"_client\.(\w+)\(", text)}
+    from aws_lambda_powertools.utilities.idempotency.persistence import dynamodb
+
+    source = Path(dynamodb.__file__).read_text()
+    calls |= {("dynamodb", m) for m in re.findall(r"self\.client\.(\w+)\(", source)}
+    return calls
+
+
+def test_every_aws_call_is_granted(
+    deployed_all: dict[str, Any], params_all: dict[str, str]
+) -> None:
+    calls = _aws_calls()
+    assert ("sts", "assume_role") in calls and ("dynamodb", "put_item") in calls
+    unknown = {call for call in calls if call not in CALL_ACTIONS}
+    assert unknown == set(), "add these to CALL_ACTIONS and to the roles that need them"
+    granted = {
+        action
+        for role in FUNCTIONS.values()
+        for action, _, _ in permissions(deployed_all, role, params_all)
+    }
+    needed = set().union(*(CALL_ACTIONS[call] for call in calls))
+    # ssm:GetParameter is granted only with the rules in SSM (tested above).
+    assert needed - granted == {"ssm:getparameter"}
+    # ...and nothing is granted that no call and no event source mapping needs.
+    assert granted - needed - EVENT_SOURCE_ACTIONS == {"kms:decrypt"}  # via Secrets Manager
+
+
+def test_queue_policy_lets_only_the_source_bucket_send(deployed_all: dict[str, Any]) -> None:
+    policy = deployed_all["Resources"]["S3EventsQueuePolicy"]["Properties"]
     assert policy["Queues"] == [{"Ref": "S3EventsQueue"}]
-    (statement,) = _statements(translated["Resources"]["S3EventsQueuePolicy"])
+    (statement,) = _statements(deployed_all["Resources"]["S3EventsQueuePolicy"])
     assert statement["Effect"] == "Allow"
     assert statement["Principal"] == {"Service": "s3.amazonaws.com"}
     assert statement["Action"] == "sqs:SendMessage"
@@ -410,10 +616,231 @@ def test_only_the_source_bucket_may_send_s3_events(translated: dict[str, Any]) -
     }
 
 
-def _event_source_mappings(translated: dict[str, Any]) -> dict[str, dict[str, Any]]:
+# --- wiring the code depends on --------------------------------------------------------------
+
+
+def _environment(template: dict[str, Any], logical_id: str,
+                 params: dict[str, str]) -> dict[str, Any]:
+    function = template["Resources"][logical_id]
+    assert function["Type"] == "AWS::Lambda::Function"
+    variables = function["Properties"]["Environment"]["Variables"]
+    rendered: dict[str, Any] = render(variables, params)
+    return rendered
+
+
+COMMON_ENVIRONMENT = {
+    "POWERTOOLS_SERVICE_NAME": "convbridge",
+    "POWERTOOLS_METRICS_NAMESPACE": "convbridge",
+    "LOG_LEVEL": "INFO",
+    "CONVBRIDGE_RULES": "/opt/rules.yaml",
+    "CONVBRIDGE_CONTEXT_SECRET": SECRET.format("context"),
+    "CONVBRIDGE_READ_GRANT_SECONDS": "900",
+    "CONVBRIDGE_WRITE_GRANT_SECONDS": "3600",
+    "CONVBRIDGE_IDEMPOTENCY_TABLE": "${IdempotencyTable}",
+}
+PROVIDER_ENVIRONMENT = {
+    "CONVBRIDGE_SECRET_CLOUDCONVERT": SECRET.format("cloudconvert"),
+    "CONVBRIDGE_SECRET_FREECONVERT": SECRET.format("freeconvert"),
+    "CONVBRIDGE_SECRET_ONLINECONVERT": SECRET.format("onlineconvert"),
+    "CONVBRIDGE_SECRET_CLOUDCONVERT_V1": SECRET.format("cloudconvert-v1"),
+}
+WEBHOOK_URL = "${WebhookFunctionUrl.FunctionUrl}"
+
+
+def test_environment_with_every_option_on(
+    deployed_all: dict[str, Any], params_all: dict[str, str]
+) -> None:
+    common = COMMON_ENVIRONMENT | PROVIDER_ENVIRONMENT
+    azure = {
+        "CONVBRIDGE_AZURE_ACCOUNT_SECRET": SECRET.format("azure-account"),
+        "CONVBRIDGE_AZURE_BLOB_ENDPOINT": "https://convbridgedemo.blob.core.windows.net",
+    }
+    gcs = {"CONVBRIDGE_GCS_SERVICE_ACCOUNT_SECRET": SECRET.format("gcs-service-account")}
+    sftp = {
+        "CONVBRIDGE_SFTP_SECRET": SECRET.format("sftp"),
+        "CONVBRIDGE_SFTP_HOST_KEY": EVERY_OPTION_ON["SftpHostKey"],
+    }
+    expected: dict[str, dict[str, Any]] = {
+        "S3TriggerFunction": {"CONVBRIDGE_WEBHOOK_URL": WEBHOOK_URL,
+                              "CONVBRIDGE_GRANT_ROLE_ARN": "${GrantRole.Arn}"},
+        "WebhookFunction": {"CONVBRIDGE_COMPLETION_QUEUE_URL": "${CompletionQueue}"}
+        | azure | gcs | sftp,
+        "AzureTriggerFunction": {"CONVBRIDGE_WEBHOOK_URL": WEBHOOK_URL,
+                                 "CONVBRIDGE_EVENT_GRID_SECRET": SECRET.format("event-grid")}
+        | azure,
+        "GcsTriggerFunction": {"CONVBRIDGE_WEBHOOK_URL": WEBHOOK_URL,
+                               "CONVBRIDGE_PUBSUB_AUDIENCE": "convbridge-demo",
+                               "CONVBRIDGE_PUBSUB_SERVICE_ACCOUNT":
+                                   EVERY_OPTION_ON["PubSubServiceAccount"]} | gcs,
+        "SftpSweepFunction": {"CONVBRIDGE_WEBHOOK_URL": WEBHOOK_URL} | sftp,
+    }
+    for function_id, extra in expected.items():
+        assert _environment(deployed_all, function_id, params_all) == common | extra, function_id
+
+
+def test_environment_by_default_names_no_unset_secret(deployed: dict[str, Any]) -> None:
+    params = parameter_values(deployed, DEFAULTS)
+    assert _environment(deployed, "S3TriggerFunction", params) == COMMON_ENVIRONMENT | {
+        "CONVBRIDGE_WEBHOOK_URL": WEBHOOK_URL, "CONVBRIDGE_GRANT_ROLE_ARN": "${GrantRole.Arn}",
+    }
+    assert _environment(deployed, "WebhookFunction", params) == COMMON_ENVIRONMENT | {
+        "CONVBRIDGE_COMPLETION_QUEUE_URL": "${CompletionQueue}",
+    }
+
+
+def test_azure_endpoint_is_only_set_when_given() -> None:
+    # Empty: the adapter uses https://<account>.blob.core.windows.net itself.
+    values = {**ALL_ON, "AzureBlobEndpoint": ""}
+    template = _deployed(values)
+    params = parameter_values(template, values)
+    for function_id in ("AzureTriggerFunction", "WebhookFunction"):
+        env = _environment(template, function_id, params)
+        assert "CONVBRIDGE_AZURE_BLOB_ENDPOINT" not in env
+        assert env["CONVBRIDGE_AZURE_ACCOUNT_SECRET"] == SECRET.format("azure-account")
+
+
+def test_pubsub_audience_defaults_to_a_per_stack_value() -> None:
+    values = {**ALL_ON, "PubSubAudience": ""}
+    template = _deployed(values)
+    params = parameter_values(template, values)
+    audience = "convbridge-${AWS::StackName}-${AWS::AccountId}"
+    env = _environment(template, "GcsTriggerFunction", params)
+    assert env["CONVBRIDGE_PUBSUB_AUDIENCE"] == audience
+    assert render(template["Outputs"]["PubSubAudience"]["Value"], params) == audience
+
+
+def test_functions_run_on_arm64_with_one_layer_each(deployed_all: dict[str, Any]) -> None:
+    functions = _resources(deployed_all, "AWS::Lambda::Function")
+    assert set(functions) == set(FUNCTIONS)
+    layers = _resources(deployed_all, "AWS::Lambda::LayerVersion")
+    assert {k.rstrip("0123456789abcdef") for k in layers} == {"SharedLayer", "StorageSdkLayer"}
+    for layer in layers.values():
+        assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
+    for function_id, function in functions.items():
+        properties = function["Properties"]
+        assert properties["Architectures"] == ["arm64"]
+        assert properties["Runtime"] == {"Ref": "PythonRuntime"}
+        assert properties["Handler"] == "app.handler"
+        (layer,) = properties["Layers"]
+        # The S3 trigger never unpacks the other clouds' SDKs; everyone else needs them here.
+        wanted = "SharedLayer" if function_id == "S3TriggerFunction" else "StorageSdkLayer"
+        assert layer["Ref"].startswith(wanted), function_id
+
+
+def test_webhook_uses_the_lean_layer_when_only_s3_is_deployed(deployed: dict[str, Any]) -> None:
+    (layer,) = deployed["Resources"]["WebhookFunction"]["Properties"]["Layers"]
+    assert layer["Ref"].startswith("SharedLayer")
+    assert not [k for k in deployed["Resources"] if k.startswith("StorageSdkLayer")]
+
+
+def test_layer_dependencies_match_pyproject() -> None:
+    makefile = (ROOT / "shared" / "Makefile").read_text()
+
+    def listed(variable: str) -> set[str]:
+        match = re.search(rf"^{variable} \?= (.*?)(?<!\\)$", makefile, re.M | re.S)
+        assert match, variable
+        return set(re.findall(r'"([^"]+)"', match.group(1)))
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {d for d in project["dependencies"] if not d.startswith("boto3")}
+    extras = project["optional-dependencies"]
+    storage = {d for name in ("azure", "gcs", "sftp") for d in extras[name]}
+    assert listed("RUNTIME_DEPS") == runtime
+    assert listed("STORAGE_DEPS") == storage
+
+
+def test_function_urls_are_public_and_output(
+    deployed_all: dict[str, Any], params_all: dict[str, str]
+) -> None:
+    urls = _resources(deployed_all, "AWS::Lambda::Url")
+    assert set(urls) == {"WebhookFunctionUrl", "AzureTriggerFunctionUrl", "GcsTriggerFunctionUrl"}
+    for url in urls.values():
+        # Providers, Event Grid and Pub/Sub cannot sign with SigV4: each is authenticated in
+        # code (HMAC or token, shared secret, OIDC).
+        assert url["Properties"]["AuthType"] == "NONE"
+    outputs = {name: render(o["Value"], params_all) for name, o in deployed_all["Outputs"].items()}
+    assert outputs == {
+        "WebhookUrl": WEBHOOK_URL,
+        "CloudConvertCallbackUrl": f"{WEBHOOK_URL}callbacks/cloudconvert",
+        "FreeConvertCallbackUrl": f"{WEBHOOK_URL}callbacks/freeconvert",
+        "OnlineConvertCallbackUrl": f"{WEBHOOK_URL}callbacks/onlineconvert",
+        "CloudConvertV1CallbackUrl": f"{WEBHOOK_URL}callbacks/cloudconvert_v1",
+        "AzureEventGridEndpoint": "${AzureTriggerFunctionUrl.FunctionUrl}",
+        "GcsPushEndpoint": "${GcsTriggerFunctionUrl.FunctionUrl}",
+        "PubSubAudience": "convbridge-demo",
+        "SftpSweepFunctionName": "${SftpSweepFunction}",
+        "SourceBucket": "${SourceBucket}",
+        "GrantRoleArn": "${GrantRole.Arn}",
+        "IdempotencyTableName": "${IdempotencyTable}",
+        "S3EventsQueueUrl": "${S3EventsQueue}",
+        "S3EventsDeadLetterQueueUrl": "${S3EventsDeadLetterQueue}",
+        "CompletionQueueUrl": "${CompletionQueue}",
+        "CompletionDeadLetterQueueUrl": "${CompletionDeadLetterQueue}",
+        "DashboardUrl": "https://${AWS::Region}.console.aws.amazon.com/cloudwatch/home"
+                        "?region=${AWS::Region}#dashboards:name=${Dashboard}",
+    }
+
+
+def test_default_outputs_are_the_s3_ones(deployed: dict[str, Any]) -> None:
+    assert set(deployed["Outputs"]) == {
+        "WebhookUrl", "SourceBucket", "GrantRoleArn", "IdempotencyTableName",
+        "S3EventsQueueUrl", "S3EventsDeadLetterQueueUrl", "CompletionQueueUrl",
+        "CompletionDeadLetterQueueUrl", "DashboardUrl",
+    }
+
+
+def test_sftp_sweep_runs_on_its_schedule_without_async_retries(
+    deployed_all: dict[str, Any],
+) -> None:
+    (rule,) = _resources(deployed_all, "AWS::Events::Rule").values()
+    assert rule["Properties"]["ScheduleExpression"] == {"Ref": "SftpSweepSchedule"}
+    (target,) = rule["Properties"]["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["SftpSweepFunction", "Arn"]}
+    (config,) = _resources(deployed_all, "AWS::Lambda::EventInvokeConfig").values()
+    assert config["Properties"]["MaximumRetryAttempts"] == 0
+    assert deployed_all["Resources"]["SftpSweepFunction"]["Properties"]["Timeout"] == 300
+
+
+def test_log_groups_and_reserved_concurrency(
+    deployed: dict[str, Any], deployed_all: dict[str, Any], params_all: dict[str, str]
+) -> None:
+    for function_id in FUNCTIONS:
+        properties = deployed_all["Resources"][function_id]["Properties"]
+        group = properties["LoggingConfig"]["LogGroup"]["Ref"]
+        log_group = deployed_all["Resources"][group]["Properties"]
+        assert log_group["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+        assert render(log_group["LogGroupName"], params_all).startswith(
+            "/aws/lambda/${AWS::StackName}/")
+        assert "ReservedConcurrentExecutions" in properties, function_id
+    # -1 (the default) leaves every function unreserved.
+    for function in _resources(deployed, "AWS::Lambda::Function").values():
+        assert "ReservedConcurrentExecutions" not in function["Properties"]
+    assert _source()["Parameters"]["LogRetentionDays"]["Default"] == 30
+
+
+def test_bucket_notifies_the_queue_only_for_the_watched_prefix(
+    deployed: dict[str, Any],
+) -> None:
+    resource = deployed["Resources"]["SourceBucket"]
+    # S3 tests the destination when the notification is set: the queue policy must be there.
+    assert resource["DependsOn"] == "S3EventsQueuePolicy"
+    assert resource["DeletionPolicy"] == "Retain"
+    bucket = resource["Properties"]
+    assert set(bucket["NotificationConfiguration"]) == {"QueueConfigurations"}
+    (notification,) = bucket["NotificationConfiguration"]["QueueConfigurations"]
+    assert notification["Event"] == "s3:ObjectCreated:*"
+    assert notification["Queue"] == {"Fn::GetAtt": ["S3EventsQueue", "Arn"]}
+    assert notification["Filter"]["S3Key"]["Rules"] == [
+        {"Name": "prefix", "Value": {"Ref": "WatchedPrefix"}}
+    ]
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+
+
+def _event_source_mappings(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Function logical id -> its one event source mapping's properties."""
     found: dict[str, dict[str, Any]] = {}
-    for mapping in _resources(translated, "AWS::Lambda::EventSourceMapping").values():
+    for mapping in _resources(template, "AWS::Lambda::EventSourceMapping").values():
         properties = mapping["Properties"]
         function = properties["FunctionName"]["Ref"]
         assert function not in found, f"{function} has several event sources"
@@ -422,9 +849,9 @@ def _event_source_mappings(translated: dict[str, Any]) -> dict[str, dict[str, An
 
 
 def test_functions_consume_their_queues_with_partial_batch_failures(
-    translated: dict[str, Any],
+    deployed_all: dict[str, Any],
 ) -> None:
-    mappings = _event_source_mappings(translated)
+    mappings = _event_source_mappings(deployed_all)
     assert set(mappings) == {"S3TriggerFunction", "WebhookFunction"}
     trigger, webhook = mappings["S3TriggerFunction"], mappings["WebhookFunction"]
     assert trigger["EventSourceArn"] == {"Fn::GetAtt": ["S3EventsQueue", "Arn"]}
@@ -436,18 +863,24 @@ def test_functions_consume_their_queues_with_partial_batch_failures(
         assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
 
 
-def test_s3_no_longer_invokes_the_trigger_directly(translated: dict[str, Any]) -> None:
-    permissions = _resources(translated, "AWS::Lambda::Permission").values()
-    assert not [p for p in permissions if p["Properties"]["Principal"] == "s3.amazonaws.com"]
-    bucket = translated["Resources"]["SourceBucket"]["Properties"]
-    assert "LambdaConfigurations" not in bucket["NotificationConfiguration"]
+def test_s3_never_invokes_a_function_directly(deployed_all: dict[str, Any]) -> None:
+    permissions_ = _resources(deployed_all, "AWS::Lambda::Permission").values()
+    principals = {p["Properties"]["Principal"] for p in permissions_}
+    # Function URLs ("*", narrowed by FunctionUrlAuthType / InvokedViaFunctionUrl) and the
+    # SFTP schedule; nothing else may invoke a function.
+    assert principals == {"*", "events.amazonaws.com"}
+    for permission in permissions_:
+        properties = permission["Properties"]
+        if properties["Principal"] == "*":
+            assert properties.get("FunctionUrlAuthType") == "NONE" or properties.get(
+                "InvokedViaFunctionUrl") is True
 
 
-def test_visibility_timeouts_outlast_their_consumers(translated: dict[str, Any]) -> None:
+def test_visibility_timeouts_outlast_their_consumers(deployed: dict[str, Any]) -> None:
     # AWS: at least 6 x the function timeout plus the batching window, or a batch still being
     # worked on is delivered again; SQS caps it at 12 hours.
-    resources = translated["Resources"]
-    for function, mapping in _event_source_mappings(translated).items():
+    resources = deployed["Resources"]
+    for function, mapping in _event_source_mappings(deployed).items():
         timeout = resources[function]["Properties"]["Timeout"]
         queue = resources[mapping["EventSourceArn"]["Fn::GetAtt"][0]]["Properties"]
         window = mapping.get("MaximumBatchingWindowInSeconds", 0)
@@ -462,9 +895,9 @@ QUEUES_AND_DLQS = {
 }
 
 
-def test_queues_have_dead_letter_queues(translated: dict[str, Any]) -> None:
-    resources = translated["Resources"]
-    queues = _resources(translated, "AWS::SQS::Queue")
+def test_queues_have_dead_letter_queues(deployed_all: dict[str, Any]) -> None:
+    resources = deployed_all["Resources"]
+    queues = _resources(deployed_all, "AWS::SQS::Queue")
     assert set(queues) == set(QUEUES_AND_DLQS) | set(QUEUES_AND_DLQS.values())
     for queue in queues.values():
         assert queue["Properties"]["SqsManagedSseEnabled"] is True
@@ -481,11 +914,16 @@ def test_queues_have_dead_letter_queues(translated: dict[str, Any]) -> None:
         assert properties["MessageRetentionPeriod"] < dlq_properties["MessageRetentionPeriod"]
 
 
-def test_each_dead_letter_queue_has_an_alarm(translated: dict[str, Any]) -> None:
-    alarms = _resources(translated, "AWS::CloudWatch::Alarm").values()
+def _alarm_actions_follow_the_topic(properties: dict[str, Any]) -> bool:
+    return bool(properties.get("AlarmActions") == [{"Ref": "AlarmTopicArn"}])
+
+
+def test_each_dead_letter_queue_has_an_alarm(deployed_all: dict[str, Any]) -> None:
     watched = set()
-    for alarm in alarms:
+    for alarm in _resources(deployed_all, "AWS::CloudWatch::Alarm").values():
         properties = alarm["Properties"]
+        if "Namespace" not in properties:
+            continue
         (dimension,) = properties["Dimensions"]
         assert dimension["Name"] == "QueueName"
         queue, attribute = dimension["Value"]["Fn::GetAtt"]
@@ -496,17 +934,72 @@ def test_each_dead_letter_queue_has_an_alarm(translated: dict[str, Any]) -> None
         assert properties["ComparisonOperator"] == "GreaterThanThreshold"
         assert properties["Threshold"] == 0
         assert properties["Period"] * properties["EvaluationPeriods"] == 300
-        assert properties["AlarmActions"] == {
-            "Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]
-        }
+        assert _alarm_actions_follow_the_topic(properties)
     assert watched == set(QUEUES_AND_DLQS.values())
-    assert translated["Conditions"]["HasAlarmTopic"] == {
-        "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]
-    }
 
 
-def test_idempotency_table_matches_powertools_defaults(translated: dict[str, Any]) -> None:
-    table = translated["Resources"]["IdempotencyTable"]["Properties"]
+def test_failure_rate_alarm_per_function(deployed_all: dict[str, Any]) -> None:
+    alarmed = set()
+    for alarm in _resources(deployed_all, "AWS::CloudWatch::Alarm").values():
+        metrics = alarm["Properties"].get("Metrics", [])
+        stats = {m["Id"]: m["MetricStat"] for m in metrics if "MetricStat" in m}
+        if set(stats) != {"errors", "invocations"}:
+            continue
+        functions = {s["Metric"]["Dimensions"][0]["Value"]["Ref"] for s in stats.values()}
+        (function,) = functions
+        alarmed.add(function)
+        assert {s["Metric"]["MetricName"] for s in stats.values()} == {"Errors", "Invocations"}
+        (rate,) = [m for m in metrics if m.get("ReturnData")]
+        assert rate["Expression"] == "IF(invocations > 0, 100 * errors / invocations, 0)"
+        assert alarm["Properties"]["Threshold"] == {"Ref": "FailureRateAlarmPercent"}
+        assert _alarm_actions_follow_the_topic(alarm["Properties"])
+    assert alarmed == set(FUNCTIONS)
+
+
+# The Powertools Metrics the lead's code emits and the dashboard reads (namespace convbridge,
+# dimensions rule and provider).
+METRIC_NAMES = {"JobsSubmitted", "JobsFinished", "JobsFailed", "RelayBytes", "CallbackLatencyMs"}
+
+
+def test_jobs_failed_alarm_reads_the_emf_metric(deployed_all: dict[str, Any]) -> None:
+    alarm = deployed_all["Resources"]["JobsFailedAlarm"]["Properties"]
+    (query,) = alarm["Metrics"]
+    assert query["Expression"] == "SELECT SUM(JobsFailed) FROM convbridge"
+    assert alarm["Threshold"] == {"Ref": "JobFailureAlarmThreshold"}
+    assert _alarm_actions_follow_the_topic(alarm)
+
+
+def _dashboard(template: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
+    body = render(template["Resources"]["Dashboard"]["Properties"]["DashboardBody"], params)
+    parsed: dict[str, Any] = json.loads(body)
+    return parsed
+
+
+@pytest.mark.parametrize("which", ["deployed", "deployed_all"])
+def test_dashboard_is_valid_json_with_every_metric(
+    request: pytest.FixtureRequest, which: str
+) -> None:
+    template = request.getfixturevalue(which)
+    dashboard = _dashboard(template, parameter_values(template, ALL_ON))
+    text = json.dumps(dashboard)
+    expressions = [
+        metric[0]["expression"]
+        for widget in dashboard["widgets"] if widget["type"] == "metric"
+        for metric in widget["properties"]["metrics"] if isinstance(metric[0], dict)
+    ]
+    named = {name for name in METRIC_NAMES if any(f"({name})" in e for e in expressions)}
+    assert named == METRIC_NAMES
+    for name in ("JobsSubmitted", "JobsFinished", "JobsFailed", "RelayBytes"):
+        assert f"SELECT SUM({name}) FROM convbridge GROUP BY rule, provider" in expressions
+    errors = [w for w in dashboard["widgets"] if w["properties"].get("title") == "Function errors"]
+    functions = {m[3] for m in errors[0]["properties"]["metrics"]}
+    present = set(_resources(template, "AWS::Lambda::Function"))
+    assert functions == {f"${{{name}}}" for name in present}
+    assert "DeadLetterQueue.QueueName}" in text
+
+
+def test_idempotency_table_matches_powertools_defaults(deployed: dict[str, Any]) -> None:
+    table = deployed["Resources"]["IdempotencyTable"]["Properties"]
     assert table["BillingMode"] == "PAY_PER_REQUEST"
     assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
     assert table["AttributeDefinitions"] == [{"AttributeName": "id", "AttributeType": "S"}]
@@ -519,11 +1012,12 @@ def test_idempotency_table_matches_powertools_defaults(translated: dict[str, Any
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
-def test_layer_build_copies_the_package_without_byte_code(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layer", ["SharedLayer", "StorageSdkLayer"])
+def test_layer_build_copies_the_package_without_byte_code(tmp_path: Path, layer: str) -> None:
     artifacts = tmp_path / "layer"
     # PIP=true skips the dependency download (network); the copy step is what is checked here.
     subprocess.run(
-        ["make", "-s", "-f", str(ROOT / "shared" / "Makefile"), "build-SharedLayer",
+        ["make", "-s", "-f", str(ROOT / "shared" / "Makefile"), f"build-{layer}",
          f"ARTIFACTS_DIR={artifacts}", "PIP=true"],
         cwd=tmp_path, check=True, capture_output=True, timeout=60,
     )

@@ -13,5 +13,8 @@ PROVIDERS: Registry[Provider] = Registry(
     "provider",
     {
         "cloudconvert": ("convbridge.providers.cloudconvert:CloudConvert", None),
+        "freeconvert": ("convbridge.providers.freeconvert:FreeConvert", None),
+        "onlineconvert": ("convbridge.providers.onlineconvert:OnlineConvert", None),
+        "cloudconvert_v1": ("convbridge.providers.cloudconvert_v1:CloudConvertV1", None),
     },
 )

@@ -11,9 +11,11 @@ from __future__ import annotations
 import hmac
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 from hashlib import sha256
 from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlencode
 
 import httpx
 
@@ -29,6 +31,12 @@ from convbridge.model import JobOutcome, JobSpec
 logger = logging.getLogger(__name__)
 #: create attempts whose answers were lost before giving up on a job
 MAX_CREATE_ATTEMPTS = 3
+#: Where the webhook puts the callback URL's raw query string among the request headers, so it
+#: reaches the adapter (and the completion queue) with them. ":" cannot start a real header name,
+#: and the webhook drops any incoming header of this name, so a caller cannot set it.
+CALLBACK_QUERY = ":query"
+#: the query parameter carrying the per-job token of dialects whose callbacks are not signed
+TOKEN_PARAMETER = "token"
 
 
 class Provider(ABC):
@@ -91,9 +99,23 @@ class Provider(ABC):
                 logger.info("%s: %s; no job was created, trying again", self.name, exc)
         return self.create_job(document)
 
+    def upload_input(self, job_id: str, spec: JobSpec,
+                     open_stream: Callable[[], Iterator[bytes]]) -> None:
+        """Push the input of ``job_id`` (created for an ``upload`` read grant) to the provider.
+        ``open_stream`` gives the bytes from the start each time it is called."""
+        raise ProviderRejected(f"{self.name} cannot take an input uploaded by the bridge",
+                               code="UPLOAD_UNSUPPORTED")
+
     def accept_callback(self, headers: Mapping[str, str], body: bytes) -> JobOutcome | None:
         self.verify_callback(headers, body)
         return self.parse_callback(body)
+
+    def confirm(self, outcome: JobOutcome, headers: Mapping[str, str]) -> JobOutcome | None:
+        """The outcome to act on for an accepted callback whose context verified. Signed
+        dialects return ``outcome``; dialects whose callbacks are unsigned fetch the job from
+        the provider with the API key and return what the provider says (None while the job
+        has not ended), never what the caller posted."""
+        return outcome
 
     # helpers shared by the dialects
 
@@ -108,13 +130,27 @@ class Provider(ABC):
         if not hmac.compare_digest(expected, given.strip().lower()):
             raise CallbackSignatureError(f"{header} does not match the body")
 
+    def _callback_url(self, spec: JobSpec) -> str:
+        """The webhook URL with the job's token: the signed context, unguessable (it holds a
+        random nonce and our HMAC) and verifiable without state."""
+        joiner = "&" if "?" in spec.webhook_url else "?"
+        return f"{spec.webhook_url}{joiner}{urlencode({TOKEN_PARAMETER: spec.context_token})}"
+
+    def _callback_token(self, headers: Mapping[str, str]) -> str:
+        """The token of an unsigned callback; its HMAC is checked by the pipeline next."""
+        token = callback_query(headers).get(TOKEN_PARAMETER)
+        if not token:
+            raise CallbackSignatureError(f"{self.name}: the callback URL carries no token")
+        return token
+
     def _send(self, method: str, path: str, *, idempotent: bool = True,
               **kwargs: Any) -> httpx.Response:
         """One request with retries; provider answers become ProviderRejected (4xx) or
-        ProviderUnavailable (retries exhausted)."""
+        ProviderUnavailable (retries exhausted). An absolute URL (a CloudConvert v1 process
+        URL) is sent as it is."""
+        url = path if "://" in path else f"{self.base_url}{path}"
         try:
-            response = send(self._http, method, f"{self.base_url}{path}", idempotent=idempotent,
-                            **kwargs)
+            response = send(self._http, method, url, idempotent=idempotent, **kwargs)
         except GaveUp as exc:
             detail = f" ({_error_message(exc.response)})" if exc.response is not None else ""
             raise ProviderUnavailable(
@@ -131,6 +167,26 @@ class Provider(ABC):
                 code=_error_code(response),
             )
         return response
+
+
+def callback_query(headers: Mapping[str, str]) -> dict[str, str]:
+    """The callback URL's query parameters. A repeated parameter is refused: which copy a
+    check reads and which one the rest of the code reads must never differ."""
+    raw = _header(headers, CALLBACK_QUERY) or ""
+    parsed = parse_qs(raw, keep_blank_values=True)
+    if any(len(values) > 1 for values in parsed.values()):
+        raise CallbackSignatureError("a callback query parameter is repeated")
+    return {name: values[0] for name, values in parsed.items()}
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An ISO 8601 timestamp from a provider document, or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -2,18 +2,30 @@
 
 Native routes: ``import/s3`` and ``export/s3`` take an STS ``session_token``, so S3 objects
 are read and written by CloudConvert with credentials scoped to the one object and the job's
-output key. Anything else imports from a presigned URL (``import/url``) and exports to
-CloudConvert's own download URL (``export/url``) for the relay.
+output key; ``import/azure/blob`` and ``export/azure/blob`` take a ``sas_token`` scoped to
+the one blob. Anything else imports from a presigned URL (``import/url``) and exports to
+CloudConvert's own download URL (``export/url``) for the relay. SFTP files, which have no
+signed URLs, are pushed by the bridge into an ``import/upload`` task (a multipart form post
+once the job exists); only rules that opt in hand CloudConvert the dedicated SFTP account for
+``import/sftp`` and ``export/sftp``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+import secrets
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, ClassVar
 
-from convbridge.errors import CallbackError, ProviderError
+from convbridge.errors import (
+    CallbackError,
+    ProviderError,
+    ProviderRejected,
+    ProviderUnavailable,
+    StorageError,
+)
+from convbridge.http import GaveUp, send
 from convbridge.model import Grant, JobOutcome, JobSpec, OutputFile
 from convbridge.providers.base import Provider
 from convbridge.storage.base import OUTPUT_MARKER
@@ -30,9 +42,13 @@ class CloudConvert(Provider):
     name: ClassVar[str] = "cloudconvert"
     native_imports: ClassVar[Mapping[str, frozenset[str]]] = {
         "s3": frozenset({"presigned_url", "sts_session"}),
+        "sftp": frozenset({"sftp_account"}),
+        "azure_blob": frozenset({"sas", "presigned_url"}),
     }
     native_exports: ClassVar[Mapping[str, frozenset[str]]] = {
         "s3": frozenset({"sts_session"}),
+        "sftp": frozenset({"sftp_account"}),
+        "azure_blob": frozenset({"sas"}),
     }
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
@@ -74,6 +90,34 @@ class CloudConvert(Provider):
             raise ProviderError(f"{self.name}: job list answer has no data") from exc
         matching = [j for j in jobs if isinstance(j, dict) and j.get("tag") == context_token]
         return str(matching[0]["id"]) if matching else None
+
+    def upload_input(self, job_id: str, spec: JobSpec,
+                     open_stream: Callable[[], Iterator[bytes]]) -> None:
+        """Post the input to the form of the job's ``import/upload`` task: its parameters as
+        given, the file last, streamed with a known length (no credential of ours goes)."""
+        response = self._send("GET", f"/jobs/{job_id}", headers=self._auth())
+        try:
+            task = next(t for t in response.json()["data"]["tasks"]
+                        if t.get("name") == IMPORT_TASK and t.get("operation") == "import/upload")
+            form = task["result"]["form"]
+            url, parameters = str(form["url"]), dict(form["parameters"])
+        except (ValueError, KeyError, TypeError, StopIteration) as exc:
+            raise ProviderError(f"{self.name}: job {job_id} has no upload form") from exc
+        if spec.source.size is None:
+            raise ProviderError(f"{self.name}: the size of {spec.source} is unknown")
+        body = _UploadForm(parameters, spec.filename, spec.source.size, open_stream)
+        try:
+            answer = send(self._http, "POST", url, idempotent=False, content=body,
+                          headers={"Content-Type": body.content_type,
+                                   "Content-Length": str(body.length)})
+        except GaveUp as exc:
+            raise ProviderUnavailable(f"{self.name}: upload: {exc}") from exc
+        if answer.status_code >= 500:
+            raise ProviderUnavailable(f"{self.name}: upload answered {answer.status_code}",
+                                      status=answer.status_code)
+        if answer.status_code >= 400:
+            raise ProviderRejected(f"{self.name}: upload refused: {answer.text[:300]}",
+                                   status=answer.status_code, code="UPLOAD_REFUSED")
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"}
@@ -128,6 +172,8 @@ def parse_job(job: Mapping[str, Any], *, event: str = "") -> JobOutcome:
 def _import_task(grant: Grant, filename: str) -> dict[str, Any]:
     if grant.kind == "presigned_url":  # any storage's signed URL
         return {"operation": "import/url", "url": grant.url, "filename": filename}
+    if grant.kind == "upload":  # the bridge posts the file once the job exists
+        return {"operation": "import/upload"}
     try:
         build = IMPORT_TASKS[(grant.storage, grant.kind)]
     except KeyError:
@@ -165,14 +211,87 @@ def _export_s3(grant: Grant, spec: JobSpec) -> dict[str, Any]:
     return task
 
 
+def _azure_blob_access(grant: Grant) -> dict[str, Any]:
+    # CloudConvert derives the endpoint from storage_account; the SAS is the only credential
+    return {"storage_account": grant.secret["account_name"], "sas_token": grant.secret["sas_token"],
+            "container": grant.location.partition("/")[2]}
+
+
+def _import_azure_blob(grant: Grant) -> dict[str, Any]:
+    return {"operation": "import/azure/blob", **_azure_blob_access(grant), "blob": grant.key}
+
+
+def _export_azure_blob(grant: Grant, spec: JobSpec) -> dict[str, Any]:
+    # Azure metadata names must be C# identifiers: the marker is stored with "_" for "-"
+    return {"operation": "export/azure/blob", **_azure_blob_access(grant), "blob": spec.output.key,
+            "metadata": {OUTPUT_MARKER.replace("-", "_"): spec.rule}}
+
+
+def _sftp_account(grant: Grant) -> dict[str, Any]:
+    account: dict[str, Any] = {"host": grant.secret["host"], "port": int(grant.secret["port"]),
+                               "username": grant.secret["username"]}
+    for field in ("password", "private_key"):
+        if grant.secret.get(field):
+            account[field] = grant.secret[field]
+    return account
+
+
+def _import_sftp(grant: Grant) -> dict[str, Any]:
+    return {"operation": "import/sftp", **_sftp_account(grant), "file": grant.key}
+
+
+def _export_sftp(grant: Grant, spec: JobSpec) -> dict[str, Any]:
+    return {"operation": "export/sftp", **_sftp_account(grant), "file": grant.key}
+
+
 #: (storage, grant kind) -> the task that imports with it natively
 IMPORT_TASKS: dict[tuple[str, str], Callable[[Grant], dict[str, Any]]] = {
     ("s3", "sts_session"): _import_s3,
+    ("sftp", "sftp_account"): _import_sftp,
+    ("azure_blob", "sas"): _import_azure_blob,
 }
 #: (storage, grant kind) -> the task that exports with it natively
 EXPORT_TASKS: dict[tuple[str, str], Callable[[Grant, JobSpec], dict[str, Any]]] = {
     ("s3", "sts_session"): _export_s3,
+    ("sftp", "sftp_account"): _export_sftp,
+    ("azure_blob", "sas"): _export_azure_blob,
 }
+
+
+class _UploadForm:
+    """A multipart/form-data body of known length that reads the file afresh each time it is
+    iterated, so a retried post sends it whole again without holding it in memory."""
+
+    def __init__(self, parameters: Mapping[str, Any], filename: str, size: int,
+                 open_stream: Callable[[], Iterator[bytes]]) -> None:
+        boundary = secrets.token_hex(16)
+        self.content_type = f"multipart/form-data; boundary={boundary}"
+        fields = b"".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+            f"{value}\r\n".encode() for name, value in parameters.items())
+        # quotes and line breaks cannot appear raw in the header; HTML forms escape them so
+        quoted = filename.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+        self._head = fields + (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="{quoted}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        ).encode()
+        self._tail = f"\r\n--{boundary}--\r\n".encode()
+        self._size = size
+        self._open = open_stream
+        self.length = len(self._head) + size + len(self._tail)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._head
+        sent = 0
+        for chunk in self._open():
+            sent += len(chunk)
+            if sent > self._size:
+                break
+            yield chunk
+        if sent != self._size:
+            raise StorageError(f"the input changed while it was uploaded ({sent} bytes read, "
+                               f"{self._size} announced)")
+        yield self._tail
 
 
 def _s3_credentials(grant: Grant) -> dict[str, str]:

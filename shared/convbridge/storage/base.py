@@ -35,6 +35,9 @@ class Storage(ABC):
     max_key_bytes: ClassVar[int] = 1024
     #: write grant kinds this storage can mint, narrowest first; empty: outputs are relayed
     write_grant_kinds: ClassVar[tuple[str, ...]] = ()
+    #: the read grant the relay route uses; "upload" for storages that cannot sign a URL, whose
+    #: bytes the bridge pushes to the provider itself
+    relay_read_kind: ClassVar[str] = "presigned_url"
 
     @classmethod
     @abstractmethod
@@ -120,3 +123,8 @@ class Storage(ABC):
 
     def read_bytes(self, location: str, key: str) -> bytes:
         return b"".join(self.read_stream(location, key))
+
+    def after_settle(self, location: str, key: str, status: str) -> None:  # noqa: B027
+        """Called once a job for ``key`` has settled (``status`` finished or failed) and its
+        records are written. Storages whose sweep claimed the source move it aside here; a
+        failure is logged, not raised, since the records already say what happened."""

@@ -1,0 +1,21 @@
+"""The ConvBridge CDK construct: template.yaml's resources for CDK users."""
+
+from convbridge_cdk.construct import (
+    AzureOptions,
+    Concurrency,
+    ConvBridge,
+    ConvBridgeProps,
+    GcsOptions,
+    SftpOptions,
+    props_from_config,
+)
+
+__all__ = [
+    "AzureOptions",
+    "Concurrency",
+    "ConvBridge",
+    "ConvBridgeProps",
+    "GcsOptions",
+    "SftpOptions",
+    "props_from_config",
+]

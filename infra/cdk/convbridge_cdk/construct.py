@@ -1,0 +1,852 @@
+"""ConvBridge: the resources of ``template.yaml`` as one CDK construct.
+
+The SAM template is the reference; this construct creates the same resources with the same
+logical names (prefixed and hashed the CDK way), the same properties and the same IAM
+statements, so ``tests/integration/test_cdk_synth.py`` can compare the two statement by
+statement. Where SAM switches a part on with a condition (an Azure secret given, a provider's
+secret given), the construct takes an option: a part that is not asked for is not created.
+
+Roles are written out statement by statement and handed to the functions read-only
+(``without_policy_updates``): CDK's convenience grants (an SQS event source's
+``grantConsumeMessages``, for one) would otherwise add actions the code never calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsii
+from aws_cdk import (
+    Aws,
+    BundlingOptions,
+    CfnDeletionPolicy,
+    CfnOutput,
+    DockerImage,
+    Duration,
+    ILocalBundling,
+    RemovalPolicy,
+    Stack,
+)
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+#: The repository root (infra/cdk/convbridge_cdk/construct.py -> ../../..).
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+#: Provider name (as in the callback path and CONVBRIDGE_SECRET_<NAME>) -> output name stem.
+PROVIDERS = {
+    "cloudconvert": "CloudConvert",
+    "freeconvert": "FreeConvert",
+    "onlineconvert": "OnlineConvert",
+    "cloudconvert_v1": "CloudConvertV1",
+}
+
+#: Powertools Metrics namespace and the metrics the dashboard and the alarm read.
+METRICS_NAMESPACE = "convbridge"
+JOB_METRICS = ("JobsSubmitted", "JobsFinished", "JobsFailed")
+
+
+@dataclass(frozen=True)
+class AzureOptions:
+    """Event Grid -> Azure trigger. ``blob_endpoint`` only when it is not the account's
+    public one (https://<account>.blob.core.windows.net)."""
+
+    account_secret_arn: str
+    event_grid_secret_arn: str
+    blob_endpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class GcsOptions:
+    """Pub/Sub push -> GCS trigger. ``audience`` defaults to convbridge-<stack>-<account>."""
+
+    service_account_secret_arn: str
+    push_service_account: str
+    audience: str | None = None
+
+
+@dataclass(frozen=True)
+class SftpOptions:
+    """Scheduled sweep of an SFTP drop; the host key is pinned."""
+
+    secret_arn: str
+    host_key: str
+    schedule: str = "rate(5 minutes)"
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    """Reserved concurrency per function; None leaves it unreserved, 0 pauses it."""
+
+    s3_trigger: int | None = None
+    webhook: int | None = None
+    azure_trigger: int | None = None
+    gcs_trigger: int | None = None
+    sftp_sweep: int | None = None
+
+
+@dataclass(frozen=True)
+class ConvBridgeProps:
+    source_bucket_name: str
+    context_secret_arn: str
+    #: provider name (cloudconvert, freeconvert, onlineconvert, cloudconvert_v1) -> secret ARN
+    provider_secret_arns: Mapping[str, str]
+    watched_prefix: str = "inbox/"
+    rules_location: str = "/opt/rules.yaml"
+    python_runtime: str = "python3.12"
+    secrets_kms_key_arn: str | None = None
+    azure: AzureOptions | None = None
+    gcs: GcsOptions | None = None
+    sftp: SftpOptions | None = None
+    log_level: str = "INFO"
+    log_retention_days: int = 30
+    alarm_topic_arn: str | None = None
+    failure_rate_alarm_percent: float = 5
+    job_failure_alarm_threshold: float = 5
+    concurrency: Concurrency = field(default_factory=Concurrency)
+    #: Build the layers with shared/Makefile (locally, or in the SAM build image when make
+    #: fails). False packages shared/ as it is: enough to synthesize and compare offline.
+    bundle_layers: bool = True
+    #: Where functions/ and shared/ are; the repository root by default.
+    code_root: Path = REPO_ROOT
+
+
+@jsii.implements(ILocalBundling)
+class _MakeLayer:
+    """Builds a layer with the same shared/Makefile target ``sam build`` runs."""
+
+    def __init__(self, makefile: Path, target: str, python_version: str) -> None:
+        self._makefile = makefile
+        self._target = target
+        self._python_version = python_version
+
+    def try_bundle(self, output_dir: str, *args: Any, **kwargs: Any) -> bool:
+        if shutil.which("make") is None:
+            return False
+        environment = dict(os.environ, PIP_PYTHON_VERSION=self._python_version)
+        completed = subprocess.run(
+            ["make", "-s", "-f", str(self._makefile), self._target,
+             f"ARTIFACTS_DIR={output_dir}"],
+            env=environment, check=False,
+        )
+        return completed.returncode == 0
+
+
+def _check_secret_arn(name: str, arn: str) -> None:
+    if not arn.startswith("arn:") or ":secretsmanager:" not in arn or "*" in arn:
+        raise ValueError(f"{name} must be a full Secrets Manager ARN without wildcards: {arn!r}")
+
+
+class ConvBridge(Construct):
+    """Every resource of template.yaml; the options decide which storages and providers."""
+
+    def __init__(self, scope: Construct, construct_id: str, props: ConvBridgeProps) -> None:
+        super().__init__(scope, construct_id)
+        self.props = props
+        self._validate(props)
+        self._root = props.code_root
+        self._runtime = lambda_.Runtime(props.python_runtime, lambda_.RuntimeFamily.PYTHON)
+        self.functions: dict[str, lambda_.Function] = {}
+        self.roles: dict[str, iam.Role] = {}
+
+        bucket = props.source_bucket_name
+        self._object_arn = f"arn:{Aws.PARTITION}:s3:::{bucket}/*"
+        self._watched_arn = f"arn:{Aws.PARTITION}:s3:::{bucket}/{props.watched_prefix}*"
+        self._bucket_arn = f"arn:{Aws.PARTITION}:s3:::{bucket}"
+        self._other_storage = bool(props.azure or props.gcs or props.sftp)
+
+        self._layers()
+        self._table()
+        self._queues()
+        self._bucket()
+        self._core_policy()
+        self._webhook()
+        self._s3_trigger()
+        if props.azure:
+            self._azure_trigger(props.azure)
+        if props.gcs:
+            self._gcs_trigger(props.gcs)
+        if props.sftp:
+            self._sftp_sweep(props.sftp)
+        self._alarms()
+        self._dashboard()
+        self._outputs()
+
+    # --- checks --------------------------------------------------------------------------
+
+    @staticmethod
+    def _validate(props: ConvBridgeProps) -> None:
+        """What template.yaml's parameter patterns and Rules refuse, refused at synth time."""
+        if not props.provider_secret_arns:
+            raise ValueError("give the secret ARN of at least one provider")
+        unknown = set(props.provider_secret_arns) - set(PROVIDERS)
+        if unknown:
+            raise ValueError(f"unknown providers {sorted(unknown)}; known: {sorted(PROVIDERS)}")
+        _check_secret_arn("context_secret_arn", props.context_secret_arn)
+        for name, arn in props.provider_secret_arns.items():
+            _check_secret_arn(f"provider_secret_arns[{name!r}]", arn)
+        if not props.watched_prefix or any(c in props.watched_prefix for c in "*?"):
+            raise ValueError("watched_prefix must be non-empty, without * or ?")
+        if props.azure:
+            _check_secret_arn("azure.account_secret_arn", props.azure.account_secret_arn)
+            _check_secret_arn("azure.event_grid_secret_arn", props.azure.event_grid_secret_arn)
+        if props.gcs:
+            _check_secret_arn("gcs.service_account_secret_arn",
+                              props.gcs.service_account_secret_arn)
+        if props.sftp:
+            _check_secret_arn("sftp.secret_arn", props.sftp.secret_arn)
+            if not props.sftp.host_key:
+                raise ValueError("sftp.host_key is required (the host key is pinned)")
+
+    # --- building blocks -----------------------------------------------------------------
+
+    def _layer(self, construct_id: str, target: str, description: str,
+               name: str) -> lambda_.LayerVersion:
+        shared = self._root / "shared"
+        python_version = self.props.python_runtime.removeprefix("python")
+        bundling = None
+        if self.props.bundle_layers:
+            bundling = BundlingOptions(
+                image=DockerImage.from_registry(
+                    f"public.ecr.aws/sam/build-{self.props.python_runtime}"),
+                local=_MakeLayer(shared / "Makefile", target, python_version),
+                command=["bash", "-c",
+                         f"make -f Makefile {target} ARTIFACTS_DIR=/asset-output "
+                         f"PIP_PYTHON_VERSION={python_version}"],
+            )
+        return lambda_.LayerVersion(
+            self, construct_id,
+            code=lambda_.Code.from_asset(str(shared), bundling=bundling,
+                                         exclude=["**/__pycache__", "*.pyc"]),
+            description=description,
+            layer_version_name=f"{Aws.STACK_NAME}-{name}",
+            compatible_runtimes=[lambda_.Runtime(v, lambda_.RuntimeFamily.PYTHON)
+                                 for v in ("python3.11", "python3.12", "python3.13")],
+            compatible_architectures=[lambda_.Architecture.ARM_64],
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+
+    def _layers(self) -> None:
+        self.shared_layer = self._layer(
+            "SharedLayer", "build-SharedLayer",
+            "The convbridge package and its runtime dependencies (boto3 comes with Lambda).",
+            "shared")
+        self.storage_sdk_layer = None
+        if self._other_storage:
+            self.storage_sdk_layer = self._layer(
+                "StorageSdkLayer", "build-StorageSdkLayer",
+                "The convbridge package with the Azure Blob, Google Cloud Storage and SFTP SDKs.",
+                "storage-sdks")
+
+    def _table(self) -> None:
+        self.table = dynamodb.Table(
+            self, "IdempotencyTable",
+            partition_key=dynamodb.Attribute(name="id", type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            time_to_live_attribute="expiration",
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True),
+            encryption=dynamodb.TableEncryption.AWS_MANAGED,
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+
+    def _queue_pair(self, name: str, visibility: Duration) -> tuple[sqs.Queue, sqs.Queue]:
+        dead = sqs.Queue(self, f"{name}DeadLetterQueue", retention_period=Duration.days(14),
+                         encryption=sqs.QueueEncryption.SQS_MANAGED,
+                         removal_policy=RemovalPolicy.DESTROY)
+        queue = sqs.Queue(self, f"{name}Queue", visibility_timeout=visibility,
+                          retention_period=Duration.days(4),
+                          encryption=sqs.QueueEncryption.SQS_MANAGED,
+                          dead_letter_queue=sqs.DeadLetterQueue(max_receive_count=5, queue=dead),
+                          removal_policy=RemovalPolicy.DESTROY)
+        return queue, dead
+
+    def _queues(self) -> None:
+        self.s3_events_queue, self.s3_events_dlq = self._queue_pair("S3Events",
+                                                                     Duration.seconds(300))
+        self.completion_queue, self.completion_dlq = self._queue_pair("Completion",
+                                                                       Duration.seconds(5400))
+        policy = sqs.CfnQueuePolicy(
+            self, "S3EventsQueuePolicy",
+            queues=[self.s3_events_queue.queue_url],
+            policy_document={
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Sid": "AllowSourceBucketNotifications",
+                    "Effect": "Allow",
+                    "Principal": {"Service": "s3.amazonaws.com"},
+                    "Action": "sqs:SendMessage",
+                    "Resource": self.s3_events_queue.queue_arn,
+                    "Condition": {
+                        "ArnEquals": {"aws:SourceArn": self._bucket_arn},
+                        "StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
+                    },
+                }],
+            },
+        )
+        self._queue_policy = policy
+
+    def _bucket(self) -> None:
+        bucket = s3.CfnBucket(
+            self, "SourceBucket",
+            bucket_name=self.props.source_bucket_name,
+            versioning_configuration=s3.CfnBucket.VersioningConfigurationProperty(
+                status="Enabled"),
+            public_access_block_configuration=s3.CfnBucket.PublicAccessBlockConfigurationProperty(
+                block_public_acls=True, block_public_policy=True, ignore_public_acls=True,
+                restrict_public_buckets=True),
+            bucket_encryption=s3.CfnBucket.BucketEncryptionProperty(
+                server_side_encryption_configuration=[
+                    s3.CfnBucket.ServerSideEncryptionRuleProperty(
+                        server_side_encryption_by_default=(
+                            s3.CfnBucket.ServerSideEncryptionByDefaultProperty(
+                                sse_algorithm="AES256")))]),
+            ownership_controls=s3.CfnBucket.OwnershipControlsProperty(
+                rules=[s3.CfnBucket.OwnershipControlsRuleProperty(
+                    object_ownership="BucketOwnerEnforced")]),
+            lifecycle_configuration=s3.CfnBucket.LifecycleConfigurationProperty(rules=[
+                s3.CfnBucket.RuleProperty(
+                    id="abort-incomplete-multipart-uploads", status="Enabled",
+                    abort_incomplete_multipart_upload=(
+                        s3.CfnBucket.AbortIncompleteMultipartUploadProperty(
+                            days_after_initiation=2)))]),
+            notification_configuration=s3.CfnBucket.NotificationConfigurationProperty(
+                queue_configurations=[s3.CfnBucket.QueueConfigurationProperty(
+                    event="s3:ObjectCreated:*",
+                    queue=self.s3_events_queue.queue_arn,
+                    filter=s3.CfnBucket.NotificationFilterProperty(
+                        s3_key=s3.CfnBucket.S3KeyFilterProperty(rules=[
+                            s3.CfnBucket.FilterRuleProperty(
+                                name="prefix", value=self.props.watched_prefix)])))]),
+        )
+        # The user's files outlive the stack; S3 tests the queue when notifications are set.
+        bucket.cfn_options.deletion_policy = CfnDeletionPolicy.RETAIN
+        bucket.cfn_options.update_replace_policy = CfnDeletionPolicy.RETAIN
+        bucket.node.add_dependency(self._queue_policy)
+        self.bucket = bucket
+        s3.CfnBucketPolicy(
+            self, "SourceBucketPolicy",
+            bucket=bucket.ref,
+            policy_document={
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Sid": "DenyInsecureTransport",
+                    "Effect": "Deny",
+                    "Principal": "*",
+                    "Action": "s3:*",
+                    "Resource": [self._bucket_arn, self._object_arn],
+                    "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                }],
+            },
+        )
+
+    def _core_policy(self) -> None:
+        props = self.props
+        secrets = [props.context_secret_arn] + [
+            props.provider_secret_arns[name] for name in PROVIDERS
+            if name in props.provider_secret_arns]
+        statements = [
+            iam.PolicyStatement(sid="ReadBridgeSecrets", actions=["secretsmanager:GetSecretValue"],
+                                resources=secrets),
+        ]
+        if props.secrets_kms_key_arn:
+            statements.append(iam.PolicyStatement(
+                sid="DecryptBridgeSecrets", actions=["kms:Decrypt"],
+                resources=[props.secrets_kms_key_arn],
+                conditions={"StringEquals": {
+                    "kms:ViaService": f"secretsmanager.{Aws.REGION}.amazonaws.com"}}))
+        statements.append(iam.PolicyStatement(
+            sid="IdempotencyRecords",
+            actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+                     "dynamodb:DeleteItem"],
+            resources=[self.table.table_arn]))
+        location = props.rules_location
+        if location.startswith("ssm:"):
+            statements.append(iam.PolicyStatement(
+                sid="ReadRulesParameter", actions=["ssm:GetParameter"],
+                resources=[f"arn:{Aws.PARTITION}:ssm:{Aws.REGION}:{Aws.ACCOUNT_ID}:parameter"
+                           f"{location.removeprefix('ssm:')}"]))
+        elif location.startswith("s3://"):
+            statements.append(iam.PolicyStatement(
+                sid="ReadRulesObject", actions=["s3:GetObject"],
+                resources=[f"arn:{Aws.PARTITION}:s3:::{location.removeprefix('s3://')}"]))
+        self.core_policy = iam.ManagedPolicy(
+            self, "BridgeCorePolicy",
+            description="convbridge functions; secrets, claims and rules shared by every function.",
+            document=iam.PolicyDocument(statements=statements))
+
+    def _role(self, construct_id: str, description: str,
+              statements: list[iam.PolicyStatement], policy_name: str) -> iam.Role:
+        role = iam.Role(
+            self, construct_id,
+            description=description,
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            managed_policies=[
+                iam.ManagedPolicy.from_aws_managed_policy_name(
+                    "service-role/AWSLambdaBasicExecutionRole"),
+                self.core_policy,
+            ],
+            inline_policies={policy_name: iam.PolicyDocument(statements=statements)},
+        )
+        return role
+
+    def _log_group(self, construct_id: str, suffix: str) -> logs.LogGroup:
+        group = logs.LogGroup(
+            self, construct_id,
+            log_group_name=f"/aws/lambda/{Aws.STACK_NAME}/{suffix}",
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        # RetentionDays is an enum of the allowed values; set the number as given.
+        resource = group.node.default_child
+        assert isinstance(resource, logs.CfnLogGroup)
+        resource.retention_in_days = self.props.log_retention_days
+        return group
+
+    def _environment(self, extra: Mapping[str, str]) -> dict[str, str]:
+        props = self.props
+        environment = {
+            "POWERTOOLS_SERVICE_NAME": "convbridge",
+            "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
+            "LOG_LEVEL": props.log_level,
+            "CONVBRIDGE_RULES": props.rules_location,
+            "CONVBRIDGE_CONTEXT_SECRET": props.context_secret_arn,
+        }
+        for name in PROVIDERS:
+            if name in props.provider_secret_arns:
+                environment[f"CONVBRIDGE_SECRET_{name.upper()}"] = props.provider_secret_arns[name]
+        environment |= {
+            "CONVBRIDGE_READ_GRANT_SECONDS": "900",
+            "CONVBRIDGE_WRITE_GRANT_SECONDS": "3600",
+            "CONVBRIDGE_IDEMPOTENCY_TABLE": self.table.table_name,
+        }
+        environment |= extra
+        return environment
+
+    def _function(self, key: str, construct_id: str, *, directory: str, description: str,
+                  role: iam.Role, layer: lambda_.ILayerVersion, log_group: logs.LogGroup,
+                  environment: Mapping[str, str], concurrency: int | None,
+                  timeout_seconds: int = 30, **extra: Any) -> lambda_.Function:
+        code = self._root / "functions" / directory
+        if not (code / "app.py").is_file():
+            raise FileNotFoundError(f"{code}/app.py is missing: the {key} handler")
+        function = lambda_.Function(
+            self, construct_id,
+            description=description,
+            runtime=self._runtime,
+            architecture=lambda_.Architecture.ARM_64,
+            handler="app.handler",
+            code=lambda_.Code.from_asset(str(code), exclude=["**/__pycache__", "*.pyc"]),
+            role=role.without_policy_updates(),
+            layers=[layer],
+            timeout=Duration.seconds(timeout_seconds),
+            memory_size=512,
+            log_group=log_group,
+            reserved_concurrent_executions=concurrency,
+            environment=self._environment(environment),
+            **extra,
+        )
+        function.node.add_dependency(role)
+        self.functions[key] = function
+        self.roles[key] = role
+        return function
+
+    @staticmethod
+    def _azure_environment(azure: AzureOptions) -> dict[str, str]:
+        environment = {"CONVBRIDGE_AZURE_ACCOUNT_SECRET": azure.account_secret_arn}
+        if azure.blob_endpoint:
+            environment["CONVBRIDGE_AZURE_BLOB_ENDPOINT"] = azure.blob_endpoint
+        return environment
+
+    def _storage_secret_statement(self, arns: list[str]) -> iam.PolicyStatement:
+        return iam.PolicyStatement(sid="ReadStorageSecrets",
+                                   actions=["secretsmanager:GetSecretValue"], resources=arns)
+
+    # --- functions -----------------------------------------------------------------------
+
+    def _webhook(self) -> None:
+        props = self.props
+        statements = [
+            iam.PolicyStatement(sid="ReadWriteBucketObjects",
+                                actions=["s3:GetObject", "s3:PutObject"],
+                                resources=[self._object_arn]),
+            iam.PolicyStatement(sid="AbortFailedRelays", actions=["s3:AbortMultipartUpload"],
+                                resources=[self._object_arn]),
+            iam.PolicyStatement(sid="TellMissingObjects", actions=["s3:ListBucket"],
+                                resources=[self._bucket_arn]),
+            iam.PolicyStatement(sid="MoveFailedSources", actions=["s3:DeleteObject"],
+                                resources=[self._watched_arn]),
+            iam.PolicyStatement(sid="QueueCompletions", actions=["sqs:SendMessage"],
+                                resources=[self.completion_queue.queue_arn]),
+            iam.PolicyStatement(sid="ConsumeCompletions",
+                                actions=["sqs:ReceiveMessage", "sqs:DeleteMessage",
+                                         "sqs:GetQueueAttributes"],
+                                resources=[self.completion_queue.queue_arn]),
+        ]
+        storage_secrets = [arn for arn in (
+            props.azure.account_secret_arn if props.azure else None,
+            props.gcs.service_account_secret_arn if props.gcs else None,
+            props.sftp.secret_arn if props.sftp else None) if arn]
+        if storage_secrets:
+            statements.append(self._storage_secret_statement(storage_secrets))
+        role = self._role(
+            "WebhookFunctionRole",
+            "convbridge webhook; writes outcomes back and finishes queued completions.",
+            statements, "convbridge-webhook")
+        environment = {"CONVBRIDGE_COMPLETION_QUEUE_URL": self.completion_queue.queue_url}
+        if props.azure:
+            environment |= self._azure_environment(props.azure)
+        if props.gcs:
+            environment["CONVBRIDGE_GCS_SERVICE_ACCOUNT_SECRET"] = (
+                props.gcs.service_account_secret_arn)
+        if props.sftp:
+            environment |= {"CONVBRIDGE_SFTP_SECRET": props.sftp.secret_arn,
+                            "CONVBRIDGE_SFTP_HOST_KEY": props.sftp.host_key}
+        layer = self.storage_sdk_layer or self.shared_layer
+        function = self._function(
+            "webhook", "WebhookFunction", directory="webhook",
+            description="Verifies provider callbacks and writes outputs, result records and "
+                        "failure reports.",
+            role=role, layer=layer, log_group=self._log_group("WebhookLogGroup", "webhook"),
+            environment=environment, concurrency=props.concurrency.webhook,
+            timeout_seconds=900)
+        self.webhook_url = lambda_.FunctionUrl(self, "WebhookFunctionUrl", function=function,
+                                               auth_type=lambda_.FunctionUrlAuthType.NONE)
+        lambda_.EventSourceMapping(
+            self, "WebhookFunctionCompletion", target=function,
+            event_source_arn=self.completion_queue.queue_arn, batch_size=5,
+            report_batch_item_failures=True)
+
+    def _s3_trigger(self) -> None:
+        props = self.props
+        role = self._role(
+            "S3TriggerRole", "convbridge S3 trigger; mints grants by assuming GrantRole.",
+            [
+                iam.PolicyStatement(sid="ReadWatchedObjects", actions=["s3:GetObject"],
+                                    resources=[self._watched_arn]),
+                iam.PolicyStatement(sid="TellMissingObjects", actions=["s3:ListBucket"],
+                                    resources=[self._bucket_arn]),
+                iam.PolicyStatement(sid="WriteRecords", actions=["s3:PutObject"],
+                                    resources=[self._object_arn]),
+                iam.PolicyStatement(sid="MoveRejectedSources", actions=["s3:DeleteObject"],
+                                    resources=[self._watched_arn]),
+                iam.PolicyStatement(sid="ConsumeS3Events",
+                                    actions=["sqs:ReceiveMessage", "sqs:DeleteMessage",
+                                             "sqs:GetQueueAttributes"],
+                                    resources=[self.s3_events_queue.queue_arn]),
+            ],
+            "convbridge-trigger")
+        grant_role = iam.Role(
+            self, "GrantRole",
+            description="convbridge scoped grants; only assumed by the S3 trigger with a "
+                        "session policy.",
+            max_session_duration=Duration.hours(1),
+            assumed_by=iam.ArnPrincipal(role.role_arn),
+            inline_policies={"convbridge-grant-base": iam.PolicyDocument(statements=[
+                iam.PolicyStatement(sid="ObjectReadWriteCeiling",
+                                    actions=["s3:GetObject", "s3:PutObject"],
+                                    resources=[self._object_arn])])},
+        )
+        assume = iam.Policy(
+            self, "S3TriggerAssumeGrantRolePolicy",
+            policy_name="convbridge-trigger-assume-grant-role",
+            roles=[role],
+            statements=[iam.PolicyStatement(sid="MintScopedGrants", actions=["sts:AssumeRole"],
+                                            resources=[grant_role.role_arn])])
+        self.grant_role = grant_role
+        function = self._function(
+            "s3_trigger", "S3TriggerFunction", directory="s3_trigger",
+            description="Matches new S3 objects against the rules and submits conversion jobs.",
+            role=role, layer=self.shared_layer,
+            log_group=self._log_group("S3TriggerLogGroup", "s3-trigger"),
+            environment={"CONVBRIDGE_WEBHOOK_URL": self.webhook_url.url,
+                         "CONVBRIDGE_GRANT_ROLE_ARN": grant_role.role_arn},
+            concurrency=props.concurrency.s3_trigger)
+        function.node.add_dependency(assume)
+        lambda_.EventSourceMapping(
+            self, "S3TriggerFunctionObjectCreated", target=function,
+            event_source_arn=self.s3_events_queue.queue_arn, batch_size=10,
+            max_batching_window=Duration.seconds(2), report_batch_item_failures=True)
+
+    def _azure_trigger(self, azure: AzureOptions) -> None:
+        assert self.storage_sdk_layer is not None
+        role = self._role(
+            "AzureTriggerRole",
+            "convbridge Azure trigger; Event Grid secret and storage account key only.",
+            [self._storage_secret_statement([azure.event_grid_secret_arn,
+                                             azure.account_secret_arn])],
+            "convbridge-azure-trigger")
+        function = self._function(
+            "azure_trigger", "AzureTriggerFunction", directory="azure_trigger",
+            description="Receives Event Grid BlobCreated deliveries and submits conversion jobs.",
+            role=role, layer=self.storage_sdk_layer,
+            log_group=self._log_group("AzureTriggerLogGroup", "azure-trigger"),
+            environment={"CONVBRIDGE_WEBHOOK_URL": self.webhook_url.url,
+                         "CONVBRIDGE_EVENT_GRID_SECRET": azure.event_grid_secret_arn}
+            | self._azure_environment(azure),
+            concurrency=self.props.concurrency.azure_trigger)
+        self.azure_url = lambda_.FunctionUrl(self, "AzureTriggerFunctionUrl", function=function,
+                                             auth_type=lambda_.FunctionUrlAuthType.NONE)
+
+    def _gcs_trigger(self, gcs: GcsOptions) -> None:
+        assert self.storage_sdk_layer is not None
+        role = self._role(
+            "GcsTriggerRole", "convbridge GCS trigger; the GCS service account key only.",
+            [self._storage_secret_statement([gcs.service_account_secret_arn])],
+            "convbridge-gcs-trigger")
+        self.pubsub_audience = gcs.audience or f"convbridge-{Aws.STACK_NAME}-{Aws.ACCOUNT_ID}"
+        function = self._function(
+            "gcs_trigger", "GcsTriggerFunction", directory="gcs_trigger",
+            description="Receives Pub/Sub push deliveries of GCS notifications and submits "
+                        "conversion jobs.",
+            role=role, layer=self.storage_sdk_layer,
+            log_group=self._log_group("GcsTriggerLogGroup", "gcs-trigger"),
+            environment={"CONVBRIDGE_WEBHOOK_URL": self.webhook_url.url,
+                         "CONVBRIDGE_PUBSUB_AUDIENCE": self.pubsub_audience,
+                         "CONVBRIDGE_PUBSUB_SERVICE_ACCOUNT": gcs.push_service_account,
+                         "CONVBRIDGE_GCS_SERVICE_ACCOUNT_SECRET": gcs.service_account_secret_arn},
+            concurrency=self.props.concurrency.gcs_trigger)
+        self.gcs_url = lambda_.FunctionUrl(self, "GcsTriggerFunctionUrl", function=function,
+                                           auth_type=lambda_.FunctionUrlAuthType.NONE)
+
+    def _sftp_sweep(self, sftp: SftpOptions) -> None:
+        assert self.storage_sdk_layer is not None
+        role = self._role(
+            "SftpSweepRole", "convbridge SFTP sweep; the SFTP account secret only.",
+            [self._storage_secret_statement([sftp.secret_arn])], "convbridge-sftp-sweep")
+        function = self._function(
+            "sftp_sweep", "SftpSweepFunction", directory="sftp_sweep",
+            description="Sweeps the SFTP drop on a schedule and submits conversion jobs for new "
+                        "files.",
+            role=role, layer=self.storage_sdk_layer,
+            log_group=self._log_group("SftpSweepLogGroup", "sftp-sweep"),
+            environment={"CONVBRIDGE_WEBHOOK_URL": self.webhook_url.url,
+                         "CONVBRIDGE_SFTP_SECRET": sftp.secret_arn,
+                         "CONVBRIDGE_SFTP_HOST_KEY": sftp.host_key},
+            concurrency=self.props.concurrency.sftp_sweep,
+            timeout_seconds=300,
+            retry_attempts=0, max_event_age=Duration.seconds(300))
+        events.Rule(self, "SftpSweepFunctionSweep", description="convbridge SFTP sweep",
+                    schedule=events.Schedule.expression(sftp.schedule),
+                    targets=[targets.LambdaFunction(function)])
+
+    # --- alarms, dashboard, outputs ------------------------------------------------------
+
+    def _alarm_actions(self, alarm: cloudwatch.Alarm) -> None:
+        if self.props.alarm_topic_arn:
+            topic = sns.Topic.from_topic_arn(self, f"{alarm.node.id}Topic",
+                                             self.props.alarm_topic_arn)
+            alarm.add_alarm_action(cloudwatch_actions.SnsAction(topic))
+
+    def _alarms(self) -> None:
+        for name, queue, what in (
+            ("S3EventsDeadLetterAlarm", self.s3_events_dlq, "convbridge S3 events"),
+            ("CompletionDeadLetterAlarm", self.completion_dlq, "convbridge completions"),
+        ):
+            alarm = cloudwatch.Alarm(
+                self, name,
+                alarm_description=f"{what} gave up after 5 attempts.",
+                metric=queue.metric_approximate_number_of_messages_visible(
+                    period=Duration.minutes(5), statistic="Maximum"),
+                evaluation_periods=1, threshold=0,
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING)
+            self._alarm_actions(alarm)
+        labels = {"s3_trigger": ("S3TriggerFailureRateAlarm", "S3 trigger"),
+                  "webhook": ("WebhookFailureRateAlarm", "webhook"),
+                  "azure_trigger": ("AzureTriggerFailureRateAlarm", "Azure trigger"),
+                  "gcs_trigger": ("GcsTriggerFailureRateAlarm", "GCS trigger"),
+                  "sftp_sweep": ("SftpSweepFailureRateAlarm", "SFTP sweep")}
+        for key, function in self.functions.items():
+            alarm_id, label = labels[key]
+            rate = cloudwatch.MathExpression(
+                expression="IF(invocations > 0, 100 * errors / invocations, 0)",
+                label="failed invocations (%)",
+                using_metrics={
+                    "errors": function.metric_errors(period=Duration.minutes(5),
+                                                     statistic="Sum"),
+                    "invocations": function.metric_invocations(period=Duration.minutes(5),
+                                                               statistic="Sum"),
+                },
+                period=Duration.minutes(5))
+            alarm = cloudwatch.Alarm(
+                self, alarm_id, alarm_description=f"convbridge {label} invocations are failing.",
+                metric=rate, evaluation_periods=3, datapoints_to_alarm=2,
+                threshold=self.props.failure_rate_alarm_percent,
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING)
+            self._alarm_actions(alarm)
+        jobs = cloudwatch.Alarm(
+            self, "JobsFailedAlarm",
+            alarm_description="convbridge conversion jobs are failing.",
+            metric=cloudwatch.MathExpression(
+                expression=f"SELECT SUM(JobsFailed) FROM {METRICS_NAMESPACE}",
+                label="failed jobs", period=Duration.minutes(15)),
+            evaluation_periods=1, threshold=self.props.job_failure_alarm_threshold,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING)
+        self._alarm_actions(jobs)
+
+    def _dashboard(self) -> None:
+        region = Aws.REGION
+
+        def insights(title: str, queries: list[tuple[str, str, str]], *, x: int, y: int,
+                     stacked: bool = False) -> dict[str, Any]:
+            return {"type": "metric", "x": x, "y": y, "width": 8, "height": 6,
+                    "properties": {"title": title, "region": region, "view": "timeSeries",
+                                   "stacked": stacked, "period": 300,
+                                   "metrics": [[{"id": i, "expression": e, "label": label}]
+                                               for i, e, label in queries]}}
+
+        def grouped(metric: str, function: str = "SUM", by: str = "rule, provider") -> str:
+            return f"SELECT {function}({metric}) FROM {METRICS_NAMESPACE} GROUP BY {by}"
+
+        names = {"s3_trigger": "S3 trigger", "webhook": "webhook",
+                 "azure_trigger": "Azure trigger", "gcs_trigger": "GCS trigger",
+                 "sftp_sweep": "SFTP sweep"}
+        s3_trigger = self.functions["s3_trigger"].function_name
+        webhook = self.functions["webhook"].function_name
+        in_stack = f"FunctionName = '{s3_trigger}' OR FunctionName = '{webhook}'"
+        widgets = [
+            {"type": "text", "x": 0, "y": 0, "width": 24, "height": 1,
+             "properties": {"markdown": f"## convbridge {Aws.STACK_NAME}: jobs by rule and "
+                                        "provider, relay bytes, callback latency, queues and "
+                                        "functions"}},
+            insights("Jobs submitted (per rule, provider)",
+                     [("submitted", grouped("JobsSubmitted"), "")], x=0, y=1),
+            insights("Jobs finished (per rule, provider)",
+                     [("finished", grouped("JobsFinished"), "")], x=8, y=1),
+            insights("Jobs failed (per rule, provider)",
+                     [("failed", grouped("JobsFailed"), "")], x=16, y=1),
+            insights("Relay bytes (per rule, provider)",
+                     [("relay", grouped("RelayBytes"), "")], x=0, y=7, stacked=True),
+            insights("Callback latency, ms (job submitted to callback, per provider)",
+                     [("latencyavg", grouped("CallbackLatencyMs", "AVG", "provider"), "avg"),
+                      ("latencymax", grouped("CallbackLatencyMs", "MAX", "provider"), "max")],
+                     x=8, y=7),
+            {"type": "metric", "x": 16, "y": 7, "width": 8, "height": 6,
+             "properties": {"title": "Dead-letter queues (messages)", "region": region,
+                            "view": "timeSeries", "stacked": False, "period": 300,
+                            "stat": "Maximum", "metrics": [
+                                ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName",
+                                 self.s3_events_dlq.queue_name, {"label": "S3 events DLQ"}],
+                                ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName",
+                                 self.completion_dlq.queue_name, {"label": "completions DLQ"}]]}},
+            {"type": "metric", "x": 0, "y": 13, "width": 12, "height": 6,
+             "properties": {"title": "Function errors", "region": region, "view": "timeSeries",
+                            "stacked": False, "period": 300, "stat": "Sum", "metrics": [
+                                ["AWS/Lambda", "Errors", "FunctionName",
+                                 self.functions[key].function_name, {"label": label}]
+                                for key, label in names.items() if key in self.functions]}},
+            {"type": "metric", "x": 12, "y": 13, "width": 12, "height": 6,
+             "properties": {"title": "Function invocations and throttles", "region": region,
+                            "view": "timeSeries", "stacked": False, "period": 300,
+                            "stat": "Sum", "metrics": [
+                                [{"id": "invocations", "label": "", "expression":
+                                  'SELECT SUM(Invocations) FROM SCHEMA("AWS/Lambda", '
+                                  f"FunctionName) WHERE {in_stack} GROUP BY FunctionName"}],
+                                [{"id": "throttles", "label": "throttled", "expression":
+                                  'SELECT SUM(Throttles) FROM SCHEMA("AWS/Lambda", '
+                                  f"FunctionName) WHERE {in_stack} GROUP BY FunctionName"}]]}},
+        ]
+        self.dashboard = cloudwatch.CfnDashboard(
+            self, "Dashboard",
+            dashboard_body=Stack.of(self).to_json_string({"widgets": widgets}))
+
+    def _output(self, name: str, value: str, description: str) -> None:
+        CfnOutput(self._outputs_scope, name, value=value, description=description)
+
+    def _outputs(self) -> None:
+        # Outputs share the construct namespace with resources in CDK (not in CloudFormation).
+        self._outputs_scope = Construct(self, "Outputs")
+        url = self.webhook_url.url
+        self._output("WebhookUrl", url, "Callback endpoint base; providers call "
+                     "<url>callbacks/<provider>. Nothing to register.")
+        for name, stem in PROVIDERS.items():
+            if name in self.props.provider_secret_arns:
+                self._output(f"{stem}CallbackUrl", f"{url}callbacks/{name}",
+                             f"{stem} callback (sent with each job).")
+        if self.props.azure:
+            self._output("AzureEventGridEndpoint", self.azure_url.url,
+                         "Event Grid webhook endpoint for BlobCreated (infra/azure).")
+        if self.props.gcs:
+            self._output("GcsPushEndpoint", self.gcs_url.url, "Pub/Sub push endpoint.")
+            self._output("PubSubAudience", self.pubsub_audience,
+                         "OIDC audience the push subscription must use.")
+        if self.props.sftp:
+            self._output("SftpSweepFunctionName", self.functions["sftp_sweep"].function_name,
+                         "The scheduled SFTP sweep; invoke it by hand to sweep now.")
+        self._output("SourceBucket", self.bucket.ref, "The watched bucket.")
+        self._output("GrantRoleArn", self.grant_role.role_arn,
+                     "Role assumed (with a per-job session policy) to mint provider grants.")
+        self._output("IdempotencyTableName", self.table.table_name, "Claims table.")
+        self._output("S3EventsQueueUrl", self.s3_events_queue.queue_url, "S3 notifications.")
+        self._output("S3EventsDeadLetterQueueUrl", self.s3_events_dlq.queue_url,
+                     "S3 notifications the trigger gave up on.")
+        self._output("CompletionQueueUrl", self.completion_queue.queue_url, "Completions.")
+        self._output("CompletionDeadLetterQueueUrl", self.completion_dlq.queue_url,
+                     "Completions the webhook gave up on.")
+        self._output("DashboardUrl",
+                     f"https://{Aws.REGION}.console.aws.amazon.com/cloudwatch/home?region="
+                     f"{Aws.REGION}#dashboards:name={self.dashboard.ref}",
+                     "CloudWatch dashboard.")
+
+
+def props_from_config(config: Mapping[str, Any], code_root: Path = REPO_ROOT) -> ConvBridgeProps:
+    """Props from plain JSON (cdk.json context "convbridge", or ``-c convbridge='{...}'``):
+    camelCase keys as in the README."""
+    if isinstance(config, str):
+        config = json.loads(config)
+
+    def optional(key: str, cls: Any, fields: dict[str, str]) -> Any:
+        part = config.get(key)
+        if not part:
+            return None
+        return cls(**{attr: part[name] for name, attr in fields.items() if name in part})
+
+    concurrency = config.get("reservedConcurrency") or {}
+    return ConvBridgeProps(
+        source_bucket_name=config["sourceBucketName"],
+        context_secret_arn=config["contextSecretArn"],
+        provider_secret_arns=dict(config.get("providerSecretArns") or {}),
+        watched_prefix=config.get("watchedPrefix", "inbox/"),
+        rules_location=config.get("rulesLocation", "/opt/rules.yaml"),
+        python_runtime=config.get("pythonRuntime", "python3.12"),
+        secrets_kms_key_arn=config.get("secretsKmsKeyArn") or None,
+        azure=optional("azure", AzureOptions, {
+            "accountSecretArn": "account_secret_arn", "blobEndpoint": "blob_endpoint",
+            "eventGridSecretArn": "event_grid_secret_arn"}),
+        gcs=optional("gcs", GcsOptions, {
+            "serviceAccountSecretArn": "service_account_secret_arn",
+            "pushServiceAccount": "push_service_account", "audience": "audience"}),
+        sftp=optional("sftp", SftpOptions, {
+            "secretArn": "secret_arn", "hostKey": "host_key", "schedule": "schedule"}),
+        log_level=config.get("logLevel", "INFO"),
+        log_retention_days=int(config.get("logRetentionDays", 30)),
+        alarm_topic_arn=config.get("alarmTopicArn") or None,
+        failure_rate_alarm_percent=float(config.get("failureRateAlarmPercent", 5)),
+        job_failure_alarm_threshold=float(config.get("jobFailureAlarmThreshold", 5)),
+        concurrency=Concurrency(**{
+            attr: concurrency.get(name) for name, attr in {
+                "s3Trigger": "s3_trigger", "webhook": "webhook",
+                "azureTrigger": "azure_trigger", "gcsTrigger": "gcs_trigger",
+                "sftpSweep": "sftp_sweep"}.items()}),
+        bundle_layers=str(config.get("bundleLayers", True)).lower() not in {"false", "0", "no"},
+        code_root=code_root,
+    )

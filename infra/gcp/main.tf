@@ -1,0 +1,168 @@
+# convbridge on Google Cloud Storage: the bucket's OBJECT_FINALIZE notifications go to a Pub/Sub
+# topic, and a push subscription delivers them to the GCS trigger's Function URL with an OIDC
+# token signed by Google for a dedicated service account and audience. The trigger refuses any
+# request whose token is not for CONVBRIDGE_PUBSUB_AUDIENCE and CONVBRIDGE_PUBSUB_SERVICE_ACCOUNT
+# (the stack's PubSubAudience output and PubSubServiceAccount parameter).
+#
+#   terraform init && terraform apply -var project_id=... -var bucket=... \
+#     -var push_endpoint=<GcsPushEndpoint> -var audience=<PubSubAudience>
+#
+# The same wiring as gcloud commands: gcloud.sh beside this file.
+
+terraform {
+  required_version = ">= 1.5"
+
+  required_providers {
+    google = {
+      source  = "hashicorp/google"
+      version = ">= 5.0"
+    }
+  }
+}
+
+provider "google" {
+  project = var.project_id
+}
+
+data "google_project" "this" {}
+
+# The Cloud Storage service agent publishes the bucket's notifications.
+data "google_storage_project_service_account" "gcs" {}
+
+locals {
+  pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+}
+
+resource "google_pubsub_topic" "uploads" {
+  name = "${var.name}-uploads"
+}
+
+resource "google_pubsub_topic_iam_member" "gcs_publishes" {
+  topic  = google_pubsub_topic.uploads.id
+  role   = "roles/pubsub.publisher"
+  member = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
+}
+
+# Finalized objects only (a completed upload or overwrite), with the object resource as the
+# message data (size, metadata): what convbridge.events.pubsub reads.
+resource "google_storage_notification" "uploads" {
+  bucket             = var.bucket
+  topic              = google_pubsub_topic.uploads.id
+  payload_format     = "JSON_API_V1"
+  event_types        = ["OBJECT_FINALIZE"]
+  object_name_prefix = var.object_name_prefix == "" ? null : var.object_name_prefix
+
+  depends_on = [google_pubsub_topic_iam_member.gcs_publishes]
+}
+
+# The identity Pub/Sub signs push requests as; it needs no role of its own.
+resource "google_service_account" "push" {
+  account_id   = "${var.name}-push"
+  display_name = "convbridge Pub/Sub push (OIDC)"
+}
+
+# Pub/Sub's service agent mints the OIDC tokens for it.
+resource "google_service_account_iam_member" "pubsub_mints_tokens" {
+  service_account_id = google_service_account.push.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = local.pubsub_service_agent
+}
+
+# Notifications the trigger never accepted, kept for a week for inspection and replay.
+resource "google_pubsub_topic" "dead_letter" {
+  name = "${var.name}-uploads-dead-letter"
+}
+
+resource "google_pubsub_subscription" "dead_letter" {
+  name                       = "${var.name}-uploads-dead-letter"
+  topic                      = google_pubsub_topic.dead_letter.id
+  message_retention_duration = "604800s"
+  expiration_policy {
+    ttl = ""
+  }
+}
+
+resource "google_pubsub_subscription" "push" {
+  name  = "${var.name}-uploads-push"
+  topic = google_pubsub_topic.uploads.id
+
+  # The trigger answers within its 30 s Lambda timeout; anything slower is redelivered.
+  ack_deadline_seconds       = 60
+  message_retention_duration = "604800s"
+
+  push_config {
+    push_endpoint = var.push_endpoint
+
+    oidc_token {
+      service_account_email = google_service_account.push.email
+      audience              = var.audience
+    }
+  }
+
+  retry_policy {
+    minimum_backoff = "10s"
+    maximum_backoff = "600s"
+  }
+
+  dead_letter_policy {
+    dead_letter_topic     = google_pubsub_topic.dead_letter.id
+    max_delivery_attempts = var.max_delivery_attempts
+  }
+
+  expiration_policy {
+    ttl = ""
+  }
+
+  depends_on = [google_service_account_iam_member.pubsub_mints_tokens]
+}
+
+# Dead-lettering needs Pub/Sub's service agent to publish to the dead-letter topic and to
+# acknowledge on the source subscription.
+resource "google_pubsub_topic_iam_member" "pubsub_dead_letters" {
+  topic  = google_pubsub_topic.dead_letter.id
+  role   = "roles/pubsub.publisher"
+  member = local.pubsub_service_agent
+}
+
+resource "google_pubsub_subscription_iam_member" "pubsub_forwards" {
+  subscription = google_pubsub_subscription.push.id
+  role         = "roles/pubsub.subscriber"
+  member       = local.pubsub_service_agent
+}
+
+# The bridge's own identity on the bucket: it reads sources and signs V4 URLs for them, writes
+# records and relayed outputs, and moves failed sources (delete). Its key goes to Secrets Manager
+# (GcsServiceAccountSecretArn); create it with gcloud (see README.md) so it never sits in
+# Terraform state.
+resource "google_service_account" "bridge" {
+  account_id   = "${var.name}-bridge"
+  display_name = "convbridge bridge (bucket objects)"
+}
+
+resource "google_storage_bucket_iam_member" "bridge_objects" {
+  bucket = var.bucket
+  role   = "roles/storage.objectUser"
+  member = "serviceAccount:${google_service_account.bridge.email}"
+}
+
+output "push_service_account" {
+  description = "PubSubServiceAccount parameter of the convbridge stack."
+  value       = google_service_account.push.email
+}
+
+output "bridge_service_account" {
+  description = "Create its key into GcsServiceAccountSecretArn (README.md)."
+  value       = google_service_account.bridge.email
+}
+
+output "topic" {
+  value = google_pubsub_topic.uploads.id
+}
+
+output "subscription" {
+  value = google_pubsub_subscription.push.id
+}
+
+output "dead_letter_subscription" {
+  value = google_pubsub_subscription.dead_letter.id
+}

@@ -1,0 +1,201 @@
+"""CloudConvert API v1, the legacy process API, for self-hosted and compatible services (the
+provider itself turned v1 off on 2022-01-01).
+
+A job is a process: ``POST /process`` (``apikey``, ``inputformat``, ``outputformat``) creates
+one, and a ``POST`` to its process URL starts it with ``input=download`` from a signed URL. The
+output is fetched from ``output.url`` by the relay. When the process ends the service calls
+``GET <callback>?id=&url=&step=``: nothing in that call is signed, so the callback URL carries a
+per-job token (the signed job context, also sent as the process ``tag``) and
+:meth:`CloudConvertV1.confirm` reads the process itself and acts only on what it says, after
+checking that the process URL is on the service's own domain and that the process carries the
+same token.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+from urllib.parse import quote, urlsplit
+
+from convbridge.errors import (
+    CallbackError,
+    CallbackSignatureError,
+    ProviderError,
+    ProviderRejected,
+    ProviderUnavailable,
+)
+from convbridge.http import GaveUp, send
+from convbridge.model import JobOutcome, JobSpec, OutputFile
+from convbridge.providers.base import Provider, callback_query, parse_time
+
+#: callback steps that settle a process; the service calls back only for these
+FINAL_STEPS = {"finished": "finished", "error": "failed"}
+#: answers a process URL gives for a failed conversion, and the stage each blames (seed: 400
+#: parameters missing or wrong, 422 the conversion failed); the status code is the only error
+#: code v1 has
+FAILURE_STATUSES = {400: "input", 422: "convert"}
+_PROCESS_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class CloudConvertV1(Provider):
+    """Imports from a signed URL and exports through the relay for every storage."""
+
+    name: ClassVar[str] = "cloudconvert_v1"
+
+    def build_job(self, spec: JobSpec) -> dict[str, Any]:
+        if spec.read_grant.kind == "upload":  # a storage that cannot sign URLs (sftp)
+            raise ProviderRejected(f"{self.name} takes no input uploaded by the bridge",
+                                   code="UPLOAD_UNSUPPORTED")
+        if spec.read_grant.kind != "presigned_url":
+            raise ProviderError(f"cloudconvert_v1 imports only from a signed URL, not a "
+                                f"{spec.read_grant.storage} {spec.read_grant.kind} grant")
+        document: dict[str, Any] = {
+            "inputformat": spec.conversion.input_format,
+            "outputformat": spec.conversion.output_format,
+            "input": "download",
+            "file": spec.read_grant.url,
+            "filename": spec.filename,
+            "tag": spec.context_token,
+            "callback": self._callback_url(spec),
+            "wait": False,
+            # unsaved outputs are deleted after the first download; the relay may need two
+            "save": True,
+        }
+        if spec.conversion.options:
+            document["converteroptions"] = dict(spec.conversion.options)
+        return document
+
+    def create_job(self, document: Mapping[str, Any]) -> str:
+        created = self._send("POST", "/process", idempotent=False, json={
+            "apikey": self._api_key, "inputformat": document["inputformat"],
+            "outputformat": document["outputformat"]})
+        try:
+            process = created.json()
+            process_id, process_url = str(process["id"]), self.provider_url(process["url"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProviderError(f"{self.name}: process created but the answer has no id and "
+                                "url") from exc
+        if process_url is None:
+            raise ProviderError(f"{self.name}: process URL is not on the service's domain")
+        self._send("POST", process_url, json=dict(document), idempotent=False)
+        return process_id
+
+    def provider_url(self, url: str) -> str | None:
+        """``url`` (process URLs are protocol-relative) made absolute, or None unless it is on
+        the base URL's host or a sibling host of its domain (``srv01.cloudconvert.com`` for
+        ``api.cloudconvert.com``): the callback's ``url`` must never send us elsewhere."""
+        base = urlsplit(self.base_url)
+        absolute = f"{base.scheme}:{url}" if url.startswith("//") else url
+        parts = urlsplit(absolute)
+        host, allowed = parts.hostname or "", base.hostname or ""
+        if parts.scheme != base.scheme or not host:
+            return None
+        if parts.netloc == base.netloc:
+            return absolute
+        try:
+            ipaddress.ip_address(allowed)
+        except ValueError:
+            labels = allowed.split(".")
+            if len(labels) >= 3 and host.endswith("." + ".".join(labels[1:])):
+                return absolute
+        return None
+
+    def verify_callback(self, headers: Mapping[str, str], body: bytes) -> None:
+        self._callback_token(headers)
+
+    def accept_callback(self, headers: Mapping[str, str], body: bytes) -> JobOutcome | None:
+        """Provisional, from the GET query alone: :meth:`confirm` decides what happened."""
+        token = self._callback_token(headers)
+        query = callback_query(headers)
+        process_id, step = query.get("id", ""), query.get("step", "")
+        if not _PROCESS_ID.match(process_id):
+            raise CallbackError("callback names no valid process id")
+        if step not in FINAL_STEPS:
+            return None
+        return JobOutcome(provider=self.name, job_id=process_id,
+                          status="failed" if FINAL_STEPS[step] == "failed" else "finished",
+                          context_token=token, event=step)
+
+    def parse_callback(self, body: bytes) -> JobOutcome | None:
+        """A process status document (what the callback's process URL answers)."""
+        try:
+            return self.parse_process(json.loads(body), http_status=200)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise CallbackError("not a CloudConvert v1 process document") from exc
+
+    def confirm(self, outcome: JobOutcome, headers: Mapping[str, str]) -> JobOutcome | None:
+        url = self.provider_url(callback_query(headers).get("url", ""))
+        if url is None:
+            raise CallbackSignatureError("the callback's process URL is not the service's")
+        try:
+            response = send(self._http, "GET", url, idempotent=True)
+        except GaveUp as exc:
+            raise ProviderUnavailable(f"{self.name}: {exc}") from exc
+        try:
+            process = response.json()
+        except ValueError:
+            process = None
+        if response.status_code >= 500:
+            raise ProviderUnavailable(f"{self.name}: process answer HTTP "
+                                      f"{response.status_code}", status=response.status_code)
+        if not isinstance(process, dict) or (
+                response.status_code >= 400 and response.status_code not in FAILURE_STATUSES):
+            # an unknown process: asking again will not make it known
+            raise CallbackError(f"the process URL answered HTTP {response.status_code}")
+        # The token of one process's callback URL must not settle another process.
+        if process.get("id") != outcome.job_id or process.get("tag") != outcome.context_token:
+            raise CallbackSignatureError("the process was not started with this callback token")
+        try:
+            return self.parse_process(process, http_status=response.status_code)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ProviderError(f"{self.name}: process {outcome.job_id} is malformed") from exc
+
+    def parse_process(self, process: Mapping[str, Any], *, http_status: int) -> JobOutcome | None:
+        """A process status as a JobOutcome, or None while it runs."""
+        step = process.get("step")
+        failed = step == "error" or http_status in FAILURE_STATUSES
+        if not failed and step != "finished":
+            return None
+        outputs: list[OutputFile] = []
+        output = process.get("output")
+        output = output if isinstance(output, dict) else {}
+        url = output.get("url")
+        if not failed and isinstance(url, str):
+            absolute = f"{urlsplit(self.base_url).scheme}:{url}" if url.startswith("//") else url
+            # several files come as one zip at url, each file alone at url/<file>
+            files = [str(f) for f in output.get("files") or []]
+            outputs = [OutputFile(filename=f, url=f"{absolute}/{quote(f)}") for f in files] or [
+                OutputFile(filename=str(output.get("filename", "")), size=_int(output.get("size")),
+                           url=absolute)]
+        tag = process.get("tag")
+        return JobOutcome(
+            provider=self.name,
+            job_id=str(process.get("id", "")),
+            status="failed" if failed else "finished",
+            context_token=tag if isinstance(tag, str) else None,
+            event=str(step),
+            outputs=tuple(outputs),
+            failed_task=FAILURE_STATUSES.get(http_status, str(step)) if failed else None,
+            code=str(http_status if http_status >= 400 else step) if failed else None,
+            message=str(process.get("message") or "") if failed else None,
+            started_at=_time(process.get("starttime")),
+            ended_at=_time(process.get("endtime")),
+        )
+
+
+def _time(value: Any) -> datetime | None:
+    """v1 writes times as epoch seconds (process status) or "2013-01-07 23:03:53" (lists)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    return parse_time(value)
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,205 @@
+"""FreeConvert API v1: ``POST /process/jobs`` with a map of named tasks, unwrapped JSON answers,
+and account-level webhooks signed with ``FreeConvert-Signature``.
+
+FreeConvert's S3 tasks take no session token, so S3 sources are imported from a presigned URL
+(``import/url``) and outputs come back through the relay (``export/url``). ``import/azureblob``
+and ``export/azureblob`` take a ``sas_token``, so Azure blobs are read and written natively with
+a SAS for the one blob. The GCS and SFTP tasks want service-account keys or passwords: relay.
+Webhooks are set once per account, not per job: point one at
+``<CONVBRIDGE_WEBHOOK_URL>/callbacks/freeconvert`` for ``job.success`` and ``job.failed`` and
+store its signing secret as ``signing_secret``. The job's ``tag`` carries the signed context,
+which is how a webhook finds its way back to the rule that started the job.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+from urllib.parse import unquote, urlsplit
+
+from convbridge.errors import CallbackError, ProviderError, ProviderRejected
+from convbridge.model import Grant, JobOutcome, JobSpec, OutputFile
+from convbridge.providers.base import Provider, parse_time
+from convbridge.storage.base import OUTPUT_MARKER
+
+SIGNATURE_HEADER = "FreeConvert-Signature"
+IMPORT_TASK = "import-source"
+CONVERT_TASK = "convert"
+EXPORT_TASK = "export-output"
+#: events that settle a job; ``job.created`` needs no action
+FINAL_EVENTS = {"job.success": "finished", "job.failed": "failed"}
+#: the event a bare job document stands for, should a webhook body carry no ``event``
+EVENT_FOR_STATUS = {"completed": "job.success", "failed": "job.failed"}
+
+
+class FreeConvert(Provider):
+    name: ClassVar[str] = "freeconvert"
+    native_imports: ClassVar[Mapping[str, frozenset[str]]] = {
+        "s3": frozenset({"presigned_url"}),
+        "azure_blob": frozenset({"sas", "presigned_url"}),
+    }
+    native_exports: ClassVar[Mapping[str, frozenset[str]]] = {
+        "azure_blob": frozenset({"sas"}),
+    }
+
+    def build_job(self, spec: JobSpec) -> dict[str, Any]:
+        if spec.read_grant.kind == "upload":  # a storage that cannot sign URLs (sftp)
+            raise ProviderRejected(f"{self.name} takes no input uploaded by the bridge",
+                                   code="UPLOAD_UNSUPPORTED")
+        convert: dict[str, Any] = {
+            "operation": "convert",
+            "input": IMPORT_TASK,
+            "input_format": spec.conversion.input_format,
+            "output_format": spec.conversion.output_format,
+        }
+        # FreeConvert keeps engine options in their own object, so none can rewire the job.
+        if spec.conversion.options:
+            convert["options"] = dict(spec.conversion.options)
+        return {
+            "tag": spec.context_token,
+            "tasks": {
+                IMPORT_TASK: _import_task(spec.read_grant, spec.filename),
+                CONVERT_TASK: convert,
+                EXPORT_TASK: _export_task(spec),
+            },
+        }
+
+    def create_job(self, document: Mapping[str, Any]) -> str:
+        response = self._send("POST", "/process/jobs", json=document, headers=self._auth(),
+                              idempotent=False)
+        try:
+            return str(response.json()["id"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProviderError(f"{self.name}: job created but the answer has no id") from exc
+
+    def find_job(self, context_token: str) -> str | None:
+        # the context token is unique per submission, so at most one job carries it
+        response = self._send("GET", "/process/jobs", headers=self._auth(),
+                              params={"tag": context_token, "per_page": 1})
+        try:
+            jobs = response.json()["docs"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProviderError(f"{self.name}: job list answer has no docs") from exc
+        matching = [j for j in jobs if isinstance(j, dict) and j.get("tag") == context_token]
+        return str(matching[0]["id"]) if matching else None
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}"}
+
+    def verify_callback(self, headers: Mapping[str, str], body: bytes) -> None:
+        # PHP's hash_hmac('sha256', $payload, $secret) in the seed: lowercase hex
+        self._verify_hmac_hex(headers, SIGNATURE_HEADER, body)
+
+    def parse_callback(self, body: bytes) -> JobOutcome | None:
+        try:
+            document = json.loads(body)
+            # {"event": ..., "job": {...}}; a bare job is read by its own status
+            job = document.get("job", document)
+            event = document.get("event") or EVENT_FOR_STATUS.get(job.get("status"))
+            return parse_job(job, event=event) if event in FINAL_EVENTS else None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CallbackError("callback body is not a FreeConvert webhook") from exc
+
+
+def parse_job(job: Mapping[str, Any], *, event: str = "") -> JobOutcome:
+    """A FreeConvert job (from a webhook or ``GET /process/jobs/{id}``) as a JobOutcome."""
+    tasks = [t for t in job.get("tasks") or [] if isinstance(t, dict)]
+    failed = [t for t in tasks if t.get("status") == "failed"]
+    failed_ids = {str(t.get("id")) for t in failed}
+    # the task that really failed: none of its inputs failed before it
+    root = next((t for t in failed if not failed_ids & set(_dependencies(t))), None)
+    root = root or (failed[0] if failed else None)
+    status = FINAL_EVENTS.get(event) or ("failed" if failed or job.get("status") == "failed"
+                                         else "finished")
+    error = _error(root.get("result"), root) if root else _error(job.get("result"), job)
+    outputs: list[OutputFile] = []
+    for task in tasks:
+        result = task.get("result")
+        url = result.get("url") if isinstance(result, dict) else None
+        if task.get("operation") == "export/url" and task.get("status") == "completed" and url:
+            outputs.append(OutputFile(filename=_filename(str(url)), url=str(url)))
+    return JobOutcome(
+        provider=FreeConvert.name,
+        job_id=str(job.get("id", "")),
+        status="failed" if status == "failed" else "finished",
+        context_token=job["tag"] if isinstance(job.get("tag"), str) else None,
+        event=event,
+        outputs=tuple(outputs),
+        failed_task=str(root.get("name") or root.get("operation")) if root else None,
+        code=error[0] if status == "failed" else None,
+        message=error[1] if status == "failed" else None,
+        started_at=parse_time(job.get("createdAt")),
+        ended_at=parse_time(job.get("updatedAt")),
+    )
+
+
+def _dependencies(task: Mapping[str, Any]) -> list[str]:
+    # ids, or whole tasks when the job was read with include=dependsOn
+    found = task.get("dependsOn")
+    return [str(d.get("id")) if isinstance(d, dict) else str(d)
+            for d in (found if isinstance(found, list) else [])]
+
+
+def _error(result: Any, holder: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(code, message): ``result.errorCode`` / ``result.msg``, else the holder's own
+    ``code`` / ``message`` attributes, which the seed also names."""
+    result = result if isinstance(result, dict) else {}
+    code = result.get("errorCode") or holder.get("code")
+    message = result.get("msg") or holder.get("message")
+    return (str(code) if code else None,
+            str(message).strip() if message else None)
+
+
+def _filename(url: str) -> str:
+    return unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+
+
+def _import_task(grant: Grant, filename: str) -> dict[str, Any]:
+    if grant.kind == "presigned_url":  # any storage's signed URL
+        return {"operation": "import/url", "url": grant.url, "filename": filename}
+    try:
+        build = IMPORT_TASKS[(grant.storage, grant.kind)]
+    except KeyError:
+        raise ProviderError(f"freeconvert cannot import a {grant.storage} "
+                            f"{grant.kind} grant") from None
+    return {**build(grant), "filename": filename}
+
+
+def _export_task(spec: JobSpec) -> dict[str, Any]:
+    grant = spec.write_grant
+    if spec.route == "relay" or grant is None:
+        return {"operation": "export/url", "input": CONVERT_TASK}
+    try:
+        build = EXPORT_TASKS[(grant.storage, grant.kind)]
+    except KeyError:
+        raise ProviderError(f"freeconvert cannot export with a {grant.storage} "
+                            f"{grant.kind} grant") from None
+    return {**build(grant, spec), "input": CONVERT_TASK}
+
+
+def _azure_blob_access(grant: Grant) -> dict[str, Any]:
+    # the SAS is the only credential; storage_access_key is never sent
+    return {"storage_account": grant.secret["account_name"],
+            "container": grant.location.partition("/")[2],
+            "sas_token": grant.secret["sas_token"]}
+
+
+def _import_azure_blob(grant: Grant) -> dict[str, Any]:
+    return {"operation": "import/azureblob", **_azure_blob_access(grant), "blob": grant.key}
+
+
+def _export_azure_blob(grant: Grant, spec: JobSpec) -> dict[str, Any]:
+    # Azure metadata names must be C# identifiers: the marker is stored with "_" for "-"
+    return {"operation": "export/azureblob", **_azure_blob_access(grant),
+            "blob": spec.output.key, "metadata": {OUTPUT_MARKER.replace("-", "_"): spec.rule}}
+
+
+#: (storage, grant kind) -> the task that imports with it natively
+IMPORT_TASKS: dict[tuple[str, str], Callable[[Grant], dict[str, Any]]] = {
+    ("azure_blob", "sas"): _import_azure_blob,
+}
+#: (storage, grant kind) -> the task that exports with it natively
+EXPORT_TASKS: dict[tuple[str, str], Callable[[Grant, JobSpec], dict[str, Any]]] = {
+    ("azure_blob", "sas"): _export_azure_blob,
+}

@@ -1,0 +1,377 @@
+"""Azure Blob Storage: service SAS grants scoped to one blob, and streaming I/O.
+
+Read grants are a service SAS with ``sr=b``, ``sp=r``, HTTPS only, on the one blob; providers use
+it natively (``sas_token``) or as a plain signed URL. Write grants are a service SAS with
+``sp=c`` (create only) on the one output blob: the provider can write that blob once and can
+neither read it back, overwrite it, nor touch any other blob. When the output blob already
+exists a create-only SAS could not replace it, so no write grant is minted and the pipeline
+relays the output instead. The account key comes from Secrets Manager (never the environment)
+and signs SAS tokens locally; it never leaves the bridge.
+
+Settings (``CONVBRIDGE_`` + name): ``AZURE_ACCOUNT_SECRET`` names the secret holding
+``{"account_name", "account_key"}``; ``AZURE_BLOB_ENDPOINT`` overrides
+``https://<account>.blob.core.windows.net`` (e.g. Azurite's ``http://127.0.0.1:10000/<account>``);
+``AZURE_ALLOW_HTTP=1`` lets grants work over plain HTTP, for a local emulator only.
+Azure metadata names must be C# identifiers, so ``-`` in names (the bridge's output marker)
+is stored as ``_`` and read back as ``-``.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.storage.blob import (
+    BlobBlock,
+    BlobClient,
+    BlobSasPermissions,
+    BlobServiceClient,
+    ContentSettings,
+    ExponentialRetry,
+    generate_blob_sas,
+)
+
+from convbridge.errors import ConfigError, GrantError, StaleWrite, StorageError
+from convbridge.model import Grant, GrantKind, ObjectRef, OutputTarget
+from convbridge.storage.base import OUTPUT_MARKER, Storage
+
+if TYPE_CHECKING:
+    from convbridge.bridge import CloudClients
+    from convbridge.settings import Settings
+
+#: Staged block size: the most the relay holds in memory per upload.
+BLOCK_SIZE = 8 * 1024 * 1024
+#: Downloads arrive in chunks of this size (the SDK's first GET would otherwise take 32 MiB).
+READ_CHUNK = 4 * 1024 * 1024
+#: How long a server-side copy within the account may stay pending before it counts as failed.
+COPY_WAIT_SECONDS = 60.0
+
+
+def azure_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """Metadata as Azure accepts it: names are C# identifiers, so ``-`` becomes ``_``."""
+    return {name.replace("-", "_"): value for name, value in metadata.items()}
+
+
+def bridge_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """Metadata as the rest of the bridge reads it: the output marker under its own name."""
+    stored = OUTPUT_MARKER.replace("-", "_")
+    return {OUTPUT_MARKER if name == stored else name: value for name, value in metadata.items()}
+
+
+class AzureBlobStorage(Storage):
+    name: ClassVar[str] = "azure_blob"
+    write_grant_kinds: ClassVar[tuple[str, ...]] = ("sas",)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clients: CloudClients) -> AzureBlobStorage:
+        secret_name = settings.required("AZURE_ACCOUNT_SECRET",
+                                        "to reach Azure Blob storage and sign SAS grants")
+        secrets = clients.secrets
+        account = secrets.get(secret_name).field("account_name")
+        allow_http = settings.value("AZURE_ALLOW_HTTP", "0") == "1"
+        return cls(
+            account_name=account,
+            # read through the secret cache on each use, so a rotated key is picked up
+            account_key=lambda: secrets.get(secret_name).field("account_key"),
+            endpoint=settings.value("AZURE_BLOB_ENDPOINT"),
+            allow_http=allow_http,
+        )
+
+    def __init__(
+        self,
+        *,
+        account_name: str,
+        account_key: Callable[[], str],
+        endpoint: str | None = None,
+        allow_http: bool = False,
+    ) -> None:
+        self.account_name = account_name
+        self.endpoint = (endpoint or f"https://{account_name}.blob.core.windows.net").rstrip("/")
+        if urlsplit(self.endpoint).scheme not in {"http", "https"}:
+            raise ConfigError(f"the Azure blob endpoint {self.endpoint!r} is not an http(s) URL")
+        if self.endpoint.startswith("http://") and not allow_http:
+            raise ConfigError(
+                f"the Azure blob endpoint {self.endpoint} is plain HTTP; grants are HTTPS-only "
+                "unless CONVBRIDGE_AZURE_ALLOW_HTTP=1 (local emulators only)")
+        self.allow_http = allow_http
+        self._account_key = account_key
+        self._client_options: dict[str, Any] = {
+            # The SDK's default backoff starts at 15 s: longer than a delivery can wait.
+            "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=2,
+                                             random_jitter_range=1),
+            "connection_timeout": 10,
+            "read_timeout": 60,
+            "max_single_get_size": READ_CHUNK,
+            "max_chunk_get_size": READ_CHUNK,
+        }
+        self._service: tuple[str, BlobServiceClient] | None = None
+
+    def __repr__(self) -> str:
+        return f"AzureBlobStorage(account={self.account_name!r}, endpoint={self.endpoint!r})"
+
+    # -- clients -------------------------------------------------------------------------------
+
+    def _client(self) -> BlobServiceClient:
+        key = self._account_key()
+        if self._service is None or self._service[0] != key:
+            credential = {"account_name": self.account_name, "account_key": key}
+            self._service = (key, BlobServiceClient(self.endpoint, credential=credential,
+                                                    **self._client_options))
+        return self._service[1]
+
+    def _container(self, location: str) -> str:
+        account, slash, container = location.partition("/")
+        if not slash or not container or "/" in container:
+            raise StorageError(f"azure_blob location {location!r} is not <account>/<container>")
+        if account != self.account_name:
+            raise StorageError(f"azure_blob location {location!r} is outside account "
+                               f"{self.account_name}, the only one this deployment holds a key "
+                               "for")
+        return container
+
+    def _blob(self, location: str, key: str) -> BlobClient:
+        return self._client().get_blob_client(self._container(location), key)
+
+    def blob_url(self, location: str, key: str) -> str:
+        """The blob's URL, percent-encoded as RFC 3987 requires (no credentials in it)."""
+        container = self._container(location)
+        return BlobClient(self.endpoint, container, key).url
+
+    # -- grants --------------------------------------------------------------------------------
+
+    def _sas(self, location: str, key: str, permission: BlobSasPermissions,
+             ttl_seconds: int) -> tuple[str, datetime]:
+        expires = datetime.now(UTC) + timedelta(seconds=ttl_seconds)
+        try:
+            token = generate_blob_sas(
+                self.account_name, self._container(location), key,
+                account_key=self._account_key(), permission=permission, expiry=expires,
+                protocol="https,http" if self.allow_http else "https",
+            )
+        except (ValueError, TypeError) as exc:
+            raise GrantError(f"cannot sign a SAS for {location}/{key}: "
+                             f"{type(exc).__name__}") from exc
+        return token, expires
+
+    def _grant(self, location: str, key: str, token: str, expires: datetime, scope: str,
+               kind: GrantKind) -> Grant:
+        return Grant(
+            kind=kind,
+            storage=self.name, location=location, key=key, scope=scope, expires_at=expires,
+            endpoint=self.endpoint, url=f"{self.blob_url(location, key)}?{token}",
+            secret={"sas_token": token, "account_name": self.account_name},
+        )
+
+    def _protocols(self) -> str:
+        return "HTTPS or HTTP (dev only)" if self.allow_http else "HTTPS only"
+
+    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *, kind: str = "presigned_url") -> Grant:
+        """A service SAS reading the one blob. ``sas`` hands it to providers that take a SAS
+        token; ``presigned_url`` is the same SAS as a URL any provider can download."""
+        if kind not in {"sas", "presigned_url"}:
+            raise GrantError(f"azure_blob cannot mint a read grant of kind {kind!r}")
+        token, expires = self._sas(ref.location, ref.key, BlobSasPermissions(read=True),
+                                   ttl_seconds)
+        scope = (f"read (sp=r, sr=b) of azure_blob://{ref.location}/{ref.key}, "
+                 f"{self._protocols()}")
+        return self._grant(ref.location, ref.key, token, expires, scope,
+                           "sas" if kind == "sas" else "presigned_url")
+
+    def grant_write(self, target: OutputTarget, ttl_seconds: int) -> Grant:
+        if self.stat(target.location, target.key) is not None:
+            raise GrantError(f"{target.location}/{target.key} exists and a create-only SAS "
+                             "cannot replace it")
+        token, expires = self._sas(target.location, target.key, BlobSasPermissions(create=True),
+                                   ttl_seconds)
+        scope = (f"create once (sp=c, sr=b) of azure_blob://{target.location}/{target.key}: "
+                 f"no read, overwrite, delete or list; {self._protocols()}")
+        return self._grant(target.location, target.key, token, expires, scope, "sas")
+
+    # -- I/O -----------------------------------------------------------------------------------
+
+    def read_stream(self, location: str, key: str) -> Iterator[bytes]:
+        try:
+            yield from self._blob(location, key).download_blob().chunks()
+        except AzureError as exc:
+            raise StorageError(f"cannot read {self._where(location, key)}: "
+                               f"{_describe(exc)}") from exc
+
+    def write_stream(
+        self,
+        location: str,
+        key: str,
+        chunks: Iterable[bytes],
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: Mapping[str, str] | None = None,
+        expected_size: int | None = None,
+    ) -> int:
+        """Blocks are staged as they fill and committed only once the stream ended with the
+        expected byte count: staged blocks are invisible, so a short or failed stream leaves
+        the blob as it was (Azure discards uncommitted blocks after a week)."""
+        buffer = bytearray()
+        iterator = iter(chunks)
+        for chunk in iterator:
+            buffer += chunk
+            if len(buffer) >= BLOCK_SIZE:
+                break
+        else:
+            _check_size(self._where(location, key), len(buffer), expected_size)
+            self.put_bytes(location, key, bytes(buffer), content_type=content_type,
+                           metadata=metadata or {})
+            return len(buffer)
+        blob = self._blob(location, key)
+        prefix = uuid.uuid4().hex
+        blocks: list[BlobBlock] = []
+        total = 0
+
+        def stage(data: bytes) -> None:
+            # every block id of a blob must have the same length; the prefix keeps two
+            # concurrent writers of one key from committing each other's blocks
+            block_id = base64.b64encode(f"{prefix}{len(blocks):08d}".encode()).decode()
+            blob.stage_block(block_id, data, length=len(data))
+            blocks.append(BlobBlock(block_id=block_id))
+
+        try:
+            while True:
+                while len(buffer) >= BLOCK_SIZE:
+                    stage(bytes(buffer[:BLOCK_SIZE]))
+                    del buffer[:BLOCK_SIZE]
+                    total += BLOCK_SIZE
+                more = next(iterator, None)
+                if more is None:
+                    break
+                buffer += more
+            if buffer:
+                stage(bytes(buffer))
+                total += len(buffer)
+            _check_size(self._where(location, key), total, expected_size)
+            blob.commit_block_list(blocks, content_settings=ContentSettings(
+                content_type=content_type), metadata=azure_metadata(metadata or {}))
+        except AzureError as exc:
+            raise StorageError(f"cannot write {self._where(location, key)}: "
+                               f"{_describe(exc)}") from exc
+        return total
+
+    def put_bytes(
+        self,
+        location: str,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str],
+        if_revision: str | None = None,
+    ) -> str:
+        condition: dict[str, Any] = {}
+        if if_revision:
+            etag = if_revision if if_revision.startswith('"') else f'"{if_revision}"'
+            condition = {"etag": etag, "match_condition": MatchConditions.IfNotModified}
+        try:
+            answer = self._blob(location, key).upload_blob(
+                data, overwrite=True, length=len(data),
+                content_settings=ContentSettings(content_type=content_type),
+                metadata=azure_metadata(metadata), **condition)
+        except ResourceModifiedError as exc:
+            raise StaleWrite(f"{self._where(location, key)} changed since {if_revision}") from exc
+        except ResourceNotFoundError as exc:
+            if if_revision:  # the record was removed since: also not the revision expected
+                raise StaleWrite(f"{self._where(location, key)} is gone") from exc
+            raise StorageError(f"cannot write {self._where(location, key)}: "
+                               f"{_describe(exc)}") from exc
+        except AzureError as exc:
+            raise StorageError(f"cannot write {self._where(location, key)}: "
+                               f"{_describe(exc)}") from exc
+        return str(answer.get("etag", ""))
+
+    def stat(self, location: str, key: str) -> ObjectRef | None:
+        try:
+            props = self._blob(location, key).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        except AzureError as exc:
+            raise StorageError(f"cannot stat {self._where(location, key)}: "
+                               f"{_describe(exc)}") from exc
+        if props.copy is not None and props.copy.status == "pending":
+            # a copy announces the blob before its bytes are all there (hierarchical
+            # namespace accounts); a provider must not read it half-copied
+            raise StorageError(f"{self._where(location, key)} is still being copied")
+        return ObjectRef(
+            storage=self.name, location=location, key=key,
+            version=str(props.etag or "").strip('"') or None, size=int(props.size or 0),
+            metadata=bridge_metadata(props.metadata or {}),
+        )
+
+    def delete(self, location: str, key: str) -> None:
+        try:
+            self._blob(location, key).delete_blob(delete_snapshots="include")
+        except ResourceNotFoundError:
+            return
+        except AzureError as exc:
+            raise StorageError(f"cannot delete {self._where(location, key)}: "
+                               f"{_describe(exc)}") from exc
+
+    def list_keys(self, location: str, prefix: str) -> Iterator[str]:
+        container = self._container(location)
+        try:
+            names = self._client().get_container_client(container).list_blob_names(
+                name_starts_with=prefix or None)
+            for name in names:
+                yield str(name)
+        except AzureError as exc:
+            raise StorageError(f"cannot list {self._where(location, prefix)}: "
+                               f"{_describe(exc)}") from exc
+
+    def copy(self, location: str, source_key: str, target_key: str) -> int:
+        """Server-side Copy Blob within the account (the source authorised by the same shared
+        key), waited for: the caller may delete the source next."""
+        found = self.stat(location, source_key)
+        if found is None:
+            raise StorageError(f"cannot copy {self._where(location, source_key)}: "
+                               "it does not exist")
+        target = self._blob(location, target_key)
+        deadline = time.monotonic() + COPY_WAIT_SECONDS
+        try:
+            status = target.start_copy_from_url(self.blob_url(location, source_key)).get(
+                "copy_status")
+            while status == "pending" and time.monotonic() < deadline:
+                time.sleep(0.5)
+                copy = target.get_blob_properties().copy
+                status = copy.status if copy is not None else None
+        except AzureError as exc:
+            raise StorageError(f"cannot copy {self._where(location, source_key)}: "
+                               f"{_describe(exc)}") from exc
+        if status != "success":
+            raise StorageError(f"copy of {self._where(location, source_key)} to {target_key} "
+                               f"ended {status}")
+        return found.size or 0
+
+    def _where(self, location: str, key: str) -> str:
+        return f"azure_blob://{location}/{key}"
+
+
+def _check_size(where: str, written: int, expected: int | None) -> None:
+    if expected is not None and written != expected:
+        raise StorageError(f"{where}: got {written} bytes, expected {expected}; nothing was "
+                           "written")
+
+
+def _describe(exc: AzureError) -> str:
+    """The error code and status only: SDK messages can quote request URLs and headers."""
+    if isinstance(exc, HttpResponseError):
+        # the storage SDK sets error_code on the exceptions it raises; azure-core does not
+        code = getattr(exc, "error_code", None) or getattr(exc.response, "reason", None) or "Error"
+        return f"{code} (HTTP {exc.status_code})"
+    return type(exc).__name__

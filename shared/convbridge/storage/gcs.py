@@ -1,0 +1,386 @@
+"""Google Cloud Storage: V4 signed reads, relayed writes, generation preconditions on every write.
+
+A read grant is a V4 signed URL for GET of the one object, pinned to the generation that
+started the job, valid for the configured read lifetime (never more than GCS's 7 days) and
+signed with the service-account key kept in Secrets Manager. GCS has no write credential a
+provider accepts that is narrower than a whole service-account key, so ``write_grant_kinds`` is
+empty and outputs are relayed through the bridge. Every write names the generation it expects
+to replace (0: the object must not exist yet), so a retried write never replaces an object
+someone else wrote in the meantime, and google-cloud-storage's own retries, which it enables
+only for writes with such a precondition, are safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlparse
+
+import google.api_core.exceptions
+import google.auth.exceptions
+import httpx
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from google.oauth2 import service_account
+
+from convbridge.errors import ConfigError, GrantError, SecretError, StaleWrite, StorageError
+from convbridge.http import make_client
+from convbridge.model import Grant, ObjectRef, OutputTarget
+from convbridge.storage.base import Storage
+
+if TYPE_CHECKING:
+    from convbridge.bridge import CloudClients
+    from convbridge.secrets import SecretValue
+    from convbridge.settings import Settings
+
+#: GCS refuses V4 signatures valid for longer than this.
+MAX_SIGNED_URL_SECONDS = 7 * 24 * 3600
+#: Resumable upload chunks must be whole multiples of this (GCS's rule).
+CHUNK_GRANULE = 256 * 1024
+#: Bytes per resumable upload request; also what one relayed write holds in memory. An output
+#: no larger than this is written in a single request instead.
+UPLOAD_CHUNK = 8 * 1024 * 1024
+READ_CHUNK = 4 * 1024 * 1024
+#: How long the generation a failed write expected binds the next write of the same object.
+#: The relay starts its next attempt at once, so this covers its retries and little more.
+RETRY_BINDING_SECONDS = 60.0
+#: Fields of a service-account JSON key that google-auth reads (the others are URLs for humans).
+KEY_REQUIRED = ("client_email", "private_key", "token_uri")
+KEY_OPTIONAL = ("type", "project_id", "private_key_id", "client_id", "universe_domain")
+
+_VENDOR_ERRORS = (google.api_core.exceptions.GoogleAPIError,
+                  google.auth.exceptions.GoogleAuthError, httpx.HTTPError)
+
+
+def signing_credentials(name: str, secret: SecretValue) -> service_account.Credentials:
+    """The service account in secret ``name``: the JSON key file as Google issues it."""
+    info = {field: secret.field(field) for field in KEY_REQUIRED}
+    info.update({field: value for field in KEY_OPTIONAL if (value := secret.optional(field))})
+    try:
+        from_info = service_account.Credentials.from_service_account_info
+        # google-auth ships type hints but leaves this constructor unannotated
+        credentials: service_account.Credentials = from_info(info)  # type: ignore[no-untyped-call]
+    except (ValueError, google.auth.exceptions.GoogleAuthError) as exc:
+        # the parser's message may quote the key; the type is enough to act on
+        raise SecretError(f"secret {name} is not a usable service-account key: "
+                          f"{type(exc).__name__}") from exc
+    return credentials
+
+
+def storage_client(credentials: service_account.Credentials, endpoint: str | None) -> Any:
+    """A client for GCS itself, or for ``endpoint``. An ``http://`` endpoint is an emulator and
+    gets no credentials: Google serves HTTPS only, and a bearer token must not travel in clear.
+    An ``https://`` endpoint (regional, Private Service Connect) gets the service account."""
+    options: dict[str, str] = {}
+    sent: Any = credentials
+    if endpoint is not None:
+        scheme = urlparse(endpoint).scheme
+        if scheme not in {"http", "https"}:
+            raise ConfigError(f"CONVBRIDGE_GCS_ENDPOINT={endpoint!r} is not an http(s) URL")
+        options["api_endpoint"] = endpoint.rstrip("/")
+        if scheme == "http":
+            sent = AnonymousCredentials()  # type: ignore[no-untyped-call]
+    try:
+        return storage.Client(project=credentials.project_id, credentials=sent,
+                              client_options=options or None)
+    except (ValueError, google.auth.exceptions.GoogleAuthError) as exc:
+        # e.g. a key from another universe domain than the endpoint's
+        raise ConfigError(f"cannot build a GCS client: {exc}") from exc
+
+
+class GcsStorage(Storage):
+    name: ClassVar[str] = "gcs"
+    write_grant_kinds: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clients: CloudClients) -> GcsStorage:
+        secret_name = settings.required("GCS_SERVICE_ACCOUNT_SECRET",
+                                        "to reach GCS and sign read URLs")
+        signer = signing_credentials(secret_name, clients.secrets.get(secret_name))
+        return cls(client=storage_client(signer, settings.value("GCS_ENDPOINT")), signer=signer,
+                   upload_http=make_client(settings.http_timeout_seconds))
+
+    def __init__(
+        self,
+        *,
+        client: Any,
+        signer: service_account.Credentials,
+        upload_http: httpx.Client | None = None,
+        chunk_size: int = UPLOAD_CHUNK,
+    ) -> None:
+        if chunk_size <= 0 or chunk_size % CHUNK_GRANULE:
+            raise ValueError(f"chunk_size must be a positive multiple of {CHUNK_GRANULE}")
+        self._client = client
+        self._signer = signer
+        # resumable session URLs authorise their own requests, so a plain client suffices
+        self._http = upload_http or make_client(60.0)
+        self._chunk_size = chunk_size
+        self._bindings: dict[tuple[str, str], tuple[int, float]] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (f"GcsStorage(endpoint={self._client.api_endpoint!r}, "
+                f"signer={self._signer.service_account_email!r})")
+
+    # grants
+
+    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *, kind: str = "presigned_url") -> Grant:
+        if kind != "presigned_url":
+            raise GrantError(f"gcs cannot mint a read grant of kind {kind!r}")
+        seconds = max(1, min(ttl_seconds, MAX_SIGNED_URL_SECONDS))
+        generation = int(ref.version) if ref.version and ref.version.isdigit() else None
+        blob = self._client.bucket(ref.location).blob(ref.key)
+        try:
+            # The signature covers the method, the object path, the expiry, the host and the
+            # generation, and nothing else is granted; pinning the generation means the job
+            # converts exactly the upload that started it, even if the object is replaced.
+            url = blob.generate_signed_url(version="v4", method="GET",
+                                           expiration=timedelta(seconds=seconds),
+                                           credentials=self._signer, generation=generation)
+        except (ValueError, TypeError, AttributeError,
+                google.auth.exceptions.GoogleAuthError) as exc:
+            raise GrantError(f"cannot sign a read of {ref}: {type(exc).__name__}") from exc
+        pinned = f" generation {generation}" if generation is not None else ""
+        return Grant(
+            kind="presigned_url", storage=self.name, location=ref.location, key=ref.key,
+            scope=f"GET of gs://{ref.location}/{ref.key}{pinned}",
+            expires_at=datetime.now(UTC) + timedelta(seconds=seconds), url=str(url),
+        )
+
+    def grant_write(self, target: OutputTarget, ttl_seconds: int) -> Grant:
+        raise GrantError("gcs outputs are relayed: a provider's GCS export needs a whole "
+                         "service-account key, which is wider than one output")
+
+    # reads
+
+    def stat(self, location: str, key: str) -> ObjectRef | None:
+        try:
+            blob = self._client.bucket(location).get_blob(key)
+        except _VENDOR_ERRORS as exc:
+            raise StorageError(f"cannot stat gs://{location}/{key}: {_describe(exc)}") from exc
+        if blob is None:
+            return None
+        return ObjectRef(storage=self.name, location=location, key=key,
+                         version=str(blob.generation), size=int(blob.size or 0),
+                         metadata=dict(blob.metadata or {}))
+
+    def read_stream(self, location: str, key: str) -> Iterator[bytes]:
+        found = self.stat(location, key)
+        if found is None:
+            raise StorageError(f"cannot read gs://{location}/{key}: it does not exist")
+        # every range names the generation stat saw: a read never splices two uploads
+        blob = storage.Blob(key, self._client.bucket(location), generation=int(found.version or 0))
+        size = found.size or 0
+        for start in range(0, size, READ_CHUNK):
+            end = min(start + READ_CHUNK, size) - 1
+            try:
+                yield bytes(blob.download_as_bytes(start=start, end=end, raw_download=True))
+            except google.api_core.exceptions.NotFound as exc:
+                raise StorageError(f"gs://{location}/{key} was replaced while being read") from exc
+            except _VENDOR_ERRORS as exc:
+                raise StorageError(f"cannot read gs://{location}/{key}: {_describe(exc)}") from exc
+
+    def list_keys(self, location: str, prefix: str) -> Iterator[str]:
+        try:
+            for blob in self._client.list_blobs(location, prefix=prefix):
+                yield str(blob.name)
+        except _VENDOR_ERRORS as exc:
+            raise StorageError(f"cannot list gs://{location}/{prefix}: {_describe(exc)}") from exc
+
+    # writes
+
+    def put_bytes(
+        self,
+        location: str,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str],
+        if_revision: str | None = None,
+    ) -> str:
+        if if_revision is not None and not if_revision.isdigit():
+            raise StaleWrite(f"gs://{location}/{key}: {if_revision!r} is not a generation")
+        expected = int(if_revision) if if_revision is not None else None
+        return self._upload_whole(location, key, data, content_type, metadata, expected)
+
+    def write_stream(
+        self,
+        location: str,
+        key: str,
+        chunks: Iterable[bytes],
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: Mapping[str, str] | None = None,
+        expected_size: int | None = None,
+    ) -> int:
+        """A failed write leaves the generation it expected bound to the object for the next
+        write of it (the relay's next attempt): re-reading the generation then would adopt an
+        object written by someone else in between and replace it."""
+        generation = self._expected_generation(location, key)
+        try:
+            return self._write(location, key, chunks, content_type, dict(metadata or {}),
+                               expected_size, generation)
+        except BaseException:
+            self._bind(location, key, generation)
+            raise
+
+    def _bind(self, location: str, key: str, generation: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            expired = [k for k, (_, at) in self._bindings.items()
+                       if now - at >= RETRY_BINDING_SECONDS]
+            for stale in expired:
+                del self._bindings[stale]
+            self._bindings[(location, key)] = (generation, now)
+
+    def _expected_generation(self, location: str, key: str) -> int:
+        with self._lock:
+            bound = self._bindings.pop((location, key), None)
+        if bound is not None and time.monotonic() - bound[1] < RETRY_BINDING_SECONDS:
+            return bound[0]
+        found = self.stat(location, key)
+        return int(found.version or 0) if found is not None else 0
+
+    def _write(self, location: str, key: str, chunks: Iterable[bytes], content_type: str,
+               metadata: dict[str, str], expected_size: int | None, generation: int) -> int:
+        """One request when the stream fits a chunk, else a resumable session fed piece by
+        piece. Not ``blob.open("wb")``: its close() finalises whatever was sent, and io.IOBase
+        calls close() on garbage collection, which publishes a partial object after a failed
+        stream (seen with fake-gcs-server)."""
+        pieces = _pieces(chunks, self._chunk_size)
+        piece, last = next(pieces)
+        if last:
+            _check_size(location, key, len(piece), expected_size, final=True)
+            self._upload_whole(location, key, piece, content_type, metadata, generation)
+            return len(piece)
+        blob = self._client.bucket(location).blob(key)
+        blob.metadata = metadata
+        try:
+            session = str(blob.create_resumable_upload_session(
+                content_type=content_type, size=expected_size, checksum=None,
+                if_generation_match=generation))
+        except _VENDOR_ERRORS as exc:
+            raise _write_error(location, key, exc) from exc
+        offset = 0
+        try:
+            while True:
+                _check_size(location, key, offset + len(piece), expected_size, final=last)
+                if last:
+                    self._check_generation(location, key, generation)
+                    self._put_piece(location, key, session, piece, offset, final=True)
+                    return offset + len(piece)
+                self._put_piece(location, key, session, piece, offset, final=False)
+                offset += len(piece)
+                piece, last = next(pieces)
+        except BaseException:
+            self._cancel(session)
+            raise
+
+    def _check_generation(self, location: str, key: str, generation: int) -> None:
+        """Checked before the last piece, which is what publishes the object. GCS checks the
+        session's precondition again when it finalises; this catches servers that do not
+        (fake-gcs-server ignores preconditions on resumable uploads)."""
+        found = self.stat(location, key)
+        current = int(found.version or 0) if found is not None else 0
+        if current != generation:
+            raise StaleWrite(f"gs://{location}/{key} is at generation {current}, not the "
+                             f"{generation} this write expected; it was left as it is")
+
+    def _put_piece(self, location: str, key: str, session: str, piece: bytes, offset: int, *,
+                   final: bool) -> None:
+        total = str(offset + len(piece)) if final else "*"
+        headers = {"Content-Range": f"bytes {offset}-{offset + len(piece) - 1}/{total}"}
+        try:
+            answer = self._http.put(session, content=piece, headers=headers)
+        except httpx.HTTPError as exc:
+            # named by type only: the session URL it carries authorises writing this upload
+            raise _write_error(location, key, exc) from exc
+        expected = {200, 201} if final else {308}
+        if answer.status_code == 412:
+            raise StaleWrite(f"gs://{location}/{key} changed while it was being written; "
+                             "it was left as it is")
+        if answer.status_code not in expected:
+            raise StorageError(f"cannot write gs://{location}/{key}: HTTP {answer.status_code}")
+
+    def _cancel(self, session: str) -> None:
+        """Best effort: an abandoned session publishes nothing and expires after a week."""
+        with contextlib.suppress(httpx.HTTPError):
+            self._http.delete(session)
+
+    def _upload_whole(self, location: str, key: str, data: bytes, content_type: str,
+                      metadata: Mapping[str, str], generation: int | None) -> str:
+        blob = self._client.bucket(location).blob(key)
+        blob.metadata = dict(metadata)
+        try:
+            blob.upload_from_string(data, content_type=content_type,
+                                    if_generation_match=generation)
+        except google.api_core.exceptions.PreconditionFailed as exc:
+            raise StaleWrite(f"gs://{location}/{key} is no longer at generation {generation}; "
+                             "it was left as it is") from exc
+        except _VENDOR_ERRORS as exc:
+            raise _write_error(location, key, exc) from exc
+        return str(blob.generation)
+
+    def delete(self, location: str, key: str) -> None:
+        try:
+            self._client.bucket(location).blob(key).delete()
+        except google.api_core.exceptions.NotFound:
+            return
+        except _VENDOR_ERRORS as exc:
+            raise StorageError(f"cannot delete gs://{location}/{key}: {_describe(exc)}") from exc
+
+    def copy(self, location: str, source_key: str, target_key: str) -> int:
+        """Server-side rewrite, in as many calls as GCS needs for a large object; the copy
+        keeps the source's metadata."""
+        bucket = self._client.bucket(location)
+        source, target = bucket.blob(source_key), bucket.blob(target_key)
+        try:
+            token, _, total = target.rewrite(source)
+            while token is not None:
+                token, _, total = target.rewrite(source, token=token)
+        except google.api_core.exceptions.NotFound as exc:
+            raise StorageError(f"cannot copy gs://{location}/{source_key}: "
+                               "it does not exist") from exc
+        except _VENDOR_ERRORS as exc:
+            raise StorageError(f"cannot copy gs://{location}/{source_key}: "
+                               f"{_describe(exc)}") from exc
+        return int(total)
+
+
+def _pieces(chunks: Iterable[bytes], size: int) -> Iterator[tuple[bytes, bool]]:
+    """The stream cut into ``size``-byte pieces, each flagged True when it is the last. A piece
+    is handed out only once a byte beyond it has arrived, so the last piece is known to be the
+    last when it is sent and no empty closing request is needed."""
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        while len(buffer) > size:
+            yield bytes(buffer[:size]), False
+            del buffer[:size]
+    yield bytes(buffer), True
+
+
+def _check_size(location: str, key: str, written: int, expected: int | None, *,
+                final: bool) -> None:
+    """Before each piece goes out: never more bytes than announced, and exactly as many by the
+    last piece, so a short or overlong stream is cancelled before anything is published."""
+    if expected is None or written == expected or (written < expected and not final):
+        return
+    received = f"more than {expected}" if written > expected else str(written)
+    raise StorageError(f"gs://{location}/{key}: got {received} bytes, expected {expected}; "
+                       "nothing was written")
+
+
+def _write_error(location: str, key: str, exc: BaseException) -> StorageError:
+    return StorageError(f"cannot write gs://{location}/{key}: {_describe(exc)}")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, google.api_core.exceptions.GoogleAPICallError):
+        return f"HTTP {exc.code}: {exc.message}"
+    return type(exc).__name__

@@ -1,0 +1,604 @@
+"""SFTP drops over paramiko: a pinned host key, one dedicated account, and writes that appear
+under their final name only when complete.
+
+The protocol cannot scope a credential to one file, so there is no narrow grant to mint. By
+default nothing of the account leaves the bridge: the relay read is an ``upload`` grant (the
+bridge pushes the bytes to the provider itself; asked for ``presigned_url``, the pipeline's
+last resort, it answers the same) and outputs come back through the relay. Only a rule with
+``hand_over_account: true`` gets ``sftp_account`` grants, which hand the provider the account
+from Secrets Manager (``CONVBRIDGE_SFTP_SECRET``: ``username`` with ``password`` or
+``private_key``); the account should be a dedicated, chrooted one, since it reaches everything
+that account can. The server's host key is pinned by
+``CONVBRIDGE_SFTP_HOST_KEY`` (a bare ``ssh-ed25519 AAAA...`` key or known_hosts lines) and
+checked before the account is used at all, so an impostor never sees a password. Keys map to
+paths below ``CONVBRIDGE_SFTP_ROOT`` (default: the login directory); a key with ``.``, ``..`` or
+empty segments is refused before any path is built. Versions are ``size:mtime``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import logging
+import posixpath
+import secrets
+import socket
+import stat as stat_mode
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, ClassVar, TypeVar
+
+import paramiko
+from paramiko.hostkeys import HostKeyEntry
+
+from convbridge.errors import ConfigError, GrantError, StaleWrite, StorageError
+from convbridge.model import Grant, ObjectRef, OutputTarget
+from convbridge.rules import CLAIM_PREFIX, DONE_PREFIX, FAILED_PREFIX
+from convbridge.storage.base import Storage
+
+if TYPE_CHECKING:
+    from convbridge.bridge import CloudClients
+    from convbridge.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT = 22
+CONNECT_TIMEOUT_SECONDS = 10.0
+READ_CHUNK = 256 * 1024
+#: temporary names of writes in progress; the sweep never takes a file named like this
+PARTIAL_PREFIX = ".convbridge-"
+PARTIAL_SUFFIX = ".part"
+#: key types a pin may name, as the first word of a bare key
+KEY_TYPES = frozenset({"ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+                       "ecdsa-sha2-nistp521"})
+#: an RSA key is negotiated as one of its SHA-2 signature algorithms (SHA-1 is refused)
+_ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256")}
+
+T = TypeVar("T")
+
+
+class HostKeyMismatch(StorageError):
+    """The server's host key is not the pinned one; nothing was sent to it."""
+
+
+@dataclass(frozen=True)
+class SftpAccount:
+    username: str
+    password: str | None = field(default=None, repr=False)
+    private_key: str | None = field(default=None, repr=False)
+
+    def pkey(self) -> paramiko.PKey:
+        for kind in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+            try:
+                return kind.from_private_key(io.StringIO(self.private_key or ""))
+            except (paramiko.SSHException, ValueError):
+                continue
+        raise ConfigError("the SFTP secret's private_key is not an unencrypted Ed25519, ECDSA "
+                          "or RSA key in OpenSSH or PEM form")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One regular file seen by a listing."""
+
+    key: str
+    size: int
+    mtime: int
+    atime: int
+
+    @property
+    def version(self) -> str:
+        return f"{self.size}:{self.mtime}"
+
+
+class PinnedHostKeys:
+    """Host keys from configuration: bare keys (pinned for every host this deployment reaches)
+    and known_hosts lines (plain or hashed host names, ``[host]:port`` for other ports), one
+    per line; a literal ``\\n`` separates lines where the environment cannot hold a newline."""
+
+    def __init__(self, text: str) -> None:
+        self._any: list[paramiko.PKey] = []
+        self._known = paramiko.HostKeys()
+        for number, raw in enumerate(text.replace("\\n", "\n").splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            try:
+                kind, _, rest = line.partition(" ")
+                if kind in KEY_TYPES:  # a bare key: "ssh-ed25519 AAAA... comment"
+                    blob = base64.b64decode(rest.split()[0], validate=True)
+                    self._any.append(paramiko.PKey.from_type_string(kind, blob))
+                    continue
+                entry = HostKeyEntry.from_line(line, number)
+            except (ValueError, IndexError, paramiko.SSHException) as exc:
+                raise ConfigError(f"CONVBRIDGE_SFTP_HOST_KEY line {number} is not a host key "
+                                  f"or known_hosts line: {exc}") from exc
+            if entry is None:
+                raise ConfigError(f"CONVBRIDGE_SFTP_HOST_KEY line {number} is not a host key "
+                                  "or known_hosts line")
+            for name in entry.hostnames:
+                self._known.add(name, entry.key.get_name(), entry.key)
+        if not self._any and not self._known.keys():
+            raise ConfigError("CONVBRIDGE_SFTP_HOST_KEY holds no host key")
+
+    def expected(self, host: str, port: int) -> list[paramiko.PKey]:
+        name = host if port == DEFAULT_PORT else f"[{host}]:{port}"
+        found = self._known.lookup(name)
+        return [*self._any, *(found.values() if found else [])]
+
+    def check(self, host: str, port: int, offered: paramiko.PKey) -> None:
+        expected = self.expected(host, port)
+        if not any(offered == key for key in expected):
+            raise HostKeyMismatch(
+                f"sftp://{host}:{port} presented the {offered.get_name()} host key "
+                f"{offered.fingerprint}, which is not the pinned one; refusing to log in "
+                "(check CONVBRIDGE_SFTP_HOST_KEY)")
+
+
+def split_location(location: str) -> tuple[str, int]:
+    """``host`` or ``host:port`` (``[v6::addr]:port`` for IPv6)."""
+    if location.startswith("["):
+        host, _, rest = location[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else DEFAULT_PORT
+    host, colon, port = location.rpartition(":")
+    if colon and port.isdigit() and ":" not in host:
+        return host, int(port)
+    return location, DEFAULT_PORT
+
+
+def key_problem(key: str) -> str | None:
+    """Why ``key`` cannot name a file below the root, or None. Checked on every path built, so
+    no caller can reach outside the drop whatever it was handed."""
+    if not key:
+        return "empty"
+    if key.startswith("/"):
+        return "absolute"
+    if any(unicodedata.category(ch) == "Cc" for ch in key):
+        return "control characters"
+    if any(part in {"", ".", ".."} for part in key.split("/")):
+        return "empty, '.' or '..' segments"
+    return None
+
+
+class _Session:
+    """One SSH connection and its SFTP channel, used by one thread."""
+
+    def __init__(self, transport: paramiko.Transport, sftp: paramiko.SFTPClient) -> None:
+        self.transport = transport
+        self.sftp = sftp
+        #: directories known to exist, so a thousand claims into one folder make one mkdir
+        self.directories: set[str] = set()
+
+    def close(self) -> None:
+        self.sftp.close()
+        self.transport.close()
+
+
+class SftpStorage(Storage):
+    name: ClassVar[str] = "sftp"
+    #: only ever planned for rules with ``hand_over_account: true`` (see convbridge.planner)
+    write_grant_kinds: ClassVar[tuple[str, ...]] = ("sftp_account",)
+    relay_read_kind: ClassVar[str] = "upload"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clients: CloudClients) -> SftpStorage:
+        secret_name = settings.required("SFTP_SECRET", "to log in to the SFTP drop")
+        pins = PinnedHostKeys(settings.required("SFTP_HOST_KEY",
+                                                "to pin the SFTP server's host key"))
+
+        def account() -> SftpAccount:
+            secret = clients.secrets.get(secret_name)
+            found = SftpAccount(username=secret.field("username"),
+                                password=secret.optional("password"),
+                                private_key=secret.optional("private_key"))
+            if not found.password and not found.private_key:
+                raise ConfigError(f"secret {secret_name} needs a password or a private_key")
+            return found
+
+        return cls(account=account, host_keys=pins, root=settings.value("SFTP_ROOT", "") or "")
+
+    def __init__(self, *, account: Callable[[], SftpAccount], host_keys: PinnedHostKeys,
+                 root: str = "", connect_timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
+        #: read on every new connection, so a rotated secret is picked up (SecretStore caches)
+        self._account = account
+        self._pins = host_keys
+        # "" is the login folder, "/" the server's root; "drop/" and "drop" are the same
+        self.root = root if root in {"", "/"} else root.rstrip("/")
+        self._timeout = connect_timeout
+        self._local = threading.local()
+        self._sessions: list[_Session] = []
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SftpStorage(root={self.root!r})"
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _session(self, location: str) -> _Session:
+        sessions: dict[str, _Session] | None = getattr(self._local, "sessions", None)
+        if sessions is None:
+            sessions = self._local.sessions = {}
+        session = sessions.get(location)
+        if session is not None and session.transport.is_active():
+            return session
+        session = sessions[location] = self._connect(location)
+        with self._lock:
+            self._sessions.append(session)
+        return session
+
+    def _connect(self, location: str) -> _Session:
+        host, port = split_location(location)
+        types = [algorithm for key in self._pins.expected(host, port)
+                 for algorithm in _ALGORITHMS.get(key.get_name(), (key.get_name(),))]
+        if not types:
+            raise HostKeyMismatch(f"no host key is pinned for sftp://{host}:{port}; refusing "
+                                  "to connect (set CONVBRIDGE_SFTP_HOST_KEY)")
+        try:
+            sock = socket.create_connection((host, port), timeout=self._timeout)
+        except OSError as exc:
+            raise StorageError(f"cannot reach sftp://{host}:{port}: {exc}") from exc
+        transport = paramiko.Transport(sock)
+        try:
+            options = transport.get_security_options()
+            # offer only the pinned key types, so a server with several host keys presents
+            # the one we can check
+            options.key_types = tuple(t for t in dict.fromkeys(types)
+                                      if t in paramiko.Transport._key_info)
+            transport.start_client(timeout=self._timeout)
+            self._pins.check(host, port, transport.get_remote_server_key())
+            account = self._account()
+            if account.private_key:
+                transport.auth_publickey(account.username, account.pkey())
+            else:
+                transport.auth_password(account.username, account.password or "")
+            sftp = paramiko.SFTPClient.from_transport(transport)
+            if sftp is None:
+                raise StorageError(f"sftp://{host}:{port} opened no SFTP channel")
+        except HostKeyMismatch:
+            transport.close()
+            raise
+        except paramiko.AuthenticationException as exc:
+            transport.close()
+            raise StorageError(f"sftp://{host}:{port} refused the account's credentials") \
+                from exc
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            transport.close()
+            if "host key" in str(exc).lower():
+                raise HostKeyMismatch(f"sftp://{host}:{port} offers none of the pinned host "
+                                      f"key types ({', '.join(types)}); refusing") from exc
+            raise StorageError(f"SSH session to sftp://{host}:{port} failed: "
+                               f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:  # a secret that cannot be read, an interrupt: no socket left
+            transport.close()
+            raise
+        return _Session(transport, sftp)
+
+    def close(self) -> None:
+        """Close every connection this adapter opened, in any thread."""
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
+
+    def _run(self, location: str, key: str, action: str,
+             work: Callable[[paramiko.SFTPClient, _Session], T]) -> T:
+        session = self._session(location)
+        try:
+            return work(session.sftp, session)
+        except StorageError:
+            raise
+        except UnicodeDecodeError as exc:
+            raise StorageError(f"cannot {action} sftp://{location}/{key}: a file name there is "
+                               "not UTF-8") from exc
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise StorageError(f"cannot {action} sftp://{location}/{key}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+
+    def path(self, key: str) -> str:
+        """The remote path of ``key``, as the account sees it."""
+        problem = key_problem(key)
+        if problem:
+            raise StorageError(f"refusing key {key!r}: {problem}")
+        return posixpath.join(self.root, key) if self.root else key
+
+    def _folder(self, prefix: str) -> str:
+        folder = prefix.rstrip("/")
+        return self.path(folder) if folder else (self.root or ".")
+
+    # -- grants --------------------------------------------------------------------------
+
+    def _account_grant(self, location: str, key: str, prefix: str | None, ttl_seconds: int,
+                       what: str) -> Grant:
+        host, port = split_location(location)
+        account = self._account()
+        secret = {"host": host, "port": str(port), "username": account.username}
+        if account.private_key:
+            secret["private_key"] = account.private_key
+        else:
+            secret["password"] = account.password or ""
+        return Grant(
+            kind="sftp_account", storage=self.name, location=location, key=self.path(key),
+            # the folder several outputs would share; "..png" has none worth naming
+            prefix=self.path(prefix.rstrip("/")) + "/" if prefix and not key_problem(
+                prefix.rstrip("/")) else None,
+            scope=(f"{what} through the dedicated chrooted account {account.username}@"
+                   f"{location} (not scoped by the protocol: it reaches all the account can, "
+                   "and does not expire with this grant)"),
+            expires_at=datetime.now(UTC) + timedelta(seconds=ttl_seconds), secret=secret,
+        )
+
+    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *, kind: str = "presigned_url") -> Grant:
+        if kind == "sftp_account":
+            return self._account_grant(ref.location, ref.key, None, ttl_seconds,
+                                       self.path(ref.key))
+        if kind in {"presigned_url", "upload"}:
+            return Grant(
+                kind="upload", storage=self.name, location=ref.location, key=ref.key,
+                scope=f"no credential: the bridge uploads sftp://{ref.location}/{ref.key} "
+                      "to the provider itself",
+                expires_at=datetime.now(UTC) + timedelta(seconds=ttl_seconds),
+            )
+        raise GrantError(f"sftp cannot mint a read grant of kind {kind!r}")
+
+    def grant_write(self, target: OutputTarget, ttl_seconds: int) -> Grant:
+        directory, slash, name = target.key.rpartition("/")
+        folder = f"{directory}{slash}{name.rpartition('.')[0] or name}/"
+        # the provider writes into folders that must exist first; the account can create them
+        # too, but not every provider does
+        self._makedirs(target.location, posixpath.dirname(self.path(target.key)))
+        return self._account_grant(target.location, target.key, folder, ttl_seconds,
+                                   self.path(target.key))
+
+    # -- reading -------------------------------------------------------------------------
+
+    def read_stream(self, location: str, key: str) -> Iterator[bytes]:
+        path = self.path(key)
+        session = self._session(location)
+        try:
+            handle = session.sftp.open(path, "rb")
+            handle.prefetch()
+        except (OSError, paramiko.SSHException) as exc:
+            raise StorageError(f"cannot read sftp://{location}/{key}: {exc}") from exc
+        try:
+            while True:
+                try:
+                    chunk = handle.read(READ_CHUNK)
+                except (OSError, EOFError, paramiko.SSHException) as exc:
+                    raise StorageError(f"read of sftp://{location}/{key} broke off: "
+                                       f"{type(exc).__name__}: {exc}") from exc
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            handle.close()
+
+    def stat(self, location: str, key: str) -> ObjectRef | None:
+        """Regular files only: a symlink, folder or device is "no object", so a link planted
+        in the drop cannot make the bridge read outside it."""
+
+        def work(sftp: paramiko.SFTPClient, _: _Session) -> ObjectRef | None:
+            try:
+                found = sftp.lstat(self.path(key))
+            except FileNotFoundError:
+                return None
+            if not stat_mode.S_ISREG(found.st_mode or 0):
+                return None
+            size, mtime = int(found.st_size or 0), int(found.st_mtime or 0)
+            return ObjectRef(storage=self.name, location=location, key=key,
+                             version=f"{size}:{mtime}", size=size)
+
+        return self._run(location, key, "stat", work)
+
+    def list_keys(self, location: str, prefix: str) -> Iterator[str]:
+        directory = prefix.rpartition("/")[0] + "/" if "/" in prefix else ""
+        for entry in self.scan(location, directory, recursive=True):
+            if entry.key.startswith(prefix):
+                yield entry.key
+
+    def scan(self, location: str, directory: str, *, recursive: bool,
+             skip: Callable[[str], bool] = lambda folder: False) -> Iterator[Entry]:
+        """Regular files in ``directory`` (a prefix ending in ``/``, or ``""``), in storage
+        order; with ``recursive`` also below it, except in folders ``skip`` refuses. Writes
+        in progress (the bridge's temporary names) and symlinks are left out."""
+        pending = [directory]
+        while pending:
+            current = pending.pop()
+
+            def listing(sftp: paramiko.SFTPClient, _: _Session,
+                        current: str = current) -> list[paramiko.SFTPAttributes]:
+                try:
+                    return list(sftp.listdir_iter(self._folder(current)))
+                except FileNotFoundError:
+                    return []
+
+            for item in self._run(location, current, "list", listing):
+                name = item.filename
+                mode = item.st_mode or 0
+                if stat_mode.S_ISDIR(mode):
+                    if recursive and name not in {".", ".."} and not skip(f"{current}{name}/"):
+                        pending.append(f"{current}{name}/")
+                elif stat_mode.S_ISREG(mode) and not (name.startswith(PARTIAL_PREFIX)
+                                                      and name.endswith(PARTIAL_SUFFIX)):
+                    yield Entry(f"{current}{name}", int(item.st_size or 0),
+                                int(item.st_mtime or 0), int(item.st_atime or 0))
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _makedirs(self, location: str, directory: str) -> None:
+        if directory in {"", ".", "/"}:
+            return
+
+        def work(sftp: paramiko.SFTPClient, session: _Session) -> None:
+            parts = directory.split("/")
+            for depth in range(1, len(parts) + 1):
+                current = "/".join(parts[:depth])
+                if current in {"", "."} or current in session.directories:
+                    continue
+                try:
+                    sftp.mkdir(current)
+                except OSError:
+                    # exists already (or a racing writer made it): fine if it is a folder
+                    if not stat_mode.S_ISDIR(sftp.stat(current).st_mode or 0):
+                        raise
+                session.directories.add(current)
+
+        self._run(location, directory, "create folder", work)
+
+    def write_stream(
+        self,
+        location: str,
+        key: str,
+        chunks: Iterable[bytes],
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: Mapping[str, str] | None = None,
+        expected_size: int | None = None,
+    ) -> int:
+        """Written under a temporary name in the same folder and renamed into place with
+        ``posix-rename`` (which replaces), so readers see the old file or the whole new one.
+        SFTP keeps no content type or metadata: they are dropped (the loop guard relies on
+        prefixes for this storage)."""
+        path = self.path(key)
+        folder = posixpath.dirname(path)
+        partial = posixpath.join(folder, f"{PARTIAL_PREFIX}{secrets.token_hex(8)}{PARTIAL_SUFFIX}")
+        session = self._session(location)
+
+        def create() -> paramiko.SFTPFile:
+            self._makedirs(location, folder)
+            return session.sftp.open(partial, "wbx")
+
+        try:
+            handle = _again_if_folder_gone(session, create)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise StorageError(f"cannot write sftp://{location}/{key}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+        written = 0
+        try:
+            with handle:
+                handle.set_pipelined(True)
+                for chunk in chunks:
+                    handle.write(chunk)
+                    written += len(chunk)
+            if expected_size is not None and written != expected_size:
+                raise StorageError(f"sftp://{location}/{key}: got {written} bytes, expected "
+                                   f"{expected_size}; nothing was written")
+            session.sftp.posix_rename(partial, path)
+        except BaseException as exc:
+            try:
+                session.sftp.remove(partial)
+            except (OSError, EOFError, paramiko.SSHException):
+                logger.warning("could not remove the partial write %s", partial)
+            if isinstance(exc, OSError | EOFError | paramiko.SSHException):
+                raise StorageError(f"cannot write sftp://{location}/{key}: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+            raise
+        return written
+
+    def put_bytes(
+        self,
+        location: str,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str],
+        if_revision: str | None = None,
+    ) -> str:
+        """The revision is a digest of the content. ``if_revision`` is best effort: SFTP has
+        no conditional write, so the check (reading the current file) and the rename are two
+        steps, and a writer in between can still be overwritten."""
+        if if_revision is not None:
+            try:
+                current = _revision(self.read_bytes(location, key))
+            except StorageError:
+                current = None
+            if current != if_revision:
+                raise StaleWrite(f"sftp://{location}/{key} changed since {if_revision}")
+        self.write_stream(location, key, [data], expected_size=len(data))
+        return _revision(data)
+
+    def delete(self, location: str, key: str) -> None:
+        def work(sftp: paramiko.SFTPClient, _: _Session) -> None:
+            with contextlib.suppress(FileNotFoundError):
+                sftp.remove(self.path(key))
+
+        self._run(location, key, "delete", work)
+
+    def move(self, location: str, key: str, target: str, *, replace: bool) -> bool:
+        """Rename ``key`` to ``target`` (creating its folder). Without ``replace`` this is
+        SFTP's plain rename, which refuses an existing target, so of two movers of one file
+        exactly one succeeds. False if ``key`` is gone or (without ``replace``) ``target``
+        exists; with ``replace``, ``posix-rename`` overwrites."""
+        source, destination = self.path(key), self.path(target)
+
+        def rename(sftp: paramiko.SFTPClient) -> None:
+            self._makedirs(location, posixpath.dirname(destination))
+            if replace:
+                sftp.posix_rename(source, destination)
+            else:
+                sftp.rename(source, destination)
+
+        def work(sftp: paramiko.SFTPClient, session: _Session) -> bool:
+            try:
+                _again_if_folder_gone(session, lambda: rename(sftp), source)
+            except FileNotFoundError:
+                return False
+            except OSError:
+                if replace:
+                    raise
+                # plain rename answers a bare "Failure" when the target exists
+                return False
+            return True
+
+        return self._run(location, key, "move", work)
+
+    def touch_access_time(self, location: str, key: str, mtime: int) -> None:
+        """Set the access time to now and keep ``mtime`` (and so the version): the sweep
+        dates a claim this way, since a rename keeps both times."""
+
+        def work(sftp: paramiko.SFTPClient, _: _Session) -> None:
+            sftp.utime(self.path(key), (time.time(), mtime))
+
+        self._run(location, key, "date", work)
+
+    def after_settle(self, location: str, key: str, status: str) -> None:
+        """A claimed source (under ``processing/``) goes to ``done/`` or ``failed/`` under its
+        dropped key, replacing an earlier source of the same name there."""
+        if not key.startswith(CLAIM_PREFIX):
+            return
+        target = (DONE_PREFIX if status == "finished" else FAILED_PREFIX) + key[len(CLAIM_PREFIX):]
+        try:
+            if self.move(location, key, target, replace=True):
+                logger.info("moved %s to %s", key, target)
+        except StorageError as exc:
+            # the records are written; the next sweep moves the source once it can
+            logger.warning("could not move %s to %s: %s", key, target, exc)
+
+
+def _again_if_folder_gone(session: _Session, action: Callable[[], T],
+                          source: str | None = None) -> T:
+    """Run ``action``; if it fails for a missing folder that the session remembered making
+    (someone removed it since), forget the folders and run it once more. With ``source``, a
+    missing ``source`` is the answer instead (the file is gone), not a missing folder."""
+    try:
+        return action()
+    except FileNotFoundError:
+        if not session.directories:
+            raise
+        if source is not None:
+            try:
+                session.sftp.lstat(source)
+            except FileNotFoundError:
+                raise
+        session.directories.clear()
+        return action()
+
+
+def _revision(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()[:32]

@@ -1,0 +1,29 @@
+"""Business metrics as CloudWatch Embedded Metric Format lines, through Powertools Metrics.
+
+The dashboard in template.yaml reads these from namespace ``convbridge``: JobsSubmitted,
+JobsFinished and JobsFailed per rule and provider, RelayBytes, and CallbackLatencyMs (from the
+provider's end of job to our settlement). EMF goes to stdout, which Lambda ships to CloudWatch
+Logs; no PutMetricData permission or call is needed. ``POWERTOOLS_METRICS_DISABLED=true``
+silences it (the demo does, to keep its output readable).
+"""
+
+from __future__ import annotations
+
+import logging
+
+NAMESPACE = "convbridge"
+
+logger = logging.getLogger(__name__)
+
+
+def record(name: str, value: float, *, unit: str = "Count", **dimensions: str) -> None:
+    """One metric data point; never lets a metrics failure break the pipeline."""
+    from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+    try:
+        with single_metric(name=name, unit=MetricUnit[unit], value=value,
+                           namespace=NAMESPACE) as metric:
+            for key, dimension in dimensions.items():
+                metric.add_dimension(name=key, value=dimension)
+    except Exception:  # noqa: BLE001 (metrics are best effort by design)
+        logger.warning("metric %s not recorded", name, exc_info=True)

@@ -1,0 +1,317 @@
+"""The CDK construct (infra/cdk) synthesizes offline with the real CDK CLI, and creates what
+template.yaml creates: the same resources under the same names, the same function settings and
+environment, and, role by role, the same IAM statements. The SAM side is translated and then
+resolved for the same parameter values (every option on), so both describe one deployment.
+
+Needs the deploy tools (`make deploy-tools`, which `make lint` runs): the CDK CLI from
+node_modules and aws-cdk-lib in .venv-deploy. The synth itself takes about 10 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack.template_check import (
+    EVERY_OPTION_ON,
+    REQUIRED_EXAMPLES,
+    load_template,
+    parameter_values,
+    permissions,
+    render,
+    resolve_conditions,
+    translate_sam,
+    with_defaults,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY_PYTHON = ROOT / ".venv-deploy" / "bin" / "python"
+CDK = ROOT / "node_modules" / ".bin" / "cdk"
+
+pytestmark = pytest.mark.skipif(
+    not (DEPLOY_PYTHON.exists() and CDK.exists()),
+    reason="deploy tools not installed: run `make deploy-tools` (make lint does)",
+)
+
+#: Storage option -> the handler directory it needs and the SAM parameters that switch it on.
+STORAGES = {
+    "azure": ("azure_trigger", ("AzureAccountSecretArn", "AzureBlobEndpoint",
+                                "EventGridSecretArn")),
+    "gcs": ("gcs_trigger", ("GcsServiceAccountSecretArn", "PubSubServiceAccount",
+                            "PubSubAudience")),
+    "sftp": ("sftp_sweep", ("SftpSecretArn", "SftpHostKey")),
+}
+
+
+def _missing_storages() -> set[str]:
+    return {name for name, (directory, _) in STORAGES.items()
+            if not (ROOT / "functions" / directory / "app.py").is_file()}
+
+
+def _values() -> dict[str, Any]:
+    """SAM parameter values: every option on, except storages whose handler is not there."""
+    values: dict[str, Any] = {**EVERY_OPTION_ON, **REQUIRED_EXAMPLES}
+    for name in _missing_storages():
+        for parameter in STORAGES[name][1]:
+            values[parameter] = ""
+    return values
+
+
+def _cdk_config(values: dict[str, Any]) -> dict[str, Any]:
+    """The same deployment as the construct's JSON configuration (infra/cdk/README.md)."""
+    providers = {"cloudconvert": "CloudConvertSecretArn", "freeconvert": "FreeConvertSecretArn",
+                 "onlineconvert": "OnlineConvertSecretArn",
+                 "cloudconvert_v1": "CloudConvertV1SecretArn"}
+    config: dict[str, Any] = {
+        "stackName": "convbridge",
+        "sourceBucketName": values["SourceBucketName"],
+        "contextSecretArn": values["ContextSecretArn"],
+        "providerSecretArns": {name: values[p] for name, p in providers.items() if values[p]},
+        "secretsKmsKeyArn": values["SecretsKmsKeyArn"],
+        "alarmTopicArn": values["AlarmTopicArn"],
+        "reservedConcurrency": {
+            "s3Trigger": values["S3TriggerConcurrency"], "webhook": values["WebhookConcurrency"],
+            "azureTrigger": values["AzureTriggerConcurrency"],
+            "gcsTrigger": values["GcsTriggerConcurrency"],
+            "sftpSweep": values["SftpSweepConcurrency"],
+        },
+        "bundleLayers": False,
+    }
+    if values["AzureAccountSecretArn"]:
+        config["azure"] = {"accountSecretArn": values["AzureAccountSecretArn"],
+                           "blobEndpoint": values["AzureBlobEndpoint"],
+                           "eventGridSecretArn": values["EventGridSecretArn"]}
+    if values["GcsServiceAccountSecretArn"]:
+        config["gcs"] = {"serviceAccountSecretArn": values["GcsServiceAccountSecretArn"],
+                         "pushServiceAccount": values["PubSubServiceAccount"],
+                         "audience": values["PubSubAudience"]}
+    if values["SftpSecretArn"]:
+        config["sftp"] = {"secretArn": values["SftpSecretArn"], "hostKey": values["SftpHostKey"]}
+    return config
+
+
+@pytest.fixture(scope="module")
+def values() -> dict[str, Any]:
+    return _values()
+
+
+@pytest.fixture(scope="module")
+def sam(values: dict[str, Any]) -> dict[str, Any]:
+    template, problems = load_template(ROOT / "template.yaml")
+    assert template is not None, problems
+    return resolve_conditions(translate_sam(with_defaults(template, values)), values)
+
+
+@pytest.fixture(scope="module")
+def sam_params(sam: dict[str, Any], values: dict[str, Any]) -> dict[str, str]:
+    return parameter_values(sam, values)
+
+
+@pytest.fixture(scope="module")
+def cdk(tmp_path_factory: pytest.TempPathFactory, values: dict[str, Any]) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("cdk") / "cdk.out"
+    environment = dict(os.environ, JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION="20",
+                       CDK_DISABLE_VERSION_CHECK="1")
+    completed = subprocess.run(
+        [str(CDK), "synth", "-q", "--no-notices", "--app", f"{DEPLOY_PYTHON} app.py",
+         "-c", f"convbridge={json.dumps(_cdk_config(values))}", "-o", str(out)],
+        cwd=ROOT / "infra" / "cdk", env=environment, capture_output=True, text=True,
+        timeout=120, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    synthesized: dict[str, Any] = json.loads((out / "convbridge.template.json").read_text())
+    return synthesized
+
+
+_CDK_HASH = re.compile(r"[0-9A-F]{8}$")
+
+
+def cdk_name(logical_id: str) -> str:
+    """ConvBridgeS3TriggerRole7D60D366 -> S3TriggerRole (construct path and hash dropped)."""
+    return _CDK_HASH.sub("", re.sub(r"^ConvBridge(Outputs)?", "", logical_id))
+
+
+def sam_name(logical_id: str) -> str:
+    """SharedLayer16f721f5a1 -> SharedLayer (SAM hashes layer versions' logical ids)."""
+    return re.sub(r"(Layer)[0-9a-f]{10}$", r"\1", logical_id)
+
+
+def _by_name(template: dict[str, Any], rename: Any) -> dict[str, dict[str, Any]]:
+    return {rename(k): v for k, v in template["Resources"].items()
+            if v["Type"] not in {"AWS::Lambda::Permission", "AWS::CDK::Metadata"}}
+
+
+def _rendered(resource: dict[str, Any], params: dict[str, str], rename: Any,
+              keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    properties = resource.get("Properties", {})
+    chosen = properties if keys is None else {k: properties.get(k) for k in keys}
+    result: dict[str, Any] = render(chosen, params, rename)
+    # SAM writes some properties out empty (EventInvokeConfig's DestinationConfig: {}).
+    return {k: v for k, v in result.items() if v != {}}
+
+
+def test_storages_skipped_for_missing_handlers_are_named() -> None:
+    missing = _missing_storages()
+    if missing:
+        pytest.skip(f"compared without {sorted(missing)}: functions/<handler>/app.py missing")
+
+
+def test_same_resources_under_the_same_names(cdk: dict[str, Any], sam: dict[str, Any]) -> None:
+    cdk_types = Counter(v["Type"] for v in cdk["Resources"].values())
+    sam_types = Counter(v["Type"] for v in sam["Resources"].values())
+    assert cdk_types == sam_types
+    cdk_names = {k: v["Type"] for k, v in _by_name(cdk, cdk_name).items()}
+    sam_names = {k: v["Type"] for k, v in _by_name(sam, sam_name).items()}
+    assert cdk_names == sam_names
+    # CDK's bootstrap-version parameter and rule are its own; nothing else is added.
+    assert set(cdk.get("Parameters", {})) == {"BootstrapVersion"}
+
+
+FUNCTION_KEYS = ("Description", "Runtime", "Architectures", "Handler", "Timeout", "MemorySize",
+                 "Environment", "ReservedConcurrentExecutions", "Layers", "LoggingConfig",
+                 "Role")
+
+
+def test_functions_match(cdk: dict[str, Any], sam: dict[str, Any],
+                         sam_params: dict[str, str]) -> None:
+    cdk_resources, sam_resources = _by_name(cdk, cdk_name), _by_name(sam, sam_name)
+    functions = [k for k, v in sam_resources.items() if v["Type"] == "AWS::Lambda::Function"]
+    assert len(functions) >= 2
+    for name in functions:
+        assert (_rendered(cdk_resources[name], sam_params, cdk_name, FUNCTION_KEYS)
+                == _rendered(sam_resources[name], sam_params, sam_name, FUNCTION_KEYS)), name
+
+
+def test_roles_hold_the_same_statements(cdk: dict[str, Any], sam: dict[str, Any],
+                                        sam_params: dict[str, str]) -> None:
+    cdk_ids = {cdk_name(k): k for k, v in cdk["Resources"].items()
+               if v["Type"] == "AWS::IAM::Role"}
+    sam_ids = {k for k, v in sam["Resources"].items() if v["Type"] == "AWS::IAM::Role"}
+    assert set(cdk_ids) == sam_ids
+    for name in sorted(sam_ids):
+        cdk_role = cdk["Resources"][cdk_ids[name]]["Properties"]
+        sam_role = sam["Resources"][name]["Properties"]
+        assert (permissions(cdk, cdk_ids[name], sam_params, cdk_name)
+                == permissions(sam, name, sam_params, sam_name)), name
+        for key in ("AssumeRolePolicyDocument", "ManagedPolicyArns", "MaxSessionDuration"):
+            assert (render(cdk_role.get(key), sam_params, cdk_name)
+                    == render(sam_role.get(key), sam_params, sam_name)), (name, key)
+        assert ({p["PolicyName"] for p in cdk_role.get("Policies", [])}
+                == {p["PolicyName"] for p in sam_role.get("Policies", [])}), name
+
+
+def test_invoke_permissions_match(cdk: dict[str, Any], sam: dict[str, Any],
+                                  sam_params: dict[str, str]) -> None:
+    def permissions_of(template: dict[str, Any], rename: Any) -> Counter[str]:
+        found: Counter[str] = Counter()
+        for resource in template["Resources"].values():
+            if resource["Type"] == "AWS::Lambda::Permission":
+                properties = render(resource["Properties"], sam_params, rename)
+                # FunctionName: SAM Refs the function, CDK uses its ARN; both name it.
+                properties["FunctionName"] = properties["FunctionName"].removesuffix(".Arn}")
+                properties["FunctionName"] = properties["FunctionName"].removesuffix("}")
+                found[json.dumps(properties, sort_keys=True)] += 1
+        return found
+
+    assert permissions_of(cdk, cdk_name) == permissions_of(sam, sam_name)
+
+
+@pytest.mark.parametrize("type_", [
+    "AWS::SQS::Queue", "AWS::SQS::QueuePolicy", "AWS::S3::Bucket", "AWS::S3::BucketPolicy",
+    "AWS::DynamoDB::Table", "AWS::Logs::LogGroup", "AWS::Lambda::Url",
+    "AWS::Lambda::EventSourceMapping", "AWS::Lambda::EventInvokeConfig",
+])
+def test_same_properties(cdk: dict[str, Any], sam: dict[str, Any], sam_params: dict[str, str],
+                         type_: str) -> None:
+    cdk_resources, sam_resources = _by_name(cdk, cdk_name), _by_name(sam, sam_name)
+    names = [k for k, v in sam_resources.items() if v["Type"] == type_]
+    assert names or type_ == "AWS::Lambda::EventInvokeConfig"
+    for name in names:
+        cdk_properties = _rendered(cdk_resources[name], sam_params, cdk_name)
+        sam_properties = _rendered(sam_resources[name], sam_params, sam_name)
+        if type_ == "AWS::Lambda::Url":
+            # SAM Refs the function, CDK names its ARN.
+            cdk_properties["TargetFunctionArn"] = cdk_properties["TargetFunctionArn"].replace(
+                ".Arn}", "}")
+        assert cdk_properties == sam_properties, name
+        for attribute in ("DeletionPolicy", "UpdateReplacePolicy"):
+            assert (cdk_resources[name].get(attribute, "Delete")
+                    == sam_resources[name].get(attribute, "Delete")), (name, attribute)
+
+
+def test_layers_match(cdk: dict[str, Any], sam: dict[str, Any],
+                      sam_params: dict[str, str]) -> None:
+    keys = ("Description", "LayerName", "CompatibleRuntimes", "CompatibleArchitectures")
+    cdk_resources, sam_resources = _by_name(cdk, cdk_name), _by_name(sam, sam_name)
+    names = [k for k, v in sam_resources.items() if v["Type"] == "AWS::Lambda::LayerVersion"]
+    for name in names:
+        assert (_rendered(cdk_resources[name], sam_params, cdk_name, keys)
+                == _rendered(sam_resources[name], sam_params, sam_name, keys)), name
+
+
+def test_schedule_matches(cdk: dict[str, Any], sam: dict[str, Any],
+                          sam_params: dict[str, str]) -> None:
+    def rules(template: dict[str, Any], rename: Any) -> list[tuple[str, str]]:
+        found = []
+        for resource in template["Resources"].values():
+            if resource["Type"] == "AWS::Events::Rule":
+                properties = render(resource["Properties"], sam_params, rename)
+                (target,) = properties["Targets"]
+                found.append((properties["ScheduleExpression"], target["Arn"]))
+        return found
+
+    assert rules(cdk, cdk_name) == rules(sam, sam_name)
+
+
+def _alarm_shape(resource: dict[str, Any], params: dict[str, str], rename: Any) -> Any:
+    properties = render(resource["Properties"], params, rename)
+    shape = {k: properties.get(k) for k in (
+        "Namespace", "MetricName", "Dimensions", "Statistic", "Period", "EvaluationPeriods",
+        "DatapointsToAlarm", "Threshold", "ComparisonOperator", "TreatMissingData",
+        "AlarmActions")}
+    metrics: list[tuple[Any, ...]] = []
+    for metric in properties.get("Metrics", []):
+        if "Expression" in metric:
+            metrics.append(("expression", metric["Expression"], metric.get("Period")))
+        else:
+            stat = metric["MetricStat"]
+            metrics.append(("metric", metric["Id"], stat["Metric"]["MetricName"],
+                            json.dumps(stat["Metric"]["Dimensions"]), stat["Stat"],
+                            stat["Period"]))
+    shape["Metrics"] = sorted(map(str, metrics))
+    return shape
+
+
+def test_alarms_match(cdk: dict[str, Any], sam: dict[str, Any],
+                      sam_params: dict[str, str]) -> None:
+    cdk_resources, sam_resources = _by_name(cdk, cdk_name), _by_name(sam, sam_name)
+    names = [k for k, v in sam_resources.items() if v["Type"] == "AWS::CloudWatch::Alarm"]
+    assert len(names) >= 5
+    for name in names:
+        assert (_alarm_shape(cdk_resources[name], sam_params, cdk_name)
+                == _alarm_shape(sam_resources[name], sam_params, sam_name)), name
+
+
+def test_dashboards_are_the_same(cdk: dict[str, Any], sam: dict[str, Any],
+                                 sam_params: dict[str, str]) -> None:
+    def body(template: dict[str, Any], rename: Any) -> Any:
+        (dashboard,) = [v for v in template["Resources"].values()
+                        if v["Type"] == "AWS::CloudWatch::Dashboard"]
+        return json.loads(render(dashboard["Properties"]["DashboardBody"], sam_params, rename))
+
+    assert body(cdk, cdk_name) == body(sam, sam_name)
+
+
+def test_outputs_match(cdk: dict[str, Any], sam: dict[str, Any],
+                       sam_params: dict[str, str]) -> None:
+    cdk_outputs = {cdk_name(k): render(v["Value"], sam_params, cdk_name)
+                   for k, v in cdk["Outputs"].items()}
+    sam_outputs = {k: render(v["Value"], sam_params, sam_name) for k, v in sam["Outputs"].items()}
+    assert cdk_outputs == sam_outputs

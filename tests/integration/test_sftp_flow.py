@@ -1,0 +1,232 @@
+"""The SFTP drop -> sweep -> CloudConvert v2 -> SFTP flow against a real SFTP server (OpenSSH's
+sshd with a chrooted account when root, asyncssh otherwise), moto, the sandbox, and the real
+sweep and webhook handlers. A server that cannot start fails these tests; it never skips them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from convbridge.bridge import Bridge
+from convbridge.errors import StorageError
+from convbridge.sweep import sweep
+from devstack.harness.sftp import SftpHarness
+from devstack.lambda_local import LocalContext
+from devstack.servers_sftp import new_key
+from devstack.stack import DevStack
+from tests.conftest import png_bytes
+
+
+@pytest.fixture
+def sftp_stack() -> Iterator[DevStack]:
+    with DevStack(storage=SftpHarness()) as running:
+        yield running
+
+
+def harness(stack: DevStack) -> SftpHarness:
+    assert isinstance(stack.harness, SftpHarness)
+    return stack.harness
+
+
+def sweep_once(stack: DevStack) -> dict[str, Any]:
+    summary = stack.trigger(stack.event_for(""))
+    stack.wait()
+    return summary
+
+
+def test_drop_becomes_a_pdf_a_record_and_the_source_moves_to_done(sftp_stack: DevStack) -> None:
+    sftp_stack.upload("inbox/a/my photo.png", png_bytes())
+    sftp_stack.upload("inbox/broken.png", b"\x89PNG\r\n\x1a\nnot an image at all")
+    summary = sweep_once(sftp_stack)
+    assert summary["counts"] == {"submitted": 2}
+    record = sftp_stack.read_json("results/a/my photo.png.json")
+    assert record is not None and record["status"] == "finished"
+    assert record["route"] == "relay"  # no rule opted in: the account never left the bridge
+    assert record["outputs"][0]["key"] == "outbox/a/my photo.pdf"
+    pdf = harness(sftp_stack).read_bytes("outbox/a/my photo.pdf") or b""
+    assert pdf.startswith(b"%PDF") and record["outputs"][0]["size"] == len(pdf)
+    report = sftp_stack.read_json("failures/broken.png.json")
+    assert report is not None and report["error"]["code"] == "CONVERSION_FAILED"
+    assert report["error"]["task"] == "convert" and report["job_id"]
+    left = sftp_stack.objects()
+    assert "done/inbox/a/my photo.png" in left and "failed/inbox/broken.png" in left
+    assert not [k for k in left if k.startswith(("inbox/", "processing/"))]
+    for job in sftp_stack.sandbox.jobs():
+        operations = [t["operation"] for t in job["tasks"]]
+        assert operations == ["import/upload", "convert", "export/url"]
+    # a second sweep finds nothing to do
+    assert sweep_once(sftp_stack)["counts"] == {}
+    assert len(sftp_stack.sandbox.jobs()) == 2
+
+
+@pytest.mark.parametrize("auth", ["password", "key"])
+def test_a_rule_that_opts_in_hands_over_the_dedicated_account(auth: str) -> None:
+    with DevStack(storage=SftpHarness(hand_over_account=True, auth=auth)) as stack:  # type: ignore[arg-type]
+        stack.upload("inbox/x.png", png_bytes())
+        assert sweep_once(stack)["counts"] == {"submitted": 1}
+        record = stack.read_json("results/x.png.json")
+        assert record is not None and record["status"] == "finished"
+        assert record["route"] == "native"
+        [job] = stack.sandbox.jobs()
+        tasks = {t["operation"]: t["payload"] for t in job["tasks"]}
+        assert set(tasks) == {"import/sftp", "convert", "export/sftp"}
+        account = harness(stack).server
+        assert tasks["import/sftp"]["file"] == "/drop/processing/inbox/x.png"  # claimed
+        assert tasks["import/sftp"]["port"] == account.port
+        assert tasks["import/sftp"]["username"] == account.username
+        credential = "password" if auth == "password" else "private_key"
+        for operation in ("import/sftp", "export/sftp"):
+            # sent (the sandbox logged in with it) and, as at CloudConvert, never shown again
+            assert credential in tasks[operation] and tasks[operation][credential] is None
+        assert tasks["export/sftp"]["file"] == "/drop/outbox/x.pdf"
+        assert (harness(stack).read_bytes("outbox/x.pdf") or b"").startswith(b"%PDF")
+        assert "done/inbox/x.png" in stack.objects()
+
+
+def test_a_file_still_being_written_is_not_picked(sftp_stack: DevStack) -> None:
+    data = png_bytes((400, 300))
+    sftp_stack.upload("inbox/ready.png", png_bytes())
+    writer = harness(sftp_stack).connect()
+    harness(sftp_stack).makedirs("inbox/growing.png")
+    handle = writer.open("/drop/inbox/growing.png", "wb")
+    stop = threading.Event()
+
+    def grow() -> None:
+        for start in range(0, len(data) - 1, 32):
+            if stop.is_set():
+                return
+            handle.write(data[start:start + 32])
+            handle.flush()
+            time.sleep(0.1)
+
+    grower = threading.Thread(target=grow)
+    grower.start()
+    try:
+        summary = sweep_once(sftp_stack)
+    finally:
+        stop.set()
+        grower.join()
+    objects = [o["object"].rsplit("/", 1)[-1] for o in summary["objects"]]
+    assert objects == ["ready.png"] and summary["waiting"] == 1
+    assert "inbox/growing.png" in sftp_stack.objects()
+    # finished and closed: the next sweep takes it, whole
+    handle.write(data[handle.tell():])
+    handle.close()
+    writer.close()
+    assert sweep_once(sftp_stack)["counts"] == {"submitted": 1}
+    record = sftp_stack.read_json("results/growing.png.json")
+    assert record is not None and record["status"] == "finished"
+    assert record["source"]["size"] == len(data)
+
+
+def test_two_sweeps_at_once_never_claim_the_same_file(sftp_stack: DevStack) -> None:
+    keys = [f"inbox/batch/{n:02d}.png" for n in range(16)]
+    for key in keys:
+        sftp_stack.upload(key, png_bytes())
+    # two Lambda instances: separate bridges, connections and claim clients
+    bridges = [Bridge.from_env(), Bridge.from_env()]
+    reports: list[Any] = [None, None]
+    start = threading.Barrier(2)
+
+    def run(index: int) -> None:
+        context = LocalContext()
+        bridges[index].claims.register_lambda_context(context)
+        start.wait()
+        reports[index] = sweep(bridges[index], remaining_ms=context.get_remaining_time_in_millis)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    sftp_stack.wait()
+    claimed = [set(report.claimed) for report in reports]
+    assert not claimed[0] & claimed[1]
+    assert claimed[0] | claimed[1] == {f"processing/{key}" for key in keys}
+    assert len(sftp_stack.sandbox.jobs()) == len(keys)
+    assert sorted(k for k in sftp_stack.objects() if k.startswith("done/")) == sorted(
+        f"done/{key}" for key in keys)
+
+
+def test_an_empty_file_is_reported_not_converted(sftp_stack: DevStack) -> None:
+    sftp_stack.upload("inbox/empty.png", b"")
+    summary = sweep_once(sftp_stack)
+    assert summary["counts"] == {"rejected": 1}
+    report = sftp_stack.read_json("failures/empty.png.json")
+    assert report is not None and report["error"]["code"] == "EMPTY_OBJECT"
+    assert sftp_stack.sandbox.jobs() == []
+    assert "failed/inbox/empty.png" in sftp_stack.objects()
+
+
+HOSTILE = ["inbox/with space .png", "inbox/ünïcødé ñame.png", "inbox/-rf.png",
+           "inbox/--help.png", "inbox/..png", "inbox/a..b.png", "inbox/-dir/x.png"]
+
+
+@pytest.mark.parametrize("hand_over_account", [False, True], ids=["relay", "account"])
+def test_hostile_names_convert_without_leaving_the_drop(hand_over_account: bool) -> None:
+    with DevStack(storage=SftpHarness(hand_over_account=hand_over_account)) as running:
+        check_hostile_names(running)
+
+
+def check_hostile_names(sftp_stack: DevStack) -> None:
+    for key in HOSTILE:
+        sftp_stack.upload(key, png_bytes())
+    drop = harness(sftp_stack)
+    drop.upload("inbox/line\nbreak.png", png_bytes())
+    # a link planted in the drop is not a file the bridge will read
+    drop.client.symlink("/drop/outbox", "/drop/inbox/link.png")
+    summary = sweep_once(sftp_stack)
+    assert summary["counts"] == {"submitted": len(HOSTILE)}
+    assert summary["refused"] == 1  # the control character
+    for key in HOSTILE:
+        relative = key.removeprefix("inbox/")
+        record = sftp_stack.read_json(f"results/{relative}.json")
+        assert record is not None and record["status"] == "finished", key
+        output = f"outbox/{relative.rpartition('.')[0]}.pdf"
+        assert (drop.read_bytes(output) or b"").startswith(b"%PDF"), output
+        assert f"done/{key}" in sftp_stack.objects()
+    assert "inbox/line\nbreak.png" in sftp_stack.objects()
+    assert drop.client.lstat("/drop/inbox/link.png") is not None
+    # everything the bridge wrote is below the drop, as the account sees it
+    server = drop.server
+    if server.backend == "openssh" and server.drop_path is not None:
+        outside = [p for p in server.drop_path.parent.iterdir() if p.name != "drop"]
+        assert outside == []
+
+
+def test_a_server_with_another_host_key_is_refused_before_anything_is_read() -> None:
+    _, other_key = new_key()
+    with DevStack(storage=SftpHarness(pinned_host_key=other_key)) as stack:
+        stack.upload("inbox/secret.png", png_bytes())
+        before = stack.objects()
+        server = harness(stack).server
+        logged = len(server.log_text())
+        with pytest.raises(StorageError, match="not the pinned one"):
+            stack.trigger(stack.event_for(""))
+        assert stack.objects() == before
+        assert stack.sandbox.jobs() == []
+        if server.backend == "openssh":
+            time.sleep(0.2)
+            attempts = server.log_text()[logged:]
+            assert "Connection from" in attempts  # the sweep did knock ...
+            assert "Accepted" not in attempts and "Failed" not in attempts  # ... never logged in
+
+
+def test_the_account_never_reaches_a_log_line(capfd: pytest.CaptureFixture[str],
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    with DevStack(storage=SftpHarness(hand_over_account=True, auth="password")) as stack:
+        stack.upload("inbox/s.png", png_bytes())
+        stack.upload("inbox/t.png", b"corrupt")
+        sweep_once(stack)
+        server = harness(stack).server
+        secrets = [server.password, server.private_key.splitlines()[1]]
+    out, err = capfd.readouterr()
+    logged = out + err + caplog.text
+    assert "submitted" in logged and "dedicated chrooted account" in logged
+    for secret in secrets:
+        assert secret not in logged

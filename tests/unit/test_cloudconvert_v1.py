@@ -1,0 +1,200 @@
+"""CloudConvert v1 adapter: the process document, create-then-start, the GET callback's token,
+and the process read that decides what happened."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+import pytest
+
+from convbridge.errors import (
+    CallbackError,
+    CallbackSignatureError,
+    ProviderError,
+    ProviderUnavailable,
+)
+from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget
+from convbridge.providers.base import CALLBACK_QUERY
+from convbridge.providers.cloudconvert_v1 import CloudConvertV1
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "cloudconvert_v1"
+NOW = datetime(2026, 11, 23, tzinfo=UTC)
+TOKEN = "CONTEXT"
+
+
+def provider(handler: object = None,
+             base_url: str = "https://api.cloudconvert.com/v1") -> CloudConvertV1:
+    transport = httpx.MockTransport(handler) if handler else None  # type: ignore[arg-type]
+    return CloudConvertV1(api_key="v1-key", signing_secret=None, base_url=base_url,
+                          http=httpx.Client(transport=transport))
+
+
+def fixture(name: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((FIXTURES / name).read_bytes())
+    return document
+
+
+def spec(kind: str = "presigned_url") -> JobSpec:
+    read = Grant(kind=kind, storage="s3", location="bkt", key="inbox/a b.png",  # type: ignore[arg-type]
+                 scope="read", expires_at=NOW,
+                 url="https://bkt.s3.amazonaws.com/inbox/a%20b.png?X-Amz-Signature=s")
+    return JobSpec(source=ObjectRef("s3", "bkt", "inbox/a b.png"), rule="images",
+                   conversion=ConversionSpec("png", "pdf", {"density": 150}), route="relay",
+                   read_grant=read, write_grant=None,
+                   output=OutputTarget("s3", "bkt", "outbox/a b.pdf"), context_token=TOKEN,
+                   webhook_url="https://hooks.example/callbacks/cloudconvert_v1",
+                   filename="a b.png")
+
+
+def callback(name: str = "callback_finished.json", **changes: str) -> dict[str, str]:
+    return {CALLBACK_QUERY: urlencode({"token": TOKEN, **fixture(name), **changes})}
+
+
+def test_the_start_document_downloads_from_the_signed_url_and_calls_back_with_a_token() -> None:
+    document = provider().build_job(spec())
+    assert {k: v for k, v in document.items() if k != "callback"} == {
+        "inputformat": "png", "outputformat": "pdf", "input": "download",
+        "file": "https://bkt.s3.amazonaws.com/inbox/a%20b.png?X-Amz-Signature=s",
+        "filename": "a b.png", "tag": TOKEN, "wait": False, "save": True,
+        "converteroptions": {"density": 150}}
+    url = urlsplit(document["callback"])
+    assert url.path == "/callbacks/cloudconvert_v1"
+    assert parse_qs(url.query) == {"token": [TOKEN]}
+
+
+def test_only_signed_urls_can_be_imported() -> None:
+    with pytest.raises(ProviderError):
+        provider().build_job(spec("sts_session"))
+
+
+def test_create_makes_a_process_then_starts_it_at_its_process_url() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/v1/process":
+            return httpx.Response(200, json=fixture("process_created.json"))
+        return httpx.Response(200, json={"id": "v4cw72hf3", "step": "input"})
+
+    assert provider(handler).start(spec()) == "v4cw72hf3"
+    assert json.loads(seen[0].content) == {"apikey": "v1-key", "inputformat": "png",
+                                           "outputformat": "pdf"}
+    assert str(seen[1].url) == "https://srv01.cloudconvert.com/process/v4cw72hf3"
+    started = json.loads(seen[1].content)
+    assert started["input"] == "download" and started["tag"] == TOKEN
+    assert "apikey" not in started  # the process URL is the capability
+
+
+def test_a_process_url_on_a_foreign_domain_is_not_started() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"id": "x", "url": "//evil.example/process/x"})
+
+    with pytest.raises(ProviderError, match="domain"):
+        provider(handler).start(spec())
+
+
+@pytest.mark.parametrize(("base", "url", "allowed"), [
+    ("https://api.cloudconvert.com/v1", "//srv01.cloudconvert.com/process/a", True),
+    ("https://api.cloudconvert.com/v1", "https://api.cloudconvert.com/process/a", True),
+    ("https://api.cloudconvert.com/v1", "//evil.example/process/a", False),
+    ("https://api.cloudconvert.com/v1", "//cloudconvert.com.evil.example/process/a", False),
+    ("https://api.cloudconvert.com/v1", "//evilcloudconvert.com/process/a", False),
+    ("https://api.cloudconvert.com/v1", "http://srv01.cloudconvert.com/process/a", False),
+    ("http://127.0.0.1:8765/v1", "//127.0.0.1:8765/v1/process/a", True),
+    ("http://127.0.0.1:8765/v1", "//127.0.0.2:8765/v1/process/a", False),
+    ("http://127.0.0.1:8765/v1", "//127.0.0.1:9999/v1/process/a", False),
+    ("https://api.cloudconvert.com/v1", "", False),
+])
+def test_process_urls_are_followed_only_on_the_services_domain(base: str, url: str,
+                                                               allowed: bool) -> None:
+    assert (provider(base_url=base).provider_url(url) is not None) is allowed
+
+
+def test_a_callback_without_a_token_or_with_a_bad_id_is_refused() -> None:
+    with pytest.raises(CallbackSignatureError):
+        provider().accept_callback({CALLBACK_QUERY: "id=v4cw72hf3&step=finished"}, b"")
+    with pytest.raises(CallbackError):
+        provider().accept_callback(callback(id="../../admin"), b"")
+
+
+def test_a_callback_for_a_step_that_is_not_final_needs_no_action() -> None:
+    assert provider().accept_callback(callback(step="convert"), b"") is None
+
+
+def test_confirm_reads_the_process_and_returns_what_it_says() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=fixture("process_finished.json"))
+
+    adapter = provider(handler)
+    headers = callback()
+    outcome = adapter.accept_callback(headers, b"")
+    assert outcome is not None and outcome.context_token == TOKEN
+    confirmed = adapter.confirm(outcome, headers)
+    assert confirmed is not None and confirmed.status == "finished"
+    assert str(seen[0].url) == "https://srv01.cloudconvert.com/process/v4cw72hf3"
+    assert [(o.filename, o.size, o.url) for o in confirmed.outputs] == [
+        ("sunset beach.pdf", 24213, "https://srv01.cloudconvert.com/download/~ugl5vnrpfO")]
+
+
+def test_a_failed_conversion_carries_v1s_status_code_and_message() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(422, json=fixture("process_error.json"))
+
+    adapter = provider(handler)
+    headers = callback("callback_error.json")
+    outcome = adapter.accept_callback(headers, b"")
+    assert outcome is not None
+    confirmed = adapter.confirm(outcome, headers)
+    assert confirmed is not None and confirmed.status == "failed"
+    assert (confirmed.failed_task, confirmed.code, confirmed.message) == (
+        "convert", "422", "The input file is not a valid PNG image")
+
+
+@pytest.mark.parametrize("change", ["tag", "id"])
+def test_a_process_that_does_not_carry_the_callbacks_token_is_refused(change: str) -> None:
+    process = {**fixture("process_finished.json"), change: "something-else"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=process)
+
+    adapter = provider(handler)
+    outcome = adapter.accept_callback(callback(), b"")
+    assert outcome is not None
+    with pytest.raises(CallbackSignatureError):
+        adapter.confirm(outcome, callback())
+
+
+def test_a_callback_pointing_elsewhere_is_refused_without_any_request() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError(f"no request may be made, got {request.url}")
+
+    adapter = provider(handler)
+    headers = callback(url="//attacker.example/process/v4cw72hf3")
+    outcome = adapter.accept_callback(headers, b"")
+    assert outcome is not None
+    with pytest.raises(CallbackSignatureError):
+        adapter.confirm(outcome, headers)
+
+
+def test_an_unknown_process_is_refused_and_a_broken_service_is_retried_later() -> None:
+    answers = [httpx.Response(404, json={"error": "Process not found.", "code": 404}),
+               httpx.Response(500, text="oops")]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return answers.pop(0)
+
+    adapter = provider(handler)
+    outcome = adapter.accept_callback(callback(), b"")
+    assert outcome is not None
+    with pytest.raises(CallbackError):
+        adapter.confirm(outcome, callback())
+    with pytest.raises(ProviderUnavailable):
+        adapter.confirm(outcome, callback())

@@ -1,0 +1,193 @@
+"""infra/gcp, checked offline: main.tf and variables.tf parsed with python-hcl2 (and, where the
+terraform binary is on the machine, `terraform fmt -check`; `terraform validate` needs the
+Google provider from the Terraform registry, which this project cannot reach), gcloud.sh parsed
+by bash. What the GCS trigger relies on is pinned: OBJECT_FINALIZE notifications with the
+JSON_API_V1 payload, a push subscription (the Pub/Sub envelope, not "no wrapper") to the stack's
+endpoint with an OIDC token for the dedicated service account and the stack's audience, an ack
+deadline longer than the function's timeout, retries with back-off and a dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+hcl2 = pytest.importorskip("hcl2")
+
+ROOT = Path(__file__).resolve().parents[2]
+GCP = ROOT / "infra" / "gcp"
+
+
+def _plain(value: Any) -> Any:
+    """python-hcl2 8 keeps HCL's quotes around strings and block labels; drop them (7 did not)."""
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()
+                if k not in {"__is_block__", "__comments__"}}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def _load(name: str) -> dict[str, Any]:
+    with (GCP / name).open() as handle:
+        loaded: dict[str, Any] = _plain(hcl2.load(handle))
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def main_tf() -> dict[str, Any]:
+    return _load("main.tf")
+
+
+@pytest.fixture(scope="module")
+def variables_tf() -> dict[str, Any]:
+    return _load("variables.tf")
+
+
+def _blocks(document: dict[str, Any], kind: str) -> dict[tuple[str, str], dict[str, Any]]:
+    found = {}
+    for entry in document.get(kind, []):
+        for type_, named in entry.items():
+            for name, body in named.items():
+                found[(type_, name)] = body
+    return found
+
+
+def _one(value: Any) -> Any:
+    """A nested block: python-hcl2 gives a list with one body."""
+    if isinstance(value, list):
+        (value,) = value
+    return value
+
+
+def test_every_variable_used_is_declared_and_every_declared_one_used(
+    variables_tf: dict[str, Any],
+) -> None:
+    declared = {name for entry in variables_tf["variable"] for name in entry}
+    used = set(re.findall(r"\bvar\.(\w+)", (GCP / "main.tf").read_text()))
+    assert used == declared
+    for entry in variables_tf["variable"]:
+        for name, body in entry.items():
+            assert body.get("description"), name
+
+
+def test_notification_is_finalized_objects_with_the_object_resource(
+    main_tf: dict[str, Any],
+) -> None:
+    resources = _blocks(main_tf, "resource")
+    notification = resources[("google_storage_notification", "uploads")]
+    # convbridge.events.pubsub: OBJECT_FINALIZE starts jobs; JSON_API_V1 carries size/metadata.
+    assert notification["event_types"] == ["OBJECT_FINALIZE"]
+    assert notification["payload_format"] == "JSON_API_V1"
+    assert notification["topic"] == "${google_pubsub_topic.uploads.id}"
+    assert notification["bucket"] == "${var.bucket}"
+    # GCS checks it may publish when the notification is created.
+    assert notification["depends_on"] == ["${google_pubsub_topic_iam_member.gcs_publishes}"]
+    publisher = resources[("google_pubsub_topic_iam_member", "gcs_publishes")]
+    assert publisher["role"] == "roles/pubsub.publisher"
+    assert "google_storage_project_service_account.gcs.email_address" in publisher["member"]
+
+
+def _template_trigger_timeout() -> int:
+    text = (ROOT / "template.yaml").read_text()
+    globals_timeout = re.search(r"^Globals:\n(?:.*\n)*?    Timeout: (\d+)", text, re.M)
+    assert globals_timeout
+    gcs = re.search(r"^  GcsTriggerFunction:\n((?:    .*\n|\s*\n)*)", text, re.M)
+    assert gcs and "Timeout:" not in gcs.group(1).split("Environment:")[0]
+    return int(globals_timeout.group(1))
+
+
+def test_push_subscription_authenticates_with_oidc(main_tf: dict[str, Any]) -> None:
+    resources = _blocks(main_tf, "resource")
+    subscription = resources[("google_pubsub_subscription", "push")]
+    assert subscription["topic"] == "${google_pubsub_topic.uploads.id}"
+    push = _one(subscription["push_config"])
+    assert push["push_endpoint"] == "${var.push_endpoint}"
+    # The trigger parses the Pub/Sub envelope ({"message": ..., "subscription": ...}).
+    assert "no_wrapper" not in push
+    token = _one(push["oidc_token"])
+    assert token == {
+        "service_account_email": "${google_service_account.push.email}",
+        "audience": "${var.audience}",
+    }
+    # Redelivered only when the trigger (Lambda timeout) has surely given up.
+    assert subscription["ack_deadline_seconds"] > _template_trigger_timeout()
+    retry = _one(subscription["retry_policy"])
+    assert retry == {"minimum_backoff": "10s", "maximum_backoff": "600s"}
+    dead_letter = _one(subscription["dead_letter_policy"])
+    assert dead_letter["dead_letter_topic"] == "${google_pubsub_topic.dead_letter.id}"
+    assert dead_letter["max_delivery_attempts"] == "${var.max_delivery_attempts}"
+    token_creator = resources[("google_service_account_iam_member", "pubsub_mints_tokens")]
+    assert token_creator["role"] == "roles/iam.serviceAccountTokenCreator"
+    assert token_creator["service_account_id"] == "${google_service_account.push.name}"
+    assert token_creator["member"] == "${local.pubsub_service_agent}"
+
+
+def test_dead_lettering_has_its_permissions(main_tf: dict[str, Any]) -> None:
+    resources = _blocks(main_tf, "resource")
+    publisher = resources[("google_pubsub_topic_iam_member", "pubsub_dead_letters")]
+    assert publisher["topic"] == "${google_pubsub_topic.dead_letter.id}"
+    assert publisher["role"] == "roles/pubsub.publisher"
+    subscriber = resources[("google_pubsub_subscription_iam_member", "pubsub_forwards")]
+    assert subscriber["subscription"] == "${google_pubsub_subscription.push.id}"
+    assert subscriber["role"] == "roles/pubsub.subscriber"
+    (locals_,) = main_tf["locals"]
+    assert locals_["pubsub_service_agent"].endswith("@gcp-sa-pubsub.iam.gserviceaccount.com")
+
+
+def test_outputs_feed_the_stack(main_tf: dict[str, Any]) -> None:
+    outputs = {name: body for entry in main_tf["output"] for name, body in entry.items()}
+    assert outputs["push_service_account"]["value"] == "${google_service_account.push.email}"
+    assert "bridge_service_account" in outputs
+    # The bridge's key is not created here: it would sit in Terraform state.
+    assert ("google_service_account_key", "bridge") not in _blocks(main_tf, "resource")
+
+
+def test_provider_is_pinned(main_tf: dict[str, Any]) -> None:
+    (terraform,) = main_tf["terraform"]
+    (providers,) = terraform["required_providers"]
+    assert providers["google"]["source"] == "hashicorp/google"
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="no terraform binary here")
+def test_terraform_fmt_is_clean() -> None:
+    # fmt parses the configuration (a syntax error fails it) without providers or network.
+    completed = subprocess.run(["terraform", "fmt", "-check", "-diff", "-no-color", str(GCP)],
+                               capture_output=True, text=True, timeout=60, check=False)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+def test_gcloud_script_parses_and_matches_the_terraform() -> None:
+    script = GCP / "gcloud.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
+    text = script.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text
+    for flag in (
+        "--event-types=OBJECT_FINALIZE", "--payload-format=json",
+        '--push-endpoint="$PUSH_ENDPOINT"', '--push-auth-service-account="$PUSH_SA"',
+        '--push-auth-token-audience="$AUDIENCE"', "--ack-deadline=60",
+        "--min-retry-delay=10s", "--max-retry-delay=600s",
+        '--dead-letter-topic="$DEAD_LETTER_TOPIC"',
+        '--max-delivery-attempts="$MAX_DELIVERY_ATTEMPTS"',
+        "--role=roles/iam.serviceAccountTokenCreator", "--role=roles/pubsub.publisher",
+        "--role=roles/pubsub.subscriber", "--role=roles/storage.objectUser",
+    ):
+        assert flag in text, flag
+    # Same names as main.tf, so either can be used (or one after the other).
+    terraform = (GCP / "main.tf").read_text()
+    for suffix in ("uploads", "uploads-dead-letter", "uploads-push", "push", "bridge"):
+        assert f'"${{var.name}}-{suffix}"' in terraform, suffix
+        assert f"${{NAME}}-{suffix}" in text, suffix
+    assert "ack_deadline_seconds       = 60" in terraform
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_gcloud_script_passes_shellcheck() -> None:
+    subprocess.run(["shellcheck", str(GCP / "gcloud.sh")], check=True, timeout=60)

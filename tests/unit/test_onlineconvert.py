@@ -1,0 +1,181 @@
+"""Online-Convert v2 adapter: job documents per grant, the callback token, and the re-fetch
+that decides what happened (never the posted body)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+import pytest
+
+from convbridge.errors import CallbackError, CallbackSignatureError, ProviderError
+from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget
+from convbridge.providers.base import CALLBACK_QUERY
+from convbridge.providers.onlineconvert import OnlineConvert
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "onlineconvert"
+NOW = datetime(2026, 11, 23, tzinfo=UTC)
+TOKEN = "CONTEXT"
+
+
+def provider(handler: object = None) -> OnlineConvert:
+    transport = httpx.MockTransport(handler) if handler else None  # type: ignore[arg-type]
+    return OnlineConvert(api_key="oc-key", signing_secret=None,
+                         base_url="https://api.api2convert.com/v2",
+                         http=httpx.Client(transport=transport))
+
+
+def fixture(name: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((FIXTURES / name).read_bytes())
+    return document
+
+
+def spec(read_kind: str = "presigned_url", route: str = "relay") -> JobSpec:
+    creds = {"access_key_id": "ASIAREAD", "secret_access_key": "readsecret",
+             "session_token": "readtoken"}
+    read = Grant(kind=read_kind, storage="s3", location="bkt", key="inbox/a b.png",  # type: ignore[arg-type]
+                 scope="read", expires_at=NOW, region="eu-west-1",
+                 url="https://bkt.s3.amazonaws.com/inbox/a%20b.png?X-Amz-Signature=s",
+                 secret=creds if read_kind == "sts_session" else {})
+    write = Grant(kind="sts_session", storage="s3", location="bkt", key="outbox/a b.pdf",
+                  scope="write", expires_at=NOW, region="eu-west-1",
+                  secret={"access_key_id": "ASIAWRITE", "secret_access_key": "writesecret",
+                          "session_token": "writetoken"})
+    return JobSpec(source=ObjectRef("s3", "bkt", "inbox/a b.png"), rule="images",
+                   conversion=ConversionSpec("png", "pdf", {"dpi": 300}),
+                   route=route,  # type: ignore[arg-type]
+                   read_grant=read, write_grant=write if route == "native" else None,
+                   output=OutputTarget("s3", "bkt", "outbox/a b.pdf"), context_token="CT X+/=",
+                   webhook_url="https://hooks.example/callbacks/onlineconvert",
+                   filename="a b.png")
+
+
+def query(**params: str) -> dict[str, str]:
+    return {CALLBACK_QUERY: urlencode(params)}
+
+
+def test_a_signed_url_becomes_a_remote_input_and_outputs_come_back_by_uri() -> None:
+    job = provider().build_job(spec())
+    assert job["input"] == [{"type": "remote", "filename": "a b.png",
+                             "source": "https://bkt.s3.amazonaws.com/inbox/a%20b.png?"
+                                       "X-Amz-Signature=s"}]
+    assert job["conversion"] == [{"target": "pdf", "options": {"dpi": 300}}]
+    assert job["notify_status"] is False
+    callback = urlsplit(job["callback"])
+    assert callback.path == "/callbacks/onlineconvert"
+    assert parse_qs(callback.query) == {"token": ["CT X+/="]}  # encoded, decoded back
+
+
+def test_sts_grants_become_amazons3_input_and_output_target_with_sessiontoken() -> None:
+    job = provider().build_job(spec("sts_session", route="native"))
+    assert job["input"] == [{
+        "type": "cloud", "source": "amazons3", "filename": "a b.png",
+        "parameters": {"bucket": "bkt", "file": "inbox/a b.png", "region": "eu-west-1"},
+        "credentials": {"accesskeyid": "ASIAREAD", "secretaccesskey": "readsecret",
+                        "sessiontoken": "readtoken"}}]
+    assert job["conversion"][0]["output_target"] == [{
+        "type": "amazons3",
+        "parameters": {"bucket": "bkt", "file": "outbox/a b.pdf", "region": "eu-west-1"},
+        "credentials": {"accesskeyid": "ASIAWRITE", "secretaccesskey": "writesecret",
+                        "sessiontoken": "writetoken"}}]
+
+
+def test_an_azure_write_grant_is_refused_rather_than_widened() -> None:
+    azure = Grant(kind="sas", storage="azure_blob", location="a/c", key="o.pdf", scope="w",
+                  expires_at=NOW, secret={"sas_token": "x", "account_name": "a"})
+    with pytest.raises(ProviderError):
+        provider().build_job(replace(spec(route="native"), write_grant=azure))
+    assert "azure_blob" not in OnlineConvert.native_exports
+
+
+def test_create_sends_the_api_key_header() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(201, json={"id": "8c267416-25dc-4298-8a26-b48f7eaa8000",
+                                         "status": {"code": "incomplete"}})
+
+    assert provider(handler).start(spec()) == "8c267416-25dc-4298-8a26-b48f7eaa8000"
+    assert str(seen[0].url) == "https://api.api2convert.com/v2/jobs"
+    assert seen[0].headers["X-Oc-Api-Key"] == "oc-key"
+
+
+def test_a_callback_without_a_token_is_refused() -> None:
+    body = (FIXTURES / "callback_job_completed.json").read_bytes()
+    with pytest.raises(CallbackSignatureError):
+        provider().accept_callback({}, body)
+    with pytest.raises(CallbackSignatureError):
+        provider().accept_callback(query(token=""), body)
+    with pytest.raises(CallbackSignatureError):
+        provider().accept_callback({CALLBACK_QUERY: "token=a&token=b"}, body)
+
+
+def test_the_posted_body_is_provisional_and_carries_the_urls_token() -> None:
+    body = (FIXTURES / "callback_job_completed.json").read_bytes()
+    outcome = provider().accept_callback(query(token="FROM-URL"), body)
+    assert outcome is not None and outcome.context_token == "FROM-URL"
+    running = (FIXTURES / "job_processing.json").read_bytes()
+    assert provider().accept_callback(query(token="FROM-URL"), running) is None
+
+
+def test_a_job_id_that_could_leave_the_jobs_path_is_refused() -> None:
+    body = json.dumps({**fixture("callback_job_completed.json"), "id": "../account"})
+    with pytest.raises(CallbackError):
+        provider().accept_callback(query(token=TOKEN), body.encode())
+
+
+def test_confirm_acts_on_the_fetched_job_not_the_posted_one() -> None:
+    real = fixture("callback_job_failed.json")
+    posted = {**fixture("callback_job_completed.json"), "id": real["id"]}
+    posted["output"][0]["uri"] = "https://attacker.example/payload.pdf"
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=real)
+
+    adapter = provider(handler)
+    outcome = adapter.accept_callback(query(token=TOKEN), json.dumps(posted).encode())
+    assert outcome is not None and outcome.status == "finished"
+    confirmed = adapter.confirm(outcome, query(token=TOKEN))
+    assert confirmed is not None and confirmed.status == "failed"
+    assert (confirmed.code, confirmed.failed_task) == ("5016", "conversion")
+    assert confirmed.outputs == ()
+    assert str(seen[0].url) == f"https://api.api2convert.com/v2/jobs/{real['id']}"
+    assert seen[0].headers["X-Oc-Api-Key"] == "oc-key"
+
+
+def test_a_token_from_another_jobs_callback_url_is_refused() -> None:
+    other = {**fixture("callback_job_completed.json"),
+             "callback": "https://hooks.example/callbacks/onlineconvert?token=OTHER"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=other)
+
+    adapter = provider(handler)
+    outcome = adapter.accept_callback(query(token=TOKEN), json.dumps(other).encode())
+    assert outcome is not None
+    with pytest.raises(CallbackSignatureError):
+        adapter.confirm(outcome, query(token=TOKEN))
+
+
+def test_confirm_waits_for_a_job_still_running_and_refuses_a_different_job() -> None:
+    running = fixture("job_processing.json")
+    answers = [running, {**running, "id": "someone-else"}]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=answers.pop(0))
+
+    adapter = provider(handler)
+    finished = adapter.accept_callback(
+        query(token=TOKEN), (FIXTURES / "callback_job_completed.json").read_bytes())
+    assert finished is not None
+    assert adapter.confirm(finished, query(token=TOKEN)) is None
+    with pytest.raises(ProviderError):
+        adapter.confirm(finished, query(token=TOKEN))
