@@ -24,10 +24,11 @@ $(NODE_STAMP): package.json
 	@touch $(NODE_STAMP)
 
 $(SSHD_STAMP): $(STAMP)
-	@if [ "$$(id -u)" = 0 ] && [ ! -x /usr/sbin/sshd ]; then \
-		echo "installing openssh-server for the SFTP tests"; \
+	@if [ "$$(id -u)" = 0 ] && { [ ! -x /usr/sbin/sshd ] || ! command -v shellcheck >/dev/null; }; \
+	then \
+		echo "installing openssh-server (SFTP tests) and shellcheck (infra script check)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			openssh-server >/dev/null; \
+			openssh-server shellcheck >/dev/null; \
 	fi
 	@touch $(SSHD_STAMP)
 
