@@ -15,9 +15,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import hcl2  # noqa: E402 (python-hcl2, in the dev extra)
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 GCP = ROOT / "infra" / "gcp"
