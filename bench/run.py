@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     sweep = ROOT / "bench" / "sweep.py"
     if sweep.exists():
-        from bench import sweep as sweep_bench  # type: ignore[attr-defined]
+        from bench import sweep as sweep_bench
 
         sections.append(("SFTP sweep", lambda: sweep_bench.measure(
             (100, 1000) if args.quick else (100, 1000, 10000))))
