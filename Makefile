@@ -83,7 +83,7 @@ test: lint servers
 # benchmarks print their figures and write BENCHMARKS.md; they are not timed tests
 bench: $(STAMP) servers
 	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[dev,bench]'
-	POWERTOOLS_LOG_LEVEL=WARNING $(BIN)/python -m bench.run $(ARGS)
+	POWERTOOLS_LOG_LEVEL=WARNING POWERTOOLS_METRICS_DISABLED=true $(BIN)/python -m bench.run $(ARGS)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

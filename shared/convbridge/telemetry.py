@@ -10,6 +10,7 @@ silences it (the demo does, to keep its output readable).
 from __future__ import annotations
 
 import logging
+import os
 
 NAMESPACE = "convbridge"
 
@@ -18,6 +19,9 @@ logger = logging.getLogger(__name__)
 
 def record(name: str, value: float, *, unit: str = "Count", **dimensions: str) -> None:
     """One metric data point; never lets a metrics failure break the pipeline."""
+    # single_metric does not consult POWERTOOLS_METRICS_DISABLED itself (Metrics.flush does)
+    if os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() in {"1", "true"}:
+        return
     from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
     try:
