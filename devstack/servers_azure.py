@@ -8,19 +8,12 @@ raises :class:`ServerStartError` saying why when it cannot start, so tests fail,
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import os
 import shutil
-import signal
-import subprocess
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from devstack.servers import LOCALHOST, ServerStartError, _Server, _tail, free_ports
+from devstack.servers import LOCALHOST, ProcessServer, ServerStartError
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Azurite's built-in account and key, published in its documentation; not a secret.
@@ -40,20 +33,14 @@ def find_azurite() -> Path:
     return binary
 
 
-class AzuriteServer(_Server):
+class AzuriteServer(ProcessServer):
     """One ``azurite-blob`` process. ``endpoint_url`` is the account's blob endpoint
     (path style: ``http://127.0.0.1:PORT/devstoreaccount1``)."""
 
+    label = "Azurite"
+    install_hint = INSTALL_HINT
     account_name = ACCOUNT_NAME
     account_key = ACCOUNT_KEY
-
-    def __init__(self, *, start_timeout: float = 20.0, binary: Path | None = None) -> None:
-        self.start_timeout = start_timeout
-        self.binary = binary
-        self._process: subprocess.Popen[bytes] | None = None
-        self._port: int | None = None
-        self._stderr: Path | None = None
-        self.startup_seconds = 0.0
 
     @property
     def endpoint_url(self) -> str:
@@ -61,71 +48,18 @@ class AzuriteServer(_Server):
             raise RuntimeError("AzuriteServer is not running; call start() first")
         return f"http://{LOCALHOST}:{self._port}/{ACCOUNT_NAME}"
 
-    def start(self) -> None:
-        if self._process is not None:
-            return
-        binary = self.binary or find_azurite()
-        (self._port,) = free_ports(1)
+    def find_binary(self) -> Path:
+        return find_azurite()
+
+    def command(self, binary: Path, port: int) -> list[str]:
         # --skipApiVersionCheck: current azure-storage-blob speaks a newer API version than
         # Azurite knows and would get 400 on every call; --inMemoryPersistence: nothing on disk
-        command = [str(binary), "--blobHost", LOCALHOST, "--blobPort", str(self._port),
-                   "--inMemoryPersistence", "--disableTelemetry", "--silent",
-                   "--skipApiVersionCheck"]
-        handle, name = tempfile.mkstemp(prefix="convbridge-azurite-", suffix=".log")
-        self._stderr = Path(name)
-        started = time.monotonic()
-        with open(handle, "wb") as log:
-            try:
-                self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                                 stderr=subprocess.STDOUT,
-                                                 start_new_session=True)
-            except OSError as exc:
-                self.stop()
-                raise ServerStartError(f"cannot run Azurite {binary}: {exc}; "
-                                       f"{INSTALL_HINT}") from exc
-        atexit.register(self.stop)
-        try:
-            self._wait_until_ready(started)
-        except BaseException:
-            self.stop()
-            raise
+        return [str(binary), "--blobHost", LOCALHOST, "--blobPort", str(port),
+                "--inMemoryPersistence", "--disableTelemetry", "--silent",
+                "--skipApiVersionCheck"]
 
-    def _wait_until_ready(self, started: float) -> None:
-        assert self._process is not None and self._stderr is not None
-        deadline = started + self.start_timeout
-        while True:
-            code = self._process.poll()
-            if code is not None:
-                raise ServerStartError(
-                    f"Azurite exited with status {code} before port {self._port} answered "
-                    f"({INSTALL_HINT}); last output lines:\n{_tail(self._stderr)}")
-            if _is_azurite(f"{self.endpoint_url}?comp=list"):
-                self.startup_seconds = time.monotonic() - started
-                return
-            if time.monotonic() > deadline:
-                raise ServerStartError(
-                    f"Azurite did not answer on port {self._port} within "
-                    f"{self.start_timeout:.0f} s; last output lines:\n{_tail(self._stderr)}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        atexit.unregister(self.stop)
-        process, self._process = self._process, None
-        if process is not None:
-            if process.poll() is None:
-                # in memory: nothing to flush; the whole group, in case node forked
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=10)
-        if self._stderr is not None:
-            self._stderr.unlink(missing_ok=True)
-            self._stderr = None
-        self._port = None
-
-    def __repr__(self) -> str:
-        state = self.endpoint_url if self._port is not None else "stopped"
-        return f"AzuriteServer({state})"
+    def answers(self) -> bool:
+        return _is_azurite(f"{self.endpoint_url}?comp=list")
 
 
 def _is_azurite(url: str) -> bool:

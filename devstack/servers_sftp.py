@@ -35,6 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from devstack.servers import LOCALHOST, ServerStartError, free_ports
 
 SSHD = "/usr/sbin/sshd"
+#: where useradd and chpasswd live; searched after PATH
+SBIN_PATH = "/usr/local/sbin:/usr/sbin:/sbin"
 USERNAME = "convbridge-sftp"
 #: the account's login folder, as the account sees it
 DROP = "/drop"
@@ -326,6 +328,9 @@ def _ensure_account(username: str, password: str) -> tuple[int, int]:
 
 
 def _run(command: list[str], stdin: str | None = None) -> None:
+    # account tools live in the sbin folders, which a minimal PATH (CI's) may leave out
+    found = shutil.which(command[0], path=f"{os.environ.get('PATH', '')}:{SBIN_PATH}")
+    command = [found or command[0], *command[1:]]
     try:
         subprocess.run(command, input=stdin, text=True, capture_output=True, check=True,
                        timeout=30)

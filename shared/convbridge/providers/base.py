@@ -21,12 +21,13 @@ import httpx
 
 from convbridge.errors import (
     CallbackSignatureError,
+    ProviderError,
     ProviderOutcomeUnknown,
     ProviderRejected,
     ProviderUnavailable,
 )
 from convbridge.http import GaveUp, send
-from convbridge.model import JobOutcome, JobSpec
+from convbridge.model import Grant, JobOutcome, JobSpec
 
 logger = logging.getLogger(__name__)
 #: create attempts whose answers were lost before giving up on a job
@@ -218,3 +219,15 @@ def _error_code(response: httpx.Response) -> str | None:
     if isinstance(body, dict) and isinstance(body.get("code"), str):
         return str(body["code"])
     return None
+
+
+def native_task(tables: Mapping[tuple[str, str], Callable[..., dict[str, Any]]], grant: Grant,
+                provider: str, *args: Any) -> dict[str, Any]:
+    """The task a provider's capability table builds for ``grant`` (keyed on storage and grant
+    kind); a grant the table lacks is a bug in the planner, reported as a ProviderError."""
+    try:
+        build = tables[(grant.storage, grant.kind)]
+    except KeyError:
+        raise ProviderError(f"{provider} has no task for a {grant.storage} {grant.kind} "
+                            "grant") from None
+    return build(grant, *args)

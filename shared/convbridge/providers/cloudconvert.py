@@ -27,7 +27,7 @@ from convbridge.errors import (
 )
 from convbridge.http import GaveUp, send
 from convbridge.model import Grant, JobOutcome, JobSpec, OutputFile
-from convbridge.providers.base import Provider
+from convbridge.providers.base import Provider, native_task
 from convbridge.storage.base import OUTPUT_MARKER
 
 SIGNATURE_HEADER = "CloudConvert-Signature"
@@ -174,24 +174,14 @@ def _import_task(grant: Grant, filename: str) -> dict[str, Any]:
         return {"operation": "import/url", "url": grant.url, "filename": filename}
     if grant.kind == "upload":  # the bridge posts the file once the job exists
         return {"operation": "import/upload"}
-    try:
-        build = IMPORT_TASKS[(grant.storage, grant.kind)]
-    except KeyError:
-        raise ProviderError(f"cloudconvert cannot import a {grant.storage} "
-                            f"{grant.kind} grant") from None
-    return {**build(grant), "filename": filename}
+    return {**native_task(IMPORT_TASKS, grant, "cloudconvert"), "filename": filename}
 
 
 def _export_task(spec: JobSpec) -> dict[str, Any]:
     grant = spec.write_grant
     if spec.route == "relay" or grant is None:
         return {"operation": "export/url", "input": CONVERT_TASK}
-    try:
-        build = EXPORT_TASKS[(grant.storage, grant.kind)]
-    except KeyError:
-        raise ProviderError(f"cloudconvert cannot export with a {grant.storage} "
-                            f"{grant.kind} grant") from None
-    return {**build(grant, spec), "input": CONVERT_TASK}
+    return {**native_task(EXPORT_TASKS, grant, "cloudconvert", spec), "input": CONVERT_TASK}
 
 
 def _import_s3(grant: Grant) -> dict[str, Any]:

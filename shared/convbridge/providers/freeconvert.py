@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 from convbridge.errors import CallbackError, ProviderError, ProviderRejected
 from convbridge.model import Grant, JobOutcome, JobSpec, OutputFile
-from convbridge.providers.base import Provider, parse_time
+from convbridge.providers.base import Provider, native_task, parse_time
 from convbridge.storage.base import OUTPUT_MARKER
 
 SIGNATURE_HEADER = "FreeConvert-Signature"
@@ -158,24 +158,14 @@ def _filename(url: str) -> str:
 def _import_task(grant: Grant, filename: str) -> dict[str, Any]:
     if grant.kind == "presigned_url":  # any storage's signed URL
         return {"operation": "import/url", "url": grant.url, "filename": filename}
-    try:
-        build = IMPORT_TASKS[(grant.storage, grant.kind)]
-    except KeyError:
-        raise ProviderError(f"freeconvert cannot import a {grant.storage} "
-                            f"{grant.kind} grant") from None
-    return {**build(grant), "filename": filename}
+    return {**native_task(IMPORT_TASKS, grant, "freeconvert"), "filename": filename}
 
 
 def _export_task(spec: JobSpec) -> dict[str, Any]:
     grant = spec.write_grant
     if spec.route == "relay" or grant is None:
         return {"operation": "export/url", "input": CONVERT_TASK}
-    try:
-        build = EXPORT_TASKS[(grant.storage, grant.kind)]
-    except KeyError:
-        raise ProviderError(f"freeconvert cannot export with a {grant.storage} "
-                            f"{grant.kind} grant") from None
-    return {**build(grant, spec), "input": CONVERT_TASK}
+    return {**native_task(EXPORT_TASKS, grant, "freeconvert", spec), "input": CONVERT_TASK}
 
 
 def _azure_blob_access(grant: Grant) -> dict[str, Any]:
