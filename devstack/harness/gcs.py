@@ -6,7 +6,9 @@ Storage notification (the object resource as fake-gcs-server serves it, base64 i
 exactly as deployed; only its certificate source differs, pointed by CONVBRIDGE_PUBSUB_CERTS_URL
 at a loopback server that publishes the key's certificate as Google's v1 certs endpoint does. The
 bridge's own service-account key is generated too, and stored in (moto) Secrets Manager as a
-deployment stores the real one.
+deployment stores the real one. So is the dedicated export key a rule with
+``hand_over_account: true`` hands CloudConvert for ``export/google-cloud-storage``, under a
+secret of its own; the provider sandbox is pointed at fake-gcs-server to run that export.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
 REGION = "us-east-1"
 PROJECT = "convbridge-local"
 SECRET_NAME = "convbridge/gcs-service-account"
+#: the dedicated (not scoped) key handed to providers for rules that opt in
+EXPORT_SECRET_NAME = "convbridge/gcs-export-key"
 #: what the push subscription's OIDC token is minted for (Pub/Sub's "audience" setting)
 PUSH_AUDIENCE = "https://convbridge.local/gcs-trigger"
 #: the service account the push subscription signs its tokens as
@@ -190,11 +194,15 @@ class GcsHarness(StorageHarness):
     title: ClassVar[str] = "GCS (fake-gcs-server)"
     delivery: ClassVar[str] = "Pub/Sub push (OIDC token) -> GCS trigger"
 
-    def __init__(self, location: str = "convbridge-demo") -> None:
+    def __init__(self, location: str = "convbridge-demo", *,
+                 hand_over_account: bool = False) -> None:
         super().__init__(location)
         self.server = FakeGcsServer()
         self.issuer = LocalOidcIssuer()
         self.key = service_account_key()
+        #: a different service account from the signing one, as a deployment must use
+        self.export_key = service_account_key("convbridge-export")
+        self.hand_over_account = hand_over_account
         self.certs_server: CertsServer | None = None
         self._client: Any = None
         #: the GCS trigger behind a local Function URL, started by the first push
@@ -204,6 +212,7 @@ class GcsHarness(StorageHarness):
         self.server.start()
         self.certs_server = CertsServer(self.issuer).start()
         self.client.create_bucket(self.location)
+        stack.sandbox.set_gcs_endpoint(self.server.endpoint_url)
 
     def stop(self) -> None:
         if self.push_server is not None:
@@ -220,14 +229,23 @@ class GcsHarness(StorageHarness):
         return {
             "CONVBRIDGE_GCS_ENDPOINT": self.server.endpoint_url,
             "CONVBRIDGE_GCS_SERVICE_ACCOUNT_SECRET": SECRET_NAME,
+            "CONVBRIDGE_GCS_EXPORT_KEY_SECRET": EXPORT_SECRET_NAME,
             "CONVBRIDGE_PUBSUB_AUDIENCE": PUSH_AUDIENCE,
             "CONVBRIDGE_PUBSUB_SERVICE_ACCOUNT": PUSH_SERVICE_ACCOUNT,
             "CONVBRIDGE_PUBSUB_CERTS_URL": self.certs_server.url,
         }
 
     def seed(self, stack: DevStack) -> None:
-        boto3.client("secretsmanager", region_name=REGION).create_secret(
-            Name=SECRET_NAME, SecretString=json.dumps(self.key))
+        secrets_manager = boto3.client("secretsmanager", region_name=REGION)
+        secrets_manager.create_secret(Name=SECRET_NAME, SecretString=json.dumps(self.key))
+        secrets_manager.create_secret(Name=EXPORT_SECRET_NAME,
+                                      SecretString=json.dumps(self.export_key))
+
+    def default_rules(self, read_grant: str) -> str:
+        rules = super().default_rules(read_grant)
+        if self.hand_over_account:
+            rules += "    hand_over_account: true\n"
+        return rules
 
     @property
     def client(self) -> Any:

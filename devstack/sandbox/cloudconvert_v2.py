@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from .azure_io import AzureAccess
+from .gcs_io import GcsAccess
 from .models import (
     ApiRequest,
     ApiResponse,
@@ -29,6 +30,7 @@ from .models import (
     Callback,
     Convert,
     ExportAzureBlob,
+    ExportGcs,
     ExportS3,
     ExportUrl,
     Faults,
@@ -59,7 +61,7 @@ HIDDEN_FIELDS = frozenset({
 NOT_EMULATED = frozenset({
     "import/base64", "import/raw",
     "import/google-cloud-storage", "import/openstack",
-    "export/google-cloud-storage", "export/openstack",
+    "export/openstack",
     "optimize", "watermark", "capture-website", "thumbnail", "merge", "archive", "command",
     "metadata", "metadata/write",
 })
@@ -90,6 +92,9 @@ _AZURE_STRINGS = (
 )
 _AZURE_REQUIRED = ("storage_account", "container")
 
+_GCS_REQUIRED = ("project_id", "bucket", "client_email", "private_key")
+_GCS_STRINGS = (*_GCS_REQUIRED, "file", "file_prefix")
+
 _SFTP_STRINGS = ("host", "username", "password", "private_key", "file", "path")
 
 _SCHEMAS: dict[str, _Fields] = {
@@ -106,6 +111,8 @@ _SCHEMAS: dict[str, _Fields] = {
     "export/url": _Fields(("input",)),
     "import/azure/blob": _Fields(_AZURE_REQUIRED, (*_AZURE_STRINGS, "filename")),
     "export/azure/blob": _Fields(("input", *_AZURE_REQUIRED), _AZURE_STRINGS, ("metadata",)),
+    # the fields of import/google-cloud-storage, which export mirrors (no metadata)
+    "export/google-cloud-storage": _Fields(("input", *_GCS_REQUIRED), _GCS_STRINGS),
     "import/upload": _Fields((), ("redirect",)),
     "import/sftp": _Fields(("host", "username"), (*_SFTP_STRINGS, "filename")),
     "export/sftp": _Fields(("input", "host", "username"), _SFTP_STRINGS),
@@ -273,6 +280,11 @@ def _operation(p: Mapping[str, Any]) -> Operation:
         case "export/azure/blob":
             return ExportAzureBlob(_azure_access(p), p.get("blob"), p.get("blob_prefix"),
                                    p.get("metadata"))
+        case "export/google-cloud-storage":
+            return ExportGcs(GcsAccess(project_id=p["project_id"], bucket=p["bucket"],
+                                       client_email=p["client_email"],
+                                       private_key=p["private_key"]),
+                             p.get("file"), p.get("file_prefix"))
         case "import/upload":
             return ImportUpload()
         case "import/sftp":

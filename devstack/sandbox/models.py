@@ -34,6 +34,7 @@ from .convert import (
     extension,
     output_filename,
 )
+from .gcs_io import GcsAccess, write_gcs
 from .sftp_io import ExportSftp, ImportSftp, ImportUpload, Uploads, read_sftp, write_sftp
 from .storage_io import (
     FileBlob,
@@ -200,8 +201,25 @@ class ExportAzureBlob:
         return self.blob_prefix
 
 
+@dataclass(frozen=True)
+class ExportGcs:
+    access: GcsAccess
+    file: str | None = None
+    file_prefix: str | None = None
+    kind: ClassVar[str] = "export/google-cloud-storage"
+
+    # export_keys names outputs the same way for every cloud
+    @property
+    def key(self) -> str | None:
+        return self.file
+
+    @property
+    def key_prefix(self) -> str | None:
+        return self.file_prefix
+
+
 Operation = (ImportUrl | ImportS3 | Convert | ExportS3 | ExportUrl | ImportAzureBlob
-             | ExportAzureBlob | ImportSftp | ExportSftp | ImportUpload)
+             | ExportAzureBlob | ExportGcs | ImportSftp | ExportSftp | ImportUpload)
 
 _FAILURE_CODE = {
     "import/url": IMPORT_FAILED,
@@ -211,6 +229,7 @@ _FAILURE_CODE = {
     "export/url": EXPORT_FAILED,
     "import/azure/blob": IMPORT_FAILED,
     "export/azure/blob": EXPORT_FAILED,
+    "export/google-cloud-storage": EXPORT_FAILED,
     "import/sftp": IMPORT_FAILED,
     "export/sftp": EXPORT_FAILED,
     "import/upload": IMPORT_FAILED,
@@ -319,7 +338,7 @@ def order_by_dependencies(inputs: Mapping[str, Iterable[str]]) -> list[str]:
 _PLACEHOLDER = re.compile(r"%(0?\d*)d")
 
 
-def export_keys(spec: ExportS3 | ExportAzureBlob, filenames: list[str]) -> list[str]:
+def export_keys(spec: ExportS3 | ExportAzureBlob | ExportGcs, filenames: list[str]) -> list[str]:
     """Object keys for the exported files: `key` (printf placeholders such as file-%d.pdf
     numbered from 1), else `key_prefix` + filename."""
     if not spec.key:
@@ -477,6 +496,8 @@ class Backend:
         )
         # Azure storage account name -> blob endpoint (the offline stand-in for DNS)
         self._azure_endpoints: dict[str, str] = {}
+        # where GCS tasks reach storage.googleapis.com (an emulator such as fake-gcs-server)
+        self._gcs_endpoint: str | None = None
 
     # -- azure -------------------------------------------------------------------------------
 
@@ -490,6 +511,20 @@ class Backend:
         if endpoint is None:
             raise StorageError(f"storage account {access.account!r} is unknown to the sandbox "
                                "(Sandbox.set_azure_endpoint maps accounts to endpoints)")
+        return dataclasses.replace(access, endpoint=endpoint)
+
+    # -- gcs ---------------------------------------------------------------------------------
+
+    def set_gcs_endpoint(self, endpoint: str | None) -> None:
+        with self.lock:
+            self._gcs_endpoint = endpoint
+
+    def _gcs_access(self, access: GcsAccess) -> GcsAccess:
+        with self.lock:
+            endpoint = self._gcs_endpoint
+        if endpoint is None:
+            raise StorageError("Cloud Storage is unreachable from the sandbox "
+                               "(Sandbox.set_gcs_endpoint points GCS tasks at an emulator)")
         return dataclasses.replace(access, endpoint=endpoint)
 
     # -- faults ------------------------------------------------------------------------------
@@ -724,6 +759,15 @@ class Backend:
                     for name, blob in zip(names, files, strict=True):
                         write_azure(self._downloads, self._azure_access(spec.access), name,
                                     blob, metadata=spec.metadata)
+                except StorageError as exc:
+                    raise TaskFailure(EXPORT_FAILED, str(exc)) from exc
+                return [], [ResultFile(blob.filename, blob.size) for blob in files]
+            case ExportGcs():
+                names = export_keys(spec, [blob.filename for blob in files])
+                try:
+                    access = self._gcs_access(spec.access)
+                    for name, blob in zip(names, files, strict=True):
+                        write_gcs(self._downloads, access, name, blob)
                 except StorageError as exc:
                     raise TaskFailure(EXPORT_FAILED, str(exc)) from exc
                 return [], [ResultFile(blob.filename, blob.size) for blob in files]

@@ -334,6 +334,11 @@ class Sandbox:
         as http://127.0.0.1:10000/devstoreaccount1); the offline stand-in for Azure's DNS."""
         self._backend.set_azure_endpoint(account, endpoint)
 
+    def set_gcs_endpoint(self, endpoint: str | None) -> None:
+        """Where GCS tasks reach Cloud Storage (a fake-gcs-server URL); the offline stand-in
+        for storage.googleapis.com. None: GCS tasks fail as unreachable."""
+        self._backend.set_gcs_endpoint(endpoint)
+
     def set_freeconvert_webhook(self, url: str | None) -> None:
         """The FreeConvert account's webhook (FreeConvert has no per-job callback URL)."""
         self._freeconvert.set_webhook(url)

@@ -16,7 +16,8 @@ from typing import Any, Literal
 Route = Literal["native", "relay"]
 #: ``sftp_account`` hands over a dedicated account (only when a rule opts in); ``upload`` means
 #: no credential leaves the bridge: it pushes the bytes to the provider itself
-GrantKind = Literal["presigned_url", "sts_session", "sftp_account", "upload", "sas"]
+GrantKind = Literal["presigned_url", "sts_session", "sftp_account", "upload", "sas",
+                    "gcs_service_account"]
 OutcomeStatus = Literal["finished", "failed"]
 
 

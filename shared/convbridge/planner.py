@@ -16,7 +16,7 @@ from convbridge.providers.base import Provider
 from convbridge.storage.base import Storage
 
 #: grant kinds that hand over a long-lived (dedicated) account instead of a scoped credential
-ACCOUNT_GRANT_KINDS = frozenset({"sftp_account"})
+ACCOUNT_GRANT_KINDS = frozenset({"sftp_account", "gcs_service_account"})
 
 
 @dataclass(frozen=True)

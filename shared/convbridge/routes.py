@@ -24,6 +24,8 @@ GRANT_KINDS: dict[str, tuple[str, str]] = {
                     "STS session creds scoped to the job's output key"),
     "sas": ("SAS for one blob", "create-only SAS for the output blob"),
     "sftp_account": ("dedicated SFTP account", "dedicated SFTP account"),
+    "gcs_service_account": ("dedicated GCS service-account key (not scoped)",
+                            "dedicated GCS service-account key (not scoped)"),
     "upload": ("nothing: the bridge uploads the bytes", "nothing"),
 }
 UPLOAD_UNSUPPORTED = "nothing, and it takes no upload: failure report (UPLOAD_UNSUPPORTED)"

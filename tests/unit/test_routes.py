@@ -61,6 +61,10 @@ def test_the_table_says_what_each_provider_is_handed(capsys: pytest.CaptureFixtu
     assert table[("cloudconvert", "sftp")][1] == (
         "dedicated SFTP account (hand_over_account: true)",
         "dedicated SFTP account (hand_over_account: true)")
+    # the GCS export key is long-lived and unscoped: listed as opt-in only, never the default
+    assert table[("cloudconvert", "gcs")] == [
+        ("signed URL for the one object", relay),
+        ("", "dedicated GCS service-account key (not scoped) (hand_over_account: true)")]
 
 
 def test_no_provider_is_handed_a_long_lived_key_unless_the_rule_opts_in() -> None:
@@ -74,6 +78,10 @@ def test_no_provider_is_handed_a_long_lived_key_unless_the_rule_opts_in() -> Non
                 assert plan.read_grant in routes.SCOPED_GRANT_KINDS
                 assert plan.write_grant is None or plan.write_grant in routes.SCOPED_GRANT_KINDS
     assert not ACCOUNT_GRANT_KINDS & routes.SCOPED_GRANT_KINDS
+    assert "gcs_service_account" in ACCOUNT_GRANT_KINDS
+    gcs = next(r for r in table if (r.provider, r.storage) == ("cloudconvert", "gcs"))
+    assert [(h.kind, h.when) for h in gcs.exports] == [
+        (None, "default"), ("gcs_service_account", routes.OPT_IN)]
 
 
 def test_every_grant_kind_a_provider_takes_is_classified() -> None:

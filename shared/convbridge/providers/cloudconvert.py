@@ -7,7 +7,9 @@ the one blob. Anything else imports from a presigned URL (``import/url``) and ex
 CloudConvert's own download URL (``export/url``) for the relay. SFTP files, which have no
 signed URLs, are pushed by the bridge into an ``import/upload`` task (a multipart form post
 once the job exists); only rules that opt in hand CloudConvert the dedicated SFTP account for
-``import/sftp`` and ``export/sftp``.
+``import/sftp`` and ``export/sftp``, and the dedicated GCS export key for
+``export/google-cloud-storage`` (GCS has no narrower credential CloudConvert takes; the task
+sets no metadata, so the rule's output prefix is what keeps the output from starting a job).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class CloudConvert(Provider):
         "s3": frozenset({"sts_session"}),
         "sftp": frozenset({"sftp_account"}),
         "azure_blob": frozenset({"sas"}),
+        # only for rules with hand_over_account: true (see convbridge.planner)
+        "gcs": frozenset({"gcs_service_account"}),
     }
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
@@ -234,6 +238,14 @@ def _export_sftp(grant: Grant, spec: JobSpec) -> dict[str, Any]:
     return {"operation": "export/sftp", **_sftp_account(grant), "file": grant.key}
 
 
+def _export_gcs(grant: Grant, spec: JobSpec) -> dict[str, Any]:
+    # the fields of import/google-cloud-storage, which export mirrors; no metadata field
+    return {"operation": "export/google-cloud-storage",
+            "project_id": grant.secret["project_id"], "bucket": grant.location,
+            "client_email": grant.secret["client_email"],
+            "private_key": grant.secret["private_key"], "file": spec.output.key}
+
+
 #: (storage, grant kind) -> the task that imports with it natively
 IMPORT_TASKS: dict[tuple[str, str], Callable[[Grant], dict[str, Any]]] = {
     ("s3", "sts_session"): _import_s3,
@@ -245,6 +257,7 @@ EXPORT_TASKS: dict[tuple[str, str], Callable[[Grant, JobSpec], dict[str, Any]]] 
     ("s3", "sts_session"): _export_s3,
     ("sftp", "sftp_account"): _export_sftp,
     ("azure_blob", "sas"): _export_azure_blob,
+    ("gcs", "gcs_service_account"): _export_gcs,
 }
 
 

@@ -3,8 +3,12 @@
 A read grant is a V4 signed URL for GET of the one object, pinned to the generation that
 started the job, valid for the configured read lifetime (never more than GCS's 7 days) and
 signed with the service-account key kept in Secrets Manager. GCS has no write credential a
-provider accepts that is narrower than a whole service-account key, so ``write_grant_kinds`` is
-empty and outputs are relayed through the bridge. Every write names the generation it expects
+provider accepts that is narrower than a whole service-account key, so outputs are relayed
+through the bridge. The one exception is opt-in: a rule with ``hand_over_account: true`` gets
+``gcs_service_account`` write grants (see convbridge.planner), which hand the provider a
+dedicated export key read from the secret CONVBRIDGE_GCS_EXPORT_KEY_SECRET. That key is never
+the signing key, and it is not scoped: it reaches whatever its service account can, and does
+not expire with the grant. Every write the bridge makes itself names the generation it expects
 to replace (0: the object must not exist yet), so a retried write never replaces an object
 someone else wrote in the meantime, and google-cloud-storage's own retries, which it enables
 only for writes with such a precondition, are safe.
@@ -15,7 +19,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlparse
@@ -92,17 +97,49 @@ def storage_client(credentials: service_account.Credentials, endpoint: str | Non
         raise ConfigError(f"cannot build a GCS client: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class ExportKey:
+    """The dedicated service-account key handed to a provider's GCS export, for rules that opt
+    in. Not scoped: it reaches everything its service account is granted."""
+
+    project_id: str
+    client_email: str
+    private_key: str = field(repr=False)
+
+
+def export_key(name: str, secret: SecretValue) -> ExportKey:
+    """The export key in secret ``name``: a JSON key file as Google issues it."""
+    key = ExportKey(project_id=secret.optional("project_id") or "",
+                    client_email=secret.field("client_email"),
+                    private_key=secret.field("private_key"))
+    if not key.project_id:
+        raise SecretError(f"secret {name} has no project_id; a provider's GCS export needs it")
+    return key
+
+
 class GcsStorage(Storage):
     name: ClassVar[str] = "gcs"
-    write_grant_kinds: ClassVar[tuple[str, ...]] = ()
+    #: only ever planned for rules with ``hand_over_account: true`` (see convbridge.planner)
+    write_grant_kinds: ClassVar[tuple[str, ...]] = ("gcs_service_account",)
 
     @classmethod
     def from_settings(cls, settings: Settings, clients: CloudClients) -> GcsStorage:
         secret_name = settings.required("GCS_SERVICE_ACCOUNT_SECRET",
                                         "to reach GCS and sign read URLs")
         signer = signing_credentials(secret_name, clients.secrets.get(secret_name))
+        export_name = settings.value("GCS_EXPORT_KEY_SECRET")
+        if export_name and export_name == secret_name:
+            raise ConfigError("CONVBRIDGE_GCS_EXPORT_KEY_SECRET must name a dedicated export "
+                              "key, not the signing key of CONVBRIDGE_GCS_SERVICE_ACCOUNT_SECRET")
+
+        def exporter() -> ExportKey | None:
+            # read per grant, so a rotated key is picked up (SecretStore caches)
+            if not export_name:
+                return None
+            return export_key(export_name, clients.secrets.get(export_name))
+
         return cls(client=storage_client(signer, settings.value("GCS_ENDPOINT")), signer=signer,
-                   upload_http=make_client(settings.http_timeout_seconds))
+                   upload_http=make_client(settings.http_timeout_seconds), export_key=exporter)
 
     def __init__(
         self,
@@ -111,11 +148,13 @@ class GcsStorage(Storage):
         signer: service_account.Credentials,
         upload_http: httpx.Client | None = None,
         chunk_size: int = UPLOAD_CHUNK,
+        export_key: Callable[[], ExportKey | None] | None = None,
     ) -> None:
         if chunk_size <= 0 or chunk_size % CHUNK_GRANULE:
             raise ValueError(f"chunk_size must be a positive multiple of {CHUNK_GRANULE}")
         self._client = client
         self._signer = signer
+        self._export_key = export_key or (lambda: None)
         # resumable session URLs authorise their own requests, so a plain client suffices
         self._http = upload_http or make_client(60.0)
         self._chunk_size = chunk_size
@@ -152,8 +191,27 @@ class GcsStorage(Storage):
         )
 
     def grant_write(self, target: OutputTarget, ttl_seconds: int) -> Grant:
-        raise GrantError("gcs outputs are relayed: a provider's GCS export needs a whole "
-                         "service-account key, which is wider than one output")
+        """Planned only for rules with ``hand_over_account: true``: a provider's GCS export
+        needs a whole service-account key, which is wider than one output. Without a dedicated
+        export key configured the output is relayed (GrantError)."""
+        key = self._export_key()
+        if key is None:
+            raise GrantError("gcs outputs are relayed: no dedicated export key is configured "
+                             "(CONVBRIDGE_GCS_EXPORT_KEY_SECRET)")
+        if key.client_email == self._signer.service_account_email:
+            raise GrantError("gcs outputs are relayed: the export key is the signing key's "
+                             "service account, which is never handed over "
+                             "(CONVBRIDGE_GCS_EXPORT_KEY_SECRET needs its own)")
+        return Grant(
+            kind="gcs_service_account", storage=self.name, location=target.location,
+            key=target.key,
+            scope=(f"create gs://{target.location}/{target.key} with the dedicated export "
+                   f"service account {key.client_email} (not scoped: its key reaches "
+                   "everything that service account can, and does not expire with this grant)"),
+            expires_at=datetime.now(UTC) + timedelta(seconds=ttl_seconds),
+            secret={"project_id": key.project_id, "client_email": key.client_email,
+                    "private_key": key.private_key},
+        )
 
     # reads
 
