@@ -20,25 +20,11 @@ from typing import Any
 import pytest
 
 from devstack.harness.azure import AzureHarness
-from devstack.servers import ServerStartError
 from devstack.servers_azure import AzuriteServer
 from devstack.stack import DevStack
 from tests.conftest import png_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[AzuriteServer]:
-    server = AzuriteServer()
-    try:
-        server.start()
-    except ServerStartError as exc:
-        pytest.fail(f"Azurite could not start: {exc}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def azure_stack(azurite: AzuriteServer, **options: Any) -> DevStack:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from urllib.parse import quote
 
 import httpx
@@ -20,25 +19,11 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from convbridge.errors import ConfigError, GrantError, StorageError
 from convbridge.model import Grant, ObjectRef, OutputTarget
 from convbridge.storage.azure_blob import AzureBlobStorage
-from devstack.servers import ServerStartError
 from devstack.servers_azure import ACCOUNT_KEY, ACCOUNT_NAME, AzuriteServer
 
 SOURCE = "inbox/photos/a b+ü.png"
 OTHER = "inbox/photos/other.png"
 OUTPUT = "outbox/photos/a b+ü.pdf"
-
-
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[AzuriteServer]:
-    server = AzuriteServer()
-    try:
-        server.start()
-    except ServerStartError as exc:
-        pytest.fail(f"Azurite could not start: {exc}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

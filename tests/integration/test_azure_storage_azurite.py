@@ -27,19 +27,6 @@ from devstack.servers_azure import ACCOUNT_KEY, ACCOUNT_NAME, AzuriteServer
 SMALL_BLOCK = 64 * 1024
 
 
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[AzuriteServer]:
-    server = AzuriteServer()
-    try:
-        server.start()
-    except ServerStartError as exc:
-        pytest.fail(f"Azurite could not start: {exc}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def container(azurite: AzuriteServer) -> ContainerClient:
     service = BlobServiceClient(azurite.endpoint_url, credential={
