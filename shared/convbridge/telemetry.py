@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 NAMESPACE = "convbridge"
+#: records of a batch are handled on several threads; print() writes a line and its newline
+#: separately, so unserialised EMF lines could interleave and CloudWatch would drop both
+_EMIT = threading.Lock()
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +29,8 @@ def record(name: str, value: float, *, unit: str = "Count", **dimensions: str) -
     from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
     try:
-        with single_metric(name=name, unit=MetricUnit[unit], value=value,
-                           namespace=NAMESPACE) as metric:
+        with _EMIT, single_metric(name=name, unit=MetricUnit[unit], value=value,
+                                  namespace=NAMESPACE) as metric:
             for key, dimension in dimensions.items():
                 metric.add_dimension(name=key, value=dimension)
     except Exception:  # noqa: BLE001 (metrics are best effort by design)
