@@ -13,8 +13,9 @@ import hmac
 import json
 import secrets
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from hashlib import sha256
+from typing import Any
 
 from convbridge.errors import ContextError
 
@@ -49,20 +50,39 @@ def sign_context(context: JobContext, key: bytes) -> str:
     return f"{body}.{mac}"
 
 
-def verify_context(token: str | None, key: bytes, *, max_age_seconds: int) -> JobContext:
-    if not token or "." not in token:
+def verify_context(token: object, key: bytes, *, max_age_seconds: int) -> JobContext:
+    """The context a token carries, or ContextError (401). The token comes from a caller
+    (a callback body or URL) and may be anything: the HMAC is compared first, on bytes and in
+    constant time, and only then is the payload decoded and each field's type checked."""
+    if not isinstance(token, str) or "." not in token:
         raise ContextError("job context missing")
     body, _, mac = token.rpartition(".")
-    expected = hmac.new(key, body.encode(), sha256).hexdigest()
-    if not hmac.compare_digest(expected, mac):
+    # "replace": a token that is not ASCII cannot be ours, and must simply not match
+    signed = body.encode("utf-8", errors="replace")
+    expected = hmac.new(key, signed, sha256).hexdigest().encode()
+    if not hmac.compare_digest(expected, mac.encode("utf-8", errors="replace")):
         raise ContextError("job context signature does not verify")
     try:
-        data = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-        if data.pop("v") != VERSION:
-            raise ContextError("job context version unsupported")
-        context = JobContext(**data)
-    except (ValueError, TypeError, KeyError) as exc:
+        data = json.loads(base64.urlsafe_b64decode(signed + b"=" * (-len(signed) % 4)))
+    except (ValueError, RecursionError) as exc:
         raise ContextError("job context malformed") from exc
+    if not isinstance(data, dict) or data.pop("v", None) != VERSION:
+        raise ContextError("job context version unsupported")
+    if not _well_typed(data):
+        raise ContextError("job context malformed")
+    context = JobContext(**data)
     if time.time() - context.issued_at > max_age_seconds:
         raise ContextError("job context expired")
     return context
+
+
+def _well_typed(data: dict[str, Any]) -> bool:
+    """Exactly JobContext's fields, each of its JSON type (a bool is not a time, and a time
+    is a count of seconds a float can hold)."""
+    if set(data) != {item.name for item in fields(JobContext)}:
+        return False
+    issued_at, version = data["issued_at"], data["version"]
+    texts = (value for name, value in data.items() if name not in {"issued_at", "version"})
+    return (type(issued_at) is int and 0 <= issued_at < 2**53
+            and (version is None or isinstance(version, str))
+            and all(isinstance(value, str) for value in texts))

@@ -24,6 +24,7 @@ from convbridge.bridge import Bridge
 from convbridge.claims import ClaimInProgress
 from convbridge.context import JobContext, sign_context, verify_context
 from convbridge.errors import (
+    CallbackError,
     CallbackTooLarge,
     ContextError,
     ConvbridgeError,
@@ -43,6 +44,7 @@ from convbridge.model import (
     OutputTarget,
 )
 from convbridge.planner import plan_route
+from convbridge.providers.base import TOKEN_PARAMETER, callback_query
 from convbridge.rules import Rule
 from convbridge.storage.base import OUTPUT_MARKER, Storage
 from convbridge.telemetry import record as record_metric
@@ -332,11 +334,21 @@ def accept(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
     if provider_name not in {rule.provider for rule in bridge.rules.rules}:
         raise ContextError(f"no rule uses provider {provider_name!r}")
     provider = bridge.provider(provider_name)
-    outcome = provider.accept_callback(headers, body)
+    max_age = bridge.settings.context_max_age_seconds
+    # The cheap checks come before any parsing: a token in the callback URL (how dialects
+    # that sign nothing prove a callback ours) is verified with our HMAC here, and signed
+    # dialects check the provider's HMAC over the raw bytes first thing in accept_callback.
+    url_token = callback_query(headers).get(TOKEN_PARAMETER)
+    url_context = None if url_token is None else verify_context(
+        url_token, bridge.context_key(), max_age_seconds=max_age)
+    try:
+        outcome = provider.accept_callback(headers, body)
+    except RecursionError as exc:  # a dialect's parser meeting absurd nesting
+        raise CallbackError("callback body is nested too deeply") from exc
     if outcome is None:
         return None
-    context = verify_context(outcome.context_token, bridge.context_key(),
-                             max_age_seconds=bridge.settings.context_max_age_seconds)
+    context = url_context if url_context and outcome.context_token == url_token else (
+        verify_context(outcome.context_token, bridge.context_key(), max_age_seconds=max_age))
     rule = _rule_for(bridge, context, provider_name)
     # Only once our own HMAC verified: unsigned dialects fetch the real outcome here.
     confirmed = provider.confirm(outcome, headers)

@@ -7,13 +7,14 @@ The handlers in ``functions/*/app.py`` hold wiring only; each calls one function
 from __future__ import annotations
 
 import base64
+import binascii
 import contextvars
 import functools
 import json
 import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from convbridge.bridge import Bridge
@@ -69,17 +70,44 @@ def route_library_logs(powertools_logger: Any) -> None:
 
 def raw_body(event: Mapping[str, Any]) -> bytes:
     """The request body exactly as the caller sent it: signatures are over these bytes, never
-    over re-serialised JSON."""
+    over re-serialised JSON. A body marked base64 that is not base64 is CallbackError (400)."""
     body = event.get("body") or ""
     if event.get("isBase64Encoded"):
-        return base64.b64decode(body)
-    return str(body).encode("utf-8")
+        try:
+            return base64.b64decode(str(body), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise CallbackError("the body is not valid base64") from exc
+    # "surrogatepass": whatever a JSON event string holds becomes bytes, to be refused later
+    return str(body).encode("utf-8", errors="surrogatepass")
 
 
-def is_sqs_event(event: Mapping[str, Any]) -> bool:
-    records = event.get("Records")
+def request_headers(event: Mapping[str, Any]) -> dict[str, str]:
+    """An HTTP event's headers with lower-case names, as strings whatever the event held."""
+    headers = event.get("headers")
+    if not isinstance(headers, Mapping):
+        return {}
+    return {str(name).lower(): str(value) for name, value in headers.items()}
+
+
+def refusal(exc: CallbackError) -> tuple[int, str]:
+    """The answer to a refused request: its status, and only the kind of refusal (the caller
+    may be hostile; the log line has the reason)."""
+    return exc.status, json.dumps({"error": type(exc).__name__})
+
+
+def internal_error(what: str) -> tuple[int, str]:
+    """The last resort for a failure nobody foresaw: logged with its traceback, answered 500
+    so the caller retries, never raised out of the handler."""
+    logger.exception("%s failed unexpectedly", what)
+    return 500, json.dumps({"error": "internal error"})
+
+
+def is_sqs_event(event: object) -> bool:
+    """A Lambda SQS event: every record an SQS message with an id to report it by."""
+    records = event.get("Records") if isinstance(event, Mapping) else None
     return bool(records) and isinstance(records, list) and all(
-        isinstance(r, dict) and r.get("eventSource") == "aws:sqs" for r in records)
+        isinstance(r, dict) and r.get("eventSource") == "aws:sqs"
+        and isinstance(r.get("messageId"), str) for r in records)
 
 
 def summarize(submissions: list[Submission]) -> dict[str, Any]:
@@ -110,7 +138,8 @@ def run_trigger(event: dict[str, Any], context: Any,
     current.claims.register_lambda_context(context)
     with deadline_from(getattr(context, "get_remaining_time_in_millis", None)):
         if not is_sqs_event(event):
-            parsed = parse(event)
+            parsed = parse(event) if isinstance(event, dict) else ParsedEvents.skip(
+                f"event: not a JSON object but {type(event).__name__}")
             _log_ignored(parsed)
             return summarize(submit_all(current, parsed.objects))
         return _process_batch(event, context, lambda record: _submit_message(
@@ -121,12 +150,20 @@ def _submit_message(current: Bridge, record: Any,
                     parse_message: Callable[[str], ParsedEvents]) -> dict[str, Any]:
     parsed = parse_message(record.body)
     _log_ignored(parsed)
-    final = int(record.attributes.approximate_receive_count or 1) >= MAX_RECEIVES
+    final = receive_count(record.attributes.approximate_receive_count) >= MAX_RECEIVES
     submissions = submit_all(current, parsed.objects, final_attempt=final)
     again = [s for s in submissions if s.status in {"retry", "error"}]
     if again:
         raise RetryLater("; ".join(f"{s.ref}: {s.reason}" for s in again))
     return summarize(submissions)
+
+
+def receive_count(value: object, *, unreadable: int = 1) -> int:
+    """A delivery count from an attribute or header: decimal ASCII digits, else
+    ``unreadable`` (the count of a first delivery): a count that cannot be read must neither
+    fail the delivery nor pass for the last one."""
+    text = str(value or "")
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else unreadable
 
 
 def _process_batch(event: dict[str, Any], context: Any,
@@ -157,6 +194,38 @@ def _process_batch(event: dict[str, Any], context: Any,
 # ----------------------------------------------------------------------------- webhook
 
 
+def handle_webhook(event: object, context: Any,
+                   resolve: Callable[[dict[str, Any], Any], dict[str, Any]]) -> dict[str, Any]:
+    """The webhook function: completion-queue batches are settled, HTTP requests (Function
+    URL or API Gateway HTTP API, both payload 2.0) go to ``resolve``, the router that calls
+    :func:`answer_http_callback`; an event that is neither is refused. Nothing raises out."""
+    if is_sqs_event(event):
+        assert isinstance(event, dict)
+        return settle_queued_callbacks(event, context)
+    http = (event.get("requestContext") or {}) if isinstance(event, dict) else None
+    if not isinstance(http, dict) or not isinstance(http.get("http"), dict):
+        logger.warning("webhook invoked with an event that is neither HTTP nor SQS")
+        status, body = 400, json.dumps({"error": "not an HTTP request"})
+    else:
+        try:
+            return resolve(event, context)  # type: ignore[arg-type]  # a dict, checked above
+        except Exception:
+            status, body = internal_error("webhook request")
+    return {"statusCode": status, "headers": {"Content-Type": "application/json"}, "body": body}
+
+
+def answer_http_callback(provider: str, event: Mapping[str, Any],
+                         context: Any = None) -> tuple[int, str]:
+    """(status code, JSON body) for one provider callback as an HTTP event."""
+    try:
+        body = raw_body(event)
+    except CallbackError as exc:
+        logger.warning("callback from %s refused: %s", provider, exc)
+        return refusal(exc)
+    return answer_callback(provider, request_headers(event), body, context,
+                           query=str(event.get("rawQueryString") or ""))
+
+
 def answer_callback(provider: str, headers: Mapping[str, str], body: bytes,
                     context: Any = None, query: str = "") -> tuple[int, str]:
     """(status code, JSON body) for one provider callback. Genuine callbacks are queued for
@@ -164,10 +233,10 @@ def answer_callback(provider: str, headers: Mapping[str, str], body: bytes,
     its timeout whatever the relay has to copy. Refusals say only what kind of refusal it
     was: the caller may be hostile. ``query`` (the raw query string) travels on among the
     headers under CALLBACK_QUERY, where unsigned dialects find their per-job token."""
-    current = bridge()
     headers = {name: value for name, value in headers.items()
                if name.lower() != CALLBACK_QUERY} | ({CALLBACK_QUERY: query} if query else {})
     try:
+        current = bridge()
         accepted = accept(current, provider, headers, body)
         if accepted is None:
             return 200, json.dumps({"status": "ignored"})
@@ -184,11 +253,43 @@ def answer_callback(provider: str, headers: Mapping[str, str], body: bytes,
             return 200, json.dumps(asdict(settle(current, accepted)))
     except CallbackError as exc:
         logger.warning("callback from %s refused: %s", provider, exc)
-        return exc.status, json.dumps({"error": type(exc).__name__})
+        return refusal(exc)
     except ConvbridgeError:
         # Our side failed (storage, secrets, claims): 5xx so the provider retries.
         logger.exception("callback from %s could not be handled", provider)
         return 503, json.dumps({"error": "temporarily unavailable"})
+    except Exception:
+        return internal_error(f"callback from {provider}")
+
+
+@dataclass(frozen=True)
+class QueuedCallback:
+    """One completion-queue message: a callback accepted earlier, as it arrived."""
+
+    provider: str
+    headers: dict[str, str]
+    body: bytes
+
+
+def queued_callback(message: str) -> QueuedCallback:
+    """The callback a queue message holds, or CallbackError: the queue is ours, but a message
+    that does not read as one of ours will not read any better on its next delivery."""
+    try:
+        document = json.loads(message)
+    except (ValueError, RecursionError) as exc:
+        raise CallbackError(f"not JSON ({type(exc).__name__})") from exc
+    if not isinstance(document, dict):
+        raise CallbackError(f"a JSON {type(document).__name__}, not a queued callback")
+    provider, headers, body = (document.get(name) for name in ("provider", "headers", "body"))
+    if not isinstance(provider, str) or not isinstance(body, str) or not (
+            isinstance(headers, dict)
+            and all(isinstance(v, str) for v in headers.values())):
+        raise CallbackError("provider, headers or body missing or of the wrong type")
+    try:
+        raw = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise CallbackError("body is not base64") from exc
+    return QueuedCallback(provider, {str(k): v for k, v in headers.items()}, raw)
 
 
 def settle_queued_callbacks(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -198,12 +299,12 @@ def settle_queued_callbacks(event: dict[str, Any], context: Any) -> dict[str, An
     current.claims.register_lambda_context(context)
 
     def settle_message(record: Any) -> None:
-        message = json.loads(record.body)
         try:
-            complete(current, message["provider"], message["headers"],
-                     base64.b64decode(message["body"]))
+            queued = queued_callback(record.body)
+            complete(current, queued.provider, queued.headers, queued.body)
         except CallbackError as exc:
-            # it verified when queued; if it no longer does (rules changed), retrying won't help
+            # it verified when queued; if it no longer does (rules changed), or it cannot be
+            # read at all, retrying won't help
             logger.warning("queued callback dropped: %s", exc)
         except ConvbridgeError as exc:
             raise RetryLater(str(exc)) from exc

@@ -45,15 +45,17 @@ COMMITTING_APIS = frozenset({"PutBlob", "PutBlockList", "CopyBlob", "FlushWithCl
 #: answered 503 and retried instead of a provider reading a half-copied blob.
 _SIZE_FROM_STORAGE = frozenset({"FlushWithClose", "SftpCommit", "CopyBlob"})
 
+# Matched whole with fullmatch (or \Z): "$" would let a trailing newline through.
 # Azure naming rules: accounts 3-24 lowercase letters and digits; containers 3-63 of lowercase
 # letters, digits and single hyphens, starting and ending with a letter or digit.
-_ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
-_CONTAINER = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
-_TOPIC_ACCOUNT = re.compile(r"/providers/Microsoft\.Storage/storageAccounts/([^/]+)$",
+_ACCOUNT = re.compile(r"[a-z0-9]{3,24}")
+_CONTAINER = re.compile(r"(?=.{3,63}\Z)[a-z0-9]+(-[a-z0-9]+)*")
+_TOPIC_ACCOUNT = re.compile(r"/providers/Microsoft\.Storage/storageAccounts/([^/]+)\Z",
                             re.IGNORECASE)
-_URL = re.compile(r"^(https?)://([^/?#]+)/(.*)$", re.DOTALL)
-_IP_OR_LOCAL = re.compile(r"^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:]+\]|localhost)(:\d+)?$",
-                          re.IGNORECASE)
+#: an authority holds no whitespace; the path may hold anything (an unencoded blob name)
+_URL = re.compile(r"(https?)://([^/?#\s]+)/(.*)", re.DOTALL)
+_IP_OR_LOCAL = re.compile(r"(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:]+\]|localhost)(:\d+)?",
+                          re.IGNORECASE | re.ASCII)
 
 
 class MalformedEvent(ValueError):
@@ -68,13 +70,13 @@ def split_blob_url(url: str, account_hint: str | None = None) -> tuple[str, str,
     blob name is everything after the container, ``?`` and ``#`` included: the URL of a blob
     has no query, so a raw ``?`` can only be part of an unencoded name.
     """
-    found = _URL.match(url)
+    found = _URL.fullmatch(url)
     if not found:
         raise MalformedEvent(f"data.url {url!r} is not an http(s) URL with a path")
     authority, path = found.group(2).rpartition("@")[2].lower(), found.group(3)
     host = authority.rsplit(":", 1)[0] if not authority.endswith("]") else authority
     first_label = host.split(".", 1)[0]
-    path_style = bool(_IP_OR_LOCAL.match(authority)) or (
+    path_style = bool(_IP_OR_LOCAL.fullmatch(authority)) or (
         account_hint is not None and first_label != account_hint
         and path.split("/", 1)[0] == account_hint
     )
@@ -83,12 +85,12 @@ def split_blob_url(url: str, account_hint: str | None = None) -> tuple[str, str,
     else:
         account = first_label
     container, slash, raw_blob = path.partition("/")
-    if not _ACCOUNT.match(account):
+    if not _ACCOUNT.fullmatch(account):
         raise MalformedEvent(f"data.url names no valid storage account: {url!r}")
     if account_hint is not None and account != account_hint:
         raise MalformedEvent(f"data.url names account {account!r} but the event comes from "
                              f"{account_hint!r}")
-    if not _CONTAINER.match(container):
+    if not _CONTAINER.fullmatch(container):
         raise MalformedEvent(f"data.url names no valid container: {url!r}")
     if not slash or not raw_blob:
         raise MalformedEvent(f"data.url names no blob: {url!r}")

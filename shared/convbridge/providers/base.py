@@ -9,6 +9,7 @@ without knowing any provider.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -20,6 +21,7 @@ from urllib.parse import parse_qs, urlencode
 import httpx
 
 from convbridge.errors import (
+    CallbackError,
     CallbackSignatureError,
     ProviderError,
     ProviderOutcomeUnknown,
@@ -127,8 +129,9 @@ class Provider(ABC):
         given = _header(headers, header)
         if not given:
             raise CallbackSignatureError(f"missing {header} header")
-        expected = hmac.new(self._signing_secret.encode(), body, sha256).hexdigest()
-        if not hmac.compare_digest(expected, given.strip().lower()):
+        expected = hmac.new(self._signing_secret.encode(), body, sha256).hexdigest().encode()
+        # bytes on both sides: a non-ASCII header value simply does not match
+        if not hmac.compare_digest(expected, header_bytes(given.strip().lower())):
             raise CallbackSignatureError(f"{header} does not match the body")
 
     def _callback_url(self, spec: JobSpec) -> str:
@@ -178,6 +181,26 @@ def callback_query(headers: Mapping[str, str]) -> dict[str, str]:
     if any(len(values) > 1 for values in parsed.values()):
         raise CallbackSignatureError("a callback query parameter is repeated")
     return {name: values[0] for name, values in parsed.items()}
+
+
+def header_bytes(value: str) -> bytes:
+    """A header value as bytes for a constant-time comparison. Whatever the caller sent
+    encodes (lone surrogates from a hostile event become "?"), so a comparison answers
+    "no match" instead of raising."""
+    return value.encode("utf-8", errors="replace")
+
+
+def parse_json_object(body: bytes, what: str) -> dict[str, Any]:
+    """A callback body as a JSON object, or CallbackError (400) naming ``what`` it should have
+    been: invalid UTF-8, nesting deep enough to exhaust the parser, and documents that are
+    not objects are one refusal, never an exception out of the handler."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise CallbackError(f"callback body is not {what}: {type(exc).__name__}") from exc
+    if not isinstance(document, dict):
+        raise CallbackError(f"callback body is not {what}: a JSON {type(document).__name__}")
+    return document
 
 
 def parse_time(value: Any) -> datetime | None:

@@ -14,7 +14,6 @@ sets no metadata, so the rule's output prefix is what keeps the output from star
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
@@ -29,7 +28,7 @@ from convbridge.errors import (
 )
 from convbridge.http import GaveUp, send
 from convbridge.model import Grant, JobOutcome, JobSpec, OutputFile
-from convbridge.providers.base import Provider, native_task
+from convbridge.providers.base import Provider, native_task, parse_json_object
 from convbridge.storage.base import OUTPUT_MARKER
 
 SIGNATURE_HEADER = "CloudConvert-Signature"
@@ -130,15 +129,18 @@ class CloudConvert(Provider):
         self._verify_hmac_hex(headers, SIGNATURE_HEADER, body)
 
     def parse_callback(self, body: bytes) -> JobOutcome | None:
-        try:
-            document = json.loads(body)
-            event = document["event"]
-            job = document["job"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CallbackError("callback body is not a CloudConvert webhook") from exc
+        document = parse_json_object(body, "a CloudConvert webhook")
+        event, job = document.get("event"), document.get("job")
+        if not isinstance(event, str) or not isinstance(job, dict):
+            raise CallbackError("callback body is not a CloudConvert webhook")
         if event not in FINAL_EVENTS:
             return None
-        return parse_job(job, event=event)
+        if not isinstance(job.get("tag"), str | None):
+            raise CallbackError("callback job's tag is not a string")
+        try:
+            return parse_job(job, event=event)
+        except (AttributeError, TypeError, ValueError) as exc:  # a field of the wrong type
+            raise CallbackError("callback job is not a CloudConvert job") from exc
 
 
 def parse_job(job: Mapping[str, Any], *, event: str = "") -> JobOutcome:

@@ -13,14 +13,13 @@ which is how a webhook finds its way back to the rule that started the job.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 from convbridge.errors import CallbackError, ProviderError, ProviderRejected
 from convbridge.model import Grant, JobOutcome, JobSpec, OutputFile
-from convbridge.providers.base import Provider, native_task, parse_time
+from convbridge.providers.base import Provider, native_task, parse_json_object, parse_time
 from convbridge.storage.base import OUTPUT_MARKER
 
 SIGNATURE_HEADER = "FreeConvert-Signature"
@@ -92,8 +91,8 @@ class FreeConvert(Provider):
         self._verify_hmac_hex(headers, SIGNATURE_HEADER, body)
 
     def parse_callback(self, body: bytes) -> JobOutcome | None:
+        document = parse_json_object(body, "a FreeConvert webhook")
         try:
-            document = json.loads(body)
             # {"event": ..., "job": {...}}; a bare job is read by its own status
             job = document.get("job", document)
             event = document.get("event") or EVENT_FOR_STATUS.get(job.get("status"))

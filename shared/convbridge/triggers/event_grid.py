@@ -8,12 +8,14 @@ characters). Every request is checked, handshakes included, so nobody can use th
 validate a subscription of their own. The code is never logged. Microsoft Entra ID bearer-token
 delivery (Event Grid's "AAD" webhook auth) is not implemented.
 
-Answers: 401 unauthenticated, 413 over ``max_callback_bytes``, 400 not JSON, 405 another
-method; for the Event Grid schema handshake ``{"validationResponse": code}``; for the
-CloudEvents abuse-protection ``OPTIONS`` the ``WebHook-Allowed-Origin`` and
-``WebHook-Allowed-Rate`` headers; otherwise 200 with what each blob came to, or 503 when
-some blob met trouble worth a redelivery (Event Grid retries 5xx; duplicates are answered by the
-claims). After ``MAX_RECEIVES`` deliveries trouble is reported instead of retried.
+Answers: 401 unauthenticated, 413 over ``max_callback_bytes``, 400 not JSON (or a body marked
+base64 that is not), 405 another method; for the Event Grid schema handshake
+``{"validationResponse": code}``; for the CloudEvents abuse-protection ``OPTIONS`` the
+``WebHook-Allowed-Origin`` and ``WebHook-Allowed-Rate`` headers, the origin echoed only when
+it is a hostname (400 otherwise: it goes into a response header); otherwise 200 with what
+each blob came to, or 503 when some blob met trouble worth a redelivery (Event Grid retries
+5xx; duplicates are answered by the claims). After ``MAX_RECEIVES`` deliveries trouble is
+reported instead of retried. Nothing raises out of :func:`answer_function_url`.
 """
 
 from __future__ import annotations
@@ -21,15 +23,25 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
-from convbridge.errors import ConfigError, ConvbridgeError
+from convbridge.errors import CallbackError, ConfigError, ConvbridgeError
 from convbridge.events.event_grid import parse_event_grid, subscription_validation_code
 from convbridge.http import deadline_from
 from convbridge.pipeline import submit_all
-from convbridge.runtime import MAX_RECEIVES, bridge, raw_body, summarize
+from convbridge.providers.base import header_bytes
+from convbridge.runtime import (
+    MAX_RECEIVES,
+    bridge,
+    internal_error,
+    raw_body,
+    receive_count,
+    request_headers,
+    summarize,
+)
 from convbridge.secrets import SecretStore
 
 logger = logging.getLogger(__name__)
@@ -38,20 +50,31 @@ SECRET_SETTING = "EVENT_GRID_SECRET"
 CODE_PARAMETER = "code"
 MIN_CODE_LENGTH = 32
 JSON_HEADERS = {"Content-Type": "application/json"}
+#: a DNS hostname: dot-separated labels of ASCII letters, digits and inner hyphens
+_HOSTNAME = re.compile(r"(?=.{1,253}\Z)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+                       r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", re.ASCII)
 
 Answer = tuple[int, dict[str, str], str]
 
 
 def answer_function_url(event: Mapping[str, Any], context: Any = None) -> Answer:
-    """(status, headers, body) for one Function URL (payload 2.0) request from Event Grid."""
-    http = (event.get("requestContext") or {}).get("http") or {}
-    return answer_delivery(
-        method=str(http.get("method", "")).upper(),
-        headers={str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()},
-        query=str(event.get("rawQueryString") or ""),
-        body=raw_body(event),
-        context=context,
-    )
+    """(status, headers, body) for one Function URL (payload 2.0) request from Event Grid;
+    whatever the request holds, an answer, never an exception."""
+    try:
+        http = (event.get("requestContext") or {}).get("http") or {}
+        return answer_delivery(
+            method=str(http.get("method", "")).upper(),
+            headers=request_headers(event),
+            query=str(event.get("rawQueryString") or ""),
+            body=raw_body(event),
+            context=context,
+        )
+    except CallbackError as exc:
+        logger.warning("Event Grid delivery refused: %s", exc)
+        return _json(exc.status, {"error": str(exc)})
+    except Exception:
+        status, body = internal_error("Event Grid delivery")
+        return status, dict(JSON_HEADERS), body
 
 
 def answer_delivery(*, method: str, headers: Mapping[str, str], query: str, body: bytes,
@@ -84,8 +107,9 @@ def answer_delivery(*, method: str, headers: Mapping[str, str], query: str, body
     parsed = parse_event_grid(payload)
     for reason in parsed.ignored:
         logger.info("event ignored: %s", reason)
-    delivery = headers.get("aeg-delivery-count", "0")
-    final = (int(delivery) + 1 if delivery.isdigit() else 1) >= MAX_RECEIVES
+    # aeg-delivery-count counts earlier deliveries: 0 on the first
+    earlier = receive_count(headers.get("aeg-delivery-count"), unreadable=0)
+    final = earlier + 1 >= MAX_RECEIVES
     current.claims.register_lambda_context(context)
     with deadline_from(getattr(context, "get_remaining_time_in_millis", None)):
         submissions = submit_all(current, parsed.objects, final_attempt=final)
@@ -108,7 +132,7 @@ def _endpoint_code(secrets: SecretStore, secret_name: str | None) -> str:
 def _authenticated(query: str, expected: str) -> bool:
     given = parse_qs(query, keep_blank_values=True).get(CODE_PARAMETER, [])
     # exactly one code: a repeated parameter might be read differently by a proxy in front
-    return len(given) == 1 and hmac.compare_digest(given[0].encode(), expected.encode())
+    return len(given) == 1 and hmac.compare_digest(header_bytes(given[0]), expected.encode())
 
 
 def _abuse_protection(headers: Mapping[str, str]) -> Answer:
@@ -117,6 +141,11 @@ def _abuse_protection(headers: Mapping[str, str]) -> Answer:
     origin = headers.get("webhook-request-origin", "").strip()
     if not origin:
         return _json(400, {"error": "OPTIONS without WebHook-Request-Origin"})
+    if not _HOSTNAME.fullmatch(origin):
+        # echoed into a response header: anything but a hostname (a CRLF above all) is refused
+        logger.warning("CloudEvents abuse-protection request refused: the origin is not a "
+                       "hostname")
+        return _json(400, {"error": "WebHook-Request-Origin is not a hostname"})
     logger.info("answering a CloudEvents abuse-protection request from %s", origin)
     return 200, {"WebHook-Allowed-Origin": origin, "WebHook-Allowed-Rate": "*",
                  "Allow": "POST, OPTIONS"}, ""

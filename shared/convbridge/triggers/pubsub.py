@@ -34,7 +34,14 @@ from convbridge.errors import (
 from convbridge.events.pubsub import parse_push_request
 from convbridge.http import deadline_from
 from convbridge.pipeline import submit_all
-from convbridge.runtime import bridge, raw_body, summarize
+from convbridge.runtime import (
+    bridge,
+    internal_error,
+    raw_body,
+    refusal,
+    request_headers,
+    summarize,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +204,7 @@ def answer_push(headers: Mapping[str, str], body: bytes, context: Any = None) ->
         authenticator_for(current).verify(headers)
     except CallbackError as exc:
         logger.warning("push delivery refused: %s", exc)
-        return exc.status, json.dumps({"error": type(exc).__name__})
+        return refusal(exc)
     except ConvbridgeError:
         logger.exception("push delivery could not be authenticated")
         return 503, json.dumps({"error": "temporarily unavailable"})
@@ -222,12 +229,19 @@ def answer_push(headers: Mapping[str, str], body: bytes, context: Any = None) ->
 
 
 def handle_function_url(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
-    """A Lambda Function URL (payload 2.0) request in, its answer out."""
-    method = (event.get("requestContext") or {}).get("http", {}).get("method", "POST")
-    if method != "POST":
-        status, body = 405, json.dumps({"error": "push deliveries are POST requests"})
-    else:
-        status, body = answer_push(event.get("headers") or {}, raw_body(event), context)
+    """A Lambda Function URL (payload 2.0) request in, its answer out; whatever the request
+    holds, an answer, never an exception."""
+    try:
+        method = ((event.get("requestContext") or {}).get("http") or {}).get("method", "POST")
+        if method != "POST":
+            status, body = 405, json.dumps({"error": "push deliveries are POST requests"})
+        else:
+            status, body = answer_push(request_headers(event), raw_body(event), context)
+    except CallbackError as exc:
+        logger.warning("push delivery refused: %s", exc)
+        status, body = refusal(exc)
+    except Exception:
+        status, body = internal_error("push delivery")
     return {"statusCode": status, "headers": {"Content-Type": "application/json"}, "body": body}
 
 
