@@ -72,6 +72,22 @@ def test_a_non_ascii_signature_simply_does_not_match(stack: DevStack, provider: 
     untouched(stack, before)
 
 
+@pytest.mark.parametrize("api_gateway", [False, True])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_function_url_and_api_gateway_requests_reach_the_callback_route(
+        stack: DevStack, api_gateway: bool, method: str) -> None:
+    event = http_event(method, "/callbacks/cloudconvert", {}, b"{}", api_gateway=api_gateway)
+    status, body = json_answer(invoke(webhook_handler(), event))
+    assert (status, body) == (401, {"error": "CallbackSignatureError"})
+
+
+@pytest.mark.parametrize("event", [{}, {"Records": [{"eventSource": "aws:sqs"}]},
+                                   {"requestContext": "x"}, {"requestContext": {"http": 5}}])
+def test_an_event_that_is_neither_http_nor_sqs_is_refused_400(event: dict[str, Any]) -> None:
+    status, body = json_answer(invoke(webhook_handler(), event))
+    assert (status, body) == (400, {"error": "not an HTTP request"})
+
+
 @pytest.mark.parametrize("token", ["é.é", "a" * 10 + "." + "\u00ff" * 64, ".", "x.",
                                    "\U0001f600" * 3 + "." + "0" * 64])
 def test_a_non_ascii_or_malformed_url_token_is_refused_401(stack: DevStack, token: str) -> None:
