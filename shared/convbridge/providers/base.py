@@ -131,7 +131,7 @@ class Provider(ABC):
             raise CallbackSignatureError(f"missing {header} header")
         expected = hmac.new(self._signing_secret.encode(), body, sha256).hexdigest().encode()
         # bytes on both sides: a non-ASCII header value simply does not match
-        if not hmac.compare_digest(expected, header_bytes(given.strip().lower())):
+        if not hmac.compare_digest(expected, comparable_bytes(given.strip().lower())):
             raise CallbackSignatureError(f"{header} does not match the body")
 
     def _callback_url(self, spec: JobSpec) -> str:
@@ -183,10 +183,10 @@ def callback_query(headers: Mapping[str, str]) -> dict[str, str]:
     return {name: values[0] for name, values in parsed.items()}
 
 
-def header_bytes(value: str) -> bytes:
-    """A header value as bytes for a constant-time comparison. Whatever the caller sent
-    encodes (lone surrogates from a hostile event become "?"), so a comparison answers
-    "no match" instead of raising."""
+def comparable_bytes(value: str) -> bytes:
+    """A caller's text (a header value, a query parameter) as bytes for a constant-time
+    comparison. Whatever the caller sent encodes (lone surrogates from a hostile event become
+    "?"), so a comparison answers "no match" instead of raising."""
     return value.encode("utf-8", errors="replace")
 
 

@@ -32,7 +32,7 @@ from convbridge.errors import CallbackError, ConfigError, ConvbridgeError
 from convbridge.events.event_grid import parse_event_grid, subscription_validation_code
 from convbridge.http import deadline_from
 from convbridge.pipeline import submit_all
-from convbridge.providers.base import header_bytes
+from convbridge.providers.base import comparable_bytes
 from convbridge.runtime import (
     MAX_RECEIVES,
     bridge,
@@ -132,7 +132,7 @@ def _endpoint_code(secrets: SecretStore, secret_name: str | None) -> str:
 def _authenticated(query: str, expected: str) -> bool:
     given = parse_qs(query, keep_blank_values=True).get(CODE_PARAMETER, [])
     # exactly one code: a repeated parameter might be read differently by a proxy in front
-    return len(given) == 1 and hmac.compare_digest(header_bytes(given[0]), expected.encode())
+    return len(given) == 1 and hmac.compare_digest(comparable_bytes(given[0]), expected.encode())
 
 
 def _abuse_protection(headers: Mapping[str, str]) -> Answer:
