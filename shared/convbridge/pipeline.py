@@ -433,12 +433,11 @@ def _collect_outputs(bridge: Bridge, storage: Storage, rule: Rule, context: JobC
     if not outcome.outputs:
         raise StorageError("the provider reported no output files")
     collected = []
-    policy = relay_policy(bridge, rule) if context.route == "relay" else None
     for output, key in zip(outcome.outputs, output_keys(context.output_key, outcome.outputs),
                            strict=True):
-        if policy is not None:
+        if context.route == "relay":
             size = relay_output(bridge.http, storage, context.location, key, output,
-                                marker=context.rule, policy=policy)
+                                marker=context.rule, policy=relay_policy(bridge, rule))
         else:
             found = storage.stat(context.location, key)
             if found is None:
