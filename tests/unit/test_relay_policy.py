@@ -1,7 +1,7 @@
 """The relay's bounds as parts: the bounded chunk iterator (a Hypothesis property), the host
 allow-list entries, each provider dialect's declared download hosts, the redirect walk (over an
 httpx mock transport, the edge it targets), and the settings and rules fields that feed them.
-The same bounds against real servers are in tests/integration/test_relay_bounds.py."""
+The same bounds against real servers: tests/integration/test_relay_bounds.py."""
 
 from __future__ import annotations
 
