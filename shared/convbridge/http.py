@@ -201,7 +201,7 @@ class HostPattern:
         if url.scheme != "https" and not (self.plain_http and url.scheme == "http"):
             return False
         # the encoded (ASCII) host is the one connected to
-        host = url.raw_host.decode("ascii").lower().rstrip(".")
+        host = url.raw_host.decode("ascii", "replace").lower().rstrip(".")
         if self.pattern.startswith("*."):
             return host.endswith(self.pattern[1:])
         return host == self.pattern
