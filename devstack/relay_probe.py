@@ -27,9 +27,11 @@ from typing import Any
 import httpx
 
 from convbridge.errors import StorageError
+from convbridge.http import HostPattern
 from convbridge.model import OutputFile
-from convbridge.pipeline import RELAY_CHUNK, relay_output
+from convbridge.pipeline import RELAY_CHUNK, RelayPolicy, relay_output
 from convbridge.storage.base import Storage
+from devstack.servers import RELAY_EXTRA_HOSTS
 
 
 class _StreamFile(io.RawIOBase):
@@ -146,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                 written = relay_output(http, storage, location, args.key,
                                        OutputFile(filename=args.key, size=args.size,
                                                   url=args.url),
-                                       marker="relay-probe")
+                                       marker="relay-probe",
+                                       policy=RelayPolicy((HostPattern.parse(RELAY_EXTRA_HOSTS),),
+                                                          max_bytes=args.size))
                 report.update(ok=True, bytes=written)
             except StorageError as exc:
                 report.update(ok=False, error=str(exc))

@@ -32,6 +32,10 @@ from types import TracebackType
 from typing import Any, Self
 
 LOCALHOST = "127.0.0.1"
+#: Every local server (the provider sandbox, the storage emulators) speaks plain http on
+#: LOCALHOST, so the dev stack lets the relay download from there (CONVBRIDGE_RELAY_EXTRA_HOSTS);
+#: no deployment sets it, and deployed relays take https from the providers' own hosts only.
+RELAY_EXTRA_HOSTS = f"http://{LOCALHOST}"
 REGION = "us-east-1"
 #: SeaweedFS reports every assumed role under this account; using it in the role ARN keeps the
 #: ARN in the form real AWS uses (SeaweedFS only looks at the role name).

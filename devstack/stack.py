@@ -26,7 +26,7 @@ from devstack.harness.base import StorageHarness
 from devstack.harness.s3 import S3Harness, s3_put_event
 from devstack.lambda_local import FunctionUrlServer, LocalContext, SqsPoller, load_function
 from devstack.sandbox import Faults, Sandbox
-from devstack.servers import MotoServer
+from devstack.servers import RELAY_EXTRA_HOSTS, MotoServer
 
 __all__ = ["DevStack", "patched_environ", "s3_put_event"]
 
@@ -98,6 +98,8 @@ class DevStack:
             **{f"CONVBRIDGE_{name.upper()}_URL": self.sandbox.url + prefix
                for name, prefix in SANDBOX_PREFIXES.items()},
             "CONVBRIDGE_IDEMPOTENCY_TABLE": CLAIMS_TABLE,
+            # the sandbox hands out plain-http download URLs on loopback
+            "CONVBRIDGE_RELAY_EXTRA_HOSTS": RELAY_EXTRA_HOSTS,
             **self.harness.env(self),
             **self._extra_env,
         }

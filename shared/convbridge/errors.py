@@ -7,7 +7,10 @@
     ├── RejectedObject              a stored object that will not be converted (empty, too big, ...)
     ├── StorageError                a storage call failed (vendor error wrapped)
     │   ├── GrantError              a scoped credential could not be minted
-    │   └── StaleWrite              a conditional write lost to a newer one
+    │   ├── StaleWrite              a conditional write lost to a newer one
+    │   └── OutputRefused           the relay will not write a provider's output; not retried
+    │       ├── OutputTooLarge      more bytes than announced or than max_output_bytes
+    │       └── OutputHostRefused   the output URL (or a redirect) is not an allowed download
     ├── ProviderError               the conversion provider refused or failed a call
     │   ├── ProviderRejected        4xx other than 429: retrying will not help
     │   └── ProviderUnavailable     429/5xx/connection errors that outlived the retry budget
@@ -24,6 +27,7 @@ Vendor exceptions (botocore, httpx, yaml) are wrapped at the adapter boundary wi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 
 class ConvbridgeError(Exception):
@@ -67,6 +71,27 @@ class GrantError(StorageError):
 
 class StaleWrite(StorageError):
     """The object changed since the revision a conditional write expected."""
+
+
+class OutputRefused(StorageError):
+    """The relay refuses a provider's output for what it is, not for a passing fault:
+    downloading it again would be refused again, so it is reported at once with ``code``."""
+
+    code: ClassVar[str] = "OUTPUT_REFUSED"
+
+
+class OutputTooLarge(OutputRefused):
+    """The download ran (or was announced) past the announced size or the rule's
+    ``max_output_bytes``; what was streamed so far was discarded."""
+
+    code = "OUTPUT_TOO_LARGE"
+
+
+class OutputHostRefused(OutputRefused):
+    """The output URL, or a redirect from it, is not https on a host the provider's dialect
+    serves downloads from; it was never requested."""
+
+    code = "OUTPUT_HOST_REFUSED"
 
 
 class ProviderError(ConvbridgeError):

@@ -10,6 +10,11 @@ A request that may have reached the provider but whose answer was lost (read tim
 connection dropped mid-answer) is not retried blindly when it is not idempotent: it raises
 :class:`~convbridge.errors.ProviderOutcomeUnknown` so the caller can look for what it
 created before trying again.
+
+The relay's downloads go through :func:`open_download`: a provider's answer names the URL, so
+it is treated as hostile. Only https URLs on the hosts the provider's dialect declares (see
+:class:`HostPattern`) are requested, and redirects are followed by hand, each hop checked the
+same way before it is requested.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import contextvars
 import email.utils
 import logging
 import random
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +34,7 @@ from typing import Any
 import httpx
 
 from convbridge import __version__
-from convbridge.errors import ProviderOutcomeUnknown
+from convbridge.errors import OutputHostRefused, OutputRefused, ProviderOutcomeUnknown
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +48,11 @@ MAYBE_SENT = (httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError,
 DEFAULT_BUDGET_SECONDS = 60.0
 #: Time kept back from the deadline for the work after the request (records, logging).
 SAFETY_MARGIN_SECONDS = 2.0
+#: Redirect hops a download may take; every one is checked against the same allow-list.
+MAX_DOWNLOAD_REDIRECTS = 5
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOST_PATTERN = re.compile(rf"^(?:\*\.)?{_LABEL}(?:\.{_LABEL})*$")
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
 
@@ -161,3 +172,77 @@ def send(
 def _path(url: str) -> str:
     """The URL without its query: query strings may carry signatures."""
     return url.split("?", 1)[0]
+
+
+@dataclass(frozen=True)
+class HostPattern:
+    """One entry of a download allow-list: an exact host (``storage.cloudconvert.com``) or a
+    suffix pattern (``*.cloudconvert.com``: any host below the domain, not the domain itself).
+    Downloads are https only unless the entry was written ``http://host`` (the dev stack's
+    loopback servers). Ports are not part of an entry."""
+
+    pattern: str
+    plain_http: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> HostPattern:
+        """Raises ValueError with the reason when ``text`` is not a host or ``*.domain``."""
+        raw = text.strip().lower()
+        plain_http = raw.startswith("http://")
+        raw = raw.removeprefix("http://").removeprefix("https://").rstrip("/")
+        if not _HOST_PATTERN.match(raw):
+            raise ValueError(f"{text.strip()!r} is not a host name or *.domain (no port, no "
+                             "path)")
+        if raw.startswith("*.") and "." not in raw[2:]:
+            raise ValueError(f"{text.strip()!r} would match every host of a top-level domain")
+        return cls(raw, plain_http)
+
+    def allows(self, url: httpx.URL) -> bool:
+        if url.scheme != "https" and not (self.plain_http and url.scheme == "http"):
+            return False
+        # the encoded (ASCII) host is the one connected to
+        host = url.raw_host.decode("ascii", "replace").lower().rstrip(".")
+        if self.pattern.startswith("*."):
+            return host.endswith(self.pattern[1:])
+        return host == self.pattern
+
+    def __str__(self) -> str:
+        return f"http(s)://{self.pattern}" if self.plain_http else f"https://{self.pattern}"
+
+
+@contextmanager
+def open_download(client: httpx.Client, url: str, allowed: Sequence[HostPattern], *,
+                  max_redirects: int = MAX_DOWNLOAD_REDIRECTS) -> Iterator[httpx.Response]:
+    """A streamed GET of ``url`` whose every hop is on the allow-list: the URL and each
+    redirect target are checked before they are requested, so a provider's answer (or a
+    redirect from a host it named) can never make the bridge fetch an internal address such
+    as ``169.254.169.254``. Yields the first answer that is not a redirect; raises
+    :class:`OutputHostRefused` (naming the origin only: paths and queries carry tokens), or
+    :class:`OutputRefused` after ``max_redirects`` hops."""
+    try:
+        target = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise OutputHostRefused("the output URL is not a valid URL") from exc
+    for hop in range(max_redirects + 1):
+        if not any(entry.allows(target) for entry in allowed):
+            listed = ", ".join(str(entry) for entry in allowed) or "none"
+            what = "the output URL's origin" if hop == 0 else "a redirect to"
+            raise OutputHostRefused(f"{what} {_origin(target)} is not an allowed download "
+                                    f"origin (allowed: {listed}); it was not requested")
+        with client.stream("GET", target, follow_redirects=False) as response:
+            location = response.headers.get("Location")
+            if response.status_code not in REDIRECT_STATUSES or not location:
+                yield response
+                return
+        try:
+            target = target.join(location)
+        except httpx.InvalidURL as exc:
+            raise OutputHostRefused(f"{_origin(target)} redirected to an invalid URL") from exc
+        logger.info("download redirected to %s", _origin(target))
+    raise OutputRefused(f"the download was redirected more than {max_redirects} times")
+
+
+def _origin(url: httpx.URL) -> str:
+    """scheme://host[:port] of ``url``: enough to say where, nothing that authorises."""
+    port = f":{url.port}" if url.port is not None else ""
+    return f"{url.scheme}://{url.host}{port}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -29,12 +29,15 @@ from convbridge.errors import (
     ContextError,
     ConvbridgeError,
     GrantError,
+    OutputRefused,
+    OutputTooLarge,
     ProviderRejected,
     ProviderUnavailable,
     RejectedObject,
     StaleWrite,
     StorageError,
 )
+from convbridge.http import HostPattern, open_download
 from convbridge.model import (
     ConversionSpec,
     JobOutcome,
@@ -383,10 +386,11 @@ def _settle_claimed(bridge: Bridge, accepted: Accepted) -> dict[str, Any]:
     outputs: list[OutputFile] = []
     if outcome.status == "finished":
         try:
-            outputs = _collect_outputs(bridge, storage, context, outcome)
+            outputs = _collect_outputs(bridge, storage, rule, context, outcome)
         except StorageError as exc:
             outcome = replace(outcome, status="failed", failed_task="relay",
-                              code="OUTPUT_UNAVAILABLE", message=str(exc))
+                              code=exc.code if isinstance(exc, OutputRefused)
+                              else "OUTPUT_UNAVAILABLE", message=str(exc))
     document = records.outcome_record(source, rule, outcome, route=context.route,
                                       outputs=outputs,
                                       submitted_at=(previous or {}).get("submitted_at"))
@@ -430,7 +434,7 @@ def _read_record(storage: Storage, location: str, key: str) -> dict[str, Any] | 
     return document if isinstance(document, dict) else None
 
 
-def _collect_outputs(bridge: Bridge, storage: Storage, context: JobContext,
+def _collect_outputs(bridge: Bridge, storage: Storage, rule: Rule, context: JobContext,
                      outcome: JobOutcome) -> list[OutputFile]:
     if not outcome.outputs and context.route == "native":
         # some export tasks report no file list; the one output is where our grant allowed
@@ -445,7 +449,7 @@ def _collect_outputs(bridge: Bridge, storage: Storage, context: JobContext,
                            strict=True):
         if context.route == "relay":
             size = relay_output(bridge.http, storage, context.location, key, output,
-                                marker=context.rule)
+                                marker=context.rule, policy=relay_policy(bridge, rule))
         else:
             found = storage.stat(context.location, key)
             if found is None:
@@ -464,34 +468,104 @@ def output_keys(output_key: str, outputs: tuple[OutputFile, ...]) -> list[str]:
     return [f"{folder}{o.filename.rsplit('/', 1)[-1]}" for o in outputs]
 
 
+@dataclass(frozen=True)
+class RelayPolicy:
+    """Where the relay may download one rule's outputs from, and how much it may write."""
+
+    hosts: tuple[HostPattern, ...]
+    max_bytes: int
+
+
+def relay_policy(bridge: Bridge, rule: Rule) -> RelayPolicy:
+    """The provider dialect's download hosts, its configured base URL's host (https only, like
+    every declared host) and the hosts the dev stack adds, with the rule's byte limit."""
+    provider = bridge.provider(rule.provider)
+    declared = [HostPattern.parse(pattern) for pattern in provider.download_hosts]
+    base_host = httpx.URL(provider.base_url).host
+    return RelayPolicy(
+        hosts=(*declared, HostPattern(base_host), *bridge.settings.relay_extra_hosts),
+        max_bytes=rule.max_output_bytes,
+    )
+
+
 def relay_output(http: httpx.Client, storage: Storage, location: str, key: str,
-                 output: OutputFile, *, marker: str) -> int:
+                 output: OutputFile, *, marker: str, policy: RelayPolicy) -> int:
     """Stream one output from the provider's URL into storage. The object appears under
     ``key`` only complete and with the byte count the provider announced; a dropped download
-    is started again, up to RELAY_ATTEMPTS times."""
+    is started again, up to RELAY_ATTEMPTS times. A URL (or redirect) off the policy's hosts
+    is never requested, and a download running past the announced size or the rule's limit
+    is cut off at once; neither is tried again (OutputRefused)."""
     if not output.url:
         raise StorageError(f"the provider gave no URL for {output.filename}")
+    _refuse_over_limit(output.filename, output.size, policy.max_bytes)
     problem = ""
     for attempt in range(1, RELAY_ATTEMPTS + 1):
         try:
-            with http.stream("GET", output.url) as response:
+            with open_download(http, output.url, policy.hosts) as response:
                 if response.status_code != 200:
                     problem = f"HTTP {response.status_code}"
                     if response.status_code < 500:
                         break
                     continue
-                announced = response.headers.get("Content-Length")
-                expected = output.size if output.size is not None else (
-                    int(announced) if announced and announced.isdigit() else None)
+                length = response.headers.get("Content-Length")
+                content_length = int(length) if length and length.isdigit() else None
+                expected = output.size if output.size is not None else content_length
+                chunks = bounded_chunks(response.iter_bytes(RELAY_CHUNK),
+                                        filename=output.filename, announced=expected,
+                                        limit=policy.max_bytes)
+                if output.size is not None and (content_length or 0) > output.size:
+                    raise OutputTooLarge(
+                        f"{output.filename}: the download's Content-Length of {content_length} "
+                        f"bytes is over the {output.size} bytes the provider announced; "
+                        "nothing was written")
                 written = storage.write_stream(
-                    location, key, response.iter_bytes(RELAY_CHUNK),
-                    metadata={OUTPUT_MARKER: marker}, expected_size=expected,
+                    location, key, chunks, metadata={OUTPUT_MARKER: marker},
+                    expected_size=expected,
                 )
                 record_metric("RelayBytes", written, unit="Bytes", rule=marker)
                 return written
+        except OutputRefused as exc:
+            logger.warning("relay of %s refused: %s", output.filename, exc)
+            raise
         except (httpx.HTTPError, StorageError) as exc:
             problem = f"{type(exc).__name__}: {exc}" if isinstance(exc, StorageError) else (
                 type(exc).__name__)
             logger.warning("relay of %s, attempt %d of %d: %s", output.filename, attempt,
                            RELAY_ATTEMPTS, problem)
     raise StorageError(f"relay of {output.filename} failed: {problem}")
+
+
+def bounded_chunks(chunks: Iterable[bytes], *, filename: str, announced: int | None,
+                   limit: int) -> Iterator[bytes]:
+    """``chunks`` passed on until their running count would pass the announced size or
+    ``limit``, whichever is smaller; then OutputTooLarge, before the chunk that crossed is
+    passed on, so the storage aborts its partial write and the download stops right there
+    (the storages compare the count only at the end). An announced size over ``limit`` is
+    refused here, before anything is read."""
+    _refuse_over_limit(filename, announced, limit)
+    bound, described = _bound(announced, limit)
+    return _bounded(iter(chunks), filename, bound, described)
+
+
+def _refuse_over_limit(filename: str, announced: int | None, limit: int) -> None:
+    if announced is not None and announced > limit:
+        raise OutputTooLarge(f"{filename} is announced at {announced} bytes, over "
+                             f"{_bound(None, limit)[1]}; nothing was written")
+
+
+def _bound(announced: int | None, limit: int) -> tuple[int, str]:
+    """The byte bound of one output and how a failure report names it."""
+    if announced is not None and announced <= limit:
+        return announced, f"the {announced} bytes the provider announced"
+    return limit, f"the rule's max_output_bytes of {limit} bytes"
+
+
+def _bounded(chunks: Iterator[bytes], filename: str, bound: int,
+             described: str) -> Iterator[bytes]:
+    count = 0
+    for chunk in chunks:
+        count += len(chunk)
+        if count > bound:
+            raise OutputTooLarge(f"{filename} ran past {described}; stopped after {count} "
+                                 "bytes, nothing was written")
+        yield chunk

@@ -43,6 +43,9 @@ READ_GRANT_KINDS = frozenset({"presigned_url", "sts_session", "sas"})
 FAILURE_POLICIES = frozenset({"report", "copy", "move"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_MAX_SIZE = 1024 * 1024 * 1024
+#: The most the relay writes for one output unless a rule says otherwise: a provider's answer
+#: (or a download without a length) must not fill the user's bucket.
+DEFAULT_MAX_OUTPUT = 5 * 1024 * 1024 * 1024
 #: Storages polled by a sweep, which claims a file by moving it under CLAIM_PREFIX (keeping its
 #: key) and, once settled, to DONE_PREFIX or FAILED_PREFIX; see convbridge.sweep.
 SWEPT_STORAGES = frozenset({"sftp"})
@@ -66,6 +69,8 @@ class Rule:
     options: Mapping[str, Any] = field(default_factory=dict)
     read_grant: str = "presigned_url"
     max_size_bytes: int = DEFAULT_MAX_SIZE
+    #: the relay stops (and reports OUTPUT_TOO_LARGE) once one output passes this many bytes
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT
     on_failure: str = "report"
     #: hand the storage's own (dedicated) account to the provider where nothing narrower exists
     hand_over_account: bool = False
@@ -202,8 +207,8 @@ def _parse_rule(raw: Any, where: str, problems: list[str]) -> Rule | None:
         return None
     before = len(problems)
     known = {"name", "match", "convert", "provider", "outputs", "results", "failures",
-             "read_grant", "max_size_bytes", "on_failure", "hand_over_account", "recursive",
-             "ready_marker"}
+             "read_grant", "max_size_bytes", "max_output_bytes", "on_failure",
+             "hand_over_account", "recursive", "ready_marker"}
     for extra in sorted(set(raw) - known):
         problems.append(f"{where}: unknown field {extra!r}")
     name = raw.get("name")
@@ -261,6 +266,10 @@ def _parse_rule(raw: Any, where: str, problems: list[str]) -> Rule | None:
     if not isinstance(max_size, int) or isinstance(max_size, bool) or max_size <= 0:
         problems.append(f"{where}.max_size_bytes: must be a positive integer")
         max_size = DEFAULT_MAX_SIZE
+    max_output = raw.get("max_output_bytes", DEFAULT_MAX_OUTPUT)
+    if not isinstance(max_output, int) or isinstance(max_output, bool) or max_output <= 0:
+        problems.append(f"{where}.max_output_bytes: must be a positive integer")
+        max_output = DEFAULT_MAX_OUTPUT
     on_failure = raw.get("on_failure", "report")
     if on_failure not in FAILURE_POLICIES:
         problems.append(f"{where}.on_failure: {on_failure!r} is not one of "
@@ -291,7 +300,8 @@ def _parse_rule(raw: Any, where: str, problems: list[str]) -> Rule | None:
         suffixes=tuple(suffixes), output_format=output_format, options=dict(options),
         provider=str(provider), outputs_prefix=outputs, results_prefix=results,
         failures_prefix=failures, read_grant=str(read_grant), max_size_bytes=max_size,
-        on_failure=str(on_failure), hand_over_account=flags["hand_over_account"],
+        max_output_bytes=max_output, on_failure=str(on_failure),
+        hand_over_account=flags["hand_over_account"],
         recursive=flags["recursive"], ready_marker=flags["ready_marker"],
     )
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from convbridge.errors import ConfigError
+from convbridge.http import HostPattern
 
 PREFIX = "CONVBRIDGE_"
 
@@ -42,6 +43,9 @@ class Settings:
     context_max_age_seconds: int = 7 * 24 * 3600
     completion_queue_url: str | None = None
     claim_expiry_seconds: int = 7 * 24 * 3600
+    #: hosts the relay may download from besides the ones each provider declares; only the
+    #: dev stack sets it (``http://127.0.0.1`` for its sandbox), no deployed template does
+    relay_extra_hosts: tuple[HostPattern, ...] = ()
     #: the CONVBRIDGE_* variables as read, for adapters that validate their own
     #: (e.g. CONVBRIDGE_AZURE_ACCOUNT_SECRET); never holds secret values, only names
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -118,6 +122,13 @@ class Settings:
             problems.append(f"{PREFIX}HTTP_TIMEOUT_SECONDS={timeout_raw!r} is not a number")
             timeout = 10.0
 
+        relay_extra_hosts: list[HostPattern] = []
+        for entry in env.get(PREFIX + "RELAY_EXTRA_HOSTS", "").replace(",", " ").split():
+            try:
+                relay_extra_hosts.append(HostPattern.parse(entry))
+            except ValueError as exc:
+                problems.append(f"{PREFIX}RELAY_EXTRA_HOSTS: {exc}")
+
         settings = cls(
             rules_location=required("RULES"),
             context_secret_name=required("CONTEXT_SECRET"),
@@ -138,6 +149,7 @@ class Settings:
             http_timeout_seconds=timeout,
             context_max_age_seconds=integer("CONTEXT_MAX_AGE_SECONDS", 7 * 24 * 3600, 60,
                                             30 * 24 * 3600),
+            relay_extra_hosts=tuple(relay_extra_hosts),
             environ={k: v for k, v in env.items() if k.startswith(PREFIX)},
         )
         if problems:

@@ -33,8 +33,10 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from google.oauth2 import service_account
 
 from convbridge.errors import ConfigError, GrantError, SecretError, StaleWrite, StorageError
+from convbridge.http import HostPattern
 from convbridge.model import ObjectRef, OutputFile, OutputTarget
-from convbridge.pipeline import relay_output
+from convbridge.pipeline import RelayPolicy, relay_output
+from convbridge.rules import DEFAULT_MAX_OUTPUT
 from convbridge.secrets import SecretValue
 from convbridge.storage.base import OUTPUT_MARKER
 from convbridge.storage.gcs import GcsStorage, signing_credentials, storage_client
@@ -44,13 +46,14 @@ from devstack.harness.gcs import (
     pubsub_push_envelope,
     service_account_key,
 )
-from devstack.servers import ServerStartError
+from devstack.servers import RELAY_EXTRA_HOSTS, ServerStartError
 from devstack.servers_gcs import FakeGcsServer
 from devstack.stack import DevStack
 from tests.conftest import png_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 READ_GRANT_SECONDS = 600
+LOOPBACK = RelayPolicy((HostPattern.parse(RELAY_EXTRA_HOSTS),), max_bytes=DEFAULT_MAX_OUTPUT)
 
 
 @pytest.fixture
@@ -401,7 +404,7 @@ def test_a_relay_retried_after_a_partial_upload_leaves_one_complete_object(
         with httpx.Client() as http:
             written = relay_output(http, gcs, bucket.name, "outbox/report.pdf",
                                    OutputFile("report.pdf", size=size, url=downloads.url),
-                                   marker="rule-a")
+                                   marker="rule-a", policy=LOOPBACK)
     finally:
         downloads.stop()
     assert downloads.requests == 2 and written == size
@@ -430,7 +433,7 @@ def test_a_retry_never_replaces_what_someone_else_wrote_in_between(
         with httpx.Client() as http, pytest.raises(StorageError, match="StaleWrite"):
             relay_output(http, gcs, bucket.name, key,
                          OutputFile("report.pdf", size=size, url=downloads.url),
-                         marker="rule-a")
+                         marker="rule-a", policy=LOOPBACK)
     finally:
         downloads.stop()
     assert downloads.requests == 3  # every attempt lost to the newer object

@@ -50,6 +50,9 @@ class Provider(ABC):
     native_imports: ClassVar[Mapping[str, frozenset[str]]] = {}
     #: storage name -> grant kinds the provider's export task accepts without widening scope
     native_exports: ClassVar[Mapping[str, frozenset[str]]] = {}
+    #: hosts the relay may download this dialect's outputs from, over https: exact hosts and
+    #: ``*.domain`` patterns (see convbridge.http.HostPattern); the base URL's host is added
+    download_hosts: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,

@@ -53,6 +53,9 @@ class CloudConvert(Provider):
         # only for rules with hand_over_account: true (see convbridge.planner)
         "gcs": frozenset({"gcs_service_account"}),
     }
+    #: export/url files come from storage.cloudconvert.com; regional and sandbox hosts are
+    #: below the same domain
+    download_hosts: ClassVar[tuple[str, ...]] = ("*.cloudconvert.com",)
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
         convert: dict[str, Any] = {

@@ -45,6 +45,9 @@ class CloudConvertV1(Provider):
     """Imports from a signed URL and exports through the relay for every storage."""
 
     name: ClassVar[str] = "cloudconvert_v1"
+    #: ``output.url`` is on the process host (``//srv01.cloudconvert.com/download/...``); a
+    #: compatible service serves outputs from its base URL's host, which is always allowed
+    download_hosts: ClassVar[tuple[str, ...]] = ("*.cloudconvert.com",)
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
         if spec.read_grant.kind == "upload":  # a storage that cannot sign URLs (sftp)

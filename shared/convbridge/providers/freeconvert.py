@@ -41,6 +41,8 @@ class FreeConvert(Provider):
     native_exports: ClassVar[Mapping[str, frozenset[str]]] = {
         "azure_blob": frozenset({"sas"}),
     }
+    #: export/url results are served by the task's worker (``server301.freeconvert.com``)
+    download_hosts: ClassVar[tuple[str, ...]] = ("*.freeconvert.com",)
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
         if spec.read_grant.kind == "upload":  # a storage that cannot sign URLs (sftp)

@@ -48,6 +48,9 @@ class OnlineConvert(Provider):
     native_exports: ClassVar[Mapping[str, frozenset[str]]] = {
         "s3": frozenset({"sts_session"}),
     }
+    #: output ``uri``s point at the job's server (``www13.api2convert.com``); the service
+    #: also serves files below its older online-convert.com domain
+    download_hosts: ClassVar[tuple[str, ...]] = ("*.api2convert.com", "*.online-convert.com")
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
         if spec.read_grant.kind == "upload":  # a storage that cannot sign URLs (sftp)
