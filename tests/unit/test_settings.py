@@ -64,3 +64,25 @@ def test_secret_values_are_cached_and_never_shown() -> None:
 
 def test_plain_string_secrets_are_one_value() -> None:
     assert SecretStore(FakeSecretsManager("x" * 40)).get("ctx").field("value") == "x" * 40
+
+
+@pytest.mark.parametrize(("claims", "contexts"), [("3600", "7200"), ("86400", "2592000"),
+                                                  (None, "2592000")])
+def test_claims_that_expire_before_contexts_fail_the_cold_start(claims: str | None,
+                                                               contexts: str) -> None:
+    env = {**BASE, "CONVBRIDGE_CONTEXT_MAX_AGE_SECONDS": contexts}
+    if claims is not None:
+        env["CONVBRIDGE_CLAIM_EXPIRY_SECONDS"] = claims
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    message = str(caught.value)
+    assert "CONVBRIDGE_CLAIM_EXPIRY_SECONDS" in message
+    assert "CONVBRIDGE_CONTEXT_MAX_AGE_SECONDS" in message
+
+
+def test_claims_may_outlive_contexts_and_the_defaults_agree() -> None:
+    defaults = Settings.from_env(BASE)
+    assert defaults.claim_expiry_seconds >= defaults.context_max_age_seconds
+    settings = Settings.from_env({**BASE, "CONVBRIDGE_CLAIM_EXPIRY_SECONDS": "3600",
+                                  "CONVBRIDGE_CONTEXT_MAX_AGE_SECONDS": "3600"})
+    assert settings.claim_expiry_seconds == settings.context_max_age_seconds == 3600
