@@ -158,13 +158,14 @@ def test_v1_a_process_started_with_a_leaked_tag_never_settles_the_context(
 # -------------------------------------------------------------------------- Online-Convert
 
 
-def oc_attacker_job(stack: DevStack, input_url: str) -> dict[str, Any]:
-    """A job of the attacker's own, created on the service; its callback body is theirs."""
+def oc_attacker_job(stack: DevStack, input_url: str, callback: str) -> dict[str, Any]:
+    """A job of the attacker's own, created on the service with the leaked callback URL (the
+    service calls it back too, later: the sandbox holds every callback back for a while)."""
     base = stack.sandbox.url + "/onlineconvert/v2"
     headers = {"X-Oc-Api-Key": stack.api_key}
     created = httpx.post(f"{base}/jobs", headers=headers, json={
         "input": [{"type": "remote", "source": input_url}],
-        "conversion": [{"target": "pdf"}]}).json()
+        "conversion": [{"target": "pdf"}], "callback": callback}).json()
 
     def completed() -> bool:
         job = httpx.get(f"{base}/jobs/{created['id']}", headers=headers).json()
@@ -187,14 +188,13 @@ def test_onlineconvert_a_job_posted_with_a_leaked_callback_url_never_settles_the
         other_input = stack.sandbox.serve_file(attacker_input, "other.png")
 
         def post(job: dict[str, Any], *, as_ours: bool = False) -> None:
-            # the attacker's job, whole (as the service would post it), with our callback URL;
-            # a body naming our job id instead only makes the bridge read our job, which
-            # settles it with what the service says (so, before the settle, it is left out)
-            bodies = [job, {**job, "callback": genuine["callback"]}]
-            for body in bodies + ([{**job, "id": genuine["id"]}] if as_ours else []):
+            # the attacker's job, whole, as the service posts it; a body naming our job id
+            # instead only makes the bridge read our job, which settles it with what the
+            # service says (so, before the genuine settle, it is left out)
+            for body in [job] + ([{**job, "id": genuine["id"]}] if as_ours else []):
                 webhook(stack, "onlineconvert", query=leaked, body=json.dumps(body).encode())
 
-        early = oc_attacker_job(stack, other_input)
+        early = oc_attacker_job(stack, other_input, genuine["callback"])
         post(early)
         queue_drained(stack)
         record = stack.read_json(RECORD)
@@ -207,10 +207,38 @@ def test_onlineconvert_a_job_posted_with_a_leaked_callback_url_never_settles_the
         assert record is not None and record["status"] == "finished"
         assert record["job_id"] == genuine["id"] and output is not None
 
-        for job in (early, oc_attacker_job(stack, other_input)):
+        for job in (early, oc_attacker_job(stack, other_input, genuine["callback"])):
             post(job, as_ours=True)
-        queue_drained(stack)
+        stack.wait(timeout=30)  # the service's own callbacks for the attacker's jobs too
         assert state(stack) == settled
+
+
+def test_onlineconvert_a_job_created_held_runs_and_calls_back_only_once_processed(
+        attacker_input: Path) -> None:
+    """The sandbox follows the seed's jobs built step by step: ``process: false`` holds a job
+    (it neither runs nor calls back) until ``PATCH /jobs/{id}`` sends ``process: true``."""
+    with DevStack(rules_text=rules_for("onlineconvert")) as stack:
+        base = stack.sandbox.url + "/onlineconvert/v2"
+        headers = {"X-Oc-Api-Key": stack.api_key}
+        source = stack.sandbox.serve_file(attacker_input, "other.png")
+        created = httpx.post(f"{base}/jobs", headers=headers, json={
+            "input": [{"type": "remote", "source": source}], "conversion": [{"target": "pdf"}],
+            "callback": "http://127.0.0.1:9/never", "process": False})
+        assert created.status_code == 201 and created.json()["process"] is False
+        job_url = f"{base}/jobs/{created.json()['id']}"
+        time.sleep(0.5)
+        held = httpx.get(job_url, headers=headers).json()
+        assert (held["status"]["code"], held["process"]) == ("queued", False)
+        receiver = f"{stack.webhook.url if stack.webhook else ''}/callbacks/elsewhere"
+        processed = httpx.patch(job_url, headers=headers,
+                                json={"process": True, "callback": receiver})
+        assert processed.status_code == 200 and processed.json()["process"] is True
+        assert httpx.patch(job_url, headers=headers, json={"process": True}).status_code == 200
+        stack.sandbox.wait_idle()
+        done = httpx.get(job_url, headers=headers).json()
+        assert done["status"]["code"] == "completed" and done["callback"] == receiver
+        assert [d["job_id"] for d in stack.sandbox.deliveries()] == [done["id"]]
+        assert httpx.patch(job_url, headers=headers, json={"process": "yes"}).status_code == 400
 
 
 # ------------------------------------------------------------------- replays, claims expired
