@@ -80,6 +80,9 @@ class Accepted:
 
 @dataclass(frozen=True)
 class Completion:
+    """What ``settle`` did: ``recorded``, ``duplicate`` (the context was settled already) or
+    ``ignored`` (nothing to do, or the record now belongs to a newer submission)."""
+
     status: str  # "recorded" | "ignored" | "duplicate"
     job_id: str | None = None
     outcome: str | None = None
@@ -392,19 +395,16 @@ def settle(bridge: Bridge, accepted: Accepted) -> Completion:
         "settle", {"context": accepted.context.nonce},
         lambda: _settle_claimed(bridge, accepted),
     )
+    if result["status"] == "ignored":
+        return Completion("ignored", outcome.job_id)
     if result["job_id"] != outcome.job_id:
         raise CallbackSignatureError(f"the job context was settled by job {result['job_id']}, "
                                      f"not job {outcome.job_id}")
-    if result["status"] == "ignored":
-        return Completion("ignored", outcome.job_id)
     if result.get("replayed") or result["status"] == "duplicate":
         logger.info("job %s already settled as %s; %s callback changes nothing",
                     outcome.job_id, result["outcome"], outcome.event or "repeated")
         return Completion("duplicate", outcome.job_id, result["outcome"], result["record_key"])
     return Completion("recorded", outcome.job_id, result["outcome"], result["record_key"])
-
-
-RecordedState = Literal["unbound", "bound", "settled", "other"]
 
 
 @dataclass(frozen=True)
@@ -413,7 +413,7 @@ class _Recorded:
     (``unbound``), its job recorded (``bound``), settled by that job (``settled``), or the
     record now belongs to another submission of the same source (``other``)."""
 
-    state: RecordedState
+    state: Literal["unbound", "bound", "settled", "other"]
     job_id: str | None = None
 
 

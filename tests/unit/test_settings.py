@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from convbridge.errors import ConfigError, SecretError
@@ -86,3 +89,23 @@ def test_claims_may_outlive_contexts_and_the_defaults_agree() -> None:
     settings = Settings.from_env({**BASE, "CONVBRIDGE_CLAIM_EXPIRY_SECONDS": "3600",
                                   "CONVBRIDGE_CONTEXT_MAX_AGE_SECONDS": "3600"})
     assert settings.claim_expiry_seconds == settings.context_max_age_seconds == 3600
+
+
+@pytest.mark.parametrize("deployment", ["template.yaml", "infra/cdk/convbridge_cdk/construct.py"])
+def test_deployments_keep_claims_alive_as_long_as_contexts(deployment: str) -> None:
+    """Either file may set the two variables; whatever it sets (or leaves to the defaults)
+    must pass the cold-start check."""
+    text = (Path(__file__).resolve().parents[2] / deployment).read_text(encoding="utf-8")
+
+    def seconds(name: str) -> str | None:
+        found = re.findall(rf"CONVBRIDGE_{name}[\"']?\s*[:=]\s*[\"']?(\d+)", text)
+        assert len(set(found)) <= 1, f"{deployment} sets CONVBRIDGE_{name} to {found}"
+        return found[0] if found else None
+
+    env = dict(BASE)
+    for name in ("CLAIM_EXPIRY_SECONDS", "CONTEXT_MAX_AGE_SECONDS"):
+        value = seconds(name)
+        if value is not None:
+            env[f"CONVBRIDGE_{name}"] = value
+    settings = Settings.from_env(env)
+    assert settings.claim_expiry_seconds >= settings.context_max_age_seconds
