@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from convbridge.bridge import Bridge
 from convbridge.context import JobContext
-from convbridge.errors import CallbackSignatureError
+from convbridge.errors import CallbackSignatureError, StaleWrite
 from convbridge.model import JobOutcome, ObjectRef
 from convbridge.pipeline import Accepted, _SubmissionRecord, settle
 from devstack.lambda_local import LocalContext
@@ -161,3 +161,39 @@ def test_a_context_is_settled_once_by_the_job_the_bridge_created(
         assert stack.read_json(rule.result_key(key)) == written[0]
         reports = final_versions(stack, rule.failure_key(key))
         assert len(reports) == (1 if first_genuine == "failed" else 0)
+
+
+@pytest.mark.parametrize("rule_name", ["held", "direct"])
+def test_a_job_whose_record_a_newer_submission_took_changes_nothing(
+        stack: DevStack, bridge: Bridge, rule_name: str) -> None:
+    """Two uploads of one key in quick succession: the older job's callback, however late,
+    must not replace the newer submission's record, and a job not started yet never starts."""
+    rule = bridge.rules.get(rule_name)
+    assert rule is not None
+    storage = bridge.storage("s3")
+    key = f"{rule_name}/{next(_keys)}.png"
+    contexts = [JobContext.new(rule=rule.name, storage="s3", location=stack.bucket, key=key,
+                               version=version, output_key=rule.output_key(key),
+                               route="native") for version in ("v1", "v2")]
+    storage.put_bytes(stack.bucket, rule.output_key(key), b"%PDF-1.4 converted",
+                      content_type="application/pdf", metadata={})
+    older, newer = (_SubmissionRecord(storage, ObjectRef("s3", stack.bucket, key, version=v),
+                                      rule) for v in ("v1", "v2"))
+    older.submitting(contexts[0])
+    newer.submitting(contexts[1])
+    with pytest.raises(StaleWrite):  # the older job was not started: it never will be
+        older.submitted(contexts[0], "older-job", before_start=True)
+    newer.submitted(contexts[1], "newer-job", before_start=True)
+    taken = stack.read_json(rule.result_key(key))
+    assert taken is not None and taken["job_id"] == "newer-job"
+
+    late = Accepted(JobOutcome(provider=rule.provider, job_id="older-job", status="finished"),
+                    contexts[0], rule)
+    assert settle(bridge, late).status == "ignored"
+    assert stack.read_json(rule.result_key(key)) == taken
+    settled = settle(bridge, Accepted(JobOutcome(provider=rule.provider, job_id="newer-job",
+                                                 status="finished"), contexts[1], rule))
+    assert settled.status == "recorded"
+    assert settle(bridge, late).status == "ignored"
+    shown = stack.read_json(rule.result_key(key))
+    assert shown is not None and (shown["status"], shown["job_id"]) == ("finished", "newer-job")
