@@ -84,6 +84,8 @@ class CloudConvertV1(Provider):
         return self._create_and_start(self.build_job(spec), on_created)
 
     def create_job(self, document: Mapping[str, Any]) -> str:
+        """The job created and started with no pause to record its id; the bridge submits
+        through :meth:`start`."""
         return self._create_and_start(document, None)
 
     def _create_and_start(self, document: Mapping[str, Any],

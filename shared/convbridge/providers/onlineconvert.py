@@ -79,6 +79,8 @@ class OnlineConvert(Provider):
         return self._create_and_process(self.build_job(spec), on_created)
 
     def create_job(self, document: Mapping[str, Any]) -> str:
+        """The job created and processed with no pause to record its id; the bridge submits
+        through :meth:`start`."""
         return self._create_and_process(document, None)
 
     def _create_and_process(self, document: Mapping[str, Any],
