@@ -439,11 +439,12 @@ def _settle_claimed(bridge: Bridge, accepted: Accepted) -> dict[str, Any]:
     result_key = rule.result_key(context.key)
     previous = _read_record(storage, context.location, result_key)
     recorded = _recorded_job(previous, context.nonce)
+    superseded = {"status": "ignored", "job_id": outcome.job_id, "outcome": None,
+                  "record_key": result_key}
     if recorded.state == "other":
         logger.info("job %s: the record of %s belongs to a newer submission; its callback "
                     "changes nothing", outcome.job_id, context.key)
-        return {"status": "ignored", "job_id": outcome.job_id, "outcome": None,
-                "record_key": result_key}
+        return superseded
     if recorded.job_id is not None and recorded.job_id != outcome.job_id:
         raise CallbackSignatureError(f"job {outcome.job_id} is not the job the bridge created "
                                      "for this context")
@@ -462,6 +463,13 @@ def _settle_claimed(bridge: Bridge, accepted: Accepted) -> dict[str, Any]:
         except StorageError as exc:
             outcome = replace(outcome, status="failed", failed_task="relay",
                               code="OUTPUT_UNAVAILABLE", message=str(exc))
+    # A relay can take minutes, long enough for the source to be uploaded and submitted
+    # again: that newer submission's record (and source) must not be overwritten or moved.
+    current = _read_record(storage, context.location, result_key)
+    if _recorded_job(current, context.nonce).state == "other":
+        logger.info("job %s: a newer submission of %s took its record while it settled; the "
+                    "record is left to it", outcome.job_id, context.key)
+        return superseded
     document = records.outcome_record(source, rule, outcome, route=context.route,
                                       outputs=outputs, context_nonce=context.nonce,
                                       submitted_at=(previous or {}).get("submitted_at"))

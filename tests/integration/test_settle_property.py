@@ -197,3 +197,41 @@ def test_a_job_whose_record_a_newer_submission_took_changes_nothing(
     assert settle(bridge, late).status == "ignored"
     shown = stack.read_json(rule.result_key(key))
     assert shown is not None and (shown["status"], shown["job_id"]) == ("finished", "newer-job")
+
+
+def test_a_newer_submission_made_while_an_older_job_settles_keeps_its_record(
+        stack: DevStack, bridge: Bridge, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The source is uploaded and submitted again while the older job's outputs are being
+    collected (a relay can take minutes): the older job must leave the newer record alone, so
+    the newer job still gets recorded before it starts and settles."""
+    rule = bridge.rules.get("held")
+    assert rule is not None
+    storage = bridge.storage("s3")
+    key = f"held/{next(_keys)}.png"
+    older_context, newer_context = (
+        JobContext.new(rule=rule.name, storage="s3", location=stack.bucket, key=key,
+                       version=version, output_key=rule.output_key(key), route="native")
+        for version in ("v1", "v2"))
+    storage.put_bytes(stack.bucket, rule.output_key(key), b"%PDF-1.4 converted",
+                      content_type="application/pdf", metadata={})
+    older, newer = (_SubmissionRecord(storage, ObjectRef("s3", stack.bucket, key, version=v),
+                                      rule) for v in ("v1", "v2"))
+    older.submitting(older_context)
+    older.submitted(older_context, "older-job", before_start=True)
+    real_stat = storage.stat
+
+    def stat_while_resubmitted(location: str, looked_up: str) -> ObjectRef | None:
+        if looked_up == rule.output_key(key):  # the older job's outputs are being collected
+            newer.submitting(newer_context)
+        return real_stat(location, looked_up)
+
+    monkeypatch.setattr(storage, "stat", stat_while_resubmitted)
+    settled = settle(bridge, Accepted(JobOutcome(provider=rule.provider, job_id="older-job",
+                                                 status="finished"), older_context, rule))
+    monkeypatch.undo()
+    assert settled.status == "ignored"
+    newer.submitted(newer_context, "newer-job", before_start=True)  # not a StaleWrite
+    shown = stack.read_json(rule.result_key(key))
+    assert shown is not None
+    assert (shown["status"], shown["job_id"], shown["context_nonce"]) == (
+        "submitted", "newer-job", newer_context.nonce)
