@@ -7,9 +7,13 @@ callback: the whole job, as ``GET /jobs/{id}`` returns it, POSTed unsigned to th
 ``callback`` URL when it ends (5xx and network errors retried, 4xx final). Outputs without an
 output target are listed under ``output[].uri`` (served below /files/). Credentials never
 appear in answers. ``amazons3`` fields name no endpoint, so they reach the sandbox's "AWS":
-``Sandbox.set_aws_endpoint`` (moto in DevStack). Not emulated, and refused with a message
-saying so: jobs built step by step (``process: false``), uploads, and Azure, Google Cloud and
-FTP inputs or output targets. Execution is in models.py."""
+``Sandbox.set_aws_endpoint`` (moto in DevStack). A job created with ``process: false`` is held
+(it neither runs nor calls back) until ``PATCH /jobs/{id}`` sends ``process: true``, optionally
+with a ``callback``, as the seed's jobs built step by step; its inputs and conversions must
+come with the create request. Not emulated, and refused with a message saying so: adding
+inputs or conversions to a held job (``/jobs/{id}/input``, ``/jobs/{id}/conversions``),
+uploads, and Azure, Google Cloud and FTP inputs or output targets. Execution is in
+models.py."""
 
 from __future__ import annotations
 
@@ -73,6 +77,8 @@ class OnlineConvertV2:
         self._aws_endpoint = aws_endpoint
         # job id -> the job's own token, as the service shows it
         self._tokens: dict[str, str] = {}
+        # jobs created with process: false, waiting for PATCH process: true
+        self._held: set[str] = set()
 
     def handle(self, request: ApiRequest) -> ApiResponse:
         given = request.headers.get("x-oc-api-key", "").encode()
@@ -86,6 +92,8 @@ class OnlineConvertV2:
                 if job is None or job.dialect != DIALECT:
                     return _error(404, "Job not found.")
                 return _json(200, self.render_job(job))
+            case ["jobs", job_id], "PATCH":
+                return self._patch_job(job_id, request.body)
             case (["jobs"] | ["jobs", _] | ["jobs", _, _]), _:
                 return _error(405, "Not emulated by the convbridge sandbox.")
         return _error(404, "Not found.")
@@ -105,15 +113,45 @@ class OnlineConvertV2:
             return _error(400, "Invalid job.", errors=exc.args[0])
         callback = body.get("callback") or None
         job = self._backend.create_job(DIALECT, specs, None, callback)
+        held = body.get("process") is False
         with self._backend.lock:
             self._tokens[job.id] = secrets.token_hex(16)
+            if held:
+                self._held.add(job.id)
             rendered = self.render_job(job)
-        self._backend.run(job, self.build_callback)
+        if not held:
+            self._backend.run(job, self.build_callback)
         response = _json(201, rendered)
         if self._backend.draw(faults.timeout_rate):
             return ApiResponse(201, response.body, response.headers,
                                hold_seconds=faults.timeout_seconds)
         return response
+
+    def _patch_job(self, job_id: str, raw: bytes) -> ApiResponse:
+        """``process: true`` starts a held job (with the ``callback`` given here, if any);
+        asking again once it runs changes nothing."""
+        job = self._backend.job(job_id)
+        if job is None or job.dialect != DIALECT:
+            return _error(404, "Job not found.")
+        try:
+            body = json.loads(raw or b"null")
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return _error(400, "The body is not valid JSON.")
+        if not isinstance(body, dict) or not isinstance(body.get("process", False), bool):
+            return _error(400, "Invalid job.", errors=["process must be true or false"])
+        callback = body.get("callback")
+        if callback is not None and not isinstance(callback, str):
+            return _error(400, "Invalid job.", errors=["callback must be a URL"])
+        with self._backend.lock:
+            start = body.get("process") is True and job_id in self._held
+            if job_id in self._held and callback is not None:
+                job.webhook_url = callback or None
+            if start:
+                self._held.discard(job_id)
+            rendered = self.render_job(job)
+        if start:
+            self._backend.run(job, self.build_callback)
+        return _json(200, rendered)
 
     # -- requests -> tasks ---------------------------------------------------------------------
 
@@ -123,8 +161,8 @@ class OnlineConvertV2:
         if not isinstance(body, dict):
             raise ValueError(["The body must be a job object."])
         problems: list[str] = []
-        if body.get("process") is False:
-            problems.append("process: false (jobs built step by step) is not emulated")
+        if not isinstance(body.get("process", True), bool):
+            problems.append("process must be true or false")
         callback = body.get("callback")
         if callback is not None and not isinstance(callback, str):
             problems.append("callback must be a URL")
@@ -230,7 +268,7 @@ class OnlineConvertV2:
                 "errors": [_error_entry(t) for t in job.tasks
                            if t.status == "error" and t.code != INPUT_TASK_FAILED],
                 "warnings": [],
-                "process": True,
+                "process": job.id not in self._held,
                 "conversion": [{
                     "id": t.id, "target": t.payload.get("target"),
                     "category": t.payload.get("category"),

@@ -1,8 +1,9 @@
 """At-least-once delivery made exactly-once where it matters: claims in DynamoDB.
 
 Two things must happen once however often an event arrives: starting a job for one upload
-(keyed on storage, location, key, version and rule) and settling a job (keyed on provider and
-job id). Both use aws-lambda-powertools Idempotency with its DynamoDB persistence layer:
+(keyed on storage, location, key, version and rule) and settling a job context (keyed on the
+context's nonce, never on a job id a caller names). Both use aws-lambda-powertools Idempotency
+with its DynamoDB persistence layer:
 
 * the first caller records the claim as in progress, runs the action, and stores its result;
 * a later duplicate gets the stored result back, marked ``replayed``, and runs nothing;
@@ -11,7 +12,9 @@ job id). Both use aws-lambda-powertools Idempotency with its DynamoDB persistenc
 * if the action raises, the claim is deleted, so a failed submission can be retried.
 
 With a registered Lambda context, an in-progress claim expires with the invocation, so a
-function that timed out mid-claim does not block its event forever.
+function that timed out mid-claim does not block its event forever. Stored claims expire after
+``CONVBRIDGE_CLAIM_EXPIRY_SECONDS``, which settings keep at least as long as a job context
+lives; the settled result record stops a second settle on its own as well.
 """
 
 from __future__ import annotations

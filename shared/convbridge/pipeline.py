@@ -15,7 +15,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -25,6 +25,7 @@ from convbridge.claims import ClaimInProgress
 from convbridge.context import JobContext, sign_context, verify_context
 from convbridge.errors import (
     CallbackError,
+    CallbackSignatureError,
     CallbackTooLarge,
     ContextError,
     ConvbridgeError,
@@ -84,6 +85,9 @@ class Accepted:
 
 @dataclass(frozen=True)
 class Completion:
+    """What ``settle`` did: ``recorded``, ``duplicate`` (the context was settled already) or
+    ``ignored`` (nothing to do, or the record now belongs to a newer submission)."""
+
     status: str  # "recorded" | "ignored" | "duplicate"
     job_id: str | None = None
     outcome: str | None = None
@@ -161,14 +165,10 @@ def submit(bridge: Bridge, ref: ObjectRef, *, final_attempt: bool = True,
 
 def _submit_claimed(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef, *,
                     final_attempt: bool) -> dict[str, Any]:
+    record = _SubmissionRecord(storage, ref, rule)
     try:
         conversion = _conversion(rule, ref)
-        # The record is written before the job exists: a provider may call back before
-        # the create request has answered, and the settled record must win.
-        revision = storage.write_json(ref.location, rule.result_key(ref.key),
-                                      records.submitting_record(ref, rule),
-                                      marker=rule.name)
-        job_id, route = _start_job(bridge, storage, rule, ref, conversion)
+        job_id, route = _start_job(bridge, storage, rule, ref, conversion, record)
     except RejectedObject as rejected:
         return _reject(storage, ref, rule, rejected)
     except ProviderRejected as exc:
@@ -178,16 +178,51 @@ def _submit_claimed(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef
         if not final_attempt:
             raise
         return _reject(storage, ref, rule, RejectedObject("PROVIDER_UNAVAILABLE", exc.message))
-    try:
-        storage.write_json(ref.location, rule.result_key(ref.key),
-                           records.submitted_record(ref, rule, job_id=job_id, route=route),
-                           marker=rule.name, if_revision=revision)
-    except StaleWrite:
-        logger.info("job %s settled before its submission was recorded", job_id)
+    except StaleWrite as exc:
+        # Only a job that has not started yet gets here (binds_before_start), and it never
+        # will: the record it would have settled now belongs to another submission.
+        logger.warning("%s: the result record changed before the job could start (%s); "
+                       "the job was not started", ref, exc)
+        return {"status": "skipped", "reason": "the result record changed before the job "
+                                               "could start"}
     logger.info("submitted %s under rule %s as %s job %s (route %s)",
                 ref, rule.name, rule.provider, job_id, route)
     record_metric("JobsSubmitted", 1, rule=rule.name, provider=rule.provider)
     return {"status": "submitted", "job_id": job_id}
+
+
+@dataclass
+class _SubmissionRecord:
+    """The result record of one submission, on its way from ``submitting`` to ``submitted``.
+
+    ``submitting`` (naming the job context) is written before the job exists: a provider may
+    call back before the create request has answered, and the settled record must win, so
+    ``submitted`` (naming the job) is written only over that very revision. For dialects that
+    ``binds_before_start`` it is written before the job can run, and a failure to write it
+    keeps the job from ever starting."""
+
+    storage: Storage
+    ref: ObjectRef
+    rule: Rule
+    revision: str | None = None
+
+    def submitting(self, context: JobContext) -> None:
+        self.revision = self.storage.write_json(
+            self.ref.location, self.rule.result_key(self.ref.key),
+            records.submitting_record(self.ref, self.rule, context_nonce=context.nonce),
+            marker=self.rule.name)
+
+    def submitted(self, context: JobContext, job_id: str, *, before_start: bool) -> None:
+        try:
+            self.storage.write_json(
+                self.ref.location, self.rule.result_key(self.ref.key),
+                records.submitted_record(self.ref, self.rule, job_id=job_id,
+                                         route=context.route, context_nonce=context.nonce),
+                marker=self.rule.name, if_revision=self.revision)
+        except StaleWrite:
+            if before_start:
+                raise
+            logger.info("job %s settled before its submission was recorded", job_id)
 
 
 def unsafe_key_reason(key: str) -> str | None:
@@ -246,7 +281,7 @@ def _conversion(rule: Rule, ref: ObjectRef) -> ConversionSpec:
 
 
 def _start_job(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef,
-               conversion: ConversionSpec) -> tuple[str, str]:
+               conversion: ConversionSpec, record: _SubmissionRecord) -> tuple[str, str]:
     settings = bridge.settings
     if not settings.webhook_url:
         raise StorageError("CONVBRIDGE_WEBHOOK_URL is not set; providers could not call back")
@@ -279,7 +314,9 @@ def _start_job(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef,
     )
     logger.info("grants for %s: read %s (%s), write %s", ref, read_grant.scope, read_grant.kind,
                 write_grant.scope if write_grant else "relay through the bridge")
-    job_id = provider.start(spec)
+    record.submitting(context)
+    job_id = provider.start(spec, on_created=lambda created: record.submitted(
+        context, created, before_start=provider.binds_before_start))
     if read_grant.kind == "upload":  # the storage cannot sign a URL: the bridge pushes the bytes
         provider.upload_input(job_id, spec, lambda: storage.read_stream(ref.location, ref.key))
     return job_id, plan.route
@@ -363,17 +400,52 @@ def accept(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
 
 
 def settle(bridge: Bridge, accepted: Accepted) -> Completion:
-    """Write the outcome of an accepted callback, once per job however often it is called."""
+    """Write the outcome of an accepted callback: once per job context, and only for the job
+    the bridge created for it, however often and however late the callback comes. The claim
+    is keyed on the context, not on the job a caller names, and the result record itself
+    names the context and its job, so it still stops a second settle once the claim expired.
+    A callback for another job than the recorded one is refused (CallbackSignatureError)."""
     outcome = accepted.outcome
     result = bridge.claims.once(
-        "settle", {"provider": outcome.provider, "job_id": outcome.job_id},
+        "settle", {"context": accepted.context.nonce},
         lambda: _settle_claimed(bridge, accepted),
     )
-    if result.get("replayed"):
+    if result["status"] == "ignored":
+        return Completion("ignored", outcome.job_id)
+    if result["job_id"] != outcome.job_id:
+        raise CallbackSignatureError(f"the job context was settled by job {result['job_id']}, "
+                                     f"not job {outcome.job_id}")
+    if result.get("replayed") or result["status"] == "duplicate":
         logger.info("job %s already settled as %s; %s callback changes nothing",
                     outcome.job_id, result["outcome"], outcome.event or "repeated")
         return Completion("duplicate", outcome.job_id, result["outcome"], result["record_key"])
     return Completion("recorded", outcome.job_id, result["outcome"], result["record_key"])
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """What the result record says about one job context: no job recorded for it yet
+    (``unbound``), its job recorded (``bound``), settled by that job (``settled``), or the
+    record now belongs to another submission of the same source (``other``)."""
+
+    state: Literal["unbound", "bound", "settled", "other"]
+    job_id: str | None = None
+
+
+def _recorded_job(record: Mapping[str, Any] | None, nonce: str) -> _Recorded:
+    if record is None:
+        return _Recorded("unbound")
+    job_id = record.get("job_id") if isinstance(record.get("job_id"), str) else None
+    final = record.get("status") in records.FINAL_STATUSES
+    if "context_nonce" not in record:
+        # written before records named their context: the job id is all it tells
+        return _Recorded("settled" if final else "bound", job_id) if job_id else _Recorded(
+            "unbound")
+    if record["context_nonce"] != nonce:
+        return _Recorded("other")
+    if final:
+        return _Recorded("settled", job_id)
+    return _Recorded("bound", job_id) if job_id else _Recorded("unbound")
 
 
 def _settle_claimed(bridge: Bridge, accepted: Accepted) -> dict[str, Any]:
@@ -381,6 +453,22 @@ def _settle_claimed(bridge: Bridge, accepted: Accepted) -> dict[str, Any]:
     storage = bridge.storage(context.storage)
     result_key = rule.result_key(context.key)
     previous = _read_record(storage, context.location, result_key)
+    recorded = _recorded_job(previous, context.nonce)
+    superseded = {"status": "ignored", "job_id": outcome.job_id, "outcome": None,
+                  "record_key": result_key}
+    if recorded.state == "other":
+        logger.info("job %s: the record of %s belongs to a newer submission; its callback "
+                    "changes nothing", outcome.job_id, context.key)
+        return superseded
+    if recorded.job_id is not None and recorded.job_id != outcome.job_id:
+        raise CallbackSignatureError(f"job {outcome.job_id} is not the job the bridge created "
+                                     "for this context")
+    if recorded.state == "settled":
+        return {"status": "duplicate", "job_id": outcome.job_id,
+                "outcome": (previous or {}).get("status"), "record_key": result_key}
+    if recorded.job_id is None and bridge.provider(rule.provider).binds_before_start:
+        # the bridge records these jobs before they can run: an unrecorded one is not ours
+        raise CallbackSignatureError(f"job {outcome.job_id} was not recorded for this context")
     source = ObjectRef(storage=context.storage, location=context.location, key=context.key,
                        version=context.version, size=(previous or {}).get("source", {}).get("size"))
     outputs: list[OutputFile] = []
@@ -391,8 +479,15 @@ def _settle_claimed(bridge: Bridge, accepted: Accepted) -> dict[str, Any]:
             outcome = replace(outcome, status="failed", failed_task="relay",
                               code=exc.code if isinstance(exc, OutputRefused)
                               else "OUTPUT_UNAVAILABLE", message=str(exc))
+    # A relay can take minutes, long enough for the source to be uploaded and submitted
+    # again: that newer submission's record (and source) must not be overwritten or moved.
+    current = _read_record(storage, context.location, result_key)
+    if _recorded_job(current, context.nonce).state == "other":
+        logger.info("job %s: a newer submission of %s took its record while it settled; the "
+                    "record is left to it", outcome.job_id, context.key)
+        return superseded
     document = records.outcome_record(source, rule, outcome, route=context.route,
-                                      outputs=outputs,
+                                      outputs=outputs, context_nonce=context.nonce,
                                       submitted_at=(previous or {}).get("submitted_at"))
     if outcome.status == "failed":
         _write_failure(storage, rule, context.location, context.key, document)
@@ -406,7 +501,8 @@ def _settle_claimed(bridge: Bridge, accepted: Accepted) -> dict[str, Any]:
         latency = (datetime.now(UTC) - outcome.ended_at).total_seconds() * 1000
         record_metric("CallbackLatencyMs", max(latency, 0.0), unit="Milliseconds",
                       provider=rule.provider)
-    return {"outcome": outcome.status, "record_key": result_key}
+    return {"status": "recorded", "job_id": outcome.job_id, "outcome": outcome.status,
+            "record_key": result_key}
 
 
 def _rule_for(bridge: Bridge, context: JobContext, provider_name: str) -> Rule:

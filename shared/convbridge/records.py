@@ -1,7 +1,10 @@
 """Result records and failure reports: one JSON schema, written next to the data.
 
 The result record (``<results prefix><relative key>.json``) always holds the latest state of
-the source's conversion: ``submitted``, then ``finished`` or ``failed``. A failure report
+the source's conversion: ``submitting``, ``submitted``, then ``finished`` or ``failed``. From
+``submitting`` on it names the submission's job context (``context_nonce``) and from
+``submitted`` on the job the bridge created for it, so the record itself says which job may
+settle the context and whether it already has. A failure report
 (``<failures prefix><relative key>.json``) is written in addition when a conversion fails or
 an object is rejected, so failures can be listed by prefix. Both share the schema documented
 in the README under "Records".
@@ -17,6 +20,8 @@ from convbridge.model import JobOutcome, ObjectRef, OutputFile
 from convbridge.rules import Rule
 
 SCHEMA = "convbridge.record/1"
+#: statuses of a record whose job context is settled: nothing may write it again
+FINAL_STATUSES = frozenset({"finished", "failed"})
 
 
 def _now() -> str:
@@ -28,13 +33,15 @@ def _source(ref: ObjectRef) -> dict[str, Any]:
             "version": ref.version, "size": ref.size}
 
 
-def base_record(status: str, ref: ObjectRef, rule: Rule) -> dict[str, Any]:
+def base_record(status: str, ref: ObjectRef, rule: Rule, *,
+                context_nonce: str | None = None) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "status": status,
         "source": _source(ref),
         "rule": rule.name,
         "provider": rule.provider,
+        "context_nonce": context_nonce,
         "job_id": None,
         "route": None,
         "outputs": [],
@@ -45,14 +52,15 @@ def base_record(status: str, ref: ObjectRef, rule: Rule) -> dict[str, Any]:
     }
 
 
-def submitting_record(ref: ObjectRef, rule: Rule) -> dict[str, Any]:
-    record = base_record("submitting", ref, rule)
+def submitting_record(ref: ObjectRef, rule: Rule, *, context_nonce: str) -> dict[str, Any]:
+    record = base_record("submitting", ref, rule, context_nonce=context_nonce)
     record["submitted_at"] = record["recorded_at"]
     return record
 
 
-def submitted_record(ref: ObjectRef, rule: Rule, *, job_id: str, route: str) -> dict[str, Any]:
-    record = base_record("submitted", ref, rule)
+def submitted_record(ref: ObjectRef, rule: Rule, *, job_id: str, route: str,
+                     context_nonce: str) -> dict[str, Any]:
+    record = base_record("submitted", ref, rule, context_nonce=context_nonce)
     record.update(job_id=job_id, route=route, submitted_at=record["recorded_at"])
     return record
 
@@ -70,9 +78,10 @@ def outcome_record(
     *,
     route: str,
     outputs: list[OutputFile],
+    context_nonce: str,
     submitted_at: str | None = None,
 ) -> dict[str, Any]:
-    record = base_record(outcome.status, ref, rule)
+    record = base_record(outcome.status, ref, rule, context_nonce=context_nonce)
     record.update(
         provider=outcome.provider,
         job_id=outcome.job_id,

@@ -152,6 +152,13 @@ class Settings:
             relay_extra_hosts=tuple(relay_extra_hosts),
             environ={k: v for k, v in env.items() if k.startswith(PREFIX)},
         )
+        if settings.claim_expiry_seconds < settings.context_max_age_seconds:
+            # A callback verifies for as long as its context lives; a settle claim forgotten
+            # before that would let a replayed callback settle the job a second time.
+            problems.append(
+                f"{PREFIX}CLAIM_EXPIRY_SECONDS={settings.claim_expiry_seconds} is shorter than "
+                f"{PREFIX}CONTEXT_MAX_AGE_SECONDS={settings.context_max_age_seconds}: claims "
+                "must outlive the job contexts they settle")
         if problems:
             raise ConfigError("invalid environment:\n" + "\n".join(f"  - {p}" for p in problems))
         return settings

@@ -17,6 +17,7 @@ from convbridge.errors import (
     CallbackSignatureError,
     ProviderError,
     ProviderUnavailable,
+    StaleWrite,
 )
 from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget
 from convbridge.providers.base import CALLBACK_QUERY
@@ -27,8 +28,12 @@ NOW = datetime(2026, 11, 23, tzinfo=UTC)
 TOKEN = "CONTEXT"
 
 
-def provider(handler: object = None,
-             base_url: str = "https://api.cloudconvert.com/v1") -> CloudConvertV1:
+#: a compatible service, v1 without the /v1 prefix as the seed allows; process URLs are
+#: followed only at <base>/process/<id>, on exactly this host
+BASE = "https://srv01.cloudconvert.com"
+
+
+def provider(handler: object = None, base_url: str = BASE) -> CloudConvertV1:
     transport = httpx.MockTransport(handler) if handler else None  # type: ignore[arg-type]
     return CloudConvertV1(api_key="v1-key", signing_secret=None, base_url=base_url,
                           http=httpx.Client(transport=transport))
@@ -72,35 +77,84 @@ def test_only_signed_urls_can_be_imported() -> None:
         provider().build_job(spec("sts_session"))
 
 
-def test_create_makes_a_process_then_starts_it_at_its_process_url() -> None:
+def test_create_makes_a_process_records_its_id_then_starts_it_at_its_process_url() -> None:
+    seen: list[str] = []
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        seen.append(f"{request.method} {request.url}")
+        if request.url.path == "/process":
+            return httpx.Response(200, json=fixture("process_created.json"))
+        return httpx.Response(200, json={"id": "v4cw72hf3", "step": "input"})
+
+    assert provider(handler).start(spec(), on_created=lambda job: seen.append(
+        f"recorded {job}")) == "v4cw72hf3"
+    # the process cannot run before the bridge knows which one it created for the context
+    assert seen == ["POST https://srv01.cloudconvert.com/process", "recorded v4cw72hf3",
+                    "POST https://srv01.cloudconvert.com/process/v4cw72hf3"]
+    assert json.loads(requests[0].content) == {"apikey": "v1-key", "inputformat": "png",
+                                               "outputformat": "pdf"}
+    started = json.loads(requests[1].content)
+    assert started["input"] == "download" and started["tag"] == TOKEN
+    assert "apikey" not in started  # the process URL is the capability
+
+
+def test_a_process_that_could_not_be_recorded_is_never_started() -> None:
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        if request.url.path == "/v1/process":
-            return httpx.Response(200, json=fixture("process_created.json"))
-        return httpx.Response(200, json={"id": "v4cw72hf3", "step": "input"})
+        return httpx.Response(200, json=fixture("process_created.json"))
 
-    assert provider(handler).start(spec()) == "v4cw72hf3"
-    assert json.loads(seen[0].content) == {"apikey": "v1-key", "inputformat": "png",
-                                           "outputformat": "pdf"}
-    assert str(seen[1].url) == "https://srv01.cloudconvert.com/process/v4cw72hf3"
-    started = json.loads(seen[1].content)
-    assert started["input"] == "download" and started["tag"] == TOKEN
-    assert "apikey" not in started  # the process URL is the capability
+    def refuse(job_id: str) -> None:
+        raise StaleWrite("the record changed")
+
+    with pytest.raises(StaleWrite):
+        provider(handler).start(spec(), on_created=refuse)
+    assert [r.url.path for r in seen] == ["/process"]
 
 
 def test_a_process_url_on_a_foreign_domain_is_not_started() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"id": "x", "url": "//evil.example/process/x"})
 
-    with pytest.raises(ProviderError, match="domain"):
+    with pytest.raises(ProviderError, match="host"):
+        provider(handler).start(spec())
+
+
+def test_a_process_url_on_a_sibling_host_is_not_started() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"id": "x",
+                                         "url": "//attacker.example-paas.com/process/x"})
+
+    with pytest.raises(ProviderError, match="host"):
+        provider(handler, "https://conv.example-paas.com/v1").start(spec())
+    assert [r.url.host for r in seen] == ["conv.example-paas.com"]
+
+
+def test_a_process_url_elsewhere_on_the_services_host_is_not_started() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/process":
+            return httpx.Response(200, json={"id": "x", "url": "//srv01.cloudconvert.com/up/x"})
+        raise AssertionError(f"the process must not be started, got {request.url}")
+
+    with pytest.raises(ProviderError, match="/process/x"):
         provider(handler).start(spec())
 
 
 @pytest.mark.parametrize(("base", "url", "allowed"), [
-    ("https://api.cloudconvert.com/v1", "//srv01.cloudconvert.com/process/a", True),
+    # a sibling host of the service's domain may be anyone's (a PaaS hands them out)
+    ("https://api.cloudconvert.com/v1", "//srv01.cloudconvert.com/process/a", False),
+    ("https://conv.example-paas.com/v1", "//attacker.example-paas.com/process/a", False),
     ("https://api.cloudconvert.com/v1", "https://api.cloudconvert.com/process/a", True),
+    ("https://api.cloudconvert.com/v1", "//api.cloudconvert.com/process/a", True),
+    ("https://api.cloudconvert.com/v1", "//API.cloudconvert.com/process/a", True),
+    ("https://api.cloudconvert.com/v1", "//api.cloudconvert.com:8443/process/a", False),
+    ("https://api.cloudconvert.com/v1", "//user@api.cloudconvert.com/process/a", False),
     ("https://api.cloudconvert.com/v1", "//evil.example/process/a", False),
     ("https://api.cloudconvert.com/v1", "//cloudconvert.com.evil.example/process/a", False),
     ("https://api.cloudconvert.com/v1", "//evilcloudconvert.com/process/a", False),
@@ -110,7 +164,7 @@ def test_a_process_url_on_a_foreign_domain_is_not_started() -> None:
     ("http://127.0.0.1:8765/v1", "//127.0.0.1:9999/v1/process/a", False),
     ("https://api.cloudconvert.com/v1", "", False),
 ])
-def test_process_urls_are_followed_only_on_the_services_domain(base: str, url: str,
+def test_process_urls_are_followed_only_on_exactly_the_services_host(base: str, url: str,
                                                                allowed: bool) -> None:
     assert (provider(base_url=base).provider_url(url) is not None) is allowed
 
@@ -120,6 +174,26 @@ def test_a_callback_without_a_token_or_with_a_bad_id_is_refused() -> None:
         provider().accept_callback({CALLBACK_QUERY: "id=v4cw72hf3&step=finished"}, b"")
     with pytest.raises(CallbackError):
         provider().accept_callback(callback(id="../../admin"), b"")
+
+
+@pytest.mark.parametrize("process_id", ["v4cw72hf3\n", "v4cw72hf3\r", " v4cw72hf3", "",
+                                        "a" * 65])
+def test_a_process_id_that_is_not_exactly_an_id_is_a_bad_request(process_id: str) -> None:
+    with pytest.raises(CallbackError) as refused:
+        provider().accept_callback(callback(id=process_id), b"")
+    assert refused.value.status == 400
+
+
+def test_a_callback_naming_a_sibling_host_is_refused_without_any_request() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError(f"no request may be made, got {request.url}")
+
+    adapter = provider(handler, "https://conv.example-paas.com/v1")
+    headers = callback(url="//attacker.example-paas.com/process/v4cw72hf3")
+    outcome = adapter.accept_callback(headers, b"")
+    assert outcome is not None
+    with pytest.raises(CallbackSignatureError):
+        adapter.confirm(outcome, headers)
 
 
 def test_a_callback_for_a_step_that_is_not_final_needs_no_action() -> None:
@@ -140,6 +214,7 @@ def test_confirm_reads_the_process_and_returns_what_it_says() -> None:
     confirmed = adapter.confirm(outcome, headers)
     assert confirmed is not None and confirmed.status == "finished"
     assert str(seen[0].url) == "https://srv01.cloudconvert.com/process/v4cw72hf3"
+    assert "apikey" not in str(seen[0].url) and "authorization" not in seen[0].headers
     assert [(o.filename, o.size, o.url) for o in confirmed.outputs] == [
         ("sunset beach.pdf", 24213, "https://srv01.cloudconvert.com/download/~ugl5vnrpfO")]
 
@@ -172,12 +247,21 @@ def test_a_process_that_does_not_carry_the_callbacks_token_is_refused(change: st
         adapter.confirm(outcome, callback())
 
 
-def test_a_callback_pointing_elsewhere_is_refused_without_any_request() -> None:
+@pytest.mark.parametrize("url", [
+    "//attacker.example/process/v4cw72hf3",
+    # on the service's own host, but not where it shows this process: an attacker's own
+    # output file there could say anything
+    "//srv01.cloudconvert.com/download/~ugl5vnrpfO",
+    "//srv01.cloudconvert.com/process/other",
+    "//srv01.cloudconvert.com/process/v4cw72hf3?wait",
+    "",
+])
+def test_a_callback_pointing_elsewhere_is_refused_without_any_request(url: str) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise AssertionError(f"no request may be made, got {request.url}")
 
     adapter = provider(handler)
-    headers = callback(url="//attacker.example/process/v4cw72hf3")
+    headers = callback(url=url)
     outcome = adapter.accept_callback(headers, b"")
     assert outcome is not None
     with pytest.raises(CallbackSignatureError):

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import pytest
 
-from convbridge.errors import CallbackError, CallbackSignatureError, ProviderError
+from convbridge.errors import CallbackError, CallbackSignatureError, ProviderError, StaleWrite
 from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget
 from convbridge.providers.base import CALLBACK_QUERY
 from convbridge.providers.onlineconvert import OnlineConvert
@@ -93,17 +93,51 @@ def test_an_azure_write_grant_is_refused_rather_than_widened() -> None:
     assert "azure_blob" not in OnlineConvert.native_exports
 
 
-def test_create_sends_the_api_key_header() -> None:
+def test_a_job_is_created_held_recorded_and_only_then_processed() -> None:
+    seen: list[str] = []
+    requests: list[httpx.Request] = []
+    job_id = "8c267416-25dc-4298-8a26-b48f7eaa8000"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        seen.append(f"{request.method} {request.url}")
+        return httpx.Response(201 if request.method == "POST" else 200,
+                              json={"id": job_id, "status": {"code": "incomplete"}})
+
+    assert provider(handler).start(spec(), on_created=lambda job: seen.append(
+        f"recorded {job}")) == job_id
+    # built step by step (seed: process false, then PATCH process true): the job cannot run,
+    # and so cannot call back, before the bridge recorded which job it made for the context
+    assert seen == ["POST https://api.api2convert.com/v2/jobs", f"recorded {job_id}",
+                    f"PATCH https://api.api2convert.com/v2/jobs/{job_id}"]
+    created, processed = (json.loads(r.content) for r in requests)
+    assert created["process"] is False and created["conversion"][0]["target"] == "pdf"
+    assert processed == {"process": True}
+    assert all(r.headers["X-Oc-Api-Key"] == "oc-key" for r in requests)
+
+
+def test_a_job_that_could_not_be_recorded_is_never_processed() -> None:
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(201, json={"id": "8c267416-25dc-4298-8a26-b48f7eaa8000",
-                                         "status": {"code": "incomplete"}})
+        return httpx.Response(201, json={"id": "8c267416-25dc-4298-8a26-b48f7eaa8000"})
 
-    assert provider(handler).start(spec()) == "8c267416-25dc-4298-8a26-b48f7eaa8000"
-    assert str(seen[0].url) == "https://api.api2convert.com/v2/jobs"
-    assert seen[0].headers["X-Oc-Api-Key"] == "oc-key"
+    def refuse(job_id: str) -> None:
+        raise StaleWrite("the record changed")
+
+    with pytest.raises(StaleWrite):
+        provider(handler).start(spec(), on_created=refuse)
+    assert [r.method for r in seen] == ["POST"]
+
+
+@pytest.mark.parametrize("job_id", ["8c267416-25dc-4298-8a26-b48f7eaa8000\n",
+                                    "8c267416-25dc-4298-8a26-b48f7eaa8000\r", "", "a" * 65])
+def test_a_job_id_that_is_not_exactly_an_id_is_a_bad_request(job_id: str) -> None:
+    body = json.dumps({**fixture("callback_job_completed.json"), "id": job_id})
+    with pytest.raises(CallbackError) as refused:
+        provider().accept_callback(query(token=TOKEN), body.encode())
+    assert refused.value.status == 400
 
 
 def test_a_callback_without_a_token_is_refused() -> None:

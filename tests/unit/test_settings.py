@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from convbridge.errors import ConfigError, SecretError
@@ -64,3 +67,45 @@ def test_secret_values_are_cached_and_never_shown() -> None:
 
 def test_plain_string_secrets_are_one_value() -> None:
     assert SecretStore(FakeSecretsManager("x" * 40)).get("ctx").field("value") == "x" * 40
+
+
+@pytest.mark.parametrize(("claims", "contexts"), [("3600", "7200"), ("86400", "2592000"),
+                                                  (None, "2592000")])
+def test_claims_that_expire_before_contexts_fail_the_cold_start(claims: str | None,
+                                                               contexts: str) -> None:
+    env = {**BASE, "CONVBRIDGE_CONTEXT_MAX_AGE_SECONDS": contexts}
+    if claims is not None:
+        env["CONVBRIDGE_CLAIM_EXPIRY_SECONDS"] = claims
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    message = str(caught.value)
+    assert "CONVBRIDGE_CLAIM_EXPIRY_SECONDS" in message
+    assert "CONVBRIDGE_CONTEXT_MAX_AGE_SECONDS" in message
+
+
+def test_claims_may_outlive_contexts_and_the_defaults_agree() -> None:
+    defaults = Settings.from_env(BASE)
+    assert defaults.claim_expiry_seconds >= defaults.context_max_age_seconds
+    settings = Settings.from_env({**BASE, "CONVBRIDGE_CLAIM_EXPIRY_SECONDS": "3600",
+                                  "CONVBRIDGE_CONTEXT_MAX_AGE_SECONDS": "3600"})
+    assert settings.claim_expiry_seconds == settings.context_max_age_seconds == 3600
+
+
+@pytest.mark.parametrize("deployment", ["template.yaml", "infra/cdk/convbridge_cdk/construct.py"])
+def test_deployments_keep_claims_alive_as_long_as_contexts(deployment: str) -> None:
+    """Either file may set the two variables; whatever it sets (or leaves to the defaults)
+    must pass the cold-start check."""
+    text = (Path(__file__).resolve().parents[2] / deployment).read_text(encoding="utf-8")
+
+    def seconds(name: str) -> str | None:
+        found = re.findall(rf"CONVBRIDGE_{name}[\"']?\s*[:=]\s*[\"']?(\d+)", text)
+        assert len(set(found)) <= 1, f"{deployment} sets CONVBRIDGE_{name} to {found}"
+        return found[0] if found else None
+
+    env = dict(BASE)
+    for name in ("CLAIM_EXPIRY_SECONDS", "CONTEXT_MAX_AGE_SECONDS"):
+        value = seconds(name)
+        if value is not None:
+            env[f"CONVBRIDGE_{name}"] = value
+    settings = Settings.from_env(env)
+    assert settings.claim_expiry_seconds >= settings.context_max_age_seconds

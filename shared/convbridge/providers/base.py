@@ -53,6 +53,11 @@ class Provider(ABC):
     #: hosts the relay may download this dialect's outputs from, over https: exact hosts and
     #: ``*.domain`` patterns (see convbridge.http.HostPattern); the base URL's host is added
     download_hosts: ClassVar[tuple[str, ...]] = ()
+    #: The job is created first and started by a second request, so :meth:`start` hands its
+    #: id to ``on_created`` before the job can run or call back. Dialects whose callbacks are
+    #: unsigned need this: the bridge then settles a context only by the job recorded for it,
+    #: whatever job a holder of the callback token starts on the same service.
+    binds_before_start: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -92,13 +97,21 @@ class Provider(ABC):
         job; providers that cannot search return None and the create is tried again."""
         return None
 
-    def start(self, spec: JobSpec) -> str:
-        document = self.build_job(spec)
+    def start(self, spec: JobSpec, on_created: Callable[[str], None] | None = None) -> str:
+        """Create the job for ``spec`` and return its id, which ``on_created`` learns first:
+        before the job can run in dialects that ``binds_before_start``, as soon as the create
+        request answers in the others (whose job may already have called back)."""
+        job_id = self._create(self.build_job(spec), spec.context_token)
+        if on_created is not None:
+            on_created(job_id)
+        return job_id
+
+    def _create(self, document: Mapping[str, Any], context_token: str) -> str:
         for _ in range(MAX_CREATE_ATTEMPTS - 1):
             try:
                 return self.create_job(document)
             except ProviderOutcomeUnknown as exc:
-                found = self.find_job(spec.context_token)
+                found = self.find_job(context_token)
                 if found:
                     logger.info("%s: %s; found job %s it created", self.name, exc, found)
                     return found

@@ -5,18 +5,23 @@ A job is a process: ``POST /process`` (``apikey``, ``inputformat``, ``outputform
 one, and a ``POST`` to its process URL starts it with ``input=download`` from a signed URL. The
 output is fetched from ``output.url`` by the relay. When the process ends the service calls
 ``GET <callback>?id=&url=&step=``: nothing in that call is signed, so the callback URL carries a
-per-job token (the signed job context, also sent as the process ``tag``) and
-:meth:`CloudConvertV1.confirm` reads the process itself and acts only on what it says, after
-checking that the process URL is on the service's own domain and that the process carries the
-same token.
+per-job token (the signed job context, also sent as the process ``tag``). That token can leak,
+and anyone holding it can start a process of their own with it as the tag, so:
+
+* the process id is handed to the bridge between the two POSTs, before the process can run, and
+  a context is settled only by the process recorded for it (``binds_before_start``);
+* process URLs are followed only at ``<base URL>/process/<id>``, exactly the service's own
+  scheme, host and port: the create answer must name that URL, and :meth:`CloudConvertV1.confirm`
+  reads the process there, never wherever the callback's ``url`` points, and acts only on what
+  the process says after checking that it carries the same token. As the seed documents, a
+  process URL is read without the API key (the URL is the capability).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
@@ -38,7 +43,9 @@ FINAL_STEPS = {"finished": "finished", "error": "failed"}
 #: parameters missing or wrong, 422 the conversion failed); the status code is the only error
 #: code v1 has
 FAILURE_STATUSES = {400: "input", 422: "convert"}
-_PROCESS_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: process ids as the service makes them; matched whole (``re.fullmatch``: ``$`` would let a
+#: trailing newline through to a URL)
+_PROCESS_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class CloudConvertV1(Provider):
@@ -48,6 +55,7 @@ class CloudConvertV1(Provider):
     #: ``output.url`` is on the process host (``//srv01.cloudconvert.com/download/...``); a
     #: compatible service serves outputs from its base URL's host, which is always allowed
     download_hosts: ClassVar[tuple[str, ...]] = ("*.cloudconvert.com",)
+    binds_before_start: ClassVar[bool] = True
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
         if spec.read_grant.kind == "upload":  # a storage that cannot sign URLs (sftp)
@@ -72,40 +80,60 @@ class CloudConvertV1(Provider):
             document["converteroptions"] = dict(spec.conversion.options)
         return document
 
+    def start(self, spec: JobSpec, on_created: Callable[[str], None] | None = None) -> str:
+        """Create the process, let ``on_created`` record its id, and only then start it: until
+        the second POST the process cannot run, so it cannot call back unrecorded. A lost
+        create answer is not retried here: the process it may have made never starts."""
+        return self._create_and_start(self.build_job(spec), on_created)
+
     def create_job(self, document: Mapping[str, Any]) -> str:
+        """The job created and started with no pause to record its id; the bridge submits
+        through :meth:`start`."""
+        return self._create_and_start(document, None)
+
+    def _create_and_start(self, document: Mapping[str, Any],
+                          on_created: Callable[[str], None] | None) -> str:
         created = self._send("POST", "/process", idempotent=False, json={
             "apikey": self._api_key, "inputformat": document["inputformat"],
             "outputformat": document["outputformat"]})
         try:
             process = created.json()
-            process_id, process_url = str(process["id"]), self.provider_url(process["url"])
+            process_id, named_url = str(process["id"]), str(process["url"])
         except (ValueError, KeyError, TypeError) as exc:
             raise ProviderError(f"{self.name}: process created but the answer has no id and "
                                 "url") from exc
-        if process_url is None:
-            raise ProviderError(f"{self.name}: process URL is not on the service's domain")
+        if not _PROCESS_ID.fullmatch(process_id):
+            raise ProviderError(f"{self.name}: process created with an id that is not one")
+        process_url = self.process_url(process_id)
+        if self.provider_url(named_url) != process_url:
+            raise ProviderError(f"{self.name}: the process URL is not {process_url} on the "
+                                "service's own host")
+        if on_created is not None:
+            on_created(process_id)
         self._send("POST", process_url, json=dict(document), idempotent=False)
         return process_id
 
+    def process_url(self, process_id: str) -> str:
+        """Where the service shows the process: the only URL the adapter reads it from."""
+        return f"{self.base_url}/process/{quote(process_id, safe='')}"
+
     def provider_url(self, url: str) -> str | None:
         """``url`` (process URLs are protocol-relative) made absolute, or None unless it is on
-        the base URL's host or a sibling host of its domain (``srv01.cloudconvert.com`` for
-        ``api.cloudconvert.com``): the callback's ``url`` must never send us elsewhere."""
+        exactly the base URL's scheme, host and port, without credentials, query or fragment.
+        A sibling host of the service's domain is refused too: platforms hand out subdomains
+        to anyone, and the callback's ``url`` must never send us elsewhere."""
         base = urlsplit(self.base_url)
         absolute = f"{base.scheme}:{url}" if url.startswith("//") else url
-        parts = urlsplit(absolute)
-        host, allowed = parts.hostname or "", base.hostname or ""
-        if parts.scheme != base.scheme or not host:
-            return None
-        if parts.netloc == base.netloc:
-            return absolute
         try:
-            ipaddress.ip_address(allowed)
-        except ValueError:
-            labels = allowed.split(".")
-            if len(labels) >= 3 and host.endswith("." + ".".join(labels[1:])):
-                return absolute
-        return None
+            parts = urlsplit(absolute)
+            same_origin = (parts.scheme, parts.hostname, parts.port) == (
+                base.scheme, base.hostname, base.port)
+        except ValueError:  # a port that is not a number
+            return None
+        if (not same_origin or not parts.hostname or parts.username is not None
+                or parts.password is not None or parts.query or parts.fragment):
+            return None
+        return f"{base.scheme}://{base.netloc}{parts.path}"
 
     def verify_callback(self, headers: Mapping[str, str], body: bytes) -> None:
         self._callback_token(headers)
@@ -115,7 +143,7 @@ class CloudConvertV1(Provider):
         token = self._callback_token(headers)
         query = callback_query(headers)
         process_id, step = query.get("id", ""), query.get("step", "")
-        if not _PROCESS_ID.match(process_id):
+        if not _PROCESS_ID.fullmatch(process_id):
             raise CallbackError("callback names no valid process id")
         if step not in FINAL_STEPS:
             return None
@@ -131,9 +159,12 @@ class CloudConvertV1(Provider):
             raise CallbackError("not a CloudConvert v1 process document") from exc
 
     def confirm(self, outcome: JobOutcome, headers: Mapping[str, str]) -> JobOutcome | None:
-        url = self.provider_url(callback_query(headers).get("url", ""))
-        if url is None:
-            raise CallbackSignatureError("the callback's process URL is not the service's")
+        # Read where the service shows the process the callback names, which is the URL the
+        # create answer named; a callback pointing anywhere else is not the service's.
+        url = self.process_url(outcome.job_id)
+        if self.provider_url(callback_query(headers).get("url", "")) != url:
+            raise CallbackSignatureError("the callback's process URL is not the service's "
+                                         "URL for that process")
         try:
             response = send(self._http, "GET", url, idempotent=True)
         except GaveUp as exc:

@@ -12,14 +12,19 @@ output exists can end in the provider's failure report rather than a replaced ou
 
 Callbacks carry no signature, so the callback URL holds a per-job token (the signed job
 context), and :meth:`OnlineConvert.confirm` fetches the job with the API key and acts only on
-that answer, after checking that the job was created with the very same callback token.
+that answer, after checking that the job was created with the very same callback token. Of the
+posted body only the job id is read, and only to know which job to fetch. The token can leak,
+and its holder can create a job of their own with that callback URL, so jobs are built step by
+step as the seed documents: created with ``process: false``, handed to the bridge to record,
+and only then started with ``PATCH process: true``; a context is settled only by the job
+recorded for it (``binds_before_start``), even when a callback comes before the create answer.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
@@ -37,7 +42,8 @@ API_KEY_HEADER = "X-Oc-Api-Key"
 #: job status codes that settle a job; every other code means it is still on its way
 FINAL_STATUSES = {"completed": "finished", "failed": "failed", "canceled": "failed"}
 #: job ids are UUIDs; anything else in a callback is refused before it reaches a URL path
-_JOB_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+#: (matched whole with ``re.fullmatch``: ``$`` would let a trailing newline through)
+_JOB_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 
 class OnlineConvert(Provider):
@@ -51,6 +57,7 @@ class OnlineConvert(Provider):
     #: output ``uri``s point at the job's server (``www13.api2convert.com``); the service
     #: also serves files below its older online-convert.com domain
     download_hosts: ClassVar[tuple[str, ...]] = ("*.api2convert.com", "*.online-convert.com")
+    binds_before_start: ClassVar[bool] = True
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
         if spec.read_grant.kind == "upload":  # a storage that cannot sign URLs (sftp)
@@ -68,13 +75,32 @@ class OnlineConvert(Provider):
             "notify_status": False,
         }
 
+    def start(self, spec: JobSpec, on_created: Callable[[str], None] | None = None) -> str:
+        """Create the job held (``process: false``), let ``on_created`` record its id, then
+        process it. A held job neither runs nor calls back, so a lost create answer is not
+        retried here: the job it may have made stays held."""
+        return self._create_and_process(self.build_job(spec), on_created)
+
     def create_job(self, document: Mapping[str, Any]) -> str:
-        response = self._send("POST", "/jobs", json=document, headers=self._auth(),
-                              idempotent=False)
+        """The job created and processed with no pause to record its id; the bridge submits
+        through :meth:`start`."""
+        return self._create_and_process(document, None)
+
+    def _create_and_process(self, document: Mapping[str, Any],
+                            on_created: Callable[[str], None] | None) -> str:
+        response = self._send("POST", "/jobs", json={**document, "process": False},
+                              headers=self._auth(), idempotent=False)
         try:
-            return str(response.json()["id"])
+            job_id = str(response.json()["id"])
         except (ValueError, KeyError, TypeError) as exc:
             raise ProviderError(f"{self.name}: job created but the answer has no id") from exc
+        if not _JOB_ID.fullmatch(job_id):
+            raise ProviderError(f"{self.name}: job created with an id that is not one")
+        if on_created is not None:
+            on_created(job_id)
+        # asking twice to process a job is harmless, so this one may be retried
+        self._send("PATCH", f"/jobs/{job_id}", json={"process": True}, headers=self._auth())
+        return job_id
 
     def _auth(self) -> dict[str, str]:
         return {API_KEY_HEADER: self._api_key}
@@ -94,7 +120,7 @@ class OnlineConvert(Provider):
             job_id = job["id"]
         except (ValueError, KeyError, TypeError) as exc:
             raise CallbackError("callback body is not an Online-Convert job") from exc
-        if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+        if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
             raise CallbackError("callback names no valid Online-Convert job id")
         try:
             return parse_job(job)
