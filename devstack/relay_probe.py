@@ -29,7 +29,7 @@ import httpx
 from convbridge.errors import StorageError
 from convbridge.model import OutputFile
 from convbridge.pipeline import RELAY_CHUNK, relay_output
-from convbridge.storage.base import Storage
+from convbridge.storage.base import Storage, source_tag
 
 
 class _StreamFile(io.RawIOBase):
@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                 written = relay_output(http, storage, location, args.key,
                                        OutputFile(filename=args.key, size=args.size,
                                                   url=args.url),
-                                       marker="relay-probe")
+                                       marker="relay-probe",
+                                       source=source_tag(location, args.key))
                 report.update(ok=True, bytes=written)
             except StorageError as exc:
                 report.update(ok=False, error=str(exc))

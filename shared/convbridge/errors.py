@@ -7,7 +7,8 @@
     ├── RejectedObject              a stored object that will not be converted (empty, too big, ...)
     ├── StorageError                a storage call failed (vendor error wrapped)
     │   ├── GrantError              a scoped credential could not be minted
-    │   └── StaleWrite              a conditional write lost to a newer one
+    │   ├── StaleWrite              a conditional write lost to a newer one
+    │   └── OutputCollision         an output's key holds an object not made from its source
     ├── ProviderError               the conversion provider refused or failed a call
     │   ├── ProviderRejected        4xx other than 429: retrying will not help
     │   └── ProviderUnavailable     429/5xx/connection errors that outlived the retry budget
@@ -67,6 +68,11 @@ class GrantError(StorageError):
 
 class StaleWrite(StorageError):
     """The object changed since the revision a conditional write expected."""
+
+
+class OutputCollision(StorageError):
+    """An output write found its key taken by an object the bridge did not write for the same
+    source; the object is left as it is and the job reports ``OUTPUT_COLLISION``."""
 
 
 class ProviderError(ConvbridgeError):

@@ -17,6 +17,8 @@ from convbridge.model import JobOutcome, ObjectRef, OutputFile
 from convbridge.rules import Rule
 
 SCHEMA = "convbridge.record/1"
+#: error code of a job whose output key was taken by an object not made from the same source
+OUTPUT_COLLISION = "OUTPUT_COLLISION"
 
 
 def _now() -> str:

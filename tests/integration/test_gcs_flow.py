@@ -32,11 +32,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from google.oauth2 import service_account
 
-from convbridge.errors import ConfigError, GrantError, SecretError, StaleWrite, StorageError
+from convbridge.errors import (
+    ConfigError,
+    GrantError,
+    OutputCollision,
+    SecretError,
+    StaleWrite,
+    StorageError,
+)
 from convbridge.model import ObjectRef, OutputFile, OutputTarget
 from convbridge.pipeline import relay_output
 from convbridge.secrets import SecretValue
-from convbridge.storage.base import OUTPUT_MARKER
+from convbridge.storage.base import OUTPUT_MARKER, SOURCE_TAG, source_tag
 from convbridge.storage.gcs import GcsStorage, signing_credentials, storage_client
 from devstack.harness.gcs import (
     SECRET_NAME,
@@ -387,6 +394,8 @@ class FlakyDownloads:
         self._server.server_close()
 
 
+#: the source the relayed outputs below are made from
+SOURCE = source_tag("convbridge-relay", "inbox/report.docx")
 #: one relay that fits a single request, one that needs a resumable upload of three chunks
 SIZES = [100_000, 700_000]
 
@@ -399,26 +408,27 @@ def test_a_relay_retried_after_a_partial_upload_leaves_one_complete_object(
     downloads = FlakyDownloads(body)
     try:
         with httpx.Client() as http:
-            written = relay_output(http, gcs, bucket.name, "outbox/report.pdf",
+            written = relay_output(http, gcs, bucket.name, "outbox/report.docx.pdf",
                                    OutputFile("report.pdf", size=size, url=downloads.url),
-                                   marker="rule-a")
+                                   marker="rule-a", source=SOURCE)
     finally:
         downloads.stop()
     assert downloads.requests == 2 and written == size
-    assert list(gcs.list_keys(bucket.name, "")) == ["outbox/report.pdf"]
-    found = gcs.stat(bucket.name, "outbox/report.pdf")
+    assert list(gcs.list_keys(bucket.name, "")) == ["outbox/report.docx.pdf"]
+    found = gcs.stat(bucket.name, "outbox/report.docx.pdf")
     assert found is not None and found.size == size
-    assert found.metadata == {OUTPUT_MARKER: "rule-a"}
-    assert gcs.read_bytes(bucket.name, "outbox/report.pdf") == body
+    assert found.metadata == {OUTPUT_MARKER: "rule-a", SOURCE_TAG: SOURCE}
+    assert gcs.read_bytes(bucket.name, "outbox/report.docx.pdf") == body
 
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("existing", [False, True])
 def test_a_retry_never_replaces_what_someone_else_wrote_in_between(
         bucket: Bucket, size: int, existing: bool) -> None:
-    gcs, key = bucket.gcs, "outbox/report.pdf"
-    if existing:  # the relay replaces an older output of an earlier job
-        gcs.put_bytes(bucket.name, key, b"older", content_type="application/pdf", metadata={})
+    gcs, key = bucket.gcs, "outbox/report.docx.pdf"
+    if existing:  # the relay replaces an older output of an earlier version of the source
+        gcs.put_bytes(bucket.name, key, b"older", content_type="application/pdf",
+                      metadata={OUTPUT_MARKER: "rule-a", SOURCE_TAG: SOURCE})
     newer = b"written by a newer job"
 
     def someone_else_writes() -> None:
@@ -427,13 +437,13 @@ def test_a_retry_never_replaces_what_someone_else_wrote_in_between(
 
     downloads = FlakyDownloads(b"x" * size, between=someone_else_writes)
     try:
-        with httpx.Client() as http, pytest.raises(StorageError, match="StaleWrite"):
+        with httpx.Client() as http, pytest.raises(OutputCollision):
             relay_output(http, gcs, bucket.name, key,
                          OutputFile("report.pdf", size=size, url=downloads.url),
-                         marker="rule-a")
+                         marker="rule-a", source=SOURCE)
     finally:
         downloads.stop()
-    assert downloads.requests == 3  # every attempt lost to the newer object
+    assert downloads.requests == 2  # the attempt after the newer object appeared gave up
     assert list(gcs.list_keys(bucket.name, "")) == [key]
     assert gcs.read_bytes(bucket.name, key) == newer
 
