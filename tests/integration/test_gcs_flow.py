@@ -91,8 +91,8 @@ def test_upload_becomes_a_pdf_relayed_into_the_bucket(stack: DevStack) -> None:
     assert record is not None
     assert record["status"] == "finished" and record["route"] == "relay"
     assert record["job_id"] == summary["objects"][0]["job_id"]
-    assert record["outputs"][0]["key"] == "outbox/a/my photo+1.pdf"
-    blob = harness(stack).client.bucket(stack.bucket).get_blob("outbox/a/my photo+1.pdf")
+    assert record["outputs"][0]["key"] == "outbox/a/my photo+1.png.pdf"
+    blob = harness(stack).client.bucket(stack.bucket).get_blob("outbox/a/my photo+1.png.pdf")
     assert blob.metadata == {OUTPUT_MARKER: "images-to-pdf"}
     assert record["outputs"][0]["size"] == blob.size > 0
     assert blob.download_as_bytes().startswith(b"%PDF")
