@@ -33,8 +33,10 @@ def test_upload_becomes_a_pdf_and_a_finished_record(stack: DevStack) -> None:
     assert record["outputs"][0]["key"] == "outbox/a/my photo+1.png.pdf"
     head = stack.s3.head_object(Bucket=stack.bucket, Key="outbox/a/my photo+1.png.pdf")
     assert head["Metadata"].get("convbridge-output") == "images-to-pdf"
+    assert head["Metadata"].get("convbridge-source")  # the provider tagged it with its source
     assert record["outputs"][0]["size"] == head["ContentLength"] > 0
-    body = stack.s3.get_object(Bucket=stack.bucket, Key="outbox/a/my photo+1.png.pdf")["Body"].read()
+    output = stack.s3.get_object(Bucket=stack.bucket, Key="outbox/a/my photo+1.png.pdf")
+    body = output["Body"].read()
     assert body.startswith(b"%PDF")
     assert stack.read_json("failures/a/my photo+1.png.json") is None
     job = stack.sandbox.jobs()[0]

@@ -29,13 +29,24 @@ OUTPUT_MARKER = "convbridge-output"
 SOURCE_TAG = "convbridge-source"
 
 
-__all__ = ["OUTPUT_MARKER", "SOURCE_TAG", "StaleWrite", "Storage", "source_tag"]
+__all__ = ["OUTPUT_MARKER", "SOURCE_TAG", "StaleWrite", "Storage", "output_metadata", "source_tag"]
 
 
 def source_tag(location: str, key: str) -> str:
     """Hex SHA-256 of ``location/key``: ASCII whatever the key, as S3 metadata requires, and
     no source name in the output's metadata."""
     return hashlib.sha256(f"{location}/{key}".encode()).hexdigest()
+
+
+def output_metadata(rule: str, source: ObjectRef, *, azure_names: bool = False) -> dict[str, str]:
+    """The metadata every output carries, whoever writes it (the relay, or a provider's native
+    export): the loop-guard marker naming the rule, and the source tag that lets a new version
+    of the same source replace it. ``azure_names``: Azure metadata names must be C#
+    identifiers, so ``-`` is stored as ``_`` (the Azure adapter reads them back as ``-``)."""
+    metadata = {OUTPUT_MARKER: rule, SOURCE_TAG: source_tag(source.location, source.key)}
+    if azure_names:
+        return {name.replace("-", "_"): value for name, value in metadata.items()}
+    return metadata
 
 
 class Storage(ABC):
