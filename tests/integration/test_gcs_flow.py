@@ -93,7 +93,8 @@ def test_upload_becomes_a_pdf_relayed_into_the_bucket(stack: DevStack) -> None:
     assert record["job_id"] == summary["objects"][0]["job_id"]
     assert record["outputs"][0]["key"] == "outbox/a/my photo+1.png.pdf"
     blob = harness(stack).client.bucket(stack.bucket).get_blob("outbox/a/my photo+1.png.pdf")
-    assert blob.metadata == {OUTPUT_MARKER: "images-to-pdf"}
+    assert blob.metadata == {OUTPUT_MARKER: "images-to-pdf",
+                             SOURCE_TAG: source_tag(stack.bucket, "inbox/a/my photo+1.png")}
     assert record["outputs"][0]["size"] == blob.size > 0
     assert blob.download_as_bytes().startswith(b"%PDF")
     assert stack.read_json("failures/a/my photo+1.png.json") is None
@@ -562,6 +563,6 @@ def test_the_gcs_demo_runs_end_to_end() -> None:
     done = subprocess.run([sys.executable, "-m", "devstack.demo", "--storage", "gcs"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "gs://convbridge-demo/outbox/photos/sunset beach.pdf" in done.stdout
+    assert "gs://convbridge-demo/outbox/photos/sunset beach.png.pdf" in done.stdout
     assert "failed with CONVERSION_FAILED" in done.stdout
     assert "demo succeeded" in done.stdout
