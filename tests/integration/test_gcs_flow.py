@@ -566,3 +566,35 @@ def test_the_gcs_demo_runs_end_to_end() -> None:
     assert "gs://convbridge-demo/outbox/photos/sunset beach.png.pdf" in done.stdout
     assert "failed with CONVERSION_FAILED" in done.stdout
     assert "demo succeeded" in done.stdout
+
+
+OUTPUT_TAG = {OUTPUT_MARKER: "rule-a", SOURCE_TAG: SOURCE}
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_an_output_never_replaces_an_object_the_bridge_did_not_make_for_its_source(
+        bucket: Bucket, size: int) -> None:
+    gcs = bucket.gcs
+    gcs.put_bytes(bucket.name, "outbox/mine.pdf", b"the user's own file",
+                  content_type="application/pdf", metadata={})
+    with pytest.raises(OutputCollision):
+        gcs.write_stream(bucket.name, "outbox/mine.pdf", [b"x" * size], metadata=OUTPUT_TAG)
+    assert gcs.read_bytes(bucket.name, "outbox/mine.pdf") == b"the user's own file"
+    gcs.write_stream(bucket.name, "outbox/ours.pdf", [b"first"], metadata=OUTPUT_TAG)
+    assert gcs.write_stream(bucket.name, "outbox/ours.pdf", [b"y" * size],
+                            metadata=OUTPUT_TAG) == size
+    assert gcs.read_bytes(bucket.name, "outbox/ours.pdf") == b"y" * size
+
+
+def test_an_object_appearing_during_a_resumable_output_is_left_alone(bucket: Bucket) -> None:
+    gcs = bucket.gcs
+
+    def chunks() -> Iterator[bytes]:
+        yield b"a" * 300_000
+        gcs.put_bytes(bucket.name, "outbox/raced.png.pdf", b"appeared meanwhile",
+                      content_type="application/pdf", metadata={})
+        yield b"b" * 300_000
+
+    with pytest.raises(OutputCollision):
+        gcs.write_stream(bucket.name, "outbox/raced.png.pdf", chunks(), metadata=OUTPUT_TAG)
+    assert gcs.read_bytes(bucket.name, "outbox/raced.png.pdf") == b"appeared meanwhile"

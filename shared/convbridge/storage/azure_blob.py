@@ -75,8 +75,8 @@ def bridge_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
 def output_condition(replacing: str | None) -> dict[str, Any]:
     """Create-only (``If-None-Match: *``), or replace exactly the revision of the same source's
     earlier output."""
-    if replacing is None:
-        return {"etag": "*", "match_condition": MatchConditions.IfMissing}
+    if replacing is None:  # the SDK sends If-None-Match: * itself and takes no etag with it
+        return {"match_condition": MatchConditions.IfMissing}
     return {"etag": _quoted(replacing), "match_condition": MatchConditions.IfNotModified}
 
 
@@ -278,15 +278,22 @@ class AzureBlobStorage(Storage):
             blob.commit_block_list(blocks, content_settings=ContentSettings(
                 content_type=content_type), metadata=azure_metadata(metadata or {}),
                 **condition)
-        except (ResourceExistsError, ResourceModifiedError) as exc:
-            if output:
+        except AzureError as exc:
+            if output and self._taken(location, key, exc, metadata or {}):
                 raise _collision(self._where(location, key)) from exc
             raise StorageError(f"cannot write {self._where(location, key)}: "
                                f"{_describe(exc)}") from exc
-        except AzureError as exc:
-            raise StorageError(f"cannot write {self._where(location, key)}: "
-                               f"{_describe(exc)}") from exc
         return total
+
+    def _taken(self, location: str, key: str, exc: AzureError,
+               metadata: Mapping[str, str]) -> bool:
+        """Whether a failed output write lost its name to another blob. Put Blob onto the name
+        meanwhile also discards the blocks staged for it, so the commit can fail as a missing
+        block list rather than a failed condition; the blob now there tells."""
+        if isinstance(exc, ResourceExistsError | ResourceModifiedError):
+            return True
+        found = self.stat(location, key)
+        return found is not None and found.metadata.get(SOURCE_TAG) != metadata.get(SOURCE_TAG)
 
     def put_bytes(
         self,
