@@ -20,12 +20,15 @@ import boto3
 import botocore.exceptions
 import httpx
 import pytest
+from hypothesis import given, settings
 
 from convbridge.errors import GrantError
 from convbridge.model import Grant, ObjectRef, OutputTarget
 from convbridge.rules import parse_rules
 from convbridge.storage.s3 import S3_CLIENT_CONFIG, S3Storage, session_policy
 from devstack.servers import SeaweedFS, ServerStartError
+from tests.name_strategies import RULE as NAMING_RULE
+from tests.name_strategies import grantable_pairs
 
 pytestmark = pytest.mark.seaweedfs
 
@@ -237,6 +240,23 @@ def test_write_grant_folder_stays_under_dotted_directory(storage: S3Storage) -> 
 
     client.put_object(Bucket=BUCKET, Key="outbox/job.42/result", Body=b"result")
     assert_denied(client.put_object, Bucket=BUCKET, Key="outbox/job/other-job.pdf", Body=b"x")
+
+
+@settings(max_examples=15, deadline=None)
+@given(pair=grantable_pairs)
+def test_sampled_write_grants_cannot_reach_another_sources_outputs(
+        storage: S3Storage, admin_s3: Any, pair: tuple[str, str]) -> None:
+    """15 generated pairs of sources under one rule, proven with real session policies: the
+    grant for the first creates its output and output folder, and cannot write the second's."""
+    first, second = pair
+    own, other = NAMING_RULE.output_key(first), NAMING_RULE.output_key(second)
+    client = grant_client(storage.grant_write(OutputTarget("s3", BUCKET, own), 900))
+
+    client.put_object(Bucket=BUCKET, Key=own, Body=b"output")
+    client.put_object(Bucket=BUCKET, Key=f"{NAMING_RULE.output_folder(first)}page-1.png",
+                      Body=b"page")
+    for key in (other, f"{NAMING_RULE.output_folder(second)}page-1.png"):
+        assert_denied(client.put_object, Bucket=BUCKET, Key=key, Body=b"x")
 
 
 # -- awkward keys --------------------------------------------------------------------------
