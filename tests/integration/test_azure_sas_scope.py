@@ -1,8 +1,8 @@
 """The SAS grants the Azure adapter mints reach exactly what they promise, as Azurite enforces it:
 the read grant reads its one blob and nothing else, the write grant creates its one output blob
 once and can do nothing else (not read, not overwrite, not touch the source, not create another
-source's outputs: sampled with generated keys). Every request goes
-over plain HTTP with only the token, as a provider would send it; the server decides.
+source's outputs: sampled with generated keys). Every request goes over plain HTTP with only the
+token, as a provider would send it; the server decides.
 
 Azurite must start: if it cannot, these tests fail saying how to install it (``make servers``).
 """

@@ -140,8 +140,9 @@ class S3Storage(Storage):
         folder = f"{target.key}/"
         resources = [object_arn(target.location, target.key),
                      object_arn(target.location, folder) + "*"]
-        # No s3:if-none-match condition: SeaweedFS, the server proving these grants, has not
-        # been shown to enforce it on session policies; the relay's own writes are
+        # No s3:if-none-match condition: SeaweedFS (4.48), the server proving these grants,
+        # denies every PutObject under it, with the If-None-Match header or without, so it
+        # cannot be shown to work and would break native exports. The relay's own writes are
         # conditional instead (put_bytes, _multipart).
         policy = session_policy("s3:PutObject", resources)
         secret, expires = self._assume(session_name("write", target.location, target.key), policy,
