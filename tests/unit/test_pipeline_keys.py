@@ -1,11 +1,14 @@
-"""Keys the bridge refuses to derive output and record names from."""
+"""Keys the bridge refuses to derive output and record names from, and the output names it
+derives from a provider's file names."""
 
 from __future__ import annotations
 
 import pytest
 
+from convbridge.errors import StorageError
+from convbridge.model import OutputFile
 from convbridge.names import unsafe_filename_reason
-from convbridge.pipeline import unsafe_key_reason
+from convbridge.pipeline import output_keys, unsafe_key_reason
 
 
 @pytest.mark.parametrize("key", [
@@ -65,3 +68,21 @@ def test_unsafe_output_names_are_refused(name: str) -> None:
 @pytest.mark.parametrize("name", ["page-1.png", "résumé.pdf", "a..b.pdf", ".hidden"])
 def test_ordinary_output_names_are_accepted(name: str) -> None:
     assert unsafe_filename_reason(name) is None
+
+
+def pages(*names: str) -> tuple[OutputFile, ...]:
+    return tuple(OutputFile(filename=name, size=1) for name in names)
+
+
+def test_several_outputs_go_into_the_folder_named_by_the_output_key() -> None:
+    assert output_keys("outbox/a/b.docx.pdf", pages("b.pdf")) == ["outbox/a/b.docx.pdf"]
+    assert output_keys("outbox/a/b.docx.pdf", pages("p-1.png", "dir/p-2.png")) == [
+        "outbox/a/b.docx.pdf/p-1.png", "outbox/a/b.docx.pdf/p-2.png"]
+
+
+@pytest.mark.parametrize("names", [("p-1.png", ".."), ("p-1.png", "..\\..\\x.png"),
+                                   ("p-1.png", "dir/"), ("p-1.png", "p\u202e.png"),
+                                   ("p.png", "p.png"), ("a/p.png", "b/p.png")])
+def test_unsafe_or_repeated_output_names_are_refused(names: tuple[str, ...]) -> None:
+    with pytest.raises(StorageError, match="the provider reported"):
+        output_keys("outbox/a.png.pdf", pages(*names))
