@@ -30,7 +30,7 @@ from convbridge.errors import StorageError
 from convbridge.http import HostPattern
 from convbridge.model import OutputFile
 from convbridge.pipeline import RELAY_CHUNK, RelayPolicy, relay_output
-from convbridge.storage.base import Storage
+from convbridge.storage.base import Storage, source_tag
 from devstack.servers import RELAY_EXTRA_HOSTS
 
 
@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   url=args.url),
                                        marker="relay-probe",
                                        policy=RelayPolicy((HostPattern.parse(RELAY_EXTRA_HOSTS),),
-                                                          max_bytes=args.size))
+                                                          max_bytes=args.size),
+                                       source=source_tag(location, args.key))
                 report.update(ok=True, bytes=written)
             except StorageError as exc:
                 report.update(ok=False, error=str(exc))

@@ -10,7 +10,8 @@
     │   ├── StaleWrite              a conditional write lost to a newer one
     │   └── OutputRefused           the relay will not write a provider's output; not retried
     │       ├── OutputTooLarge      more bytes than announced or than max_output_bytes
-    │       └── OutputHostRefused   the output URL (or a redirect) is not an allowed download
+    │       ├── OutputHostRefused   the output URL (or a redirect) is not an allowed download
+    │       └── OutputCollision     an output's key holds an object not made from its source
     ├── ProviderError               the conversion provider refused or failed a call
     │   ├── ProviderRejected        4xx other than 429: retrying will not help
     │   └── ProviderUnavailable     429/5xx/connection errors that outlived the retry budget
@@ -92,6 +93,13 @@ class OutputHostRefused(OutputRefused):
     serves downloads from; it was never requested."""
 
     code = "OUTPUT_HOST_REFUSED"
+
+
+class OutputCollision(OutputRefused):
+    """An output write found its key taken by an object the bridge did not write for the same
+    source; the object is left as it is and the job reports ``OUTPUT_COLLISION``."""
+
+    code = "OUTPUT_COLLISION"
 
 
 class ProviderError(ConvbridgeError):

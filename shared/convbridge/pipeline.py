@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -47,10 +46,12 @@ from convbridge.model import (
     OutputFile,
     OutputTarget,
 )
+from convbridge.names import unsafe_filename_reason
+from convbridge.names import unsafe_key_reason as unsafe_key_reason  # the sweep imports it here
 from convbridge.planner import plan_route
 from convbridge.providers.base import TOKEN_PARAMETER, callback_query
 from convbridge.rules import Rule
-from convbridge.storage.base import OUTPUT_MARKER, Storage
+from convbridge.storage.base import OUTPUT_MARKER, SOURCE_TAG, Storage, source_tag
 from convbridge.telemetry import record as record_metric
 
 logger = logging.getLogger(__name__)
@@ -134,6 +135,9 @@ def submit(bridge: Bridge, ref: ObjectRef, *, final_attempt: bool = True,
         if covering is None:
             return _skip(ref, "no rule covers this location and prefix")
         return _skip(ref, f"rule {covering.name!r} does not convert this suffix")
+    conflict = rule.naming_conflict(ref.key)
+    if conflict:
+        return _skip(ref, f"key refused: {conflict}")
     storage = bridge.storage(ref.storage)
     derived = (rule.result_key(ref.key), rule.failure_key(ref.key), rule.output_key(ref.key))
     if max(len(k.encode("utf-8")) for k in derived) > storage.max_key_bytes:
@@ -223,20 +227,6 @@ class _SubmissionRecord:
             if before_start:
                 raise
             logger.info("job %s settled before its submission was recorded", job_id)
-
-
-def unsafe_key_reason(key: str) -> str | None:
-    """Keys the bridge will not derive output and record names from. S3 keys are opaque, but
-    the same names become paths on SFTP and in users' sync tools, where these escape."""
-    if not key or key.endswith("/"):
-        return "a folder marker, not a file"
-    if key.startswith("/"):
-        return "starts with '/'"
-    if any(unicodedata.category(ch) == "Cc" for ch in key):
-        return "contains control characters"
-    if any(part in {".", ".."} for part in key.split("/")):
-        return "contains '.' or '..' path segments"
-    return None
 
 
 def _skip(ref: ObjectRef, reason: str) -> Submission:
@@ -545,7 +535,8 @@ def _collect_outputs(bridge: Bridge, storage: Storage, rule: Rule, context: JobC
                            strict=True):
         if context.route == "relay":
             size = relay_output(bridge.http, storage, context.location, key, output,
-                                marker=context.rule, policy=relay_policy(bridge, rule))
+                                marker=context.rule, policy=relay_policy(bridge, rule),
+                                source=source_tag(context.location, context.key))
         else:
             found = storage.stat(context.location, key)
             if found is None:
@@ -556,12 +547,19 @@ def _collect_outputs(bridge: Bridge, storage: Storage, rule: Rule, context: JobC
 
 
 def output_keys(output_key: str, outputs: tuple[OutputFile, ...]) -> list[str]:
-    """One output goes to the rule's output key; several go into a folder named after it."""
+    """One output goes to the rule's output key; several go into the folder ``<output key>/``
+    under the last segment of the provider's file names, which must be safe and differ, or one
+    output would take another's place."""
     if len(outputs) == 1:
         return [output_key]
-    directory, slash, name = output_key.rpartition("/")
-    folder = f"{directory}{slash}{name.rpartition('.')[0] or name}/"
-    return [f"{folder}{o.filename.rsplit('/', 1)[-1]}" for o in outputs]
+    names = [o.filename.rsplit("/", 1)[-1] for o in outputs]
+    for name in names:
+        unsafe = unsafe_filename_reason(name)
+        if unsafe:
+            raise StorageError(f"the provider reported an output named {name!r}: {unsafe}")
+    if len(set(names)) != len(names):
+        raise StorageError("the provider reported two outputs with the same name")
+    return [f"{output_key}/{name}" for name in names]
 
 
 @dataclass(frozen=True)
@@ -585,12 +583,13 @@ def relay_policy(bridge: Bridge, rule: Rule) -> RelayPolicy:
 
 
 def relay_output(http: httpx.Client, storage: Storage, location: str, key: str,
-                 output: OutputFile, *, marker: str, policy: RelayPolicy) -> int:
+                 output: OutputFile, *, marker: str, policy: RelayPolicy, source: str) -> int:
     """Stream one output from the provider's URL into storage. The object appears under
     ``key`` only complete and with the byte count the provider announced; a dropped download
     is started again, up to RELAY_ATTEMPTS times. A URL (or redirect) off the policy's hosts
     is never requested, and a download running past the announced size or the rule's limit
-    is cut off at once; neither is tried again (OutputRefused)."""
+    is cut off at once. The write is create-only but for an earlier output of the same
+    ``source`` (a source_tag). None of these refusals is tried again (OutputRefused)."""
     if not output.url:
         raise StorageError(f"the provider gave no URL for {output.filename}")
     _refuse_over_limit(output.filename, output.size, policy.max_bytes)
@@ -615,12 +614,12 @@ def relay_output(http: httpx.Client, storage: Storage, location: str, key: str,
                         f"bytes is over the {output.size} bytes the provider announced; "
                         "nothing was written")
                 written = storage.write_stream(
-                    location, key, chunks, metadata={OUTPUT_MARKER: marker},
+                    location, key, chunks, metadata={OUTPUT_MARKER: marker, SOURCE_TAG: source},
                     expected_size=expected,
                 )
                 record_metric("RelayBytes", written, unit="Bytes", rule=marker)
                 return written
-        except OutputRefused as exc:
+        except OutputRefused as exc:  # another attempt would be refused again
             logger.warning("relay of %s refused: %s", output.filename, exc)
             raise
         except (httpx.HTTPError, StorageError) as exc:

@@ -107,8 +107,13 @@ class Rule:
         return self.dropped_key(key)[len(self.prefix):]
 
     def output_key(self, key: str) -> str:
-        stem, dot, _ = self.relative(key).rpartition(".")
-        return f"{self.outputs_prefix}{stem if dot else self.relative(key)}.{self.output_format}"
+        """``<outputs><rel>.<format>``: the source's whole name stays, extension included, so
+        ``a.png`` and ``a.jpg`` never share ``a.pdf``."""
+        return f"{self.outputs_prefix}{self.relative(key)}.{self.output_format}"
+
+    def output_folder(self, key: str) -> str:
+        """Where a job with several outputs puts them, under the provider's file names."""
+        return f"{self.output_key(key)}/"
 
     def result_key(self, key: str) -> str:
         return f"{self.results_prefix}{self.relative(key)}.json"
@@ -119,6 +124,36 @@ class Rule:
     def failed_source_key(self, key: str) -> str:
         """Where ``on_failure: copy|move`` puts the source: beside its failure report."""
         return f"{self.failures_prefix}{self.relative(key)}"
+
+    def naming_conflict(self, key: str) -> str | None:
+        """Why ``key`` cannot be converted under this rule without its outputs reaching
+        another source's, or None. The refusal is of a folder named like an output: a
+        directory segment of ``rel`` ending in ``.<format>`` (ignoring case, as suffixes
+        are matched).
+
+        Why that suffices. Write ``O(s) = <outputs> + rel(s) + "." + <format>`` for a source
+        ``s``. Its outputs are ``O(s)`` and, for several, ``O(s) + "/" + n`` with ``n`` a single
+        segment; its write grant covers exactly ``O(s)`` and every key starting ``O(s) + "/"``.
+        Take two accepted sources ``a != b`` (``rel`` is then different: the prefix is shared).
+
+        1. ``O(a) == O(b)``: strip the common prefix and ``.<format>``: ``rel(a) == rel(b)``.
+           Impossible.
+        2. ``O(b)`` or ``O(b) + "/" + n`` starts with ``O(a) + "/"``. If ``O(b)`` itself does,
+           ``rel(b)`` starts with ``rel(a) + "." + <format> + "/"``: its segment ending there is
+           a directory segment ending in ``.<format>``, which is refused. Otherwise the ``/``
+           after ``O(a)`` is the one after ``O(b)`` (``n`` holds none), so ``O(a) == O(b)``: 1.
+        3. ``O(a) == O(b) + "/" + n``: as in 2 with the roles swapped, ``rel(a)`` has a
+           directory segment ending in ``.<format>``. Refused.
+
+        So no key a grant for ``a`` reaches is an output of ``b``, and no two sources share an
+        output or an output folder. The grant patterns are literal because S3 refuses to mint
+        an STS grant for a key holding IAM wildcard characters (convbridge.storage.s3)."""
+        ending = f".{self.output_format}"
+        folders = self.relative(key).split("/")[:-1]
+        if any(folder.lower().endswith(ending) for folder in folders):
+            return (f"a folder is named like an output ('{ending}', the rule's output format): "
+                    "its outputs could mix with another file's")
+        return None
 
 
 @dataclass(frozen=True)
@@ -196,9 +231,48 @@ def parse_rules(text: str, source: str = "<memory>") -> RuleSet:
                             f"rule {rule.name!r} watches {rule.prefix!r}, which is inside "
                             f"{written!r} where rule {other.name!r} writes"
                         )
+    problems.extend(_shared_prefix_problems(rules))
     if problems:
         raise RulesError(source, problems)
     return RuleSet(tuple(rules), source)
+
+
+def _written_prefixes(rule: Rule) -> tuple[tuple[str, str], ...]:
+    return (("outputs", rule.outputs_prefix), ("results", rule.results_prefix),
+            ("failures", rule.failures_prefix))
+
+
+def _shared_prefix_problems(rules: list[Rule]) -> list[str]:
+    """Rules writing into one place must derive names the same way, else two sources get one
+    name. Two rules of one storage and location may share a prefix only as the same kind
+    (outputs with outputs, ...), with exactly the same value, watching the same prefix and
+    converting to the same format: then a name is ``<prefix><rel>...`` with one ``rel`` per
+    source, and each source is matched by one rule only. Nested prefixes (``out/`` and
+    ``out/x/``) would let ``x/a.png`` under one rule and ``a.png`` under the other share
+    ``out/x/a.png.pdf``."""
+    problems = []
+    for index, rule in enumerate(rules):
+        for other in rules[index + 1:]:
+            if (other.storage, other.location) != (rule.storage, rule.location):
+                continue
+            for kind, prefix in _written_prefixes(rule):
+                for other_kind, other_prefix in _written_prefixes(other):
+                    if not (prefix.startswith(other_prefix) or other_prefix.startswith(prefix)):
+                        continue
+                    if (kind, prefix) != (other_kind, other_prefix):
+                        problems.append(
+                            f"rules {rule.name!r} and {other.name!r}: {kind} {prefix!r} and "
+                            f"{other_kind} {other_prefix!r} overlap; rules may share a prefix "
+                            "only for the same purpose and with the same value, else their "
+                            "names could collide")
+                    elif (rule.prefix, rule.output_format) != (other.prefix, other.output_format):
+                        problems.append(
+                            f"rules {rule.name!r} and {other.name!r} share {kind} {prefix!r} "
+                            f"but watch {rule.prefix!r} and {other.prefix!r} and convert to "
+                            f"{rule.output_format!r} and {other.output_format!r}; rules sharing "
+                            "a prefix must watch the same prefix and convert to the same format, "
+                            "else their names could collide")
+    return problems
 
 
 def _parse_rule(raw: Any, where: str, problems: list[str]) -> Rule | None:
@@ -256,8 +330,10 @@ def _parse_rule(raw: Any, where: str, problems: list[str]) -> Rule | None:
     results = _prefix(raw.get("results"), f"{where}.results", problems, required=True)
     failures = _prefix(raw.get("failures"), f"{where}.failures", problems, required=True)
     written = [p for p in (outputs, results, failures) if p]
-    if len(set(written)) != len(written):
-        problems.append(f"{where}: outputs, results and failures must be different prefixes")
+    if any(a.startswith(b) for i, a in enumerate(written) for j, b in enumerate(written) if i != j):
+        # a record under one could take the name of an output under the other
+        problems.append(f"{where}: outputs, results and failures must be different prefixes, "
+                        "none inside another")
     read_grant = raw.get("read_grant", "presigned_url")
     if read_grant not in READ_GRANT_KINDS:
         problems.append(f"{where}.read_grant: {read_grant!r} is not one of "
@@ -274,6 +350,11 @@ def _parse_rule(raw: Any, where: str, problems: list[str]) -> Rule | None:
     if on_failure not in FAILURE_POLICIES:
         problems.append(f"{where}.on_failure: {on_failure!r} is not one of "
                         f"{sorted(FAILURE_POLICIES)}")
+    if on_failure in {"copy", "move"} and (not suffixes or ".json" in suffixes):
+        # the source moved aside is <failures><rel>; for a.json that is the report of a
+        problems.append(f"{where}.on_failure: {on_failure!r} needs suffixes that exclude "
+                        "'.json': a source moved aside as <failures><rel> could take the name "
+                        "of another source's failure report <failures><rel>.json")
     flags: dict[str, Any] = {}
     for flag in ("hand_over_account", "recursive", "ready_marker"):
         flags[flag] = raw.get(flag, False)

@@ -21,7 +21,7 @@ def test_demo_converts_the_good_file_and_reports_the_corrupt_one() -> None:
     done = demo()
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert "outbox/photos/sunset beach.pdf" in out
+    assert "outbox/photos/sunset beach.png.pdf" in out
     assert "status finished" in out
     assert "failed with CONVERSION_FAILED" in out
     assert "demo succeeded" in out

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from convbridge.storage.base import source_tag
 from devstack.harness.azure import AzureHarness
 from devstack.servers_azure import AzuriteServer
 from devstack.stack import DevStack
@@ -73,10 +74,11 @@ def test_an_upload_becomes_a_pdf_written_by_the_provider_with_a_create_only_sas(
     assert record["job_id"] == answer["objects"][0]["job_id"]
     assert record["source"]["location"] == harness(stack).location
     output = record["outputs"][0]
-    assert output["key"] == "outbox/a/my photo+1 ü.pdf"
+    assert output["key"] == "outbox/a/my photo+1 ü.png.pdf"
     blob = harness(stack).container_client.get_blob_client(output["key"])
     props = blob.get_blob_properties()
-    assert props.metadata == {"convbridge_output": "images-to-pdf"}
+    assert props.metadata == {"convbridge_output": "images-to-pdf",
+                              "convbridge_source": source_tag(harness(stack).location, key)}
     assert output["size"] == props.size > 0
     assert blob.download_blob().readall().startswith(b"%PDF")
     assert stack.read_json("failures/a/my photo+1 ü.png.json") is None
@@ -115,15 +117,30 @@ def test_a_corrupt_blob_gets_a_failure_report_with_the_providers_code(stack: Dev
     assert stack.objects("outbox/") == {}
 
 
-def test_an_existing_output_is_replaced_through_the_relay(stack: DevStack) -> None:
-    # a create-only SAS cannot overwrite, so the bridge writes the new output itself
-    stack.upload("outbox/c.pdf", b"an older conversion")
+def test_a_new_version_replaces_its_own_output_through_the_relay(stack: DevStack) -> None:
+    # a create-only SAS cannot overwrite, so the bridge writes the new output itself, and may:
+    # the provider tagged the first output with this same source
     stack.upload("inbox/c.png", png_bytes())
+    deliver(stack, "inbox/c.png")
+    first = harness(stack).read_bytes("outbox/c.png.pdf") or b""
+    assert first.startswith(b"%PDF") and "export/azure/blob" in operations(stack)
+    stack.upload("inbox/c.png", png_bytes(size=(300, 200)))
     deliver(stack, "inbox/c.png")
     record = stack.read_json("results/c.png.json")
     assert record is not None and record["status"] == "finished" and record["route"] == "relay"
-    assert (harness(stack).read_bytes("outbox/c.pdf") or b"").startswith(b"%PDF")
-    assert "export/url" in operations(stack)
+    second = harness(stack).read_bytes("outbox/c.png.pdf") or b""
+    assert second.startswith(b"%PDF") and second != first
+    assert "export/url" in operations(stack, 1)
+
+
+def test_a_blob_the_bridge_did_not_make_is_never_overwritten(stack: DevStack) -> None:
+    stack.upload("outbox/f.png.pdf", b"the user's own file")
+    stack.upload("inbox/f.png", png_bytes())
+    deliver(stack, "inbox/f.png")
+    report = stack.read_json("failures/f.png.json")
+    assert report is not None and report["status"] == "failed"
+    assert (report["route"], report["error"]["code"]) == ("relay", "OUTPUT_COLLISION")
+    assert harness(stack).read_bytes("outbox/f.png.pdf") == b"the user's own file"
 
 
 def test_duplicate_deliveries_start_one_job(stack: DevStack) -> None:
@@ -144,7 +161,7 @@ def test_duplicate_deliveries_start_one_job(stack: DevStack) -> None:
 def test_the_bridges_own_outputs_start_nothing(stack: DevStack) -> None:
     stack.upload("inbox/e.png", png_bytes())
     deliver(stack, "inbox/e.png")
-    answer = deliver(stack, "outbox/e.pdf")
+    answer = deliver(stack, "outbox/e.png.pdf")
     assert answer["counts"] == {"skipped": 1}
     assert "loop guard" in answer["objects"][0]["reason"]
     assert len(stack.sandbox.jobs()) == 1

@@ -1,7 +1,8 @@
 """The SAS grants the Azure adapter mints reach exactly what they promise, as Azurite enforces it:
 the read grant reads its one blob and nothing else, the write grant creates its one output blob
-once and can do nothing else (not read, not overwrite, not touch the source). Every request goes
-over plain HTTP with only the token, as a provider would send it; the server decides.
+once and can do nothing else (not read, not overwrite, not touch the source, not create another
+source's outputs: sampled with generated keys). Every request goes over plain HTTP with only the
+token, as a provider would send it; the server decides.
 
 Azurite must start: if it cannot, these tests fail saying how to install it (``make servers``).
 """
@@ -15,15 +16,17 @@ from urllib.parse import quote
 import httpx
 import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
+from hypothesis import HealthCheck, given, settings
 
 from convbridge.errors import ConfigError, GrantError, StorageError
 from convbridge.model import Grant, ObjectRef, OutputTarget
 from convbridge.storage.azure_blob import AzureBlobStorage
 from devstack.servers_azure import ACCOUNT_KEY, ACCOUNT_NAME, AzuriteServer
+from tests.name_strategies import RULE, grantable_pairs
 
 SOURCE = "inbox/photos/a b+ü.png"
 OTHER = "inbox/photos/other.png"
-OUTPUT = "outbox/photos/a b+ü.pdf"
+OUTPUT = "outbox/photos/a b+ü.png.pdf"
 
 
 @pytest.fixture
@@ -152,3 +155,25 @@ def test_a_grant_for_another_account_or_kind_is_refused(storage: AzureBlobStorag
     grant = storage.grant_read(ObjectRef("azure_blob", f"{ACCOUNT_NAME}/box", SOURCE), 300,
                                kind="sas")
     assert grant.secret["sas_token"] not in repr(grant)  # logging a grant shows no credential
+
+
+# The fixtures are a client and a fresh container, both fine to share across examples: each
+# example removes the blobs it wrote.
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pair=grantable_pairs)
+def test_sampled_write_grants_cannot_reach_another_sources_outputs(
+        storage: AzureBlobStorage, container: ContainerClient, pair: tuple[str, str]) -> None:
+    """15 generated pairs of sources under one rule: the create-only SAS for the first one's
+    output creates it, and cannot create the second one's output or anything in its folder."""
+    first, second = pair
+    own, other = RULE.output_key(first), RULE.output_key(second)
+    grant = storage.grant_write(OutputTarget("azure_blob", location(container), own), 600)
+    try:
+        assert put(blob_url(storage, container, own, grant), b"%PDF").status_code == 201
+        for key in (other, f"{RULE.output_folder(second)}page-1.png"):
+            assert put(blob_url(storage, container, key, grant), b"x").status_code == 403, key
+        assert [blob.name for blob in container.list_blobs(name_starts_with="outbox/")] == [own]
+    finally:
+        for name in list(container.list_blob_names(name_starts_with="outbox/")):
+            container.delete_blob(name)

@@ -1,7 +1,9 @@
 """AzureBlobStorage byte moving against Azurite: small puts and block-staged writes of odd-sized
 chunks round-trip through read_stream and stat; a short or failing stream leaves nothing visible
-(and an older blob untouched); conditional record writes lose to newer ones; metadata, listing,
-copy and delete behave as the Storage contract says. Grant scoping is test_azure_sas_scope.py.
+(and an older blob untouched); conditional record writes lose to newer ones; an output write
+(carrying the source tag) is create-only but for the same source's earlier output; metadata,
+listing, copy and delete behave as the Storage contract says. Grant scoping is
+test_azure_sas_scope.py.
 
 Azurite must start: if it cannot, these tests fail saying how to install it (``make servers``).
 """
@@ -17,10 +19,10 @@ from pathlib import Path
 import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
-from convbridge.errors import StaleWrite, StorageError
+from convbridge.errors import OutputCollision, StaleWrite, StorageError
 from convbridge.storage import azure_blob
 from convbridge.storage.azure_blob import AzureBlobStorage
-from convbridge.storage.base import OUTPUT_MARKER
+from convbridge.storage.base import OUTPUT_MARKER, SOURCE_TAG, source_tag
 from devstack.servers import ServerStartError
 from devstack.servers_azure import ACCOUNT_KEY, ACCOUNT_NAME, AzuriteServer
 
@@ -160,3 +162,50 @@ def test_errors_are_storage_errors_without_credentials(storage: AzureBlobStorage
 def test_a_missing_azurite_fails_saying_how_to_install_it(tmp_path: Path) -> None:
     with pytest.raises(ServerStartError, match="make servers"):
         AzuriteServer(binary=tmp_path / "azurite-blob").start()
+
+
+# -- outputs are create-only ---------------------------------------------------------------
+
+TAG = {OUTPUT_MARKER: "rule", SOURCE_TAG: source_tag("acct/box", "inbox/a.png")}
+SIZES = [1000, 3 * SMALL_BLOCK + 5]  # one Put Blob; staged blocks and Put Block List
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_an_output_never_replaces_a_blob_the_bridge_did_not_make_for_its_source(
+        storage: AzureBlobStorage, where: str, container: ContainerClient, size: int) -> None:
+    container.upload_blob("outbox/a.png.pdf", b"the user's own file")
+    container.upload_blob("outbox/b.png.pdf", b"another source's output", metadata={
+        "convbridge_output": "rule", "convbridge_source": source_tag("acct/box", "inbox/b.png")})
+    for key in ("outbox/a.png.pdf", "outbox/b.png.pdf"):
+        with pytest.raises(OutputCollision):
+            storage.write_stream(where, key, chunked(b"x" * size, [7001]), metadata=TAG)
+    assert container.download_blob("outbox/a.png.pdf").readall() == b"the user's own file"
+    assert container.download_blob("outbox/b.png.pdf").readall() == b"another source's output"
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_an_output_replaces_an_earlier_output_of_the_same_source(
+        storage: AzureBlobStorage, where: str, container: ContainerClient, size: int) -> None:
+    storage.write_stream(where, "outbox/a.png.pdf", [b"first"], metadata=TAG)
+    data = bytes(random.Random(size).randbytes(size))
+    assert storage.write_stream(where, "outbox/a.png.pdf", chunked(data, [7001]),
+                                metadata=TAG) == size
+    assert container.download_blob("outbox/a.png.pdf").readall() == data
+    found = storage.stat(where, "outbox/a.png.pdf")
+    assert found is not None and found.metadata == TAG
+
+
+def test_a_blob_appearing_during_a_staged_output_is_left_alone(
+        storage: AzureBlobStorage, where: str, container: ContainerClient) -> None:
+    """The name was free when the write began: only If-None-Match on Put Block List stops the
+    output from replacing what appeared meanwhile."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b"a" * SMALL_BLOCK
+        # overwrite: Azurite counts the staged blocks as a blob already there
+        container.upload_blob("outbox/raced.png.pdf", b"appeared meanwhile", overwrite=True)
+        yield b"b" * 1000
+
+    with pytest.raises(OutputCollision):
+        storage.write_stream(where, "outbox/raced.png.pdf", chunks(), metadata=TAG)
+    assert container.download_blob("outbox/raced.png.pdf").readall() == b"appeared meanwhile"

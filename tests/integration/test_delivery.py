@@ -206,14 +206,14 @@ def test_replayed_and_out_of_order_callbacks_change_nothing(stack: DevStack) -> 
     after = stack.s3.head_object(Bucket=stack.bucket, Key="results/once.png.json")
     assert after["ETag"] == head["ETag"] and after["LastModified"] == head["LastModified"]
     assert stack.read_json("failures/once.png.json") is None
-    assert list(stack.objects("outbox/")) == ["outbox/once.pdf"]
+    assert list(stack.objects("outbox/")) == ["outbox/once.png.pdf"]
 
 
 MOVE_RULES = """\
 version: 1
 rules:
   - name: images-to-pdf
-    match: {storage: s3, location: convbridge-demo, prefix: inbox/}
+    match: {storage: s3, location: convbridge-demo, prefix: inbox/, suffixes: [.png]}
     convert: {to: pdf}
     provider: cloudconvert
     outputs: outbox/
@@ -251,6 +251,6 @@ def test_retry_resubmits_the_sources_named_in_failure_reports(capsys) -> None:  
         record = stack.read_json("results/fixme.png.json")
         assert record is not None and record["status"] == "finished"
         assert stack.read_json("failures/fixme.png.json") is None
-        assert "outbox/fixme.pdf" in stack.objects("outbox/")
+        assert "outbox/fixme.png.pdf" in stack.objects("outbox/")
         assert cli.main(["retry"]) == 0
         assert "nothing to retry" in capsys.readouterr().out

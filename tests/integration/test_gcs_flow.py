@@ -32,13 +32,20 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from google.oauth2 import service_account
 
-from convbridge.errors import ConfigError, GrantError, SecretError, StaleWrite, StorageError
+from convbridge.errors import (
+    ConfigError,
+    GrantError,
+    OutputCollision,
+    SecretError,
+    StaleWrite,
+    StorageError,
+)
 from convbridge.http import HostPattern
 from convbridge.model import ObjectRef, OutputFile, OutputTarget
 from convbridge.pipeline import RelayPolicy, relay_output
 from convbridge.rules import DEFAULT_MAX_OUTPUT
 from convbridge.secrets import SecretValue
-from convbridge.storage.base import OUTPUT_MARKER
+from convbridge.storage.base import OUTPUT_MARKER, SOURCE_TAG, source_tag
 from convbridge.storage.gcs import GcsStorage, signing_credentials, storage_client
 from devstack.harness.gcs import (
     SECRET_NAME,
@@ -87,9 +94,10 @@ def test_upload_becomes_a_pdf_relayed_into_the_bucket(stack: DevStack) -> None:
     assert record is not None
     assert record["status"] == "finished" and record["route"] == "relay"
     assert record["job_id"] == summary["objects"][0]["job_id"]
-    assert record["outputs"][0]["key"] == "outbox/a/my photo+1.pdf"
-    blob = harness(stack).client.bucket(stack.bucket).get_blob("outbox/a/my photo+1.pdf")
-    assert blob.metadata == {OUTPUT_MARKER: "images-to-pdf"}
+    assert record["outputs"][0]["key"] == "outbox/a/my photo+1.png.pdf"
+    blob = harness(stack).client.bucket(stack.bucket).get_blob("outbox/a/my photo+1.png.pdf")
+    assert blob.metadata == {OUTPUT_MARKER: "images-to-pdf",
+                             SOURCE_TAG: source_tag(stack.bucket, "inbox/a/my photo+1.png")}
     assert record["outputs"][0]["size"] == blob.size > 0
     assert blob.download_as_bytes().startswith(b"%PDF")
     assert stack.read_json("failures/a/my photo+1.png.json") is None
@@ -390,6 +398,8 @@ class FlakyDownloads:
         self._server.server_close()
 
 
+#: the source the relayed outputs below are made from
+SOURCE = source_tag("convbridge-relay", "inbox/report.docx")
 #: one relay that fits a single request, one that needs a resumable upload of three chunks
 SIZES = [100_000, 700_000]
 
@@ -402,26 +412,27 @@ def test_a_relay_retried_after_a_partial_upload_leaves_one_complete_object(
     downloads = FlakyDownloads(body)
     try:
         with httpx.Client() as http:
-            written = relay_output(http, gcs, bucket.name, "outbox/report.pdf",
+            written = relay_output(http, gcs, bucket.name, "outbox/report.docx.pdf",
                                    OutputFile("report.pdf", size=size, url=downloads.url),
-                                   marker="rule-a", policy=LOOPBACK)
+                                   marker="rule-a", policy=LOOPBACK, source=SOURCE)
     finally:
         downloads.stop()
     assert downloads.requests == 2 and written == size
-    assert list(gcs.list_keys(bucket.name, "")) == ["outbox/report.pdf"]
-    found = gcs.stat(bucket.name, "outbox/report.pdf")
+    assert list(gcs.list_keys(bucket.name, "")) == ["outbox/report.docx.pdf"]
+    found = gcs.stat(bucket.name, "outbox/report.docx.pdf")
     assert found is not None and found.size == size
-    assert found.metadata == {OUTPUT_MARKER: "rule-a"}
-    assert gcs.read_bytes(bucket.name, "outbox/report.pdf") == body
+    assert found.metadata == {OUTPUT_MARKER: "rule-a", SOURCE_TAG: SOURCE}
+    assert gcs.read_bytes(bucket.name, "outbox/report.docx.pdf") == body
 
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("existing", [False, True])
 def test_a_retry_never_replaces_what_someone_else_wrote_in_between(
         bucket: Bucket, size: int, existing: bool) -> None:
-    gcs, key = bucket.gcs, "outbox/report.pdf"
-    if existing:  # the relay replaces an older output of an earlier job
-        gcs.put_bytes(bucket.name, key, b"older", content_type="application/pdf", metadata={})
+    gcs, key = bucket.gcs, "outbox/report.docx.pdf"
+    if existing:  # the relay replaces an older output of an earlier version of the source
+        gcs.put_bytes(bucket.name, key, b"older", content_type="application/pdf",
+                      metadata={OUTPUT_MARKER: "rule-a", SOURCE_TAG: SOURCE})
     newer = b"written by a newer job"
 
     def someone_else_writes() -> None:
@@ -430,13 +441,13 @@ def test_a_retry_never_replaces_what_someone_else_wrote_in_between(
 
     downloads = FlakyDownloads(b"x" * size, between=someone_else_writes)
     try:
-        with httpx.Client() as http, pytest.raises(StorageError, match="StaleWrite"):
+        with httpx.Client() as http, pytest.raises(OutputCollision):
             relay_output(http, gcs, bucket.name, key,
                          OutputFile("report.pdf", size=size, url=downloads.url),
-                         marker="rule-a", policy=LOOPBACK)
+                         marker="rule-a", policy=LOOPBACK, source=SOURCE)
     finally:
         downloads.stop()
-    assert downloads.requests == 3  # every attempt lost to the newer object
+    assert downloads.requests == 2  # the attempt after the newer object appeared gave up
     assert list(gcs.list_keys(bucket.name, "")) == [key]
     assert gcs.read_bytes(bucket.name, key) == newer
 
@@ -555,6 +566,38 @@ def test_the_gcs_demo_runs_end_to_end() -> None:
     done = subprocess.run([sys.executable, "-m", "devstack.demo", "--storage", "gcs"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "gs://convbridge-demo/outbox/photos/sunset beach.pdf" in done.stdout
+    assert "gs://convbridge-demo/outbox/photos/sunset beach.png.pdf" in done.stdout
     assert "failed with CONVERSION_FAILED" in done.stdout
     assert "demo succeeded" in done.stdout
+
+
+OUTPUT_TAG = {OUTPUT_MARKER: "rule-a", SOURCE_TAG: SOURCE}
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_an_output_never_replaces_an_object_the_bridge_did_not_make_for_its_source(
+        bucket: Bucket, size: int) -> None:
+    gcs = bucket.gcs
+    gcs.put_bytes(bucket.name, "outbox/mine.pdf", b"the user's own file",
+                  content_type="application/pdf", metadata={})
+    with pytest.raises(OutputCollision):
+        gcs.write_stream(bucket.name, "outbox/mine.pdf", [b"x" * size], metadata=OUTPUT_TAG)
+    assert gcs.read_bytes(bucket.name, "outbox/mine.pdf") == b"the user's own file"
+    gcs.write_stream(bucket.name, "outbox/ours.pdf", [b"first"], metadata=OUTPUT_TAG)
+    assert gcs.write_stream(bucket.name, "outbox/ours.pdf", [b"y" * size],
+                            metadata=OUTPUT_TAG) == size
+    assert gcs.read_bytes(bucket.name, "outbox/ours.pdf") == b"y" * size
+
+
+def test_an_object_appearing_during_a_resumable_output_is_left_alone(bucket: Bucket) -> None:
+    gcs = bucket.gcs
+
+    def chunks() -> Iterator[bytes]:
+        yield b"a" * 300_000
+        gcs.put_bytes(bucket.name, "outbox/raced.png.pdf", b"appeared meanwhile",
+                      content_type="application/pdf", metadata={})
+        yield b"b" * 300_000
+
+    with pytest.raises(OutputCollision):
+        gcs.write_stream(bucket.name, "outbox/raced.png.pdf", chunks(), metadata=OUTPUT_TAG)
+    assert gcs.read_bytes(bucket.name, "outbox/raced.png.pdf") == b"appeared meanwhile"

@@ -39,18 +39,19 @@ def test_an_opted_in_rule_has_cloudconvert_export_with_the_dedicated_key() -> No
         export = tasks["export/google-cloud-storage"]
         assert export["status"] == "finished"
         payload = export["payload"]
-        assert payload["bucket"] == stack.bucket and payload["file"] == "outbox/native/photo 1.pdf"
+        assert payload["bucket"] == stack.bucket
+        assert payload["file"] == "outbox/native/photo 1.png.pdf"
         assert payload["project_id"] == harness.export_key["project_id"]
         assert payload["client_email"] == harness.export_key["client_email"]
         assert payload["client_email"] != harness.key["client_email"]
         assert payload["private_key"] is None  # hidden by the sandbox, as by CloudConvert
-        blob = harness.client.bucket(stack.bucket).get_blob("outbox/native/photo 1.pdf")
+        blob = harness.client.bucket(stack.bucket).get_blob("outbox/native/photo 1.png.pdf")
         assert blob is not None and blob.download_as_bytes().startswith(b"%PDF")
         outputs = record["outputs"]
         assert isinstance(outputs, list) and outputs[0]["size"] == blob.size
         # the task sets no metadata: the rule's output prefix keeps the output from looping
         assert not (blob.metadata or {})
-        assert stack.trigger(stack.event_for("outbox/native/photo 1.pdf"))["counts"] == {
+        assert stack.trigger(stack.event_for("outbox/native/photo 1.png.pdf"))["counts"] == {
             "skipped": 1}
 
 

@@ -32,6 +32,13 @@ KEYS = [
     "inbox/<tag>.png", "inbox/a;b.png", "inbox/~x.png", "inbox/a:b.png", "inbox/-dash.png",
     "inbox/--.png", "inbox/outbox/nested.png", "inbox/results/x.png.json",
 ]
+#: keys whose derived names would climb out of their folder or pass for other names
+DECEIVING = [
+    "inbox/..\\..\\escape.png", "inbox/\uff0e\uff0e/escape.png", "inbox/\uff0e/dot.png",
+    "inbox/\u2025/leader.png", "inbox/a\uff0fb.png", "inbox/a\uff3cb.png",
+    "inbox/\u2066isolate\u2069.png", "inbox/\ufeffbom.png", "inbox/a\u2028b.png",
+    "inbox/a\ufdd0b.png", "inbox/x.pdf/inside-an-output-folder.png",
+]
 
 
 def event_for(stack: DevStack, key: str, size: int) -> dict[str, Any]:
@@ -42,10 +49,10 @@ def event_for(stack: DevStack, key: str, size: int) -> dict[str, Any]:
 
 def test_hostile_keys_never_crash_and_never_write_outside_the_rules_prefixes(
         stack: DevStack) -> None:
-    assert len(KEYS) >= 50 and len(set(KEYS)) == len(KEYS)
+    assert len(KEYS) >= 50 and len(set(KEYS + DECEIVING)) == len(KEYS + DECEIVING)
     uploaded = set()
     records: list[dict[str, Any]] = []
-    for key in KEYS:
+    for key in KEYS + DECEIVING:
         try:
             stack.upload(key, PNG)
             uploaded.add(key)
@@ -77,6 +84,10 @@ def test_hostile_keys_never_crash_and_never_write_outside_the_rules_prefixes(
     assert by_key["inbox/huge-declared.png"]["status"] == "rejected"
     assert by_key["inbox/../escape.png"]["status"] == "skipped"
     assert by_key["inbox/a\nb.png"]["status"] == "skipped"
+    for key in DECEIVING + ["inbox/a\u200bb.png", "inbox/\u202egnp.exe.png", "inbox/\\back.png",
+                            "inbox//double-slash.png"]:
+        assert by_key[key]["status"] == "skipped", key
+        assert by_key[key]["reason"].startswith("key refused"), (key, by_key[key]["reason"])
     nfc, nfd = (unicodedata.normalize(form, "résumé") for form in ("NFC", "NFD"))
     assert stack.read_json(f"results/{nfc}.png.json")["source"]["key"] == f"inbox/{nfc}.png"  # type: ignore[index]
     assert stack.read_json(f"results/{nfd}.png.json")["source"]["key"] == f"inbox/{nfd}.png"  # type: ignore[index]

@@ -73,7 +73,7 @@ def test_an_upload_becomes_a_pdf_and_a_finished_record(flow: Flow) -> None:
     assert (record["provider"], record["route"]) == (flow.provider, ROUTES[flow.provider])
     assert record["job_id"] == flow.jobs[GOOD]["id"]
     output = record["outputs"][0]
-    assert output["key"] == "outbox/a/photo 1.pdf"
+    assert output["key"] == "outbox/a/photo 1.png.pdf"
     body = flow.stack.s3.get_object(Bucket=flow.stack.bucket, Key=output["key"])["Body"].read()
     assert body.startswith(b"%PDF") and len(body) == output["size"]
     assert flow.stack.read_json("failures/a/photo 1.png.json") is None
@@ -124,14 +124,14 @@ def test_a_replayed_genuine_callback_writes_nothing_twice(
 def our_token(flow: Flow, key: str = "inbox/never.png") -> str:
     """A context the bridge could have signed itself, for a job it never started."""
     context = JobContext.new(rule="images-to-pdf", storage="s3", location=flow.stack.bucket,
-                             key=key, version=None, output_key="outbox/never.pdf",
+                             key=key, version=None, output_key="outbox/never.png.pdf",
                              route="relay")
     return sign_context(context, flow.stack.context_key.encode())
 
 
 def foreign_token(flow: Flow) -> str:
     context = JobContext.new(rule="images-to-pdf", storage="s3", location="attacker-bucket",
-                             key="inbox/x.png", version=None, output_key="outbox/x.pdf",
+                             key="inbox/x.png", version=None, output_key="outbox/x.png.pdf",
                              route="relay")
     return sign_context(context, b"a" * 48)
 

@@ -19,6 +19,7 @@ from convbridge.http import HostPattern
 from convbridge.model import OutputFile
 from convbridge.pipeline import RelayPolicy, relay_output
 from convbridge.rules import DEFAULT_MAX_OUTPUT
+from convbridge.storage.base import source_tag
 from convbridge.storage.s3 import S3_CLIENT_CONFIG, S3Storage
 from devstack.bulk_http import PatternServer, expected_digest
 from devstack.servers import RELAY_EXTRA_HOSTS, MotoServer
@@ -77,7 +78,7 @@ def test_a_dropped_download_leaves_no_object_and_no_upload(s3, size: int) -> Non
         with pytest.raises(StorageError, match="relay of out.bin failed"):
             relay_output(http, storage, BUCKET, "outbox/partial.bin",
                          OutputFile(filename="out.bin", size=size, url=source.url(size)),
-                         marker="rule", policy=LOOPBACK)
+                         marker="rule", policy=LOOPBACK, source=source_tag(BUCKET, "inbox/big.bin"))
         assert source.requests == 3  # started again twice before giving up
     assert storage.stat(BUCKET, "outbox/partial.bin") is None
     assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
@@ -89,5 +90,5 @@ def test_a_short_answer_with_an_honest_length_is_refused(s3) -> None:  # type: i
           pytest.raises(StorageError, match="expected 2000")):
         relay_output(http, storage, BUCKET, "outbox/short.bin",
                      OutputFile(filename="short.bin", size=2000, url=source.url(1000)),
-                     marker="rule", policy=LOOPBACK)
+                     marker="rule", policy=LOOPBACK, source=source_tag(BUCKET, "inbox/big.bin"))
     assert storage.stat(BUCKET, "outbox/short.bin") is None

@@ -30,11 +30,13 @@ def test_upload_becomes_a_pdf_and_a_finished_record(stack: DevStack) -> None:
     assert record is not None
     assert record["status"] == "finished" and record["route"] == "native"
     assert record["job_id"] == summary["objects"][0]["job_id"]
-    assert record["outputs"][0]["key"] == "outbox/a/my photo+1.pdf"
-    head = stack.s3.head_object(Bucket=stack.bucket, Key="outbox/a/my photo+1.pdf")
+    assert record["outputs"][0]["key"] == "outbox/a/my photo+1.png.pdf"
+    head = stack.s3.head_object(Bucket=stack.bucket, Key="outbox/a/my photo+1.png.pdf")
     assert head["Metadata"].get("convbridge-output") == "images-to-pdf"
+    assert head["Metadata"].get("convbridge-source")  # the provider tagged it with its source
     assert record["outputs"][0]["size"] == head["ContentLength"] > 0
-    body = stack.s3.get_object(Bucket=stack.bucket, Key="outbox/a/my photo+1.pdf")["Body"].read()
+    output = stack.s3.get_object(Bucket=stack.bucket, Key="outbox/a/my photo+1.png.pdf")
+    body = output["Body"].read()
     assert body.startswith(b"%PDF")
     assert stack.read_json("failures/a/my photo+1.png.json") is None
     job = stack.sandbox.jobs()[0]
@@ -87,7 +89,7 @@ def test_forged_callbacks_get_401_and_write_nothing(stack: DevStack) -> None:
     run(stack, "inbox/c.png")
     before = stack.objects()
     context = JobContext.new(rule="images-to-pdf", storage="s3", location=stack.bucket,
-                             key="inbox/c.png", version=None, output_key="outbox/c.pdf",
+                             key="inbox/c.png", version=None, output_key="outbox/c.png.pdf",
                              route="relay")
     good_token = sign_context(context, stack.context_key.encode())
     body = finished_body(good_token)
@@ -97,7 +99,7 @@ def test_forged_callbacks_get_401_and_write_nothing(stack: DevStack) -> None:
     # A genuine provider signature around a context we did not sign: still refused.
     attacker_context = JobContext.new(rule="images-to-pdf", storage="s3",
                                       location="attacker-bucket", key="inbox/c.png",
-                                      version=None, output_key="outbox/c.pdf", route="relay")
+                                      version=None, output_key="outbox/c.png.pdf", route="relay")
     forged = finished_body(sign_context(attacker_context, b"a" * 48))
     real_signature = hmac.new(stack.signing_secret.encode(), forged, hashlib.sha256).hexdigest()
     assert callback(stack, forged, real_signature).status_code == 401
@@ -215,3 +217,56 @@ def test_metrics_for_the_dashboard_are_emitted(stack: DevStack,
     assert names["JobsSubmitted"]["rule"] == "images-to-pdf"
     assert names["JobsFinished"]["provider"] == "cloudconvert"
     assert all(m["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "convbridge" for m in metrics)
+
+
+def test_sources_differing_only_in_extension_keep_their_own_outputs(stack: DevStack) -> None:
+    """``a.png`` and ``a.jpg`` under one rule used to share ``outbox/a.pdf``: the last won."""
+    stack.upload("inbox/same/a.png", png_bytes())
+    stack.upload("inbox/same/a.jpg", png_bytes(size=(32, 32)))
+    run(stack, "inbox/same/a.png", "inbox/same/a.jpg")
+    outputs = stack.objects("outbox/same/")
+    assert sorted(outputs) == ["outbox/same/a.jpg.pdf", "outbox/same/a.png.pdf"]
+    for name in ("a.png", "a.jpg"):
+        record = stack.read_json(f"results/same/{name}.json")
+        assert record is not None and record["status"] == "finished"
+        assert record["outputs"][0]["key"] == f"outbox/same/{name}.pdf"
+
+
+def test_a_folder_named_like_an_output_is_skipped_with_a_reason(stack: DevStack) -> None:
+    stack.upload("inbox/b.png", png_bytes())
+    stack.upload("inbox/b.png.pdf/c.png", png_bytes())
+    summary = run(stack, "inbox/b.png", "inbox/b.png.pdf/c.png")
+    statuses = {o["object"].split("/", 3)[-1]: (o["status"], o["reason"])
+                for o in summary["objects"]}
+    assert statuses["inbox/b.png"][0] == "submitted"
+    status, reason = statuses["inbox/b.png.pdf/c.png"]
+    assert status == "skipped" and "named like an output" in reason
+    assert list(stack.objects("outbox/")) == ["outbox/b.png.pdf"]
+    assert len(stack.sandbox.jobs()) == 1
+
+
+def test_a_relayed_output_never_overwrites_an_object_it_did_not_make(stack: DevStack) -> None:
+    """The wildcard in the key means no STS grant: the output is relayed, create-only."""
+    stack.upload("outbox/taken*.png.pdf", b"the user's own file")
+    stack.upload("inbox/taken*.png", png_bytes())
+    run(stack, "inbox/taken*.png")
+    report = stack.read_json("failures/taken*.png.json")
+    assert report is not None and report["status"] == "failed"
+    assert report["route"] == "relay" and report["error"]["code"] == "OUTPUT_COLLISION"
+    body = stack.s3.get_object(Bucket=stack.bucket, Key="outbox/taken*.png.pdf")["Body"].read()
+    assert body == b"the user's own file"
+
+
+def test_a_new_version_of_a_source_replaces_its_own_relayed_output(stack: DevStack) -> None:
+    stack.upload("inbox/again*.png", png_bytes())
+    run(stack, "inbox/again*.png")
+    first = stack.s3.head_object(Bucket=stack.bucket, Key="outbox/again*.png.pdf")
+    assert first["Metadata"]["convbridge-source"]
+    stack.upload("inbox/again*.png", png_bytes(size=(300, 200)))
+    run(stack, "inbox/again*.png")
+    record = stack.read_json("results/again*.png.json")
+    assert record is not None and record["status"] == "finished" and record["route"] == "relay"
+    second = stack.s3.head_object(Bucket=stack.bucket, Key="outbox/again*.png.pdf")
+    assert second["ETag"] != first["ETag"]
+    assert second["Metadata"]["convbridge-source"] == first["Metadata"]["convbridge-source"]
+    assert second["ContentLength"] == record["outputs"][0]["size"]

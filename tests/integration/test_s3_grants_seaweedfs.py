@@ -1,9 +1,10 @@
 """S3Storage grants are as narrow as DESIGN.md promises, proven against SeaweedFS, which (unlike
 moto) enforces STS inline session policies and SigV4 presigned-URL scope: a read grant reaches
 its one key and nothing else, a write grant can create the job's output and its outputs folder
-but cannot read, list or write elsewhere, keys with spaces, unicode and IAM wildcard characters
-stay exact, and no credential shows in a grant's repr. The server runs once for the module; if
-it cannot start, every test fails with the reason instead of skipping.
+but cannot read, list or write elsewhere (nor another source's outputs), keys with spaces and
+unicode stay exact, keys with IAM wildcard characters get no STS grant at all, and no credential
+shows in a grant's repr. The server runs once for the module; if it cannot start, every test
+fails with the reason instead of skipping.
 """
 
 from __future__ import annotations
@@ -19,10 +20,15 @@ import boto3
 import botocore.exceptions
 import httpx
 import pytest
+from hypothesis import given, settings
 
+from convbridge.errors import GrantError
 from convbridge.model import Grant, ObjectRef, OutputTarget
+from convbridge.rules import parse_rules
 from convbridge.storage.s3 import S3_CLIENT_CONFIG, S3Storage, session_policy
 from devstack.servers import SeaweedFS, ServerStartError
+from tests.name_strategies import RULE as NAMING_RULE
+from tests.name_strategies import grantable_pairs
 
 pytestmark = pytest.mark.seaweedfs
 
@@ -31,6 +37,17 @@ KEY_A = "inbox/a/b.png"
 KEY_B = "inbox/a/c.png"
 BODY_A = b"\x89PNG source a"
 BODY_B = b"\x89PNG source b"
+GRANT_RULES = """\
+version: 1
+rules:
+  - name: images
+    match: {storage: s3, location: convbridge-grants, prefix: inbox/, suffixes: [.png]}
+    convert: {to: pdf}
+    provider: cloudconvert
+    outputs: outbox/
+    results: results/
+    failures: failures/
+"""
 
 
 @pytest.fixture(scope="module")
@@ -177,28 +194,44 @@ def test_presigned_read_grant_expires(storage: S3Storage) -> None:
 
 
 def test_write_grant_creates_only_the_jobs_outputs(storage: S3Storage, admin_s3: Any) -> None:
-    target = OutputTarget(storage="s3", location=BUCKET, key="outbox/a/b.pdf")
+    target = OutputTarget(storage="s3", location=BUCKET, key="outbox/a/b.png.pdf")
     grant = storage.grant_write(target, 900)
     client = grant_client(grant)
 
-    assert grant.kind == "sts_session" and grant.prefix == "outbox/a/b/"
-    client.put_object(Bucket=BUCKET, Key="outbox/a/b.pdf", Body=b"%PDF result")
+    assert grant.kind == "sts_session" and grant.prefix == "outbox/a/b.png.pdf/"
+    client.put_object(Bucket=BUCKET, Key="outbox/a/b.png.pdf", Body=b"%PDF result")
     # Several outputs (one per page) go to the folder named after the output key.
-    client.put_object(Bucket=BUCKET, Key="outbox/a/b/page-1.png", Body=b"page 1")
-    assert admin_s3.get_object(Bucket=BUCKET, Key="outbox/a/b.pdf")["Body"].read() == b"%PDF result"
-    assert admin_s3.get_object(Bucket=BUCKET, Key="outbox/a/b/page-1.png")["Body"].read() == (
-        b"page 1"
-    )
+    client.put_object(Bucket=BUCKET, Key="outbox/a/b.png.pdf/page-1.png", Body=b"page 1")
+    assert admin_s3.get_object(Bucket=BUCKET, Key="outbox/a/b.png.pdf")["Body"].read() == (
+        b"%PDF result")
+    assert admin_s3.get_object(Bucket=BUCKET, Key="outbox/a/b.png.pdf/page-1.png")[
+        "Body"].read() == b"page 1"
 
-    for key in ("outbox/a/c.pdf", "outbox/other.pdf", "inbox/x.png", "outbox/a/b.pdf.extra",
-                "outbox/a/bb/page-1.png", KEY_A):
+    for key in ("outbox/a/c.png.pdf", "outbox/other.pdf", "inbox/x.png",
+                "outbox/a/b.png.pdf.extra", "outbox/a/b.png.pdfx/page-1.png",
+                "outbox/a/b.png/c.png.pdf", "outbox/a/b/c.png.pdf", KEY_A):
         assert_denied(client.put_object, Bucket=BUCKET, Key=key, Body=b"x")
     assert_denied(client.get_object, Bucket=BUCKET, Key=KEY_A)
-    assert_denied(client.get_object, Bucket=BUCKET, Key="outbox/a/b.pdf")
+    assert_denied(client.get_object, Bucket=BUCKET, Key="outbox/a/b.png.pdf")
     assert_denied(client.list_objects_v2, Bucket=BUCKET)
-    assert_denied(client.list_objects_v2, Bucket=BUCKET, Prefix="outbox/a/b/")
-    assert_denied(client.delete_object, Bucket=BUCKET, Key="outbox/a/b.pdf")
+    assert_denied(client.list_objects_v2, Bucket=BUCKET, Prefix="outbox/a/b.png.pdf/")
+    assert_denied(client.delete_object, Bucket=BUCKET, Key="outbox/a/b.png.pdf")
     assert admin_s3.get_object(Bucket=BUCKET, Key=KEY_A)["Body"].read() == BODY_A
+
+
+def test_a_write_grant_cannot_reach_the_outputs_of_a_source_in_a_folder_of_its_name(
+        storage: S3Storage, admin_s3: Any) -> None:
+    """``inbox/a/b.png`` and ``inbox/a/b/c.png`` under one rule: the one-hour credentials of
+    the first job cannot write where the second job's output goes."""
+    rule = parse_rules(GRANT_RULES).rules[0]
+    first, second = rule.output_key("inbox/a/b.png"), rule.output_key("inbox/a/b/c.png")
+    admin_s3.put_object(Bucket=BUCKET, Key=second, Body=b"the second job's output")
+    client = grant_client(storage.grant_write(OutputTarget("s3", BUCKET, first), 900))
+
+    client.put_object(Bucket=BUCKET, Key=first, Body=b"the first job's output")
+    assert_denied(client.put_object, Bucket=BUCKET, Key=second, Body=b"overwritten")
+    assert admin_s3.get_object(Bucket=BUCKET, Key=second)["Body"].read() == (
+        b"the second job's output")
 
 
 def test_write_grant_folder_stays_under_dotted_directory(storage: S3Storage) -> None:
@@ -207,6 +240,23 @@ def test_write_grant_folder_stays_under_dotted_directory(storage: S3Storage) -> 
 
     client.put_object(Bucket=BUCKET, Key="outbox/job.42/result", Body=b"result")
     assert_denied(client.put_object, Bucket=BUCKET, Key="outbox/job/other-job.pdf", Body=b"x")
+
+
+@settings(max_examples=15, deadline=None)
+@given(pair=grantable_pairs)
+def test_sampled_write_grants_cannot_reach_another_sources_outputs(
+        storage: S3Storage, admin_s3: Any, pair: tuple[str, str]) -> None:
+    """15 generated pairs of sources under one rule, proven with real session policies: the
+    grant for the first creates its output and output folder, and cannot write the second's."""
+    first, second = pair
+    own, other = NAMING_RULE.output_key(first), NAMING_RULE.output_key(second)
+    client = grant_client(storage.grant_write(OutputTarget("s3", BUCKET, own), 900))
+
+    client.put_object(Bucket=BUCKET, Key=own, Body=b"output")
+    client.put_object(Bucket=BUCKET, Key=f"{NAMING_RULE.output_folder(first)}page-1.png",
+                      Body=b"page")
+    for key in (other, f"{NAMING_RULE.output_folder(second)}page-1.png"):
+        assert_denied(client.put_object, Bucket=BUCKET, Key=key, Body=b"x")
 
 
 # -- awkward keys --------------------------------------------------------------------------
@@ -233,14 +283,14 @@ def test_read_grants_handle_spaces_and_unicode(storage: S3Storage, admin_s3: Any
 @pytest.mark.parametrize(
     ("key", "lookalike"), [("inbox/a*.png", "inbox/aX.png"), ("inbox/q?.png", "inbox/qZ.png")]
 )
-def test_wildcard_characters_in_key_do_not_widen_sts_read_grant(
+def test_no_sts_grant_is_minted_for_keys_with_wildcard_characters(
     storage: S3Storage, seaweed: SeaweedFS, admin_s3: Any, key: str, lookalike: str
 ) -> None:
     admin_s3.put_object(Bucket=BUCKET, Key=key, Body=b"the real one")
     admin_s3.put_object(Bucket=BUCKET, Key=lookalike, Body=b"someone else's")
 
     # Control: this server does treat * and ? in a resource as wildcards, so a policy naming the
-    # raw key would reach the lookalike. That is what makes the denial below meaningful.
+    # raw key would reach the lookalike. That is why no STS grant may name such a key.
     sts = boto3.client(
         "sts", endpoint_url=seaweed.sts_endpoint_url, region_name=seaweed.region,
         **seaweed.admin_credentials,
@@ -260,13 +310,16 @@ def test_wildcard_characters_in_key_do_not_widen_sts_read_grant(
     )
     assert get_or_code(raw, lookalike) == b"someone else's"
 
-    grant = storage.grant_read(ObjectRef("s3", BUCKET, key), 900, kind="sts_session")
-    client = grant_client(grant)
-    assert get_or_code(client, lookalike) == "AccessDenied"
-    # AWS IAM reads ${*} / ${?} as the literal character, so there the exact key is readable.
-    # SeaweedFS 4.48 does not expand these escapes and denies it: narrower than asked, never
-    # wider. Either answer is acceptable; anything else is not.
-    assert get_or_code(client, key) in (b"the real one", "AccessDenied")
+    # SeaweedFS 4.48 does not expand IAM's ${*} / ${?} escapes either (it denies the exact key),
+    # so no STS grant is minted for such a key: the pipeline reads through a presigned URL and
+    # relays the output instead.
+    with pytest.raises(GrantError, match="wildcards"):
+        storage.grant_read(ObjectRef("s3", BUCKET, key), 900, kind="sts_session")
+    with pytest.raises(GrantError, match="wildcards"):
+        storage.grant_write(OutputTarget("s3", BUCKET, f"outbox/{key}.pdf"), 900)
+    url = storage.grant_read(ObjectRef("s3", BUCKET, key), 900).url
+    assert url
+    assert httpx.get(url).content == b"the real one"
 
 
 # -- secrets stay out of logs --------------------------------------------------------------
@@ -277,7 +330,7 @@ def test_grants_keep_secrets_out_of_repr_and_logs(
 ) -> None:
     with caplog.at_level(logging.DEBUG, logger="convbridge"):
         read = storage.grant_read(ObjectRef("s3", BUCKET, KEY_A), 900, kind="sts_session")
-        write = storage.grant_write(OutputTarget("s3", BUCKET, "outbox/a/b.pdf"), 900)
+        write = storage.grant_write(OutputTarget("s3", BUCKET, "outbox/a/b.png.pdf"), 900)
         presigned = storage.grant_read(ObjectRef("s3", BUCKET, KEY_A), 900)
 
     for grant in (read, write):

@@ -1,8 +1,10 @@
 """S3Storage byte moving against a local moto server: small puts and large multipart writes of
 odd-sized chunks round-trip through read_stream and stat, a writer whose source fails midway
-leaves neither an object nor a pending multipart upload behind, and write_json stores records
-with the loop-guard marker. moto does not enforce grants, so nothing here is about scoping (see
-test_s3_grants_seaweedfs.py); a moto server that cannot start fails these tests, never skips them.
+leaves neither an object nor a pending multipart upload behind, write_json stores records with
+the loop-guard marker, and an output write (carrying the source tag) is create-only but for the
+same source's earlier output, with If-None-Match doing the refusing. moto does not enforce
+grants, so nothing here is about scoping (see test_s3_grants_seaweedfs.py); a moto server that
+cannot start fails these tests, never skips them.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 import boto3
 import pytest
 
-from convbridge.storage.base import OUTPUT_MARKER
+from convbridge.errors import OutputCollision
+from convbridge.storage.base import OUTPUT_MARKER, SOURCE_TAG, source_tag
 from convbridge.storage.s3 import PART_SIZE, READ_CHUNK, S3_CLIENT_CONFIG, S3Storage
 from devstack.servers import MotoServer, ServerStartError
 
@@ -204,3 +207,51 @@ def test_a_conditional_record_write_loses_to_a_newer_one(storage: S3Storage) -> 
         storage.write_json(BUCKET, "records/race.json", {"status": "submitted"}, marker="r",
                            if_revision=first)
     assert json.loads(storage.read_bytes(BUCKET, "records/race.json")) == {"status": "finished"}
+
+
+# -- outputs are create-only ---------------------------------------------------------------
+
+TAG = {OUTPUT_MARKER: "rule", SOURCE_TAG: source_tag(BUCKET, "inbox/a.png")}
+SIZES = [1000, PART_SIZE + 1000]  # one PutObject; a multipart upload
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_an_output_never_replaces_an_object_the_bridge_did_not_make_for_its_source(
+        storage: S3Storage, s3: Any, size: int) -> None:
+    s3.put_object(Bucket=BUCKET, Key="outbox/a.png.pdf", Body=b"the user's own file")
+    s3.put_object(Bucket=BUCKET, Key="outbox/b.png.pdf", Body=b"another source's output",
+                  Metadata={OUTPUT_MARKER: "rule", SOURCE_TAG: source_tag(BUCKET, "inbox/b.png")})
+    for key in ("outbox/a.png.pdf", "outbox/b.png.pdf"):
+        with pytest.raises(OutputCollision):
+            storage.write_stream(BUCKET, key, [b"x" * size], metadata=TAG)
+    assert s3.get_object(Bucket=BUCKET, Key="outbox/a.png.pdf")["Body"].read() == (
+        b"the user's own file")
+    assert s3.get_object(Bucket=BUCKET, Key="outbox/b.png.pdf")["Body"].read() == (
+        b"another source's output")
+    assert not s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads")
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_an_output_replaces_an_earlier_output_of_the_same_source(
+        storage: S3Storage, s3: Any, size: int) -> None:
+    assert storage.write_stream(BUCKET, "outbox/a.png.pdf", [b"first"], metadata=TAG) == 5
+    assert storage.write_stream(BUCKET, "outbox/a.png.pdf", [b"y" * size], metadata=TAG) == size
+    head = s3.head_object(Bucket=BUCKET, Key="outbox/a.png.pdf")
+    assert head["ContentLength"] == size and head["Metadata"] == TAG
+
+
+def test_an_object_appearing_during_a_multipart_output_is_left_alone(
+        storage: S3Storage, s3: Any) -> None:
+    """The key was free when the write began: only the If-None-Match on
+    CompleteMultipartUpload stops the output from replacing what appeared meanwhile."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b"a" * PART_SIZE
+        s3.put_object(Bucket=BUCKET, Key="outbox/raced.png.pdf", Body=b"appeared meanwhile")
+        yield b"b" * 1000
+
+    with pytest.raises(OutputCollision):
+        storage.write_stream(BUCKET, "outbox/raced.png.pdf", chunks(), metadata=TAG)
+    assert s3.get_object(Bucket=BUCKET, Key="outbox/raced.png.pdf")["Body"].read() == (
+        b"appeared meanwhile")
+    assert not s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads")

@@ -46,8 +46,8 @@ def test_drop_becomes_a_pdf_a_record_and_the_source_moves_to_done(sftp_stack: De
     record = sftp_stack.read_json("results/a/my photo.png.json")
     assert record is not None and record["status"] == "finished"
     assert record["route"] == "relay"  # no rule opted in: the account never left the bridge
-    assert record["outputs"][0]["key"] == "outbox/a/my photo.pdf"
-    pdf = harness(sftp_stack).read_bytes("outbox/a/my photo.pdf") or b""
+    assert record["outputs"][0]["key"] == "outbox/a/my photo.png.pdf"
+    pdf = harness(sftp_stack).read_bytes("outbox/a/my photo.png.pdf") or b""
     assert pdf.startswith(b"%PDF") and record["outputs"][0]["size"] == len(pdf)
     report = sftp_stack.read_json("failures/broken.png.json")
     assert report is not None and report["error"]["code"] == "CONVERSION_FAILED"
@@ -82,8 +82,8 @@ def test_a_rule_that_opts_in_hands_over_the_dedicated_account(auth: str) -> None
         for operation in ("import/sftp", "export/sftp"):
             # sent (the sandbox logged in with it) and, as at CloudConvert, never shown again
             assert credential in tasks[operation] and tasks[operation][credential] is None
-        assert tasks["export/sftp"]["file"] == "/drop/outbox/x.pdf"
-        assert (harness(stack).read_bytes("outbox/x.pdf") or b"").startswith(b"%PDF")
+        assert tasks["export/sftp"]["file"] == "/drop/outbox/x.png.pdf"
+        assert (harness(stack).read_bytes("outbox/x.png.pdf") or b"").startswith(b"%PDF")
         assert "done/inbox/x.png" in stack.objects()
 
 
@@ -186,7 +186,7 @@ def check_hostile_names(sftp_stack: DevStack) -> None:
         relative = key.removeprefix("inbox/")
         record = sftp_stack.read_json(f"results/{relative}.json")
         assert record is not None and record["status"] == "finished", key
-        output = f"outbox/{relative.rpartition('.')[0]}.pdf"
+        output = f"outbox/{relative}.pdf"
         assert (drop.read_bytes(output) or b"").startswith(b"%PDF"), output
         assert f"done/{key}" in sftp_stack.objects()
     assert "inbox/line\nbreak.png" in sftp_stack.objects()

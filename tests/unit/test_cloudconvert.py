@@ -22,6 +22,7 @@ from convbridge.http import deadline_from
 from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget
 from convbridge.providers.cloudconvert import CloudConvert
 from convbridge.runtime import raw_body
+from convbridge.storage.base import source_tag
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "cloudconvert"
 SECRET = "whsec-test-secret"
@@ -75,7 +76,9 @@ def test_presigned_read_becomes_import_url_and_native_write_export_s3() -> None:
     assert export["key"] == "outbox/a b.pdf"
     assert export["session_token"] == "writetoken"
     assert export["endpoint"] == "http://127.0.0.1:9000"
-    assert export["metadata"] == {"convbridge-output": "images"}
+    # the loop-guard marker, and the source tag that lets a new version replace this output
+    assert export["metadata"] == {"convbridge-output": "images",
+                                  "convbridge-source": source_tag("bkt", "inbox/a b.png")}
     assert job["tag"] == "CTX"
     assert job["webhook_url"] == "https://hooks.example/callbacks/cloudconvert"
 

@@ -15,6 +15,7 @@ from convbridge.errors import CallbackError, CallbackSignatureError, ProviderRej
 from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget
 from convbridge.planner import plan_route
 from convbridge.providers.freeconvert import FreeConvert
+from convbridge.storage.base import source_tag
 from convbridge.storage.s3 import S3Storage
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "freeconvert"
@@ -85,7 +86,8 @@ def test_azure_blobs_are_read_and_written_with_a_sas_for_the_one_blob() -> None:
     export = tasks["export-output"]
     assert export["operation"] == "export/azureblob" and export["input"] == "convert"
     assert (export["blob"], export["sas_token"]) == ("outbox/a.pdf", "sv=2023&sp=c&sig=WRITE")
-    assert export["metadata"] == {"convbridge_output": "images"}
+    assert export["metadata"] == {"convbridge_output": "images",
+                                  "convbridge_source": source_tag("acct/box", "inbox/a.png")}
     assert "storage_access_key" not in json.dumps(tasks)
 
 

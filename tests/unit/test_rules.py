@@ -53,9 +53,11 @@ def test_nothing_matches_other_buckets_or_prefixes() -> None:
 def test_output_record_and_failure_keys_follow_the_design() -> None:
     rule = parse_rules(GOOD).get("images-to-pdf")
     assert rule is not None
-    assert rule.output_key("inbox/a/b.docx") == "outbox/a/b.pdf"
+    assert rule.output_key("inbox/a/b.docx") == "outbox/a/b.docx.pdf"
+    assert rule.output_folder("inbox/a/b.docx") == "outbox/a/b.docx.pdf/"
     assert rule.result_key("inbox/a/b.docx") == "results/a/b.docx.json"
     assert rule.failure_key("inbox/a/b.docx") == "failures/a/b.docx.json"
+    assert rule.failed_source_key("inbox/a/b.docx") == "failures/a/b.docx"
     assert rule.output_key("inbox/noext") == "outbox/noext.pdf"
     assert rule.options == {"quality": 80}
 
@@ -123,3 +125,103 @@ def test_load_from_path_ssm_and_s3(tmp_path) -> None:  # type: ignore[no-untyped
 
     assert len(load_rules("s3://cfg/rules/prod.yaml", read_s3=read_s3).rules) == 2
     assert seen == [("cfg", "rules/prod.yaml")]
+
+
+def test_sources_differing_only_in_extension_get_their_own_outputs() -> None:
+    rule = parse_rules(GOOD).get("images-to-pdf")
+    assert rule is not None
+    assert rule.output_key("inbox/a.png") == "outbox/a.png.pdf"
+    assert rule.output_key("inbox/a.jpg") == "outbox/a.jpg.pdf"
+
+
+@pytest.mark.parametrize("key", ["inbox/a/b.pdf/c.png", "inbox/x.PDF/y/c.png"])
+def test_a_folder_named_like_an_output_is_refused(key: str) -> None:
+    rule = parse_rules(GOOD).get("images-to-pdf")
+    assert rule is not None
+    reason = rule.naming_conflict(key)
+    assert reason is not None and "named like an output" in reason
+
+
+@pytest.mark.parametrize("key", ["inbox/a/b.pdf", "inbox/a.pdfx/c.png", "inbox/pdf/c.png"])
+def test_other_folders_and_names_are_no_conflict(key: str) -> None:
+    rule = parse_rules(GOOD).get("images-to-pdf")
+    assert rule is not None
+    assert rule.naming_conflict(key) is None
+
+
+def _two_rules(second: str) -> str:
+    return GOOD.split("  - name: everything-else")[0] + textwrap.indent(
+        textwrap.dedent(second), "  ")
+
+
+def test_rules_sharing_outputs_but_watching_different_prefixes_are_refused() -> None:
+    text = _two_rules("""\
+        - name: other-inbox
+          match: {storage: s3, location: bucket-a, prefix: inbox2/}
+          convert: {to: pdf}
+          provider: cloudconvert
+          outputs: outbox/
+          results: res2/
+          failures: fail2/
+    """)
+    with pytest.raises(RulesError, match="must watch the same prefix and convert to the same"):
+        parse_rules(text)
+
+
+def test_rules_sharing_outputs_but_converting_to_other_formats_are_refused() -> None:
+    text = _two_rules("""\
+        - name: jpgs
+          match: {storage: s3, location: bucket-a, prefix: inbox/, suffixes: [.gif]}
+          convert: {to: png}
+          provider: cloudconvert
+          outputs: outbox/
+          results: results/
+          failures: failures/
+    """)
+    with pytest.raises(RulesError, match="same format"):
+        parse_rules(text)
+
+
+@pytest.mark.parametrize(("outputs", "results"), [("outbox/x/", "res2/"),
+                                                  ("out2/", "outbox/"),
+                                                  ("out2/", "outbox/records/")])
+def test_rules_with_nested_or_mixed_written_prefixes_are_refused(outputs: str,
+                                                                 results: str) -> None:
+    text = _two_rules(f"""\
+        - name: gifs
+          match: {{storage: s3, location: bucket-a, prefix: inbox/, suffixes: [.gif]}}
+          convert: {{to: pdf}}
+          provider: cloudconvert
+          outputs: {outputs}
+          results: {results}
+          failures: fail2/
+    """)
+    with pytest.raises(RulesError, match="overlap"):
+        parse_rules(text)
+
+
+def test_rules_sharing_every_prefix_the_same_way_load() -> None:
+    text = _two_rules("""\
+        - name: gifs
+          match: {storage: s3, location: bucket-a, prefix: inbox/, suffixes: [.gif]}
+          convert: {to: pdf, options: {quality: 50}}
+          provider: freeconvert
+          outputs: outbox/
+          results: results/
+          failures: failures/
+    """)
+    assert len(parse_rules(text).rules) == 2
+
+
+def test_one_rules_prefixes_inside_one_another_are_refused() -> None:
+    text = GOOD.replace("results: results/", "results: outbox/records/")
+    with pytest.raises(RulesError, match="none inside another"):
+        parse_rules(text)
+
+
+@pytest.mark.parametrize("suffixes", ["", ", suffixes: [.png, .json]"])
+def test_moving_sources_that_may_be_json_is_refused(suffixes: str) -> None:
+    text = GOOD.split("  - name: everything-else")[0].replace(
+        ", suffixes: [.png, .JPG]", suffixes) + "    on_failure: move\n"
+    with pytest.raises(RulesError, match="exclude '.json'"):
+        parse_rules(text)

@@ -275,7 +275,7 @@ def test_rule_fields_for_sweeps_are_validated() -> None:
     assert marked.ready_marker
     claimed = ObjectRef("sftp", LOCATION, "processing/inbox/a/b.png")
     assert rules.match(claimed) is settle
-    assert settle.output_key(claimed.key) == "outbox/a/b.pdf"
+    assert settle.output_key(claimed.key) == "outbox/a/b.png.pdf"
     assert settle.result_key(claimed.key) == "results/a/b.png.json"
     bad = """
 version: 1

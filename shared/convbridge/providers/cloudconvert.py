@@ -29,7 +29,7 @@ from convbridge.errors import (
 from convbridge.http import GaveUp, send
 from convbridge.model import Grant, JobOutcome, JobSpec, OutputFile
 from convbridge.providers.base import Provider, native_task, parse_json_object
-from convbridge.storage.base import OUTPUT_MARKER
+from convbridge.storage.base import output_metadata
 
 SIGNATURE_HEADER = "CloudConvert-Signature"
 IMPORT_TASK = "import-source"
@@ -203,7 +203,7 @@ def _import_s3(grant: Grant) -> dict[str, Any]:
 
 def _export_s3(grant: Grant, spec: JobSpec) -> dict[str, Any]:
     task = {"operation": "export/s3", "bucket": grant.location, "region": grant.region,
-            "key": spec.output.key, "metadata": {OUTPUT_MARKER: spec.rule},
+            "key": spec.output.key, "metadata": output_metadata(spec.rule, spec.source),
             **_s3_credentials(grant)}
     if grant.endpoint:
         task["endpoint"] = grant.endpoint
@@ -221,9 +221,9 @@ def _import_azure_blob(grant: Grant) -> dict[str, Any]:
 
 
 def _export_azure_blob(grant: Grant, spec: JobSpec) -> dict[str, Any]:
-    # Azure metadata names must be C# identifiers: the marker is stored with "_" for "-"
+    metadata = output_metadata(spec.rule, spec.source, azure_names=True)
     return {"operation": "export/azure/blob", **_azure_blob_access(grant), "blob": spec.output.key,
-            "metadata": {OUTPUT_MARKER.replace("-", "_"): spec.rule}}
+            "metadata": metadata}
 
 
 def _sftp_account(grant: Grant) -> dict[str, Any]:

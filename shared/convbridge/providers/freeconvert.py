@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 from convbridge.errors import CallbackError, ProviderError, ProviderRejected
 from convbridge.model import Grant, JobOutcome, JobSpec, OutputFile
 from convbridge.providers.base import Provider, native_task, parse_json_object, parse_time
-from convbridge.storage.base import OUTPUT_MARKER
+from convbridge.storage.base import output_metadata
 
 SIGNATURE_HEADER = "FreeConvert-Signature"
 IMPORT_TASK = "import-source"
@@ -181,9 +181,9 @@ def _import_azure_blob(grant: Grant) -> dict[str, Any]:
 
 
 def _export_azure_blob(grant: Grant, spec: JobSpec) -> dict[str, Any]:
-    # Azure metadata names must be C# identifiers: the marker is stored with "_" for "-"
+    metadata = output_metadata(spec.rule, spec.source, azure_names=True)
     return {"operation": "export/azureblob", **_azure_blob_access(grant),
-            "blob": spec.output.key, "metadata": {OUTPUT_MARKER.replace("-", "_"): spec.rule}}
+            "blob": spec.output.key, "metadata": metadata}
 
 
 #: (storage, grant kind) -> the task that imports with it natively

@@ -30,6 +30,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
     HttpResponseError,
+    ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
 )
@@ -43,9 +44,9 @@ from azure.storage.blob import (
     generate_blob_sas,
 )
 
-from convbridge.errors import ConfigError, GrantError, StaleWrite, StorageError
+from convbridge.errors import ConfigError, GrantError, OutputCollision, StaleWrite, StorageError
 from convbridge.model import Grant, GrantKind, ObjectRef, OutputTarget
-from convbridge.storage.base import OUTPUT_MARKER, Storage
+from convbridge.storage.base import OUTPUT_MARKER, SOURCE_TAG, Storage
 
 if TYPE_CHECKING:
     from convbridge.bridge import CloudClients
@@ -65,9 +66,22 @@ def azure_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
 
 
 def bridge_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
-    """Metadata as the rest of the bridge reads it: the output marker under its own name."""
-    stored = OUTPUT_MARKER.replace("-", "_")
-    return {OUTPUT_MARKER if name == stored else name: value for name, value in metadata.items()}
+    """Metadata as the rest of the bridge reads it: its own names (the output marker, the
+    source tag) as the bridge spells them."""
+    own = {name.replace("-", "_"): name for name in (OUTPUT_MARKER, SOURCE_TAG)}
+    return {own.get(name, name): value for name, value in metadata.items()}
+
+
+def output_condition(replacing: str | None) -> dict[str, Any]:
+    """Create-only (``If-None-Match: *``), or replace exactly the revision of the same source's
+    earlier output."""
+    if replacing is None:  # the SDK sends If-None-Match: * itself and takes no etag with it
+        return {"match_condition": MatchConditions.IfMissing}
+    return {"etag": _quoted(replacing), "match_condition": MatchConditions.IfNotModified}
+
+
+def _quoted(etag: str) -> str:
+    return etag if etag.startswith('"') else f'"{etag}"'
 
 
 class AzureBlobStorage(Storage):
@@ -232,6 +246,9 @@ class AzureBlobStorage(Storage):
             self.put_bytes(location, key, bytes(buffer), content_type=content_type,
                            metadata=metadata or {})
             return len(buffer)
+        output = SOURCE_TAG in (metadata or {})
+        condition = (output_condition(self.output_precondition(location, key, metadata))
+                     if output else {})
         blob = self._blob(location, key)
         prefix = uuid.uuid4().hex
         blocks: list[BlobBlock] = []
@@ -259,11 +276,24 @@ class AzureBlobStorage(Storage):
                 total += len(buffer)
             _check_size(self._where(location, key), total, expected_size)
             blob.commit_block_list(blocks, content_settings=ContentSettings(
-                content_type=content_type), metadata=azure_metadata(metadata or {}))
+                content_type=content_type), metadata=azure_metadata(metadata or {}),
+                **condition)
         except AzureError as exc:
+            if output and self._taken(location, key, exc, metadata or {}):
+                raise _collision(self._where(location, key)) from exc
             raise StorageError(f"cannot write {self._where(location, key)}: "
                                f"{_describe(exc)}") from exc
         return total
+
+    def _taken(self, location: str, key: str, exc: AzureError,
+               metadata: Mapping[str, str]) -> bool:
+        """Whether a failed output write lost its name to another blob. Put Blob onto the name
+        meanwhile also discards the blocks staged for it, so the commit can fail as a missing
+        block list rather than a failed condition; the blob now there tells."""
+        if isinstance(exc, ResourceExistsError | ResourceModifiedError):
+            return True
+        found = self.stat(location, key)
+        return found is not None and found.metadata.get(SOURCE_TAG) != metadata.get(SOURCE_TAG)
 
     def put_bytes(
         self,
@@ -276,15 +306,23 @@ class AzureBlobStorage(Storage):
         if_revision: str | None = None,
     ) -> str:
         condition: dict[str, Any] = {}
-        if if_revision:
-            etag = if_revision if if_revision.startswith('"') else f'"{if_revision}"'
-            condition = {"etag": etag, "match_condition": MatchConditions.IfNotModified}
+        output = SOURCE_TAG in metadata and not if_revision
+        if output:
+            condition = output_condition(self.output_precondition(location, key, metadata))
+        elif if_revision:
+            condition = {"etag": _quoted(if_revision),
+                         "match_condition": MatchConditions.IfNotModified}
         try:
             answer = self._blob(location, key).upload_blob(
                 data, overwrite=True, length=len(data),
                 content_settings=ContentSettings(content_type=content_type),
                 metadata=azure_metadata(metadata), **condition)
-        except ResourceModifiedError as exc:
+        except (ResourceExistsError, ResourceModifiedError) as exc:
+            if output:
+                raise _collision(self._where(location, key)) from exc
+            if isinstance(exc, ResourceExistsError):
+                raise StorageError(f"cannot write {self._where(location, key)}: "
+                                   f"{_describe(exc)}") from exc
             raise StaleWrite(f"{self._where(location, key)} changed since {if_revision}") from exc
         except ResourceNotFoundError as exc:
             if if_revision:  # the record was removed since: also not the revision expected
@@ -360,6 +398,11 @@ class AzureBlobStorage(Storage):
 
     def _where(self, location: str, key: str) -> str:
         return f"azure_blob://{location}/{key}"
+
+
+def _collision(where: str) -> OutputCollision:
+    return OutputCollision(f"{where} was taken by another blob while the output was written; "
+                           "it was left as it is")
 
 
 def _check_size(where: str, written: int, expected: int | None) -> None:

@@ -7,12 +7,13 @@ written through :meth:`Storage.write_json`, so every storage writes them the sam
 
 from __future__ import annotations
 
+import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from convbridge.errors import StaleWrite, StorageError
+from convbridge.errors import OutputCollision, StaleWrite, StorageError
 from convbridge.model import Grant, ObjectRef, OutputTarget
 
 if TYPE_CHECKING:
@@ -22,9 +23,30 @@ if TYPE_CHECKING:
 #: Metadata key the bridge sets on everything it writes. The trigger's loop guard drops any
 #: object carrying it, so writing into a watched prefix never starts a job.
 OUTPUT_MARKER = "convbridge-output"
+#: Metadata key naming the source an output was made from (:func:`source_tag`). A write whose
+#: metadata carries it is create-only: it may replace only an object with the same tag, an
+#: earlier output of the same source (a re-upload converts again).
+SOURCE_TAG = "convbridge-source"
 
 
-__all__ = ["OUTPUT_MARKER", "StaleWrite", "Storage"]
+__all__ = ["OUTPUT_MARKER", "SOURCE_TAG", "StaleWrite", "Storage", "output_metadata", "source_tag"]
+
+
+def source_tag(location: str, key: str) -> str:
+    """Hex SHA-256 of ``location/key``: ASCII whatever the key, as S3 metadata requires, and
+    no source name in the output's metadata."""
+    return hashlib.sha256(f"{location}/{key}".encode()).hexdigest()
+
+
+def output_metadata(rule: str, source: ObjectRef, *, azure_names: bool = False) -> dict[str, str]:
+    """The metadata every output carries, whoever writes it (the relay, or a provider's native
+    export): the loop-guard marker naming the rule, and the source tag that lets a new version
+    of the same source replace it. ``azure_names``: Azure metadata names must be C#
+    identifiers, so ``-`` is stored as ``_`` (the Azure adapter reads them back as ``-``)."""
+    metadata = {OUTPUT_MARKER: rule, SOURCE_TAG: source_tag(source.location, source.key)}
+    if azure_names:
+        return {name.replace("-", "_"): value for name, value in metadata.items()}
+    return metadata
 
 
 class Storage(ABC):
@@ -71,7 +93,8 @@ class Storage(ABC):
         """Write ``chunks`` to ``key`` with bounded memory; return the bytes written. The object
         becomes visible under ``key`` only once complete, and only if exactly
         ``expected_size`` bytes arrived (when given): a short or failed stream leaves nothing
-        behind and raises StorageError."""
+        behind and raises StorageError. With SOURCE_TAG in ``metadata`` the write is an
+        output's: see :meth:`output_precondition`."""
 
     @abstractmethod
     def stat(self, location: str, key: str) -> ObjectRef | None:
@@ -106,7 +129,27 @@ class Storage(ABC):
     ) -> str:
         """Write a small object whole and return its revision (ETag, generation). With
         ``if_revision``, write only if the object is still at that revision, else raise
-        StaleWrite: how a late writer avoids clobbering a newer record."""
+        StaleWrite: how a late writer avoids clobbering a newer record. With SOURCE_TAG in
+        ``metadata`` (and no ``if_revision``) the write is an output's: see
+        :meth:`output_precondition`."""
+
+    def output_precondition(self, location: str, key: str,
+                            metadata: Mapping[str, str] | None) -> str | None:
+        """For an output write (``metadata`` carries SOURCE_TAG): None when ``key`` is free, so
+        the write must create it; the existing object's revision when it carries the same
+        source tag, so the write may replace exactly that revision. Anything else at ``key`` is
+        somebody else's: OutputCollision. Adapters make the write itself conditional on the
+        answer, so an object appearing in between is not overwritten either."""
+        tag = (metadata or {}).get(SOURCE_TAG)
+        if tag is None:
+            raise StorageError(f"{location}/{key}: an output write needs {SOURCE_TAG} metadata")
+        found = self.stat(location, key)
+        if found is None:
+            return None
+        if found.metadata.get(SOURCE_TAG) == tag and found.version:
+            return found.version
+        raise OutputCollision(f"{location}/{key} already exists and was not written by "
+                              "convbridge for this source; it was left as it is")
 
     def write_json(
         self,

@@ -33,10 +33,17 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.oauth2 import service_account
 
-from convbridge.errors import ConfigError, GrantError, SecretError, StaleWrite, StorageError
+from convbridge.errors import (
+    ConfigError,
+    GrantError,
+    OutputCollision,
+    SecretError,
+    StaleWrite,
+    StorageError,
+)
 from convbridge.http import make_client
 from convbridge.model import Grant, ObjectRef, OutputTarget
-from convbridge.storage.base import Storage
+from convbridge.storage.base import SOURCE_TAG, Storage
 
 if TYPE_CHECKING:
     from convbridge.bridge import CloudClients
@@ -266,8 +273,21 @@ class GcsStorage(Storage):
     ) -> str:
         if if_revision is not None and not if_revision.isdigit():
             raise StaleWrite(f"gs://{location}/{key}: {if_revision!r} is not a generation")
+        if if_revision is None and SOURCE_TAG in metadata:
+            generation = self._output_generation(location, key, metadata)
+            try:
+                return self._upload_whole(location, key, data, content_type, metadata,
+                                          generation)
+            except StaleWrite as exc:
+                raise _collision(location, key) from exc
         expected = int(if_revision) if if_revision is not None else None
         return self._upload_whole(location, key, data, content_type, metadata, expected)
+
+    def _output_generation(self, location: str, key: str, metadata: Mapping[str, str]) -> int:
+        """0 (``if_generation_match=0``: create only), or the generation of the same source's
+        earlier output, the only object an output write may replace."""
+        replacing = self.output_precondition(location, key, metadata)
+        return int(replacing) if replacing is not None else 0
 
     def write_stream(
         self,
@@ -282,10 +302,16 @@ class GcsStorage(Storage):
         """A failed write leaves the generation it expected bound to the object for the next
         write of it (the relay's next attempt): re-reading the generation then would adopt an
         object written by someone else in between and replace it."""
-        generation = self._expected_generation(location, key)
+        output = SOURCE_TAG in (metadata or {})
+        generation = self._expected_generation(location, key, metadata if output else None)
         try:
             return self._write(location, key, chunks, content_type, dict(metadata or {}),
                                expected_size, generation)
+        except StaleWrite as exc:
+            self._bind(location, key, generation)
+            if output:
+                raise _collision(location, key) from exc
+            raise
         except BaseException:
             self._bind(location, key, generation)
             raise
@@ -299,11 +325,16 @@ class GcsStorage(Storage):
                 del self._bindings[stale]
             self._bindings[(location, key)] = (generation, now)
 
-    def _expected_generation(self, location: str, key: str) -> int:
+    def _expected_generation(self, location: str, key: str,
+                             output_metadata: Mapping[str, str] | None) -> int:
+        """The bound generation of a failed attempt, else the current one; for an output
+        (``output_metadata`` given), only a free key or the same source's earlier output."""
         with self._lock:
             bound = self._bindings.pop((location, key), None)
         if bound is not None and time.monotonic() - bound[1] < RETRY_BINDING_SECONDS:
             return bound[0]
+        if output_metadata is not None:
+            return self._output_generation(location, key, output_metadata)
         found = self.stat(location, key)
         return int(found.version or 0) if found is not None else 0
 
@@ -441,6 +472,11 @@ def _check_size(location: str, key: str, written: int, expected: int | None, *,
     received = f"more than {expected}" if written > expected else str(written)
     raise StorageError(f"gs://{location}/{key}: got {received} bytes, expected {expected}; "
                        "nothing was written")
+
+
+def _collision(location: str, key: str) -> OutputCollision:
+    return OutputCollision(f"gs://{location}/{key} was taken by another object while the output "
+                           "was written; it was left as it is")
 
 
 def _write_error(location: str, key: str, exc: BaseException) -> StorageError:

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import botocore.exceptions
 from botocore.config import Config
 
-from convbridge.errors import GrantError, StaleWrite, StorageError
+from convbridge.errors import GrantError, OutputCollision, StaleWrite, StorageError
 from convbridge.model import Grant, ObjectRef, OutputTarget
-from convbridge.storage.base import Storage
+from convbridge.storage.base import SOURCE_TAG, Storage
 
 if TYPE_CHECKING:
     from convbridge.bridge import CloudClients
@@ -35,9 +35,14 @@ PART_SIZE = 8 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 #: STS rejects inline session policies longer than this.
 MAX_SESSION_POLICY = 2048
-#: In IAM resource ARNs ``*``, ``?`` and ``$`` are wildcard/variable syntax; a key holding them
-#: must be spelled with policy variables, or the grant would reach other objects.
+#: In IAM resource ARNs ``*`` and ``?`` are wildcards and ``${...}`` a policy variable: a key
+#: holding them would make a grant that reaches other objects. IAM's escapes (``${*}``) are not
+#: understood by every S3 server (SeaweedFS reads them literally and denies the real key), so
+#: no STS grant is minted for such a key: reads fall back to a presigned URL, writes to the relay.
 _IAM_SPECIAL = re.compile(r"[*?$]")
+
+#: what S3 answers when a conditional write's condition does not hold
+_PRECONDITION_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
 
 #: pool size matches the batch record workers, so concurrent records reuse connections
 S3_CLIENT_CONFIG = Config(signature_version="s3v4", s3={"addressing_style": "path"},
@@ -45,8 +50,11 @@ S3_CLIENT_CONFIG = Config(signature_version="s3v4", s3={"addressing_style": "pat
 
 
 def object_arn(bucket: str, key: str) -> str:
-    escaped = _IAM_SPECIAL.sub(lambda m: "${" + m.group(0) + "}", key)
-    return f"arn:aws:s3:::{bucket}/{escaped}"
+    """The ARN naming exactly ``key``; GrantError for a key IAM would read as a pattern."""
+    if _IAM_SPECIAL.search(key):
+        raise GrantError("the key holds '*', '?' or '$', which IAM reads as wildcards or "
+                         "variables: no STS grant can name exactly this object")
+    return f"arn:aws:s3:::{bucket}/{key}"
 
 
 def session_policy(action: str, resources: list[str]) -> str:
@@ -126,12 +134,16 @@ class S3Storage(Storage):
         raise GrantError(f"s3 cannot mint a read grant of kind {kind!r}")
 
     def grant_write(self, target: OutputTarget, ttl_seconds: int) -> Grant:
-        directory, slash, name = target.key.rpartition("/")
-        # ".hidden" keeps its name; a dot in a parent folder never shortens the folder
-        stem = name.rpartition(".")[0] or name
-        folder = f"{directory}{slash}{stem}/"
+        """Exactly the output key and the folder ``<output key>/`` for several outputs; the
+        rules refuse sources that would put another source's outputs in either
+        (Rule.naming_conflict)."""
+        folder = f"{target.key}/"
         resources = [object_arn(target.location, target.key),
                      object_arn(target.location, folder) + "*"]
+        # No s3:if-none-match condition: SeaweedFS (4.48), the server proving these grants,
+        # denies every PutObject under it, with the If-None-Match header or without, so it
+        # cannot be shown to work and would break native exports. The relay's own writes are
+        # conditional instead (put_bytes, _multipart).
         policy = session_policy("s3:PutObject", resources)
         secret, expires = self._assume(session_name("write", target.location, target.key), policy,
                                        ttl_seconds)
@@ -201,7 +213,29 @@ class S3Storage(Storage):
                            metadata=metadata or {})
             return len(data)
         extra: dict[str, Any] = {"ContentType": content_type, "Metadata": dict(metadata or {})}
-        return self._multipart(location, key, part, stream, extra, expected_size)
+        condition = (self._output_condition(location, key, metadata)
+                     if SOURCE_TAG in (metadata or {}) else {})
+        return self._multipart(location, key, part, stream, extra, expected_size, condition)
+
+    def output_precondition(self, location: str, key: str,
+                            metadata: Mapping[str, str] | None) -> str | None:
+        """The ETag to replace (S3's version, used by ``stat``, is the VersionId when the
+        bucket is versioned, and conditional writes match ETags)."""
+        if super().output_precondition(location, key, metadata) is None:
+            return None
+        try:
+            return str(self._s3.head_object(Bucket=location, Key=key)["ETag"])
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise StorageError(f"cannot stat s3://{location}/{key}: {_describe(exc)}") from exc
+
+    def _output_condition(self, location: str, key: str,
+                          metadata: Mapping[str, str] | None) -> dict[str, str]:
+        """Create-only (``If-None-Match: *``), or replace only the same source's output: moto
+        and SeaweedFS both refuse an If-None-Match PutObject and CompleteMultipartUpload onto
+        an existing key; moto ignores If-Match on CompleteMultipartUpload, where the check
+        before the upload is then all that holds."""
+        replacing = self.output_precondition(location, key, metadata)
+        return {"IfMatch": replacing} if replacing else {"IfNoneMatch": "*"}
 
     def _multipart(
         self,
@@ -211,6 +245,7 @@ class S3Storage(Storage):
         rest: _ChunkStream,
         extra: dict[str, Any],
         expected_size: int | None,
+        condition: dict[str, str],
     ) -> int:
         """Multipart upload through two reused part buffers: one uploads on a helper thread
         while the next fills from the stream, so download and upload overlap and memory stays
@@ -239,13 +274,16 @@ class S3Storage(Storage):
                 in_flight = None
             _check_size(location, key, total, expected_size)
             self._s3.complete_multipart_upload(
-                Bucket=location, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                Bucket=location, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts},
+                **condition,
             )
         except BaseException as exc:
             if in_flight is not None:
                 with contextlib.suppress(BaseException):
                     in_flight.result()  # never abort under an upload still running
             self._s3.abort_multipart_upload(Bucket=location, Key=key, UploadId=upload_id)
+            if condition and _error_code(exc) in _PRECONDITION_CODES:
+                raise _collision(location, key) from exc
             if isinstance(exc, botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError):
                 raise StorageError(f"cannot write s3://{location}/{key}: {_describe(exc)}") from exc
             raise
@@ -263,14 +301,17 @@ class S3Storage(Storage):
         metadata: Mapping[str, str],
         if_revision: str | None = None,
     ) -> str:
-        condition = {"IfMatch": if_revision} if if_revision else {}
+        output = SOURCE_TAG in metadata and not if_revision
+        condition = (self._output_condition(location, key, metadata) if output
+                     else {"IfMatch": if_revision} if if_revision else {})
         try:
             answer = self._s3.put_object(Bucket=location, Key=key, Body=data,
                                          ContentType=content_type, Metadata=dict(metadata),
                                          **condition)
         except botocore.exceptions.ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if if_revision and code in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
+            if condition and _error_code(exc) in _PRECONDITION_CODES:
+                if output:
+                    raise _collision(location, key) from exc
                 raise StaleWrite(f"s3://{location}/{key} changed since {if_revision}") from exc
             raise StorageError(f"cannot write s3://{location}/{key}: {_describe(exc)}") from exc
         except botocore.exceptions.BotoCoreError as exc:
@@ -402,6 +443,17 @@ def _check_size(location: str, key: str, written: int, expected: int | None) -> 
     if expected is not None and written != expected:
         raise StorageError(f"s3://{location}/{key}: got {written} bytes, expected {expected}; "
                            "nothing was written")
+
+
+def _error_code(exc: BaseException) -> str | None:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return exc.response.get("Error", {}).get("Code")
+    return None
+
+
+def _collision(location: str, key: str) -> OutputCollision:
+    return OutputCollision(f"s3://{location}/{key} was taken by another object while the "
+                           "output was written; it was left as it is")
 
 
 def _describe(exc: BaseException) -> str:
