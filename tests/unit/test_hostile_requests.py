@@ -49,7 +49,7 @@ def callback(provider: str, *, body: bytes = b"{}", headers: dict[str, str] | No
 def token_for(stack: DevStack, provider: str) -> str:
     context = JobContext.new(rule=f"to-pdf-{provider.replace('_', '-')}", storage="s3",
                              location=stack.bucket, key=f"in-{provider}/a.png", version="v1",
-                             output_key=f"out-{provider}/a.pdf", route="relay")
+                             output_key=f"out-{provider}/a.png.pdf", route="relay")
     return sign_context(context, stack.context_key.encode())
 
 
