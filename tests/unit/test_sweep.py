@@ -66,7 +66,8 @@ class FakeDrop:
         self.files[key] = File(data, mtime)
 
     def scan(self, location: str, directory: str, *, recursive: bool,
-             skip: Callable[[str], bool] = lambda folder: False) -> Iterator[Entry]:
+             skip: Callable[[str], bool] = lambda folder: False,
+             refused: Callable[[str, str], None] | None = None) -> Iterator[Entry]:
         for key, found in list(self.files.items()):
             if not key.startswith(directory):
                 continue
@@ -262,7 +263,8 @@ def test_unsafe_names_stay_in_the_drop() -> None:
     run.drop.put("inbox/-rf.png", b"x")
     report = run.run()
     assert [r.key for r in run.submitted] == ["processing/inbox/-rf.png"]
-    assert report.refused == ["inbox/line\nbreak.png"]
+    # the name is logged escaped, so it cannot break or forge a log line
+    assert report.refused == {"inbox/line\\nbreak.png": "contains control characters"}
 
 
 # -- the parts around the sweep ----------------------------------------------------------
