@@ -339,7 +339,7 @@ def _claimed_as_seen(storage: Drop, location: str, seen: _Seen, claimed: str,
     if found is not None and found.version == seen.version:
         return True
     if found is None:
-        report.refuse(location, printable(claimed), "not a regular file when claimed (a "
+        report.refuse(location, printable(seen.key), "not a regular file when claimed (a "
                       "symbolic link or folder was put in its place); put back, not read")
     else:
         report.waiting += 1

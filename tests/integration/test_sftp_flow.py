@@ -327,7 +327,8 @@ def test_a_file_swapped_for_a_link_after_listing_is_never_read_nor_touched(
         assert stat.S_ISLNK(client.lstat(f"/drop/inbox/{name}").st_mode or 0), name
     assert [s.status for s in report.submissions] == ["error", "submitted"]
     assert "link" in report.submissions[0].reason
-    assert list(report.refused) == ["processing/inbox/2-later.png"]
+    assert list(report.refused) == ["inbox/2-later.png"]
+    assert "symbolic link" in report.refused["inbox/2-later.png"]
     # nothing was written through a link: the secret keeps its bytes and its times
     assert secret.read_bytes() == secret_png and secret.stat().st_mtime == 1_000_000
     # and a later sweep leaves the links alone
