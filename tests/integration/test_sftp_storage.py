@@ -4,6 +4,7 @@ key refusal and grants. A server that cannot start fails these tests; it never s
 
 from __future__ import annotations
 
+import os
 import stat
 import threading
 import time
@@ -327,3 +328,20 @@ def test_create_only_writes_never_replace_another_file(server: SftpServer) -> No
     # without the option a write replaces, as before
     drop.write_stream(location, "outbox/a.pdf", [b"replaced"])
     assert drop.read_bytes(location, "outbox/a.pdf") == b"replaced"
+
+
+def test_a_large_folder_is_listed_whole(server: SftpServer) -> None:
+    """Listings keep several requests in flight; every entry arrives once, in any order."""
+    assert server.drop_path is not None
+    folder = server.drop_path / "big"
+    folder.mkdir()
+    names = {f"{n:05d}.png" for n in range(2500)}
+    for name in names:
+        (folder / name).write_bytes(b"x")
+    (folder / "badÿ.png").write_bytes(b"x")  # U+00FF, fine as UTF-8
+    os.close(os.open(bytes(folder) + b"/not-utf8-\xff.png", os.O_CREAT | os.O_WRONLY))
+    refusals: dict[str, str] = {}
+    found = [entry.key for entry in storage_for(server).scan(
+        server.location, "big/", recursive=False, refused=refusals.__setitem__)]
+    assert sorted(found) == sorted(f"big/{name}" for name in names | {"badÿ.png"})
+    assert refusals == {"big/not-utf8-\\xff.png": "its name is not valid UTF-8"}

@@ -33,17 +33,18 @@ how a read outside it, or an output that lands in the watched folder, would happ
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import hashlib
 import io
 import logging
 import posixpath
+import re
 import secrets
 import socket
 import stat as stat_mode
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -51,7 +52,7 @@ from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import paramiko
 from paramiko.hostkeys import HostKeyEntry
-from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR
+from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR, CMD_STATUS
 
 from convbridge.errors import ConfigError, GrantError, StaleWrite, StorageError
 from convbridge.model import Grant, ObjectRef, OutputTarget
@@ -67,6 +68,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_PORT = 22
 CONNECT_TIMEOUT_SECONDS = 10.0
 READ_CHUNK = 256 * 1024
+#: listing requests in flight at once (paramiko's listdir_iter sends 50)
+READ_AHEAD = 16
 #: temporary names of writes in progress; the sweep never takes a file named like this
 PARTIAL_PREFIX = ".convbridge-"
 PARTIAL_SUFFIX = ".part"
@@ -77,6 +80,9 @@ KEY_TYPES = frozenset({"ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-s
 _ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256")}
 
 T = TypeVar("T")
+#: Unicode's control characters (category Cc) exactly; a listing checks every name, so no
+#: per-character category lookup
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 #: told about every entry a listing leaves out for a reason: (printable name, reason)
 Refusal = Callable[[str, str], None]
 
@@ -177,7 +183,7 @@ def key_problem(key: str) -> str | None:
         return "empty"
     if key.startswith("/"):
         return "absolute"
-    if any(unicodedata.category(ch) == "Cc" for ch in key):
+    if _CONTROL.search(key):
         return "control characters"
     if any(part in {"", ".", ".."} for part in key.split("/")):
         return "empty, '.' or '..' segments"
@@ -786,19 +792,30 @@ def _read_folder(sftp: paramiko.SFTPClient, path: str
     """Every entry of the folder ``path`` but ``.`` and ``..``, its name as the server's bytes,
     with lstat attributes (OpenSSH and asyncssh list without following links). paramiko's own
     listings decode every name as strict UTF-8 inside the loop, so one badly named entry fails
-    the whole folder; this is its ``listdir_attr`` with the decoding left to the caller, on the
-    same request primitives."""
+    the whole folder; this is its ``listdir_iter`` with the decoding left to the caller, on the
+    same request primitives: READ_AHEAD requests in flight, answers taken by request number
+    (a server may answer out of order)."""
     kind, message = sftp._request(CMD_OPENDIR, path)
     if kind != CMD_HANDLE:
         raise paramiko.SFTPError("expected a folder handle")
     handle = message.get_binary()
+    answers = _Answers()
     entries: list[tuple[bytes, paramiko.SFTPAttributes]] = []
     try:
-        while True:
-            try:
-                kind, message = sftp._request(CMD_READDIR, handle)
-            except EOFError:  # the end of the folder
-                return entries
+        waiting = collections.deque(sftp._async_request(answers, CMD_READDIR, handle)
+                                    for _ in range(READ_AHEAD))
+        ended = False
+        while waiting:
+            number = waiting.popleft()
+            while number not in answers.received:
+                sftp._read_response()  # one packet, handed to its request's receiver
+            kind, message = answers.received.pop(number)
+            if kind == CMD_STATUS:
+                try:
+                    sftp._convert_status(message)
+                except EOFError:  # the end of the folder; later requests end the same way
+                    ended = True
+                    continue
             if kind != CMD_NAME:
                 raise paramiko.SFTPError("expected a list of names")
             for _ in range(message.get_int()):
@@ -807,8 +824,22 @@ def _read_folder(sftp: paramiko.SFTPClient, path: str
                 attributes = paramiko.SFTPAttributes._from_msg(message)
                 if name not in {b".", b".."}:
                     entries.append((name, attributes))
+            if not ended:
+                waiting.append(sftp._async_request(answers, CMD_READDIR, handle))
+        return entries
     finally:
         sftp._request(CMD_CLOSE, handle)
+
+
+class _Answers:
+    """Receives the answers to a listing's READDIR requests by number (paramiko hands an
+    answer to the object its request was registered with)."""
+
+    def __init__(self) -> None:
+        self.received: dict[int, tuple[int, paramiko.Message]] = {}
+
+    def _async_response(self, kind: int, message: paramiko.Message, number: int) -> None:
+        self.received[number] = (kind, message)
 
 
 def _through_a_link(location: str, key: str, folder: str, found: str) -> str:
