@@ -4,9 +4,11 @@ asyncssh in this process. Either way it listens on 127.0.0.1 on a free port, has
 host key, and serves one account (``username``) by password or by key, whose login folder is
 ``/drop``. OpenSSH's ChrootDirectory must be root-owned in every component, so the chroot is a
 fresh root-owned ``/srv/convbridge-sftp-<random>`` (never /tmp) holding a ``drop`` folder the
-account owns; the account itself is created with useradd when missing and given a new random
-password on every start. asyncssh's chroot is only path mapping, not a security boundary. A
-server that cannot start raises ServerStartError saying why, so tests fail rather than skip.
+account owns. The account is the server's own (``convbridge-sftp-<random>``), made with useradd
+and a random password at start and removed at stop: servers started at the same time on one
+machine (several test runs) never change each other's password. asyncssh's chroot is only
+path mapping, not a security boundary. A server that cannot start raises ServerStartError
+saying why, so tests fail rather than skip.
 
 ``audit=True`` (OpenSSH only) records every file operation the server performs for the account:
 internal-sftp logs them (``-l INFO``) to syslog, which inside the chroot is ``/dev/log``, so the
@@ -43,6 +45,7 @@ from devstack.servers import LOCALHOST, ServerStartError, free_ports
 SSHD = "/usr/sbin/sshd"
 #: where useradd and chpasswd live; searched after PATH
 SBIN_PATH = "/usr/local/sbin:/usr/sbin:/sbin"
+#: accounts are named USERNAME-<random>, one per server
 USERNAME = "convbridge-sftp"
 #: the account's login folder, as the account sees it
 DROP = "/drop"
@@ -81,7 +84,7 @@ class SftpServer:
         self.backend: str | None = None
         self.host = LOCALHOST
         self.port = port or free_ports(1)[0]
-        self.username = USERNAME
+        self.username = f"{USERNAME}-{secrets.token_hex(4)}"
         self.password = secrets.token_urlsafe(18)
         self.private_key, self.client_public_key = new_key()
         self._host_private, self.host_public_key = new_key()
@@ -93,6 +96,7 @@ class SftpServer:
         self._thread: threading.Thread | None = None
         self._listener: Any = None
         self._connections: list[Any] = []
+        self._account_made = False
         self._audit_socket: socket.socket | None = None
         self._audit_lines: list[str] = []
         self._audit_lock = threading.Lock()
@@ -168,6 +172,9 @@ class SftpServer:
         workdir, self._workdir = self._workdir, None
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+        if self._account_made:
+            self._account_made = False
+            _remove_account(self.username)
         self.backend = None
 
     def __enter__(self) -> Self:
@@ -182,6 +189,7 @@ class SftpServer:
 
     def _start_openssh(self) -> None:
         uid, gid = _ensure_account(self.username, self.password)
+        self._account_made = True
         Path("/srv").mkdir(mode=0o755, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="convbridge-sftp-", dir="/srv"))
         self._workdir = workdir
@@ -389,6 +397,12 @@ def _ensure_account(username: str, password: str) -> tuple[int, int]:
         found = pwd.getpwnam(username)
     _run(["chpasswd"], f"{username}:{password}\n")
     return found.pw_uid, found.pw_gid
+
+
+def _remove_account(username: str) -> None:
+    """userdel, best effort: a stop must finish even if the account is already gone."""
+    with contextlib.suppress(ServerStartError):
+        _run(["userdel", username])
 
 
 def _run(command: list[str], stdin: str | None = None) -> None:

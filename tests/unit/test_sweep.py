@@ -267,6 +267,24 @@ def test_unsafe_names_stay_in_the_drop() -> None:
     assert report.refused == {"inbox/line\\nbreak.png": "contains control characters"}
 
 
+def test_a_file_rewritten_between_settling_and_its_claim_goes_back_to_settle_again() -> None:
+    run = Scenario()
+    run.drop.put("inbox/first.png", b"1", mtime=10)
+    run.drop.put("inbox/second.png", b"2", mtime=20)
+    submit = run.submit
+
+    def rewrite_the_second(bridge: Any, refs: Iterable[ObjectRef]) -> list[Submission]:
+        run.drop.put("inbox/second.png", b"2, rewritten", mtime=30)
+        return submit(bridge, refs)
+
+    run.submit = rewrite_the_second  # type: ignore[method-assign]
+    report = run.run()
+    assert [r.key for r in run.submitted] == ["processing/inbox/first.png"]
+    assert run.drop.files["inbox/second.png"].data == b"2, rewritten"
+    assert "processing/inbox/second.png" not in run.drop.files
+    assert report.waiting == 1 and report.refused == {}
+
+
 # -- the parts around the sweep ----------------------------------------------------------
 
 

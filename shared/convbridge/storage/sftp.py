@@ -596,8 +596,7 @@ class SftpStorage(Storage):
                     # exists already (or a racing writer made it): fine if it is a folder
                     mode = sftp.lstat(self.path(current)).st_mode or 0
                     if stat_mode.S_ISLNK(mode):
-                        raise refusal(_through_a_link(location, key, current,
-                                                      "wherever it points")) from None
+                        raise refusal(_through_a_link(location, key, current, None)) from None
                     if not stat_mode.S_ISDIR(mode):
                         raise
             # a folder swapped in while they were being made is caught here
@@ -842,10 +841,10 @@ class _Answers:
         self.received[number] = (kind, message)
 
 
-def _through_a_link(location: str, key: str, folder: str, found: str) -> str:
+def _through_a_link(location: str, key: str, folder: str, target: str | None) -> str:
+    leads = f" (it leads to {target})" if target else ""
     return (f"refusing sftp://{location}/{key}: the folder {folder}/ is, or passes through, a "
-            f"symbolic link (it leads to {found}); the bridge never follows links out of the "
-            "drop")
+            f"symbolic link{leads}; the bridge never follows links out of the drop")
 
 
 def _exists(sftp: paramiko.SFTPClient, path: str) -> bool:
