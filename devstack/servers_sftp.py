@@ -4,9 +4,16 @@ asyncssh in this process. Either way it listens on 127.0.0.1 on a free port, has
 host key, and serves one account (``username``) by password or by key, whose login folder is
 ``/drop``. OpenSSH's ChrootDirectory must be root-owned in every component, so the chroot is a
 fresh root-owned ``/srv/convbridge-sftp-<random>`` (never /tmp) holding a ``drop`` folder the
-account owns; the account itself is created with useradd when missing and given a new random
-password on every start. asyncssh's chroot is only path mapping, not a security boundary. A
-server that cannot start raises ServerStartError saying why, so tests fail rather than skip.
+account owns. The account is the server's own (``convbridge-sftp-<random>``), made with useradd
+and a random password at start and removed at stop: servers started at the same time on one
+machine (several test runs) never change each other's password. asyncssh's chroot is only
+path mapping, not a security boundary. A server that cannot start raises ServerStartError
+saying why, so tests fail rather than skip.
+
+``audit=True`` (OpenSSH only) records every file operation the server performs for the account:
+internal-sftp logs them (``-l INFO``) to syslog, which inside the chroot is ``/dev/log``, so the
+server binds a datagram socket there and keeps each line. Tests read ``file_operations()`` to
+prove which paths were opened, written, renamed or removed, as the server saw them.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import logging
 import os
 import pwd
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -37,6 +45,7 @@ from devstack.servers import LOCALHOST, ServerStartError, free_ports
 SSHD = "/usr/sbin/sshd"
 #: where useradd and chpasswd live; searched after PATH
 SBIN_PATH = "/usr/local/sbin:/usr/sbin:/sbin"
+#: accounts are named USERNAME-<random>, one per server
 USERNAME = "convbridge-sftp"
 #: the account's login folder, as the account sees it
 DROP = "/drop"
@@ -68,12 +77,14 @@ class SftpServer:
     (``username``, ``password``, ``private_key``) and ``host_public_key`` to pin. The port is
     chosen at construction, so rules naming the location can be written before it starts."""
 
-    def __init__(self, *, backend: Backend = "auto", port: int | None = None) -> None:
+    def __init__(self, *, backend: Backend = "auto", port: int | None = None,
+                 audit: bool = False) -> None:
         self.requested = backend
+        self.audit = audit
         self.backend: str | None = None
         self.host = LOCALHOST
         self.port = port or free_ports(1)[0]
-        self.username = USERNAME
+        self.username = f"{USERNAME}-{secrets.token_hex(4)}"
         self.password = secrets.token_urlsafe(18)
         self.private_key, self.client_public_key = new_key()
         self._host_private, self.host_public_key = new_key()
@@ -85,6 +96,10 @@ class SftpServer:
         self._thread: threading.Thread | None = None
         self._listener: Any = None
         self._connections: list[Any] = []
+        self._account_made = False
+        self._audit_socket: socket.socket | None = None
+        self._audit_lines: list[str] = []
+        self._audit_lock = threading.Lock()
 
     @property
     def location(self) -> str:
@@ -100,11 +115,24 @@ class SftpServer:
         path = self.log_path
         return path.read_text(errors="replace") if path and path.exists() else ""
 
+    def file_operations(self) -> list[str]:
+        """internal-sftp's log of the account's file operations so far (``audit=True``), one
+        line each, e.g. ``open "/drop/a.png" flags READ mode 0666``; bytes that are not UTF-8
+        appear as ``\\xff``. Every operation the client saw answered is in it."""
+        if self._audit_socket is None:
+            raise RuntimeError("this SFTP server was not started with audit=True")
+        with self._audit_lock:
+            self._drain_audit()
+            return list(self._audit_lines)
+
     def start(self) -> None:
         if self.backend is not None:
             return
         problem = openssh_available()
-        if self.requested == "openssh" or (self.requested == "auto" and problem is None):
+        if self.audit and self.requested == "asyncssh":
+            raise ServerStartError("audit=True needs OpenSSH (internal-sftp's log)")
+        if self.audit or self.requested == "openssh" or (self.requested == "auto"
+                                                          and problem is None):
             if problem is not None:
                 raise ServerStartError(f"cannot run OpenSSH sshd: {problem}")
             self._start_openssh()
@@ -138,9 +166,15 @@ class SftpServer:
             if self._thread is not None:
                 self._thread.join(timeout=5)
         self._listener = None
+        audit, self._audit_socket = self._audit_socket, None
+        if audit is not None:
+            audit.close()
         workdir, self._workdir = self._workdir, None
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+        if self._account_made:
+            self._account_made = False
+            _remove_account(self.username)
         self.backend = None
 
     def __enter__(self) -> Self:
@@ -155,6 +189,7 @@ class SftpServer:
 
     def _start_openssh(self) -> None:
         uid, gid = _ensure_account(self.username, self.password)
+        self._account_made = True
         Path("/srv").mkdir(mode=0o755, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="convbridge-sftp-", dir="/srv"))
         self._workdir = workdir
@@ -168,6 +203,8 @@ class SftpServer:
             drop.mkdir(mode=0o755)
             os.chown(drop, uid, gid)
             self.drop_path = drop
+            if self.audit:
+                self._listen_for_audit(chroot)
             etc = workdir / "etc"
             etc.mkdir(mode=0o700)
             host_key = etc / "host_ed25519"
@@ -178,8 +215,9 @@ class SftpServer:
             keys.write_text(self.client_public_key + "\n")
             keys.chmod(0o644)
             config = etc / "sshd_config"
-            config.write_text(_SSHD_CONFIG.format(host_key=host_key, keys=keys,
-                                                  user=self.username, chroot=chroot, drop=DROP))
+            config.write_text(_SSHD_CONFIG.format(
+                host_key=host_key, keys=keys, user=self.username, chroot=chroot, drop=DROP,
+                sftp_log="-l INFO " if self.audit else ""))
             # privilege separation directory, absent until sshd was run once
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
             log = workdir / "sshd.log"
@@ -192,6 +230,40 @@ class SftpServer:
         except BaseException:
             self.stop()
             raise
+
+    def _listen_for_audit(self, chroot: Path) -> None:
+        """syslog's socket inside the chroot, where the account's internal-sftp logs to; read
+        continuously, since a full socket queue would make the server wait on its log."""
+        dev = chroot / "dev"
+        dev.mkdir(mode=0o755)
+        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        receiver.bind(str(dev / "log"))
+        (dev / "log").chmod(0o666)  # the account's sftp session writes to it
+        receiver.setblocking(False)
+        self._audit_socket = receiver
+
+        def collect() -> None:
+            while self._audit_socket is receiver:
+                with contextlib.suppress(OSError, ValueError):
+                    select.select([receiver], [], [], 0.2)
+                with self._audit_lock:
+                    if self._audit_socket is not receiver:
+                        return
+                    self._drain_audit()
+
+        threading.Thread(target=collect, name="sftp-audit", daemon=True).start()
+
+    def _drain_audit(self) -> None:
+        """Move what the socket holds into the lines (under the audit lock, so the order is
+        the server's): ``<190>Dec  1 21:33:11 internal-sftp[6553]: open "..."``."""
+        receiver = self._audit_socket
+        while receiver is not None:
+            try:
+                datagram = receiver.recv(65536)
+            except (BlockingIOError, OSError):
+                return
+            text = datagram.decode("utf-8", "backslashreplace").rstrip("\n")
+            self._audit_lines.append(text.partition("]: ")[2] or text)
 
     def _wait_for_banner(self, alive: Any, log: Path | None) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
@@ -327,6 +399,12 @@ def _ensure_account(username: str, password: str) -> tuple[int, int]:
     return found.pw_uid, found.pw_gid
 
 
+def _remove_account(username: str) -> None:
+    """userdel, best effort: a stop must finish even if the account is already gone."""
+    with contextlib.suppress(ServerStartError):
+        _run(["userdel", username])
+
+
 def _run(command: list[str], stdin: str | None = None) -> None:
     # account tools live in the sbin folders, which a minimal PATH (CI's) may leave out
     found = shutil.which(command[0], path=f"{os.environ.get('PATH', '')}:{SBIN_PATH}")
@@ -357,7 +435,7 @@ LogLevel VERBOSE
 Subsystem sftp internal-sftp
 Match User {user}
   ChrootDirectory {chroot}
-  ForceCommand internal-sftp -d {drop}
+  ForceCommand internal-sftp {sftp_log}-d {drop}
   AllowTcpForwarding no
   X11Forwarding no
   PermitTTY no

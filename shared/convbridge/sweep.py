@@ -15,6 +15,12 @@ into ``done/`` or ``failed/``. Claiming stops once the invocation has less than
 ``CONVBRIDGE_SFTP_SWEEP_MARGIN_SECONDS`` (default 10) left; the rest waits for the next run.
 A file dropped again unchanged (same size and mtime) is the same upload to the claims: it goes
 straight to where its record says; touching it makes it a new version, converted again.
+
+One entry never stops the rest: names that are not UTF-8 or hold control characters, symbolic
+links and anything else the storage will not take are left in the drop, each logged with its
+reason and counted as ``refused``. A claim is checked once made: what was renamed into
+``processing/`` must still be the regular file of the size and mtime that settled, so a file
+swapped for a link between the listing and the claim goes back to the drop, refused, unread.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from convbridge.errors import ConfigError, StorageError
 from convbridge.model import ObjectRef
 from convbridge.pipeline import Submission, submit_all, unsafe_key_reason
 from convbridge.rules import CLAIM_PREFIX, DONE_PREFIX, FAILED_PREFIX, SWEPT_STORAGES, Rule
+from convbridge.storage.sftp import printable
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +53,8 @@ class Drop(Protocol):
     """What the sweep needs from a storage beyond the Storage contract (SftpStorage has it)."""
 
     def scan(self, location: str, directory: str, *, recursive: bool,
-             skip: Callable[[str], bool] = ...) -> Iterator[Any]: ...
+             skip: Callable[[str], bool] = ...,
+             refused: Callable[[str, str], None] | None = ...) -> Iterator[Any]: ...
 
     def move(self, location: str, key: str, target: str, *, replace: bool) -> bool: ...
 
@@ -98,9 +106,17 @@ class SweepReport:
     lost: int = 0
     returned: list[str] = field(default_factory=list)
     tidied: list[str] = field(default_factory=list)
-    refused: list[str] = field(default_factory=list)
+    #: left in the drop, never claimed: printable name -> why
+    refused: dict[str, str] = field(default_factory=dict)
     #: drops that could not be swept (unreachable, host key refused), with the reason
     errors: list[str] = field(default_factory=list)
+
+    def refuse(self, location: str, name: str, reason: str) -> None:
+        """Log and count an entry left in the drop, once per sweep however often it is seen
+        (two listings, overlapping rules)."""
+        if name not in self.refused:
+            logger.warning("sftp://%s/%s left in the drop: %s", location, name, reason)
+            self.refused[name] = reason
 
     @property
     def claimed(self) -> list[str]:
@@ -230,7 +246,9 @@ def _observe(bridge: Bridge, storage: Drop, location: str, rules: list[Rule],
         listed = (rule.prefix, rule.recursive)
         if listed in listings:
             continue
-        entries = list(storage.scan(location, rule.prefix, recursive=rule.recursive, skip=skip))
+        entries = list(storage.scan(
+            location, rule.prefix, recursive=rule.recursive, skip=skip,
+            refused=lambda name, reason: report.refuse(location, name, reason)))
         names = {e.key for e in entries}
         listings[listed] = names
         for entry in entries:
@@ -244,10 +262,7 @@ def _observe(bridge: Bridge, storage: Drop, location: str, rules: list[Rule],
                 continue
             problem = unsafe_key_reason(entry.key)
             if problem:
-                if entry.key not in report.refused:
-                    logger.warning("sftp://%s/%s left in the drop: %s", location, entry.key,
-                                   problem)
-                    report.refused.append(entry.key)
+                report.refuse(location, printable(entry.key), problem)
                 continue
             marker = f"{entry.key}{MARKER_SUFFIX}" in names
             found[entry.key] = (owner, _Seen(entry.key, entry.size, entry.mtime), marker)
@@ -286,6 +301,8 @@ def _claim_and_submit(bridge: Bridge, storage: Drop, storage_name: str, location
             logger.info("sftp://%s/%s: not claimed (another sweep took it, or an earlier file "
                         "of that name is still in %s)", location, seen.key, CLAIM_PREFIX)
             return
+        if not _claimed_as_seen(storage, location, seen, claimed, report):
+            return
         storage.touch_access_time(location, claimed, seen.mtime)
         if rule.ready_marker:
             storage.delete(location, seen.key + MARKER_SUFFIX)
@@ -313,12 +330,34 @@ def _claim_and_submit(bridge: Bridge, storage: Drop, storage_name: str, location
                      submission.status, exc)
 
 
+def _claimed_as_seen(storage: Drop, location: str, seen: _Seen, claimed: str,
+                     report: SweepReport) -> bool:
+    """Whether what the rename took is the regular file that settled (same size and mtime).
+    A link or folder swapped in after the listing is refused and put back, unread; a file
+    rewritten since goes back to wait for the next sweep."""
+    found = storage.stat(location, claimed)
+    if found is not None and found.version == seen.version:
+        return True
+    if found is None:
+        report.refuse(location, printable(seen.key), "not a regular file when claimed (a "
+                      "symbolic link or folder was put in its place); put back, not read")
+    else:
+        report.waiting += 1
+        logger.info("sftp://%s/%s changed after it settled; put back to settle again",
+                    location, seen.key)
+    if not storage.move(location, claimed, seen.key, replace=False):
+        logger.warning("sftp://%s/%s could not be put back (%s holds a new file of that name)",
+                       location, claimed, seen.key)
+    return False
+
+
 def _tidy_claims(bridge: Bridge, storage: Drop, storage_name: str, location: str,
                  config: SweepSettings, now: float, report: SweepReport) -> None:
     """Claims older than the timeout: a settled job's source goes to done/ or failed/ (the
     webhook could not move it), one with no job goes back to the drop. Younger claims cost
     one listing and nothing more."""
-    for entry in storage.scan(location, CLAIM_PREFIX, recursive=True):
+    for entry in storage.scan(location, CLAIM_PREFIX, recursive=True,
+                              refused=lambda name, reason: report.refuse(location, name, reason)):
         if now - entry.atime < config.claim_timeout_seconds:
             continue
         ref = ObjectRef(storage_name, location, entry.key)

@@ -4,15 +4,20 @@ sweep and webhook handlers. A server that cannot start fails these tests; it nev
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from convbridge.bridge import Bridge
 from convbridge.errors import StorageError
+from convbridge.model import ObjectRef
+from convbridge.pipeline import Submission, submit_all
 from convbridge.sweep import sweep
 from devstack.harness.sftp import SftpHarness
 from devstack.lambda_local import LocalContext
@@ -181,7 +186,7 @@ def check_hostile_names(sftp_stack: DevStack) -> None:
     drop.client.symlink("/drop/outbox", "/drop/inbox/link.png")
     summary = sweep_once(sftp_stack)
     assert summary["counts"] == {"submitted": len(HOSTILE)}
-    assert summary["refused"] == 1  # the control character
+    assert summary["refused"] == 2  # the control character and the link
     for key in HOSTILE:
         relative = key.removeprefix("inbox/")
         record = sftp_stack.read_json(f"results/{relative}.json")
@@ -230,3 +235,123 @@ def test_the_account_never_reaches_a_log_line(capfd: pytest.CaptureFixture[str],
     assert "submitted" in logged and "dedicated chrooted account" in logged
     for secret in secrets:
         assert secret not in logged
+
+
+def outside_the_drop(stack: DevStack, name: str, data: bytes) -> tuple[str, Path]:
+    """A file the account owns and can reach, but outside its drop (beside it in the chroot):
+    (its path as the account sees it, its path on this machine). Made on the server's disk,
+    since the account cannot create folders there itself."""
+    server = harness(stack).server
+    assert server.drop_path is not None
+    drop_owner = server.drop_path.stat()
+    folder = server.drop_path.parent / "private"
+    folder.mkdir(mode=0o755, exist_ok=True)
+    local = folder / name
+    local.write_bytes(data)
+    os.chown(local, drop_owner.st_uid, drop_owner.st_gid)
+    os.utime(local, (1_000_000, 1_000_000))
+    return f"/private/{name}", local
+
+
+def test_names_that_are_not_utf8_or_hold_control_characters_are_left_and_the_rest_converted(
+        sftp_stack: DevStack, capfd: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO")
+    sftp_stack.upload("inbox/first.png", png_bytes())
+    sftp_stack.upload("inbox/sub/second.png", png_bytes())
+    client = harness(sftp_stack).client
+    # what an old client in a Latin-1 locale sends: the bytes of "café.png", not UTF-8
+    with client.open(b"/drop/inbox/caf\xe9.png", "wb") as handle:
+        handle.write(png_bytes())
+    for folder in (b"/drop/inbox/bad\xffdir", "/drop/inbox/line\nfolder"):
+        client.mkdir(folder)
+        inner = (folder if isinstance(folder, bytes) else folder.encode()) + b"/inner.png"
+        with client.open(inner, "wb") as handle:
+            handle.write(png_bytes())
+    summary = sweep_once(sftp_stack)
+    assert summary["errors"] == [] and summary["counts"] == {"submitted": 2}
+    assert summary["refused"] == 3
+    for key in ("first.png", "sub/second.png"):
+        record = sftp_stack.read_json(f"results/{key}.json")
+        assert record is not None and record["status"] == "finished", key
+    assert len(sftp_stack.sandbox.jobs()) == 2
+    # the badly named ones stay where they were, untouched (looked at on the server's disk:
+    # paramiko's own listing cannot decode them either)
+    drop = harness(sftp_stack).server.drop_path
+    assert drop is not None
+    assert {b"caf\xe9.png", b"bad\xffdir", b"line\nfolder"} <= set(
+        os.listdir(bytes(drop) + b"/inbox"))
+    assert os.path.exists(bytes(drop) + b"/inbox/bad\xffdir/inner.png")
+    out, err = capfd.readouterr()
+    logged = out + err + caplog.text
+    assert "caf\\xe9.png" in logged and "not valid UTF-8" in logged
+    assert "line\\nfolder" in logged and "control characters" in logged
+
+
+def test_a_file_swapped_for_a_link_after_listing_is_never_read_nor_touched(
+        sftp_stack: DevStack) -> None:
+    client = harness(sftp_stack).client
+    secret_png = png_bytes((31, 17))
+    target, secret = outside_the_drop(sftp_stack, "secret.png", secret_png)
+    for number, name in enumerate(("1-early.png", "2-later.png", "3-last.png"), 1):
+        sftp_stack.upload(f"inbox/{name}", png_bytes())
+        client.utime(f"/drop/inbox/{name}", (number * 1000, number * 1000))  # claim order
+    swapped: list[str] = []
+
+    def swap(key: str) -> None:
+        client.remove(f"/drop/{key}")
+        client.symlink(target, f"/drop/{key}")
+        swapped.append(key)
+
+    def submit_swapping(bridge: Bridge, refs: Iterable[ObjectRef]) -> list[Submission]:
+        if not swapped:
+            swap("processing/inbox/1-early.png")  # claimed, not read yet
+            swap("inbox/2-later.png")  # listed and settled, not claimed yet
+        return submit_all(bridge, refs)
+
+    bridge = Bridge.from_env()
+    context = LocalContext()
+    bridge.claims.register_lambda_context(context)
+    report = sweep(bridge, remaining_ms=context.get_remaining_time_in_millis,
+                   submit=submit_swapping)
+    sftp_stack.wait()
+    assert report.errors == []
+    assert len(sftp_stack.sandbox.jobs()) == 1  # only 3-last.png: the secret was never sent
+    record = sftp_stack.read_json("results/3-last.png.json")
+    assert record is not None and record["status"] == "finished"
+    for name in ("1-early.png", "2-later.png"):
+        record = sftp_stack.read_json(f"results/{name}.json")
+        assert record is None or record["status"] != "finished", name
+        assert not harness(sftp_stack).read_bytes(f"outbox/{name[:-4]}.pdf")
+        # the links go back where they were dropped, and stay there as links
+        assert stat.S_ISLNK(client.lstat(f"/drop/inbox/{name}").st_mode or 0), name
+    assert [s.status for s in report.submissions] == ["error", "submitted"]
+    assert "link" in report.submissions[0].reason
+    assert list(report.refused) == ["inbox/2-later.png"]
+    assert "symbolic link" in report.refused["inbox/2-later.png"]
+    # nothing was written through a link: the secret keeps its bytes and its times
+    assert secret.read_bytes() == secret_png and secret.stat().st_mtime == 1_000_000
+    # and a later sweep leaves the links alone
+    assert sweep_once(sftp_stack)["counts"] == {}
+    assert len(sftp_stack.sandbox.jobs()) == 1
+
+
+@pytest.mark.parametrize("hand_over_account", [False, True], ids=["relay", "account"])
+def test_an_outbox_replaced_by_a_link_to_inbox_gets_a_failure_report_not_a_loop(
+        hand_over_account: bool) -> None:
+    with DevStack(storage=SftpHarness(hand_over_account=hand_over_account)) as stack:
+        client = harness(stack).client
+        stack.upload("inbox/x.png", png_bytes())
+        client.mkdir("/drop/outbox")
+        client.rmdir("/drop/outbox")
+        client.symlink("/drop/inbox", "/drop/outbox")
+        assert sweep_once(stack)["counts"] == {"submitted": 1}
+        report = stack.read_json("failures/x.png.json")
+        assert report is not None, stack.objects()
+        assert report["error"]["code"] == "OUTPUT_UNAVAILABLE"
+        assert "symbolic link" in report["error"]["message"]
+        assert "outbox" in report["error"]["message"]
+        # nothing landed in the watched folder, so nothing there starts another job
+        assert client.listdir("/drop/inbox") == []
+        assert "failed/inbox/x.png" in stack.objects()
+        assert sweep_once(stack)["counts"] == {}

@@ -4,6 +4,8 @@ key refusal and grants. A server that cannot start fails these tests; it never s
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +13,7 @@ from collections.abc import Iterator
 import paramiko
 import pytest
 
-from convbridge.errors import StaleWrite, StorageError
+from convbridge.errors import GrantError, StaleWrite, StorageError
 from convbridge.model import ObjectRef, OutputTarget
 from convbridge.storage.sftp import (
     HostKeyMismatch,
@@ -207,3 +209,139 @@ def test_a_folder_removed_behind_the_adapters_back_is_made_again(server: SftpSer
     assert drop.read_bytes(location, "results/b.json") == b"{}"
     # a source that is gone is still just "not moved"
     assert drop.move(location, "inbox/b.png", "processing/inbox/b2.png", replace=False) is False
+
+
+def test_one_badly_named_entry_never_stops_a_listing(server: SftpServer,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    drop = storage_for(server)
+    location = server.location
+    drop.write_stream(location, "inbox/good.png", [b"g"])
+    drop.write_stream(location, "inbox/sub/deeper.png", [b"d"])
+    client = drop._session(location).sftp
+    # names are bytes on the wire: an old client in a Latin-1 locale sends these
+    with client.open(f"{DROP}/inbox/caf\xe9.png".encode("latin-1"), "wb") as handle:
+        handle.write(b"latin-1")
+    client.mkdir(f"{DROP}/inbox/".encode() + b"dir\xff")
+    with client.open(f"{DROP}/inbox/".encode() + b"dir\xff/inner.png", "wb") as handle:
+        handle.write(b"inner")
+    client.mkdir(f"{DROP}/inbox/line\nbreak")
+    with client.open(f"{DROP}/inbox/line\nbreak/inner.png", "wb") as handle:
+        handle.write(b"inner")
+    with client.open(f"{DROP}/inbox/tab\there.png", "wb") as handle:
+        handle.write(b"tab")
+    client.symlink("good.png", f"{DROP}/inbox/link.png")
+    client.symlink("sub", f"{DROP}/inbox/linked-folder")
+    caplog.set_level("WARNING")
+    found = [entry.key for entry in drop.scan(location, "inbox/", recursive=True)]
+    assert sorted(found) == ["inbox/good.png", "inbox/sub/deeper.png"]
+    # by default each is logged, escaped, with its reason
+    assert f"sftp://{location}/inbox/caf\\xe9.png left in the drop: its name is not valid " \
+           "UTF-8" in caplog.text
+    assert "inbox/line\\nbreak left in the drop" in caplog.text
+    refusals: dict[str, str] = {}
+    assert [entry.key for entry in drop.scan(location, "inbox/", recursive=True,
+                                             refused=refusals.__setitem__)] == found
+    assert refusals == {
+        "inbox/caf\\xe9.png": "its name is not valid UTF-8",
+        "inbox/dir\\xff": "its name is not valid UTF-8",
+        "inbox/line\\nbreak": "its name has control characters",
+        "inbox/tab\\there.png": "its name has control characters",
+        "inbox/link.png": "a symbolic link (the bridge never follows links)",
+        "inbox/linked-folder": "a symbolic link (the bridge never follows links)",
+    }
+    # the session is still usable afterwards: nothing was left half-read
+    assert drop.read_bytes(location, "inbox/good.png") == b"g"
+    assert sorted(drop.list_keys(location, "inbox/")) == found
+
+
+def test_reads_never_follow_a_link(server: SftpServer) -> None:
+    drop = storage_for(server)
+    location = server.location
+    drop.write_stream(location, "elsewhere/secret.png", [b"secret"])
+    drop.write_stream(location, "inbox/plain.png", [b"plain"])
+    client = drop._session(location).sftp
+    client.symlink("../elsewhere/secret.png", f"{DROP}/inbox/link.png")
+    client.symlink("elsewhere", f"{DROP}/linked")
+    with pytest.raises(StorageError, match="inbox/link.png: it is a symbolic link"):
+        drop.read_bytes(location, "inbox/link.png")
+    with pytest.raises(StorageError, match="the folder linked/ is, or passes through, a "
+                                           "symbolic link"):
+        drop.read_bytes(location, "linked/secret.png")
+    for key in ("inbox/link.png", "linked/secret.png"):
+        ref = ObjectRef("sftp", location, key)
+        for kind in ("upload", "sftp_account"):
+            with pytest.raises(StorageError, match="symbolic link"):
+                drop.grant_read(ref, 900, kind=kind)
+    assert drop.read_bytes(location, "inbox/plain.png") == b"plain"
+    # a missing file can be granted (reading it fails later, as anywhere)
+    assert drop.grant_read(ObjectRef("sftp", location, "inbox/missing.png"), 900).kind == "upload"
+
+
+def test_writes_moves_and_deletes_never_go_through_a_linked_folder(server: SftpServer) -> None:
+    drop = storage_for(server)
+    location = server.location
+    drop.write_stream(location, "inbox/a.png", [b"a"])
+    drop.write_stream(location, "outbox/first.pdf", [b"first"])  # the folder once was real
+    client = drop._session(location).sftp
+    client.rename(f"{DROP}/outbox", f"{DROP}/old-outbox")
+    client.symlink("inbox", f"{DROP}/outbox")  # outbox replaced by a link to the watched folder
+    client.mkdir(f"{DROP}/results")
+    client.symlink("../inbox", f"{DROP}/results/deeper")
+    for key in ("outbox/a.pdf", "outbox/new/a.pdf", "results/deeper/a.json"):
+        with pytest.raises(StorageError, match="symbolic link"):
+            drop.write_stream(location, key, [b"pdf"])
+        with pytest.raises(StorageError, match="symbolic link"):
+            drop.put_bytes(location, key, b"{}", content_type="application/json", metadata={})
+        with pytest.raises(StorageError, match="symbolic link"):
+            drop.move(location, "inbox/a.png", key, replace=False)
+        with pytest.raises(GrantError, match="symbolic link"):
+            drop.grant_write(OutputTarget("sftp", location, key), 900)
+    with pytest.raises(StorageError, match="symbolic link"):
+        drop.delete(location, "outbox/a.png")  # would remove inbox/a.png
+    with pytest.raises(StorageError, match="symbolic link"):
+        drop.move(location, "outbox/a.png", "processing/a.png", replace=False)
+    # nothing landed in the watched folder, and nothing left it
+    assert sorted(client.listdir(f"{DROP}/inbox")) == ["a.png"]
+    assert drop.read_bytes(location, "inbox/a.png") == b"a"
+    # a real folder again: writes go on as before
+    client.remove(f"{DROP}/outbox")
+    drop.write_stream(location, "outbox/new/a.pdf", [b"pdf"])
+    assert drop.read_bytes(location, "outbox/new/a.pdf") == b"pdf"
+
+
+def test_create_only_writes_never_replace_another_file(server: SftpServer) -> None:
+    drop = storage_for(server)
+    location = server.location
+    assert drop.write_stream(location, "outbox/a.pdf", [b"first ", b"output"],
+                             create_only=True) == 12
+    # the same bytes again (a repeated relay of the same output) count as written
+    assert drop.write_stream(location, "outbox/a.pdf", [b"first output"], create_only=True) == 12
+    with pytest.raises(StaleWrite, match="already exists"):
+        drop.write_stream(location, "outbox/a.pdf", [b"another source's"], create_only=True)
+    assert drop.read_bytes(location, "outbox/a.pdf") == b"first output"
+    client = drop._session(location).sftp
+    client.symlink("a.pdf", f"{DROP}/outbox/link.pdf")
+    with pytest.raises(StaleWrite):
+        drop.write_stream(location, "outbox/link.pdf", [b"first output"], create_only=True)
+    assert stat.S_ISLNK(client.lstat(f"{DROP}/outbox/link.pdf").st_mode or 0)
+    assert sorted(client.listdir(f"{DROP}/outbox")) == ["a.pdf", "link.pdf"]  # no partials
+    # without the option a write replaces, as before
+    drop.write_stream(location, "outbox/a.pdf", [b"replaced"])
+    assert drop.read_bytes(location, "outbox/a.pdf") == b"replaced"
+
+
+def test_a_large_folder_is_listed_whole(server: SftpServer) -> None:
+    """Listings keep several requests in flight; every entry arrives once, in any order."""
+    assert server.drop_path is not None
+    folder = server.drop_path / "big"
+    folder.mkdir()
+    names = {f"{n:05d}.png" for n in range(2500)}
+    for name in names:
+        (folder / name).write_bytes(b"x")
+    (folder / "badÿ.png").write_bytes(b"x")  # U+00FF, fine as UTF-8
+    os.close(os.open(bytes(folder) + b"/not-utf8-\xff.png", os.O_CREAT | os.O_WRONLY))
+    refusals: dict[str, str] = {}
+    found = [entry.key for entry in storage_for(server).scan(
+        server.location, "big/", recursive=False, refused=refusals.__setitem__)]
+    assert sorted(found) == sorted(f"big/{name}" for name in names | {"badÿ.png"})
+    assert refusals == {"big/not-utf8-\\xff.png": "its name is not valid UTF-8"}

@@ -66,7 +66,8 @@ class FakeDrop:
         self.files[key] = File(data, mtime)
 
     def scan(self, location: str, directory: str, *, recursive: bool,
-             skip: Callable[[str], bool] = lambda folder: False) -> Iterator[Entry]:
+             skip: Callable[[str], bool] = lambda folder: False,
+             refused: Callable[[str, str], None] | None = None) -> Iterator[Entry]:
         for key, found in list(self.files.items()):
             if not key.startswith(directory):
                 continue
@@ -262,7 +263,26 @@ def test_unsafe_names_stay_in_the_drop() -> None:
     run.drop.put("inbox/-rf.png", b"x")
     report = run.run()
     assert [r.key for r in run.submitted] == ["processing/inbox/-rf.png"]
-    assert report.refused == ["inbox/line\nbreak.png"]
+    # the name is logged escaped, so it cannot break or forge a log line
+    assert report.refused == {"inbox/line\\nbreak.png": "contains control characters"}
+
+
+def test_a_file_rewritten_between_settling_and_its_claim_goes_back_to_settle_again() -> None:
+    run = Scenario()
+    run.drop.put("inbox/first.png", b"1", mtime=10)
+    run.drop.put("inbox/second.png", b"2", mtime=20)
+    submit = run.submit
+
+    def rewrite_the_second(bridge: Any, refs: Iterable[ObjectRef]) -> list[Submission]:
+        run.drop.put("inbox/second.png", b"2, rewritten", mtime=30)
+        return submit(bridge, refs)
+
+    run.submit = rewrite_the_second  # type: ignore[method-assign]
+    report = run.run()
+    assert [r.key for r in run.submitted] == ["processing/inbox/first.png"]
+    assert run.drop.files["inbox/second.png"].data == b"2, rewritten"
+    assert "processing/inbox/second.png" not in run.drop.files
+    assert report.waiting == 1 and report.refused == {}
 
 
 # -- the parts around the sweep ----------------------------------------------------------

@@ -13,22 +13,38 @@ that account can. The server's host key is pinned by
 checked before the account is used at all, so an impostor never sees a password. Keys map to
 paths below ``CONVBRIDGE_SFTP_ROOT`` (default: the login directory); a key with ``.``, ``..`` or
 empty segments is refused before any path is built. Versions are ``size:mtime``.
+
+One name never stops a listing: names are read as the server's bytes, and an entry whose name
+is not UTF-8, or one ``key_problem`` refuses (control characters such as a newline), is left
+where it is with a logged reason while the rest of the folder is listed. The bridge never
+follows a symbolic link out of the drop. Listings carry lstat attributes, and links in them
+are refused like bad names. A file is read only if it is a regular file by lstat, before and
+after opening, and the opened handle's fstat matches. Before a write, rename or delete, the
+folders between the root and the key must resolve (realpath) to exactly the path they are named
+by, so no folder on the way is a link; writes still go to a temporary name renamed into place.
+SFTP v3 opens by name, with neither O_NOFOLLOW nor inode numbers, so one race remains: a link
+swapped in between the check and the operation (one round trip) is followed, and a swap that
+copies size, mode and times escapes the fstat comparison. Only a holder of the dedicated,
+chrooted account can swap entries, and a link it makes reaches nothing that the account
+cannot already read and write itself; what the checks stop is a link left in the drop, which is
+how a read outside it, or an output that lands in the watched folder, would happen.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import hashlib
 import io
 import logging
 import posixpath
+import re
 import secrets
 import socket
 import stat as stat_mode
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,6 +52,7 @@ from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import paramiko
 from paramiko.hostkeys import HostKeyEntry
+from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR, CMD_STATUS
 
 from convbridge.errors import ConfigError, GrantError, StaleWrite, StorageError
 from convbridge.model import Grant, ObjectRef, OutputTarget
@@ -51,6 +68,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_PORT = 22
 CONNECT_TIMEOUT_SECONDS = 10.0
 READ_CHUNK = 256 * 1024
+#: listing requests in flight at once (paramiko's listdir_iter sends 50)
+READ_AHEAD = 16
 #: temporary names of writes in progress; the sweep never takes a file named like this
 PARTIAL_PREFIX = ".convbridge-"
 PARTIAL_SUFFIX = ".part"
@@ -61,6 +80,11 @@ KEY_TYPES = frozenset({"ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-s
 _ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256")}
 
 T = TypeVar("T")
+#: Unicode's control characters (category Cc) exactly; a listing checks every name, so no
+#: per-character category lookup
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: told about every entry a listing leaves out for a reason: (printable name, reason)
+Refusal = Callable[[str, str], None]
 
 
 class HostKeyMismatch(StorageError):
@@ -159,11 +183,18 @@ def key_problem(key: str) -> str | None:
         return "empty"
     if key.startswith("/"):
         return "absolute"
-    if any(unicodedata.category(ch) == "Cc" for ch in key):
+    if _CONTROL.search(key):
         return "control characters"
     if any(part in {"", ".", ".."} for part in key.split("/")):
         return "empty, '.' or '..' segments"
     return None
+
+
+def printable(name: bytes | str) -> str:
+    """``name`` fit for a log line: bytes that are not UTF-8 as ``\\xff``, control and other
+    unprintable characters escaped, so a name cannot forge or break a line."""
+    text = name.decode("utf-8", "backslashreplace") if isinstance(name, bytes) else name
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 class _Session:
@@ -172,8 +203,9 @@ class _Session:
     def __init__(self, transport: paramiko.Transport, sftp: paramiko.SFTPClient) -> None:
         self.transport = transport
         self.sftp = sftp
-        #: directories known to exist, so a thousand claims into one folder make one mkdir
-        self.directories: set[str] = set()
+        #: the root as the server resolves it (links in the configured root are the
+        #: operator's choice); the folders below it are checked against this
+        self.resolved_root: str | None = None
 
     def close(self) -> None:
         self.sftp.close()
@@ -334,37 +366,119 @@ class SftpStorage(Storage):
         )
 
     def grant_read(self, ref: ObjectRef, ttl_seconds: int, *, kind: str = "presigned_url") -> Grant:
+        """Refused when ``ref`` is a link, or lies in a folder that is one: the provider (or
+        the bridge's own upload) would read whatever the link leads to. A missing file passes;
+        reading it fails later, as on any storage."""
+        if kind not in {"sftp_account", "presigned_url", "upload"}:
+            raise GrantError(f"sftp cannot mint a read grant of kind {kind!r}")
+        self._run(ref.location, ref.key, "grant a read of",
+                  lambda sftp, session: self._regular_file(sftp, session, ref.location, ref.key,
+                                                           missing_ok=True))
         if kind == "sftp_account":
             return self._account_grant(ref.location, ref.key, None, ttl_seconds,
                                        self.path(ref.key))
-        if kind in {"presigned_url", "upload"}:
-            return Grant(
-                kind="upload", storage=self.name, location=ref.location, key=ref.key,
-                scope=f"no credential: the bridge uploads sftp://{ref.location}/{ref.key} "
-                      "to the provider itself",
-                expires_at=datetime.now(UTC) + timedelta(seconds=ttl_seconds),
-            )
-        raise GrantError(f"sftp cannot mint a read grant of kind {kind!r}")
+        return Grant(
+            kind="upload", storage=self.name, location=ref.location, key=ref.key,
+            scope=f"no credential: the bridge uploads sftp://{ref.location}/{ref.key} "
+                  "to the provider itself",
+            expires_at=datetime.now(UTC) + timedelta(seconds=ttl_seconds),
+        )
 
     def grant_write(self, target: OutputTarget, ttl_seconds: int) -> Grant:
+        """An output folder that is (or passes through) a link is a GrantError, so the
+        pipeline relays instead, and the relay's own write refuses it with a failure report."""
         directory, slash, name = target.key.rpartition("/")
         folder = f"{directory}{slash}{name.rpartition('.')[0] or name}/"
         # the provider writes into folders that must exist first; the account can create them
         # too, but not every provider does
-        self._makedirs(target.location, posixpath.dirname(self.path(target.key)))
+        self._makedirs(target.location, target.key, refusal=GrantError)
         return self._account_grant(target.location, target.key, folder, ttl_seconds,
                                    self.path(target.key))
+
+    # -- links ---------------------------------------------------------------------------
+
+    def _folder_resolves(self, sftp: paramiko.SFTPClient, session: _Session, location: str,
+                         key: str, *, refusal: type[StorageError] = StorageError) -> bool:
+        """Make sure that no folder between the root and ``key`` is a symbolic link: the
+        server's realpath of the folder above ``key`` must be the root's plus the folder's own
+        name, else ``refusal`` is raised. False when it cannot resolve, because more than its
+        last part is missing (OpenSSH's realpath allows a missing last part, resolving what
+        leads to it): nothing can be reached through a folder that is not there."""
+        folder = posixpath.dirname(key)
+        if not folder:
+            return True
+        if session.resolved_root is None:
+            session.resolved_root = sftp.normalize(self.root or ".")
+        expected = posixpath.join(session.resolved_root, folder)
+        try:
+            resolved = sftp.normalize(self.path(folder))
+        except FileNotFoundError:
+            return False
+        except UnicodeDecodeError:
+            resolved = "a path that is not UTF-8"
+        if resolved != expected:
+            raise refusal(_through_a_link(location, key, folder, resolved))
+        return True
+
+    def _regular_file(self, sftp: paramiko.SFTPClient, session: _Session, location: str,
+                      key: str, *, missing_ok: bool = False, folders: bool = True
+                      ) -> paramiko.SFTPAttributes | None:
+        """lstat of ``key``, which must be a regular file (in a folder reached without links,
+        unless ``folders`` is off because the caller just checked). None for a missing file
+        when ``missing_ok``."""
+        if folders and not self._folder_resolves(sftp, session, location, key) and missing_ok:
+            return None
+        try:
+            found = sftp.lstat(self.path(key))
+        except FileNotFoundError:
+            if missing_ok:
+                return None
+            raise
+        mode = found.st_mode or 0
+        if stat_mode.S_ISLNK(mode):
+            raise StorageError(f"refusing sftp://{location}/{key}: it is a symbolic link; the "
+                               "bridge never follows links out of the drop")
+        if not stat_mode.S_ISREG(mode):
+            raise StorageError(f"refusing sftp://{location}/{key}: not a regular file")
+        return found
+
+    def _open_if_same(self, sftp: paramiko.SFTPClient, session: _Session, location: str,
+                      key: str) -> paramiko.SFTPFile | None:
+        """The open file, if lstat before and after opening and the handle's fstat agree;
+        None (closed) if they do not."""
+        before = self._regular_file(sftp, session, location, key)
+        handle = sftp.open(self.path(key), "rb")
+        try:
+            opened = handle.stat()
+            after = self._regular_file(sftp, session, location, key, folders=False)
+        except BaseException:
+            handle.close()
+            raise
+        if _same_file(before, opened) and _same_file(opened, after):
+            return handle
+        handle.close()
+        return None
 
     # -- reading -------------------------------------------------------------------------
 
     def read_stream(self, location: str, key: str) -> Iterator[bytes]:
-        path = self.path(key)
-        session = self._session(location)
-        try:
-            handle = session.sftp.open(path, "rb")
+        """Only a regular file in a folder reached without links, and only if the handle
+        opened is that file: lstat before and after opening, and the handle's fstat, must
+        agree (see the module's note on the race that remains). A file replaced while it was
+        being opened (a record renamed over, say) gets one more try."""
+
+        def open_checked(sftp: paramiko.SFTPClient, session: _Session) -> paramiko.SFTPFile:
+            handle = self._open_if_same(sftp, session, location, key)
+            if handle is None:  # replaced while it was opened: once more
+                handle = self._open_if_same(sftp, session, location, key)
+            if handle is None:
+                raise StorageError(f"refusing sftp://{location}/{key}: the file opened is not "
+                                   "the one listed (it changed, or a link was swapped in, "
+                                   "while it was opened)")
             handle.prefetch()
-        except (OSError, paramiko.SSHException) as exc:
-            raise StorageError(f"cannot read sftp://{location}/{key}: {exc}") from exc
+            return handle
+
+        handle = self._run(location, key, "read", open_checked)
         try:
             while True:
                 try:
@@ -402,53 +516,93 @@ class SftpStorage(Storage):
                 yield entry.key
 
     def scan(self, location: str, directory: str, *, recursive: bool,
-             skip: Callable[[str], bool] = lambda folder: False) -> Iterator[Entry]:
+             skip: Callable[[str], bool] = lambda folder: False,
+             refused: Refusal | None = None) -> Iterator[Entry]:
         """Regular files in ``directory`` (a prefix ending in ``/``, or ``""``), in storage
         order; with ``recursive`` also below it, except in folders ``skip`` refuses. Writes
-        in progress (the bridge's temporary names) and symlinks are left out."""
+        in progress (the bridge's temporary names) are left out silently. Entries the bridge
+        will not take are told to ``refused`` with the reason (by default, logged), and a
+        folder among them is not entered: symbolic links, names that are not UTF-8, names
+        ``key_problem`` refuses (control characters), and what is neither file nor folder."""
+
+        def refuse(name: bytes | str, reason: str) -> None:
+            if refused is None:
+                logger.warning("sftp://%s/%s left in the drop: %s", location, printable(name),
+                               reason)
+            else:
+                refused(printable(name), reason)
+
         pending = [directory]
         while pending:
             current = pending.pop()
 
             def listing(sftp: paramiko.SFTPClient, _: _Session,
-                        current: str = current) -> list[paramiko.SFTPAttributes]:
+                        current: str = current) -> list[tuple[bytes, paramiko.SFTPAttributes]]:
                 try:
-                    return list(sftp.listdir_iter(self._folder(current)))
+                    return _read_folder(sftp, self._folder(current))
                 except FileNotFoundError:
                     return []
 
-            for item in self._run(location, current, "list", listing):
-                name = item.filename
+            for raw, item in self._run(location, current, "list", listing):
                 mode = item.st_mode or 0
-                if stat_mode.S_ISDIR(mode):
-                    if recursive and name not in {".", ".."} and not skip(f"{current}{name}/"):
-                        pending.append(f"{current}{name}/")
-                elif stat_mode.S_ISREG(mode) and not (name.startswith(PARTIAL_PREFIX)
-                                                      and name.endswith(PARTIAL_SUFFIX)):
-                    yield Entry(f"{current}{name}", int(item.st_size or 0),
-                                int(item.st_mtime or 0), int(item.st_atime or 0))
+                if stat_mode.S_ISDIR(mode) and not recursive:
+                    continue
+                try:
+                    key = current + raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    refuse(current.encode() + raw, "its name is not valid UTF-8")
+                    continue
+                if stat_mode.S_ISLNK(mode):
+                    refuse(key, "a symbolic link (the bridge never follows links)")
+                    continue
+                if not (stat_mode.S_ISDIR(mode) or stat_mode.S_ISREG(mode)):
+                    refuse(key, "neither a regular file nor a folder")
+                    continue
+                name = key.rpartition("/")[2]
+                if name.startswith(PARTIAL_PREFIX) and name.endswith(PARTIAL_SUFFIX):
+                    continue
+                problem = key_problem(key)
+                if problem:
+                    refuse(key, f"its name has {problem}")
+                elif stat_mode.S_ISDIR(mode):
+                    if not skip(f"{key}/"):
+                        pending.append(f"{key}/")
+                else:
+                    yield Entry(key, int(item.st_size or 0), int(item.st_mtime or 0),
+                                int(item.st_atime or 0))
 
     # -- writing -------------------------------------------------------------------------
 
-    def _makedirs(self, location: str, directory: str) -> None:
-        if directory in {"", ".", "/"}:
+    def _makedirs(self, location: str, key: str, *,
+                  refusal: type[StorageError] = StorageError) -> None:
+        """Make the folders above ``key``, never through a link: a realpath and an lstat when
+        they all exist (the common case), else each is made in turn and one that exists must
+        be a folder, not a link."""
+        folder = posixpath.dirname(key)
+        if not folder:
             return
 
         def work(sftp: paramiko.SFTPClient, session: _Session) -> None:
-            parts = directory.split("/")
+            if self._folder_resolves(sftp, session, location, key, refusal=refusal):
+                with contextlib.suppress(FileNotFoundError):
+                    if stat_mode.S_ISDIR(sftp.lstat(self.path(folder)).st_mode or 0):
+                        return
+            parts = folder.split("/")
             for depth in range(1, len(parts) + 1):
                 current = "/".join(parts[:depth])
-                if current in {"", "."} or current in session.directories:
-                    continue
                 try:
-                    sftp.mkdir(current)
+                    sftp.mkdir(self.path(current))
                 except OSError:
                     # exists already (or a racing writer made it): fine if it is a folder
-                    if not stat_mode.S_ISDIR(sftp.stat(current).st_mode or 0):
+                    mode = sftp.lstat(self.path(current)).st_mode or 0
+                    if stat_mode.S_ISLNK(mode):
+                        raise refusal(_through_a_link(location, key, current, None)) from None
+                    if not stat_mode.S_ISDIR(mode):
                         raise
-                session.directories.add(current)
+            # a folder swapped in while they were being made is caught here
+            self._folder_resolves(sftp, session, location, key, refusal=refusal)
 
-        self._run(location, directory, "create folder", work)
+        self._run(location, key, "create the folders of", work)
 
     def write_stream(
         self,
@@ -459,39 +613,57 @@ class SftpStorage(Storage):
         content_type: str = "application/octet-stream",
         metadata: Mapping[str, str] | None = None,
         expected_size: int | None = None,
+        create_only: bool = False,
     ) -> int:
         """Written under a temporary name in the same folder and renamed into place with
         ``posix-rename`` (which replaces), so readers see the old file or the whole new one.
-        SFTP keeps no content type or metadata: they are dropped (the loop guard relies on
-        prefixes for this storage)."""
+        The folder is checked for links before the temporary file is made and again before
+        the rename. SFTP keeps no content type or metadata: they are dropped (the loop guard
+        relies on prefixes for this storage).
+
+        ``create_only`` never replaces a file already under ``key``: the rename is then
+        SFTP's plain rename, which OpenSSH performs as link() and unlink() and which so fails,
+        atomically, when the name exists. An existing file holding exactly the bytes just
+        written (the same output written again, as a repeated relay does) counts as written;
+        any other existing file raises StaleWrite and is left as it was."""
         path = self.path(key)
-        folder = posixpath.dirname(path)
-        partial = posixpath.join(folder, f"{PARTIAL_PREFIX}{secrets.token_hex(8)}{PARTIAL_SUFFIX}")
+        partial = posixpath.join(posixpath.dirname(path),
+                                 f"{PARTIAL_PREFIX}{secrets.token_hex(8)}{PARTIAL_SUFFIX}")
         session = self._session(location)
 
         def create() -> paramiko.SFTPFile:
-            self._makedirs(location, folder)
+            self._makedirs(location, key)
             return session.sftp.open(partial, "wbx")
 
         try:
-            handle = _again_if_folder_gone(session, create)
+            handle = _again_if_folder_gone(create)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise StorageError(f"cannot write sftp://{location}/{key}: "
                                f"{type(exc).__name__}: {exc}") from exc
         written = 0
+        digest = hashlib.sha256()
         try:
             with handle:
                 handle.set_pipelined(True)
                 for chunk in chunks:
                     handle.write(chunk)
                     written += len(chunk)
+                    if create_only:
+                        digest.update(chunk)
             if expected_size is not None and written != expected_size:
                 raise StorageError(f"sftp://{location}/{key}: got {written} bytes, expected "
                                    f"{expected_size}; nothing was written")
-            session.sftp.posix_rename(partial, path)
+            self._folder_resolves(session.sftp, session, location, key)
+            if not create_only:
+                session.sftp.posix_rename(partial, path)
+            elif not self._rename_if_absent(session, location, key, partial, digest.digest()):
+                raise StaleWrite(f"sftp://{location}/{key} already exists and holds other "
+                                 "bytes; not replaced (create-only write)")
         except BaseException as exc:
             try:
                 session.sftp.remove(partial)
+            except FileNotFoundError:
+                pass  # renamed into place before the trouble, or never made
             except (OSError, EOFError, paramiko.SSHException):
                 logger.warning("could not remove the partial write %s", partial)
             if isinstance(exc, OSError | EOFError | paramiko.SSHException):
@@ -499,6 +671,29 @@ class SftpStorage(Storage):
                                    f"{type(exc).__name__}: {exc}") from exc
             raise
         return written
+
+    def _rename_if_absent(self, session: _Session, location: str, key: str, partial: str,
+                          digest: bytes) -> bool:
+        """Rename ``partial`` onto ``key`` unless ``key`` exists. True when renamed, or when
+        the existing file holds the same bytes (the partial is then removed); False when
+        another file is in the way."""
+        try:
+            session.sftp.rename(partial, self.path(key))
+            return True
+        except OSError:
+            if not _exists(session.sftp, self.path(key)):
+                raise  # nothing in the way: the rename failed for another reason
+        try:
+            existing = hashlib.sha256()
+            for chunk in self.read_stream(location, key):
+                existing.update(chunk)
+        except StorageError:
+            return False  # a link, or unreadable: not ours to replace either way
+        if existing.digest() != digest:
+            return False
+        logger.info("sftp://%s/%s already holds these bytes; kept", location, key)
+        session.sftp.remove(partial)
+        return True
 
     def put_bytes(
         self,
@@ -524,7 +719,12 @@ class SftpStorage(Storage):
         return _revision(data)
 
     def delete(self, location: str, key: str) -> None:
-        def work(sftp: paramiko.SFTPClient, _: _Session) -> None:
+        """Removing a link removes the link, never what it leads to; a folder on the way that
+        is a link is refused."""
+
+        def work(sftp: paramiko.SFTPClient, session: _Session) -> None:
+            if not self._folder_resolves(sftp, session, location, key):
+                return
             with contextlib.suppress(FileNotFoundError):
                 sftp.remove(self.path(key))
 
@@ -534,11 +734,14 @@ class SftpStorage(Storage):
         """Rename ``key`` to ``target`` (creating its folder). Without ``replace`` this is
         SFTP's plain rename, which refuses an existing target, so of two movers of one file
         exactly one succeeds. False if ``key`` is gone or (without ``replace``) ``target``
-        exists; with ``replace``, ``posix-rename`` overwrites."""
+        exists; with ``replace``, ``posix-rename`` overwrites. A rename moves a link itself,
+        never what it leads to; folders of either name that are links are refused."""
         source, destination = self.path(key), self.path(target)
 
-        def rename(sftp: paramiko.SFTPClient) -> None:
-            self._makedirs(location, posixpath.dirname(destination))
+        def rename(sftp: paramiko.SFTPClient, session: _Session) -> None:
+            self._makedirs(location, target)
+            if not self._folder_resolves(sftp, session, location, key):
+                raise FileNotFoundError(source)
             if replace:
                 sftp.posix_rename(source, destination)
             else:
@@ -546,7 +749,7 @@ class SftpStorage(Storage):
 
         def work(sftp: paramiko.SFTPClient, session: _Session) -> bool:
             try:
-                _again_if_folder_gone(session, lambda: rename(sftp), source)
+                _again_if_folder_gone(lambda: rename(sftp, session), sftp, source)
             except FileNotFoundError:
                 return False
             except OSError:
@@ -560,9 +763,11 @@ class SftpStorage(Storage):
 
     def touch_access_time(self, location: str, key: str, mtime: int) -> None:
         """Set the access time to now and keep ``mtime`` (and so the version): the sweep
-        dates a claim this way, since a rename keeps both times."""
+        dates a claim this way, since a rename keeps both times. SFTP's setstat follows
+        links, so ``key`` must be a regular file reached without links."""
 
-        def work(sftp: paramiko.SFTPClient, _: _Session) -> None:
+        def work(sftp: paramiko.SFTPClient, session: _Session) -> None:
+            self._regular_file(sftp, session, location, key)
             sftp.utime(self.path(key), (time.time(), mtime))
 
         self._run(location, key, "date", work)
@@ -581,22 +786,98 @@ class SftpStorage(Storage):
             logger.warning("could not move %s to %s: %s", key, target, exc)
 
 
-def _again_if_folder_gone(session: _Session, action: Callable[[], T],
+def _read_folder(sftp: paramiko.SFTPClient, path: str
+                 ) -> list[tuple[bytes, paramiko.SFTPAttributes]]:
+    """Every entry of the folder ``path`` but ``.`` and ``..``, its name as the server's bytes,
+    with lstat attributes (OpenSSH and asyncssh list without following links). paramiko's own
+    listings decode every name as strict UTF-8 inside the loop, so one badly named entry fails
+    the whole folder; this is its ``listdir_iter`` with the decoding left to the caller, on the
+    same request primitives: READ_AHEAD requests in flight, answers taken by request number
+    (a server may answer out of order)."""
+    kind, message = sftp._request(CMD_OPENDIR, path)
+    if kind != CMD_HANDLE:
+        raise paramiko.SFTPError("expected a folder handle")
+    handle = message.get_binary()
+    answers = _Answers()
+    entries: list[tuple[bytes, paramiko.SFTPAttributes]] = []
+    try:
+        waiting = collections.deque(sftp._async_request(answers, CMD_READDIR, handle)
+                                    for _ in range(READ_AHEAD))
+        ended = False
+        while waiting:
+            number = waiting.popleft()
+            while number not in answers.received:
+                sftp._read_response()  # one packet, handed to its request's receiver
+            kind, message = answers.received.pop(number)
+            if kind == CMD_STATUS:
+                try:
+                    sftp._convert_status(message)
+                except EOFError:  # the end of the folder; later requests end the same way
+                    ended = True
+                    continue
+            if kind != CMD_NAME:
+                raise paramiko.SFTPError("expected a list of names")
+            for _ in range(message.get_int()):
+                name = message.get_binary()
+                message.get_binary()  # the "ls -l" line: unused, and as undecodable as the name
+                attributes = paramiko.SFTPAttributes._from_msg(message)
+                if name not in {b".", b".."}:
+                    entries.append((name, attributes))
+            if not ended:
+                waiting.append(sftp._async_request(answers, CMD_READDIR, handle))
+        return entries
+    finally:
+        sftp._request(CMD_CLOSE, handle)
+
+
+class _Answers:
+    """Receives the answers to a listing's READDIR requests by number (paramiko hands an
+    answer to the object its request was registered with)."""
+
+    def __init__(self) -> None:
+        self.received: dict[int, tuple[int, paramiko.Message]] = {}
+
+    def _async_response(self, kind: int, message: paramiko.Message, number: int) -> None:
+        self.received[number] = (kind, message)
+
+
+def _through_a_link(location: str, key: str, folder: str, target: str | None) -> str:
+    leads = f" (it leads to {target})" if target else ""
+    return (f"refusing sftp://{location}/{key}: the folder {folder}/ is, or passes through, a "
+            f"symbolic link{leads}; the bridge never follows links out of the drop")
+
+
+def _exists(sftp: paramiko.SFTPClient, path: str) -> bool:
+    try:
+        sftp.lstat(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _same_file(one: paramiko.SFTPAttributes | None, other: paramiko.SFTPAttributes | None
+               ) -> bool:
+    """As near as SFTP v3 can tell (it has no inode numbers): same type, permissions, owner,
+    size and modification time."""
+    if one is None or other is None:
+        return False
+    return all(getattr(one, name) == getattr(other, name)
+               for name in ("st_mode", "st_uid", "st_gid", "st_size", "st_mtime"))
+
+
+def _again_if_folder_gone(action: Callable[[], T], sftp: paramiko.SFTPClient | None = None,
                           source: str | None = None) -> T:
-    """Run ``action``; if it fails for a missing folder that the session remembered making
-    (someone removed it since), forget the folders and run it once more. With ``source``, a
-    missing ``source`` is the answer instead (the file is gone), not a missing folder."""
+    """Run ``action``; if it fails for a missing folder (someone removed it between the check
+    that made it and the use), run it once more. With ``source``, a missing ``source`` is the
+    answer instead (the file is gone), not a missing folder."""
     try:
         return action()
     except FileNotFoundError:
-        if not session.directories:
-            raise
-        if source is not None:
+        if sftp is not None and source is not None:
             try:
-                session.sftp.lstat(source)
+                sftp.lstat(source)
             except FileNotFoundError:
                 raise
-        session.directories.clear()
         return action()
 
 
