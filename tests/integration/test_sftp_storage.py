@@ -13,8 +13,9 @@ from collections.abc import Iterator
 import paramiko
 import pytest
 
-from convbridge.errors import GrantError, StaleWrite, StorageError
+from convbridge.errors import GrantError, OutputCollision, StaleWrite, StorageError
 from convbridge.model import ObjectRef, OutputTarget
+from convbridge.storage.base import OUTPUT_MARKER, SOURCE_TAG, source_tag
 from convbridge.storage.sftp import (
     HostKeyMismatch,
     PinnedHostKeys,
@@ -185,8 +186,10 @@ def test_grants_hand_over_the_account_only_when_asked(server: SftpServer) -> Non
                                     "username": server.username, "password": server.password}
     assert "not scoped by the protocol" in account.scope
     assert server.password not in repr(account) and server.password not in account.scope
-    write = drop.grant_write(OutputTarget("sftp", server.location, "outbox/new/a.pdf"), 900)
-    assert write.key == f"{DROP}/outbox/new/a.pdf" and write.prefix == f"{DROP}/outbox/new/a/"
+    write = drop.grant_write(OutputTarget("sftp", server.location, "outbox/new/a.png.pdf"), 900)
+    # several outputs go into the folder named by the output key itself (the naming scheme)
+    assert (write.key, write.prefix) == (f"{DROP}/outbox/new/a.png.pdf",
+                                         f"{DROP}/outbox/new/a.png.pdf/")
     assert drop.stat(server.location, "outbox/new") is None  # the folder exists ...
     assert drop._session(server.location).sftp.stat(f"{DROP}/outbox/new")  # ... as a folder
     with pytest.raises(StorageError):
@@ -309,23 +312,27 @@ def test_writes_moves_and_deletes_never_go_through_a_linked_folder(server: SftpS
     assert drop.read_bytes(location, "outbox/new/a.pdf") == b"pdf"
 
 
-def test_create_only_writes_never_replace_another_file(server: SftpServer) -> None:
+def test_output_writes_never_replace_another_file(server: SftpServer) -> None:
+    """An output write (its metadata names its source) is create-only: SFTP keeps no metadata
+    to tell the same source's earlier output from a file someone else put there, so anything
+    in the way but the very same bytes is an OutputCollision and is left as it was."""
     drop = storage_for(server)
     location = server.location
+    output = {OUTPUT_MARKER: "rule", SOURCE_TAG: source_tag(location, "inbox/a.png")}
     assert drop.write_stream(location, "outbox/a.pdf", [b"first ", b"output"],
-                             create_only=True) == 12
+                             metadata=output) == 12
     # the same bytes again (a repeated relay of the same output) count as written
-    assert drop.write_stream(location, "outbox/a.pdf", [b"first output"], create_only=True) == 12
-    with pytest.raises(StaleWrite, match="already exists"):
-        drop.write_stream(location, "outbox/a.pdf", [b"another source's"], create_only=True)
+    assert drop.write_stream(location, "outbox/a.pdf", [b"first output"], metadata=output) == 12
+    with pytest.raises(OutputCollision, match="already exists"):
+        drop.write_stream(location, "outbox/a.pdf", [b"another source's"], metadata=output)
     assert drop.read_bytes(location, "outbox/a.pdf") == b"first output"
     client = drop._session(location).sftp
     client.symlink("a.pdf", f"{DROP}/outbox/link.pdf")
-    with pytest.raises(StaleWrite):
-        drop.write_stream(location, "outbox/link.pdf", [b"first output"], create_only=True)
+    with pytest.raises(OutputCollision):
+        drop.write_stream(location, "outbox/link.pdf", [b"first output"], metadata=output)
     assert stat.S_ISLNK(client.lstat(f"{DROP}/outbox/link.pdf").st_mode or 0)
     assert sorted(client.listdir(f"{DROP}/outbox")) == ["a.pdf", "link.pdf"]  # no partials
-    # without the option a write replaces, as before
+    # records (no source tag) replace, as the pipeline's record updates need
     drop.write_stream(location, "outbox/a.pdf", [b"replaced"])
     assert drop.read_bytes(location, "outbox/a.pdf") == b"replaced"
 

@@ -54,10 +54,10 @@ import paramiko
 from paramiko.hostkeys import HostKeyEntry
 from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR, CMD_STATUS
 
-from convbridge.errors import ConfigError, GrantError, StaleWrite, StorageError
+from convbridge.errors import ConfigError, GrantError, OutputCollision, StaleWrite, StorageError
 from convbridge.model import Grant, ObjectRef, OutputTarget
 from convbridge.rules import CLAIM_PREFIX, DONE_PREFIX, FAILED_PREFIX
-from convbridge.storage.base import Storage
+from convbridge.storage.base import SOURCE_TAG, Storage
 
 if TYPE_CHECKING:
     from convbridge.bridge import CloudClients
@@ -387,8 +387,7 @@ class SftpStorage(Storage):
     def grant_write(self, target: OutputTarget, ttl_seconds: int) -> Grant:
         """An output folder that is (or passes through) a link is a GrantError, so the
         pipeline relays instead, and the relay's own write refuses it with a failure report."""
-        directory, slash, name = target.key.rpartition("/")
-        folder = f"{directory}{slash}{name.rpartition('.')[0] or name}/"
+        folder = f"{target.key}/"  # several outputs: the folder named by the output key
         # the provider writes into folders that must exist first; the account can create them
         # too, but not every provider does
         self._makedirs(target.location, target.key, refusal=GrantError)
@@ -613,7 +612,6 @@ class SftpStorage(Storage):
         content_type: str = "application/octet-stream",
         metadata: Mapping[str, str] | None = None,
         expected_size: int | None = None,
-        create_only: bool = False,
     ) -> int:
         """Written under a temporary name in the same folder and renamed into place with
         ``posix-rename`` (which replaces), so readers see the old file or the whole new one.
@@ -621,11 +619,14 @@ class SftpStorage(Storage):
         the rename. SFTP keeps no content type or metadata: they are dropped (the loop guard
         relies on prefixes for this storage).
 
-        ``create_only`` never replaces a file already under ``key``: the rename is then
-        SFTP's plain rename, which OpenSSH performs as link() and unlink() and which so fails,
-        atomically, when the name exists. An existing file holding exactly the bytes just
-        written (the same output written again, as a repeated relay does) counts as written;
-        any other existing file raises StaleWrite and is left as it was."""
+        An output write (SOURCE_TAG in ``metadata``) never replaces a file already under
+        ``key``: the rename is then SFTP's plain rename, which OpenSSH performs as link() and
+        unlink() and which so fails, atomically, when the name exists. With no metadata to
+        tell the same source's earlier output from a file someone else put there, an existing
+        file holding exactly the bytes just written (the same output written again, as a
+        repeated relay does) counts as written; any other raises OutputCollision and is left
+        as it was."""
+        create_only = SOURCE_TAG in (metadata or {})
         path = self.path(key)
         partial = posixpath.join(posixpath.dirname(path),
                                  f"{PARTIAL_PREFIX}{secrets.token_hex(8)}{PARTIAL_SUFFIX}")
@@ -657,8 +658,8 @@ class SftpStorage(Storage):
             if not create_only:
                 session.sftp.posix_rename(partial, path)
             elif not self._rename_if_absent(session, location, key, partial, digest.digest()):
-                raise StaleWrite(f"sftp://{location}/{key} already exists and holds other "
-                                 "bytes; not replaced (create-only write)")
+                raise OutputCollision(f"sftp://{location}/{key} already exists and holds other "
+                                      "bytes; it was left as it is")
         except BaseException as exc:
             try:
                 session.sftp.remove(partial)
