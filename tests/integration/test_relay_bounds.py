@@ -30,6 +30,7 @@ from convbridge.model import OutputFile
 from convbridge.pipeline import RELAY_CHUNK, RelayPolicy, relay_output
 from convbridge.storage import azure_blob
 from convbridge.storage.azure_blob import AzureBlobStorage
+from convbridge.storage.base import source_tag
 from convbridge.storage.gcs import GcsStorage, storage_client
 from convbridge.storage.s3 import PART_SIZE, S3_CLIENT_CONFIG, S3Storage
 from convbridge.storage.sftp import PinnedHostKeys, SftpAccount, SftpStorage
@@ -45,6 +46,8 @@ from tests.conftest import png_bytes
 
 MIB = 1024 * 1024
 BUCKET = "relay-bounds"
+#: the source tag every output written here carries (the outputs are create-only)
+SOURCE = source_tag(BUCKET, "inbox/any.png")
 #: what the dev stack allows: its loopback servers over plain http
 LOOPBACK = (HostPattern("127.0.0.1", plain_http=True),)
 #: bytes a stopped download may have pulled past its bound: the chunk that crossed it, and
@@ -122,7 +125,8 @@ def test_a_download_without_a_length_past_max_output_bytes_leaves_nothing_in_s3(
         with pytest.raises(OutputTooLarge, match=f"max_output_bytes of {limit} bytes"):
             relay_output(http, S3Storage(s3_client=s3), BUCKET, "outbox/endless.bin",
                          OutputFile(filename="endless.bin", url=source.url(40 * MIB)),
-                         marker="rule", policy=RelayPolicy(LOOPBACK, max_bytes=limit))
+                         marker="rule", source=SOURCE,
+                         policy=RelayPolicy(LOOPBACK, max_bytes=limit))
         assert source.requests == 1  # not retried
     assert limit < transport.bytes_read <= limit + SLACK
     assert nothing_in_s3(s3)
@@ -137,7 +141,8 @@ def test_an_output_announced_at_1000_bytes_is_stopped_right_after_them(
         with pytest.raises(OutputTooLarge, match="1000 bytes the provider announced") as refused:
             relay_output(http, S3Storage(s3_client=s3), BUCKET, "outbox/small.pdf",
                          OutputFile(filename="small.pdf", size=1000, url=source.url(48 * MIB)),
-                         marker="rule", policy=RelayPolicy(LOOPBACK, max_bytes=10 * MIB))
+                         marker="rule", source=SOURCE,
+                         policy=RelayPolicy(LOOPBACK, max_bytes=10 * MIB))
         assert source.requests == 1
     assert refused.value.code == "OUTPUT_TOO_LARGE"
     if chunked:
@@ -154,7 +159,8 @@ def test_a_length_over_max_output_bytes_is_refused_before_the_body(
         with pytest.raises(OutputTooLarge, match="max_output_bytes of 1048576 bytes"):
             relay_output(http, S3Storage(s3_client=s3), BUCKET, "outbox/big.bin",
                          OutputFile(filename="big.bin", url=source.url(2 * MIB)),
-                         marker="rule", policy=RelayPolicy(LOOPBACK, max_bytes=MIB))
+                         marker="rule", source=SOURCE,
+                         policy=RelayPolicy(LOOPBACK, max_bytes=MIB))
         assert source.requests == 1
     assert transport.bytes_read == 0
     assert nothing_in_s3(s3)
@@ -167,7 +173,8 @@ def test_a_download_without_a_length_up_to_the_limit_is_written_whole(
     with PatternServer(chunked=True) as source:
         written = relay_output(http, storage, BUCKET, "outbox/exact.bin",
                                OutputFile(filename="exact.bin", url=source.url(size)),
-                               marker="rule", policy=RelayPolicy(LOOPBACK, max_bytes=size))
+                               marker="rule", source=SOURCE,
+                               policy=RelayPolicy(LOOPBACK, max_bytes=size))
     assert written == size
     body = s3.get_object(Bucket=BUCKET, Key="outbox/exact.bin")["Body"].read()
     assert hashlib.sha256(body).hexdigest() == expected_digest(size)
@@ -197,7 +204,8 @@ def test_an_over_size_output_leaves_no_blob_in_azure(
         with pytest.raises(OutputTooLarge, match="max_output_bytes"):
             relay_output(http, storage, f"{ACCOUNT_NAME}/{container}", "outbox/big.bin",
                          OutputFile(filename="big.bin", url=source.url(8 * MIB)),
-                         marker="rule", policy=RelayPolicy(LOOPBACK, max_bytes=MIB))
+                         marker="rule", source=SOURCE,
+                         policy=RelayPolicy(LOOPBACK, max_bytes=MIB))
         assert source.requests == 1
     assert transport.bytes_read <= MIB + SLACK
     client = service.get_container_client(container)
@@ -225,7 +233,8 @@ def test_an_over_size_output_leaves_no_object_in_gcs(
         with pytest.raises(OutputTooLarge, match="max_output_bytes"):
             relay_output(http, gcs, name, "outbox/big.bin",
                          OutputFile(filename="big.bin", url=source.url(8 * MIB)),
-                         marker="rule", policy=RelayPolicy(LOOPBACK, max_bytes=MIB))
+                         marker="rule", source=SOURCE,
+                         policy=RelayPolicy(LOOPBACK, max_bytes=MIB))
         assert source.requests == 1
     assert transport.bytes_read <= MIB + SLACK
     assert list(gcs.list_keys(name, "")) == []
@@ -250,7 +259,8 @@ def test_an_over_size_output_leaves_no_file_and_no_partial_on_sftp(
         with pytest.raises(OutputTooLarge, match="max_output_bytes"):
             relay_output(http, drop, sftp_server.location, "outbox/big.bin",
                          OutputFile(filename="big.bin", url=source.url(8 * MIB)),
-                         marker="rule", policy=RelayPolicy(LOOPBACK, max_bytes=MIB))
+                         marker="rule", source=SOURCE,
+                         policy=RelayPolicy(LOOPBACK, max_bytes=MIB))
         assert source.requests == 1
     assert transport.bytes_read <= MIB + SLACK
     # the raw listing, temporary names included: the partial file was removed
@@ -273,6 +283,7 @@ def test_an_output_url_on_the_metadata_address_is_never_requested(
     with pytest.raises(OutputHostRefused, match="http://169.254.169.254 is not an allowed") as no:
         relay_output(http, S3Storage(s3_client=s3), BUCKET, "outbox/creds.json",
                      OutputFile(filename="creds.json", url=url), marker="rule",
+                     source=SOURCE,
                      policy=RelayPolicy(LOOPBACK, max_bytes=MIB))
     assert transport.hosts == []
     assert no.value.code == "OUTPUT_HOST_REFUSED" and "security-credentials" not in str(no.value)
@@ -285,6 +296,7 @@ def test_an_output_url_on_a_host_outside_the_list_is_never_requested(
         with pytest.raises(OutputHostRefused, match="127.0.0.2"):
             relay_output(http, S3Storage(s3_client=s3), BUCKET, "outbox/a.pdf",
                          OutputFile(filename="a.pdf", url=elsewhere.url(1000)), marker="rule",
+                         source=SOURCE,
                          policy=RelayPolicy(LOOPBACK, max_bytes=MIB))
         assert elsewhere.requests == 0
     assert transport.hosts == []
@@ -299,6 +311,7 @@ def test_plain_http_is_refused_unless_an_entry_allows_it(
         with pytest.raises(OutputHostRefused, match="allowed: https://127.0.0.1"):
             relay_output(http, S3Storage(s3_client=s3), BUCKET, "outbox/a.pdf",
                          OutputFile(filename="a.pdf", url=source.url(1000)), marker="rule",
+                         source=SOURCE,
                          policy=RelayPolicy((HostPattern("127.0.0.1"),), max_bytes=MIB))
         assert source.requests == 0
     assert transport.hosts == []
@@ -315,6 +328,7 @@ def test_a_redirect_to_a_host_outside_the_list_is_not_followed(
             with pytest.raises(OutputHostRefused, match="is not an allowed download origin"):
                 relay_output(http, S3Storage(s3_client=s3), BUCKET, "outbox/a.pdf",
                              OutputFile(filename="a.pdf", url=provider.url), marker="rule",
+                             source=SOURCE,
                              policy=RelayPolicy(LOOPBACK, max_bytes=MIB))
             assert provider.requests == 1  # refused, not retried
         assert elsewhere.requests == 0
@@ -331,7 +345,8 @@ def test_a_redirect_within_the_list_is_followed_into_the_bucket(
                                                          status=status) as provider:
         written = relay_output(http, S3Storage(s3_client=s3), BUCKET, "outbox/moved.bin",
                                OutputFile(filename="moved.bin", size=size, url=provider.url),
-                               marker="rule", policy=RelayPolicy(LOOPBACK, max_bytes=size))
+                               marker="rule", source=SOURCE,
+                               policy=RelayPolicy(LOOPBACK, max_bytes=size))
         assert (provider.requests, storage_host.requests) == (1, 1)
     assert written == size
     body = s3.get_object(Bucket=BUCKET, Key="outbox/moved.bin")["Body"].read()
@@ -345,6 +360,7 @@ def test_a_redirect_loop_is_refused_after_a_few_hops(
         with pytest.raises(OutputRefused, match=f"more than {MAX_DOWNLOAD_REDIRECTS} times"):
             relay_output(http, S3Storage(s3_client=s3), BUCKET, "outbox/a.pdf",
                          OutputFile(filename="a.pdf", url=provider.url), marker="rule",
+                         source=SOURCE,
                          policy=RelayPolicy(LOOPBACK, max_bytes=MIB))
         assert provider.requests == MAX_DOWNLOAD_REDIRECTS + 1
     assert nothing_in_s3(s3)
