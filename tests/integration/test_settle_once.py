@@ -27,7 +27,7 @@ from devstack.sandbox import Faults
 from devstack.stack import CLAIMS_TABLE, DevStack
 from tests.conftest import png_bytes
 
-SOURCE, RECORD, OUTPUT = "inbox/a/photo.png", "results/a/photo.png.json", "outbox/a/photo.pdf"
+SOURCE, RECORD, OUTPUT = "inbox/a/photo.png", "results/a/photo.png.json", "outbox/a/photo.png.pdf"
 #: the genuine callback waits this long at the sandbox, so the attacker gets there first
 GENUINE_DELAY_SECONDS = 4.0
 
