@@ -79,6 +79,10 @@ class Faults:
         fail, with that operation's usual error code.
     duplicate_callbacks: extra copies of a callback sent after it was accepted.
     callback_delay_seconds: wait before the first delivery attempt.
+    redirect_downloads: GET /files/... answers 302 to the same file on the sandbox's storage
+        host (another port), as the providers' CDNs redirect download URLs.
+    omit_export_url_size: CloudConvert v2 export/url result files come without `size`, which
+        CloudConvert documents as optional.
     seed: makes the random draws repeatable (re-seeds when set with Sandbox.set_faults)."""
 
     latency_seconds: float = 0.0
@@ -93,6 +97,8 @@ class Faults:
     fail_operations: frozenset[str] = frozenset()
     duplicate_callbacks: int = 0
     callback_delay_seconds: float = 0.0
+    redirect_downloads: bool = False
+    omit_export_url_size: bool = False
     seed: int | None = None
 
 
@@ -624,6 +630,17 @@ class Backend:
             self._job_pool.submit(lambda: self._run_job(job, build_callback))
         except RuntimeError:  # the pool was shut down: the sandbox is stopping
             self._finished_one()
+
+    def wait_until(self, ended: Callable[[], bool], timeout: float) -> None:
+        """Block until `ended()` (read under the lock), the timeout passes or the sandbox
+        stops; job ends wake it, task ends are seen within a tenth of a second."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while not ended() and not self.stopping.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._idle.wait(min(left, 0.1))
 
     def wait_idle(self, timeout: float) -> None:
         if self.stopping.is_set():
