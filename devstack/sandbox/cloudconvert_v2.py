@@ -1,10 +1,14 @@
-"""The CloudConvert API v2 dialect of the sandbox: bearer-key authentication, validation of
-`POST /v2/jobs` bodies, the paginated `GET /v2/jobs` listing (`filter[tag]`, `filter[status]`,
-`include=tasks`, `page`, `per_page`), translation of CloudConvert task payloads into the neutral
+"""The CloudConvert API v2 dialect of the sandbox: bearer-key authentication with key scopes
+(`task.read` for reads, `task.write` for writes; 403 without), validation of `POST /v2/jobs`
+bodies (import and export tasks refuse fields their documents do not list), the paginated
+`GET /v2/jobs` listing (`filter[tag]`, `filter[status]`, `include=tasks`, `page`, `per_page`)
+and `GET /v2/tasks` listing (`filter[job_id]`, `filter[status]`, `filter[operation]`), the sync
+API the SDKs' `wait` calls (sync.api.cloudconvert.com, below /sync/v2 here: the GET answers
+once the job or task has ended), translation of CloudConvert task payloads into the neutral
 operation specs of models.py, rendering of jobs and tasks as CloudConvert returns them
 (`{"data": ...}`, with credentials hidden), and the signed `job.finished` / `job.failed`
-callback. Field and operation names follow the CloudConvert v2 documents in shared/seeds exactly;
-execution is not done here."""
+callback. Field and operation names follow the CloudConvert v2 documents in shared/seeds and
+the official SDKs' task types; execution is not done here."""
 
 from __future__ import annotations
 

@@ -1,19 +1,24 @@
 """The Online-Convert API v2 (api2convert) dialect of the sandbox, mounted below
-/onlineconvert/v2 (the service itself is https://api.api2convert.com/v2): ``X-Oc-Api-Key``
-authentication, ``POST /jobs`` with ``input`` (``remote`` URLs; ``cloud``/``amazons3`` with
-``accesskeyid``, ``secretaccesskey`` and an optional ``sessiontoken``) and ``conversion[]``
-(``target``, ``options``, ``output_target`` of type ``amazons3``), ``GET /jobs/{id}``, and the
-callback: the whole job, as ``GET /jobs/{id}`` returns it, POSTed unsigned to the job's
-``callback`` URL when it ends (5xx and network errors retried, 4xx final). Outputs without an
-output target are listed under ``output[].uri`` (served below /files/). Credentials never
-appear in answers. ``amazons3`` fields name no endpoint, so they reach the sandbox's "AWS":
+/onlineconvert/v2 (the service itself is https://api.api2convert.com/v2): authentication by
+``X-Oc-Api-Key`` (the seed) or ``X-Api2convert-Api-Key`` (the official SDK), ``POST /jobs``
+with ``input`` (``remote`` URLs; ``cloud``/``amazons3`` with ``accesskeyid``,
+``secretaccesskey`` and an optional ``sessiontoken``) and ``conversion[]`` (``target``,
+``options``, ``output_target`` of type ``amazons3``), ``GET /jobs`` (newest first),
+``GET /jobs/{id}``, ``GET /jobs/{id}/output``, and the callback: the whole job, as
+``GET /jobs/{id}`` returns it, POSTed to the job's ``callback`` URL when it ends (5xx and
+network errors retried, 4xx final), unsigned as the seed documents, or with
+``X-Oc-Signature`` (HMAC-SHA256 of the body) once signed webhooks are enabled
+(``Sandbox.set_onlineconvert_signing_secret``). Outputs without an output target are listed
+under ``output[].uri`` (served below /files/). Credentials never appear in answers.
+``amazons3`` fields name no endpoint, so they reach the sandbox's "AWS":
 ``Sandbox.set_aws_endpoint`` (moto in DevStack). A job created with ``process: false`` is held
 (it neither runs nor calls back) until ``PATCH /jobs/{id}`` sends ``process: true``, optionally
-with a ``callback``, as the seed's jobs built step by step; its inputs and conversions must
-come with the create request. Not emulated, and refused with a message saying so: adding
-inputs or conversions to a held job (``/jobs/{id}/input``, ``/jobs/{id}/conversions``),
-uploads, and Azure, Google Cloud and FTP inputs or output targets. Execution is in
-models.py."""
+with a ``callback``, as the seed's jobs built step by step; one created held without inputs
+takes one local file, POSTed as the multipart field ``file`` to
+``{server}/upload-file/{job_id}`` with the job's token in ``X-Api2convert-Token`` (the official
+SDK's upload). Not emulated, and refused with a message saying so: adding inputs or
+conversions to a held job (``/jobs/{id}/input``, ``/jobs/{id}/conversions``), and Azure,
+Google Cloud and FTP inputs or output targets. Execution is in models.py."""
 
 from __future__ import annotations
 
@@ -139,7 +144,8 @@ class OnlineConvertV2:
                 request.headers.get(TOKEN_HEADER, "").encode(), token.encode()):
             return _error(401, "Invalid or missing job token.")
         upload = next((t for t in job.tasks if isinstance(t.spec, ImportUpload)), None)
-        if upload is None or job_id not in self._held:
+        if upload is None or not isinstance(upload.spec, ImportUpload) or \
+                job_id not in self._held:
             return _error(400, "This job takes no uploads: create it with process false and "
                                "no input.")
         fields = form_fields(request.headers.get("content-type", ""), request.body)

@@ -1,8 +1,10 @@
 """The sandbox's HTTP front: a stdlib ThreadingHTTPServer that parses requests, routes them by
-path prefix to a provider dialect (CloudConvert v2 below /v2, CloudConvert v1 below /v1,
-FreeConvert below /freeconvert/v1, Online-Convert below /onlineconvert/v2, all on one port),
-serves exported files below /files/ (small ones from memory, large ones from disk with
-sendfile), applies the transport-level faults (latency, held answers, dropped downloads) and
+path prefix to a provider dialect (CloudConvert v2 below /v2 and its sync API below /sync/v2,
+CloudConvert v1 below /v1, FreeConvert below /freeconvert/v1, Online-Convert below
+/onlineconvert/v2, all on one port), serves exported files below /files/ (small ones from
+memory, large ones from disk with sendfile; under the redirect fault through a 302 to the same
+path on a second port, the storage host), applies the transport-level faults (latency, held
+answers, dropped downloads, redirects) and
 keeps a log of every request for tests. `Sandbox` owns the server, the shared backend and the
 file store; `serve` runs one in the foreground for the `convbridge sandbox` command. No parsing
 of provider semantics happens here."""
