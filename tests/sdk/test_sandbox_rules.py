@@ -1,18 +1,23 @@
 """Rules the sandbox enforces as the real CloudConvert API does, beyond what the SDK checks
 show, as bounded Hypothesis properties: key scopes (every subset of the six scopes; 40
-examples) and the exact field sets of import and export tasks (60 examples)."""
+examples) and the exact field sets of import and export tasks (60 examples); and the
+bridge's relay following the sandbox's download redirect."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devstack.sandbox import Sandbox
+from convbridge.http import HostPattern, open_download
+from devstack.sandbox import Faults, Sandbox
 from devstack.sandbox.cloudconvert_v2 import _SCHEMAS, SCOPES
+from devstack.servers import RELAY_EXTRA_HOSTS
 
 EXACT = sorted(name for name, schema in _SCHEMAS.items() if schema.exact)
 
@@ -66,3 +71,23 @@ def test_exactly_the_undocumented_fields_of_a_task_are_refused(
                if key.startswith("tasks.task.") and any("not allowed" in m for m in messages)}
     assert refused == extra
     assert answer.status_code == 422 and sandbox.job_count() == count
+
+
+def test_the_bridge_relay_follows_a_download_redirect_to_the_storage_host(
+        sandbox: Sandbox, tmp_path: Path) -> None:
+    """The 302 the redirect fault answers leads to another 127.0.0.1 port, which the dev
+    stack's allow-list admits: the relay gets the file's bytes, not the redirect."""
+    source = tmp_path / "served.bin"
+    source.write_bytes(b"relayed bytes" * 100)
+    url = sandbox.serve_file(source, "served.bin")
+    sandbox.set_faults(Faults(redirect_downloads=True))
+    try:
+        with httpx.Client(timeout=10) as client, open_download(
+                client, url, [HostPattern.parse(RELAY_EXTRA_HOSTS)]) as answer:
+            assert answer.status_code == 200
+            assert answer.read() == source.read_bytes()
+    finally:
+        sandbox.set_faults(Faults())
+    path = urlsplit(url).path
+    assert [d["status"] for d in sandbox.downloads() if d["path"] == path] == [302, 200]
+    assert sandbox.storage_url != sandbox.url
