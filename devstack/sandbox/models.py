@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import json
 import logging
 import queue
 import random
@@ -22,6 +23,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any, ClassVar, Literal, Protocol
 
 import httpx
@@ -73,6 +75,9 @@ class Faults:
     timeout_rate: share of accepted job creations whose answer is held for `timeout_seconds`
         after the job was created and started, so a client with a shorter read timeout sees a
         timeout for a job that exists (a blind retry makes a duplicate).
+    fail_after_create_rate: share of job creations (CloudConvert v1: process starts) answered
+        `fail_after_create_status` (502, 503 or 504) although the job was made and runs, as
+        when a gateway loses the answer: a blind retry makes a duplicate.
     drop_download_rate: share of GET /files/... downloads that send the full Content-Length,
         then only `drop_after_bytes` of the body, then close the connection.
     fail_operations: neutral operation kinds ("import/s3", "convert", ...) whose tasks always
@@ -92,6 +97,8 @@ class Faults:
     retry_after_http_date: bool = False
     timeout_rate: float = 0.0
     timeout_seconds: float = 5.0
+    fail_after_create_rate: float = 0.0
+    fail_after_create_status: int = 502
     drop_download_rate: float = 0.0
     drop_after_bytes: int = 1024
     fail_operations: frozenset[str] = frozenset()
@@ -555,6 +562,20 @@ class Backend:
             return True
         with self.lock:
             return self._rng.random() < rate
+
+    def answer_created(self, response: ApiResponse, *, may_hold: bool = True) -> ApiResponse:
+        """The answer to a request that made a job, after the faults that lose it: a gateway
+        error instead (fail_after_create_rate), or the answer held (timeout_rate, when
+        `may_hold`). The job exists and runs either way."""
+        faults = self.faults
+        if self.draw(faults.fail_after_create_rate):
+            status = faults.fail_after_create_status
+            return ApiResponse(status, json.dumps({"message": HTTPStatus(status).phrase}).encode(),
+                               {"Content-Type": "application/json"})
+        if may_hold and self.draw(faults.timeout_rate):
+            return ApiResponse(response.status, response.body, response.headers,
+                               hold_seconds=faults.timeout_seconds)
+        return response
 
     def draw_rejection(self, faults: Faults) -> int | None:
         """429 or 503 for the configured share of job creations, else None."""

@@ -444,6 +444,7 @@ def serve(port: int, api_key: str, signing_secret: str, host: str = "127.0.0.1")
     """Run a sandbox in the foreground until Ctrl-C."""
     with Sandbox(api_key=api_key, signing_secret=signing_secret, host=host, port=port) as sandbox:
         print(f"convbridge sandbox on {sandbox.url} (CloudConvert v2: {sandbox.url}/v2, "
+              f"its sync API: {sandbox.sync_url}/v2, "
               f"CloudConvert v1: {sandbox.url}/v1, FreeConvert: {sandbox.url}/freeconvert/v1, "
               f"Online-Convert: {sandbox.url}/onlineconvert/v2); Ctrl-C stops", flush=True)
         try:

@@ -1,10 +1,12 @@
 """Online-Convert's official Python SDK (PyPI `api2convert`), unchanged, against the
-sandbox: only its `base_url` points at it. 7 checks: convert a remote URL (create, poll until
+sandbox: only its `base_url` points at it. 8 checks: convert a remote URL (create, poll until
 done, download through a 302 to the storage host), convert a local file (create held,
 upload with the per-job token, start, poll, download), get the job and list jobs and
 outputs, a wrong key refused, the seed's `X-Oc-Api-Key` header accepted alongside the SDK's
 `X-Api2convert-Api-Key`, and a signed callback verified with the SDK's `WebhookVerifier`
-(tampering refused). Online-Convert has no job tags, so listing is by status only."""
+(tampering refused), callbacks unsigned unless signing is on, and a create answer lost after
+the job was made (a 503) not re-sent by the SDK, leaving one job. Online-Convert has no job
+tags, so listing is by status only."""
 
 from __future__ import annotations
 
@@ -15,7 +17,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api2convert import Api2Convert, AuthenticationError, SignatureVerificationError
+from api2convert import (
+    Api2Convert,
+    AuthenticationError,
+    ServerError,
+    SignatureVerificationError,
+)
 
 from devstack.sandbox import Faults, Sandbox
 from tests.sdk.conftest import API_KEY, Receiver, image_format, png
@@ -105,3 +112,20 @@ def test_callbacks_stay_unsigned_unless_signing_is_enabled(
     call = receiver.wait_for(hook)
     assert "x-oc-signature" not in call["headers"]
     assert client.webhooks().parse(call["body"]).job.id == job.id
+
+
+def test_a_lost_create_answer_is_not_retried_by_the_sdk(
+        sandbox: Sandbox, tmp_path: Path) -> None:
+    source = tmp_path / "lost.png"
+    source.write_bytes(png())
+    url = sandbox.serve_file(source, "lost.png")
+    sandbox.set_faults(Faults(fail_after_create_rate=1.0, fail_after_create_status=503))
+    before = len(sandbox.provider_jobs("onlineconvert"))
+    try:
+        with Api2Convert(API_KEY, base_url=sandbox.url + "/onlineconvert/v2", max_retries=2,
+                         sleeper=lambda _: None) as client, pytest.raises(ServerError):
+            client.convert_async(url, "jpg")
+    finally:
+        sandbox.set_faults(Faults())
+    # the job was made once: the SDK re-sends no POST without an Idempotency-Key
+    assert len(sandbox.provider_jobs("onlineconvert")) == before + 1

@@ -1,10 +1,11 @@
 """CloudConvert's official Python SDK (PyPI `cloudconvert`), unchanged, against the sandbox:
-only its `endpoint` and `sync_endpoint` point at the sandbox. 9 checks: create a job and
-wait for it on the sync API, find the job and its tasks, list tasks of a job, list jobs by
-tag, upload an input through the SDK's form upload, download an export/url result through a
-302 to the storage host, verify a delivered webhook with `Webhook.verify`, key scopes
-refused with 403, an export/url file without `size`, and an undocumented task field
-refused."""
+only its `endpoint` and `sync_endpoint` point at the sandbox. 10 checks: create a job and
+wait for it on the sync API, find the job and its tasks (with task wait and the job's task
+listing), list jobs by tag, upload an input through the SDK's form upload, download an
+export/url result through a 302 to the storage host, verify a delivered webhook with
+`Webhook.verify`, key scopes refused with 403, an export/url file without `size`, an
+undocumented task field refused, and a create answer lost after the job was made (a 502)
+leaving one job, found by its tag."""
 
 from __future__ import annotations
 
@@ -153,3 +154,14 @@ def test_an_undocumented_task_field_is_refused(sandbox: Sandbox, tmp_path: Path)
         cloudconvert.Job.create(payload=body)
     assert "tasks.export.metadata" in refused.value.content
     assert sandbox.job_count() == count
+
+
+def test_a_lost_create_answer_leaves_one_job_found_by_its_tag(
+        sandbox: Sandbox, tmp_path: Path) -> None:
+    tag = f"lost-{uuid.uuid4()}"
+    sandbox.set_faults(Faults(fail_after_create_rate=1.0, fail_after_create_status=502))
+    with pytest.raises(sdk_errors.ServerError):
+        cloudconvert.Job.create(payload=url_job(sandbox, tmp_path, tag=tag))
+    sandbox.set_faults(Faults())
+    [found] = cloudconvert.Job.all({"filter[tag]": tag})
+    assert cloudconvert.Job.wait(id=found["id"])["status"] == "finished"
