@@ -305,9 +305,21 @@ class Job:
 
 
 @dataclass(frozen=True)
+class CallbackTiming:
+    """A provider's own delivery schedule: each attempt waits `timeout_seconds` for the
+    answer, retries come `retry_seconds` apart, at most `attempts` tries in all."""
+
+    timeout_seconds: float
+    retry_seconds: float
+    attempts: int
+
+
+@dataclass(frozen=True)
 class Callback:
     """One callback, ready to send: the dialect signs `body` and decides which answers
-    are worth retrying (`retry(status)`, status None for a network error)."""
+    are worth retrying (`retry(status)`, status None for a network error). `timing` None:
+    the sandbox's quick test schedule (CALLBACK_TIMEOUT_SECONDS per attempt, exponential
+    backoff from `callback_backoff_seconds`, `callback_attempts` tries)."""
 
     url: str
     event: str
@@ -316,6 +328,7 @@ class Callback:
     retry: Callable[[int | None], bool]
     #: CloudConvert v1 calls back with a GET (no body)
     method: str = "POST"
+    timing: CallbackTiming | None = None
 
 
 @dataclass(frozen=True)
@@ -881,10 +894,13 @@ class Backend:
             if self.stopping.is_set():
                 return
             status = self._post(job_id, callback, attempt)
-            if callback.retry(status) and attempt < self._callback_attempts:
+            timing = callback.timing
+            attempts = timing.attempts if timing else self._callback_attempts
+            if callback.retry(status) and attempt < attempts:
                 finished = False
                 self._later(
-                    self._callback_backoff * 2 ** (attempt - 1),
+                    timing.retry_seconds if timing
+                    else self._callback_backoff * 2 ** (attempt - 1),
                     lambda: self._attempt(job_id, callback, attempt + 1, duplicates),
                 )
                 return
@@ -901,9 +917,11 @@ class Backend:
         # Only scheme, host and path are logged: callback URLs may carry a per-job token.
         shown = public_url_form(callback.url)
         try:
+            timeout = (callback.timing.timeout_seconds if callback.timing
+                       else CALLBACK_TIMEOUT_SECONDS)
             response = self._callbacks.request(callback.method, callback.url,
                                                content=callback.body or None,
-                                               headers=dict(callback.headers))
+                                               headers=dict(callback.headers), timeout=timeout)
             status: int | None = response.status_code
             log.info("callback %s %s attempt %d -> %s", callback.event, shown, attempt, status)
         except httpx.HTTPError as exc:

@@ -6,7 +6,8 @@ with ``input`` (``remote`` URLs; ``cloud``/``amazons3`` with ``accesskeyid``,
 ``options``, ``output_target`` of type ``amazons3``), ``GET /jobs`` (newest first),
 ``GET /jobs/{id}``, ``GET /jobs/{id}/output``, and the callback: the whole job, as
 ``GET /jobs/{id}`` returns it, POSTed to the job's ``callback`` URL when it ends (5xx and
-network errors retried, 4xx final), unsigned as the seed documents, or with
+network errors retried, 4xx final; on the service's own schedule, CALLBACK_TIMING, once
+``Sandbox.set_onlineconvert_callback_timing`` sets it), unsigned as the seed documents, or with
 ``X-Oc-Signature`` (HMAC-SHA256 of the body) once signed webhooks are enabled
 (``Sandbox.set_onlineconvert_signing_secret``). Outputs without an output target are listed
 under ``output[].uri`` (served below /files/). Credentials never appear in answers.
@@ -36,6 +37,7 @@ from .models import (
     ApiResponse,
     Backend,
     Callback,
+    CallbackTiming,
     Convert,
     ExportS3,
     ExportUrl,
@@ -55,6 +57,9 @@ API_KEY_HEADERS = ("x-oc-api-key", "x-api2convert-api-key")
 TOKEN_HEADER = "x-api2convert-token"
 #: signed webhooks (an account setting, undocumented in the seed): HMAC-SHA256 of the body
 SIGNATURE_HEADER = "X-Oc-Signature"
+#: Online-Convert's delivery: the first attempt times out after 3 s, retries come 10 s later,
+#: up to 10 tries (4xx answers are final, see _worth_retrying)
+CALLBACK_TIMING = CallbackTiming(timeout_seconds=3.0, retry_seconds=10.0, attempts=10)
 USER_AGENT = "api2convert-Sandbox"
 DEFAULT_REGION = "eu-central-1"
 #: neutral status -> (status.code, status.info)
@@ -88,6 +93,8 @@ class OnlineConvertV2:
         self._api_key = api_key.encode()
         # set by set_signing_secret: callbacks then carry X-Oc-Signature
         self._signing_secret: bytes | None = None
+        # set by set_callback_timing; None keeps the sandbox's quick test schedule
+        self._callback_timing: CallbackTiming | None = None
         self._base_url = base_url
         self._aws_endpoint = aws_endpoint
         # job id -> the job's own token, as the service shows it
@@ -98,6 +105,10 @@ class OnlineConvertV2:
     def set_signing_secret(self, secret: str | None) -> None:
         """Turn signed webhooks on (callbacks carry ``X-Oc-Signature``) or off (None)."""
         self._signing_secret = secret.encode() if secret else None
+
+    def set_callback_timing(self, timing: CallbackTiming | None) -> None:
+        """Deliver callbacks on `timing` (CALLBACK_TIMING is the service's own)."""
+        self._callback_timing = timing
 
     def handle(self, request: ApiRequest) -> ApiResponse:
         parts = request.path[len(self.prefix):].strip("/").split("/")
@@ -362,7 +373,7 @@ class OnlineConvertV2:
             headers[SIGNATURE_HEADER] = hmac.new(self._signing_secret, body,
                                                  hashlib.sha256).hexdigest()
         return Callback(url=job.webhook_url, event=event, body=body, retry=_worth_retrying,
-                        headers=headers)
+                        headers=headers, timing=self._callback_timing)
 
 
 def _worth_retrying(status: int | None) -> bool:

@@ -24,7 +24,7 @@ from urllib.parse import quote, urlsplit
 from . import cloudconvert_v1, freeconvert, onlineconvert
 from .cloudconvert_v2 import DIALECT as CLOUDCONVERT_V2
 from .cloudconvert_v2 import CloudConvertV2, CloudConvertV2Sync
-from .models import ApiRequest, ApiResponse, Backend, Dialect, Faults, Job
+from .models import ApiRequest, ApiResponse, Backend, CallbackTiming, Dialect, Faults, Job
 from .storage_io import FileBlob, FileStore
 
 log = logging.getLogger("devstack.sandbox")
@@ -385,6 +385,12 @@ class Sandbox:
         of the body with `secret`, as the official SDK verifies); None sends them unsigned,
         as the seed documents."""
         self._onlineconvert.set_signing_secret(secret)
+
+    def set_onlineconvert_callback_timing(self, timing: CallbackTiming | None) -> None:
+        """Online-Convert callbacks on `timing`: ``onlineconvert.CALLBACK_TIMING`` is the
+        service's (3 s per attempt, retries 10 s apart, 10 tries); None (the default) keeps
+        the sandbox's quick schedule, whose attempts wait up to 10 s."""
+        self._onlineconvert.set_callback_timing(timing)
 
     def set_aws_endpoint(self, url: str | None) -> None:
         """Where Online-Convert ``amazons3`` tasks, which name no endpoint, reach S3: the

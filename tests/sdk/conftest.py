@@ -35,10 +35,12 @@ class _ReceiverServer(ThreadingHTTPServer):
 
 
 class Receiver:
-    """A webhook endpoint answering 200 and keeping each request's raw body and headers."""
+    """A webhook endpoint keeping each request's raw body and headers; it answers each path
+    with its scripted (seconds to wait, status) pairs in turn, then at once with 200."""
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
+        self.script: dict[str, list[tuple[float, int]]] = {}
         self._lock = threading.Lock()
         receiver = self
 
@@ -48,7 +50,10 @@ class Receiver:
                 with receiver._lock:
                     receiver.calls.append({"path": self.path, "body": body, "headers": {
                         k.lower(): v for k, v in self.headers.items()}})
-                self.send_response(200)
+                    planned = receiver.script.get(self.path, [])
+                    wait, status = planned.pop(0) if planned else (0.0, 200)
+                time.sleep(wait)
+                self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

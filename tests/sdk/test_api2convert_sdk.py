@@ -1,15 +1,17 @@
 """Online-Convert's official Python SDK (PyPI `api2convert`), unchanged, against the
-sandbox: only its `base_url` points at it. 8 checks: convert a remote URL (create, poll until
+sandbox: only its `base_url` points at it. 10 checks: convert a remote URL (create, poll until
 done, download through a 302 to the storage host), convert a local file (create held,
 upload with the per-job token, start, poll, download), get the job and list jobs and
 outputs, a wrong key refused, the seed's `X-Oc-Api-Key` header accepted alongside the SDK's
 `X-Api2convert-Api-Key`, and a signed callback verified with the SDK's `WebhookVerifier`
 (tampering refused), callbacks unsigned unless signing is on, and a create answer lost after
-the job was made (a 503) not re-sent by the SDK, leaving one job. Online-Convert has no job
-tags, so listing is by status only."""
+the job was made (a 503) not re-sent by the SDK, leaving one job; and Online-Convert's
+callback schedule: an answer later than 3 s is a failed attempt, retried; a 4xx is final.
+Online-Convert has no job tags, so listing is by status only."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Iterator
@@ -25,6 +27,7 @@ from api2convert import (
 )
 
 from devstack.sandbox import Faults, Sandbox
+from devstack.sandbox.onlineconvert import CALLBACK_TIMING
 from tests.sdk.conftest import API_KEY, Receiver, image_format, png
 
 WEBHOOK_SECRET = "online-convert-webhook-secret"
@@ -129,3 +132,41 @@ def test_a_lost_create_answer_is_not_retried_by_the_sdk(
         sandbox.set_faults(Faults())
     # the job was made once: the SDK re-sends no POST without an Idempotency-Key
     assert len(sandbox.provider_jobs("onlineconvert")) == before + 1
+
+
+def hooked_job(sandbox: Sandbox, client: Api2Convert, receiver: Receiver, tmp_path: Path,
+               script: list[tuple[float, int]]) -> tuple[str, str]:
+    """(job id, callback path) of a job whose callback meets `script` at the receiver."""
+    source = tmp_path / "timed.png"
+    source.write_bytes(png())
+    hook = f"/onlineconvert/{uuid.uuid4()}"
+    receiver.script[hook] = script
+    job = client.convert_async(sandbox.serve_file(source, "timed.png"), "jpg",
+                               callback=receiver.url + hook)
+    return job.id, hook
+
+
+def test_a_callback_answered_after_3_s_counts_as_failed_and_is_retried(
+        sandbox: Sandbox, client: Api2Convert, receiver: Receiver, tmp_path: Path) -> None:
+    """Online-Convert's schedule with its retry interval shortened from 10 s to 0.2 s."""
+    sandbox.set_onlineconvert_callback_timing(
+        dataclasses.replace(CALLBACK_TIMING, retry_seconds=0.2))
+    try:
+        job_id, _ = hooked_job(sandbox, client, receiver, tmp_path, [(3.5, 200)])
+        sandbox.wait_idle(timeout=15)
+    finally:
+        sandbox.set_onlineconvert_callback_timing(None)
+    attempts = [d["status"] for d in sandbox.deliveries() if d["job_id"] == job_id]
+    assert attempts == [None, 200]
+
+
+def test_a_4xx_callback_answer_is_final(
+        sandbox: Sandbox, client: Api2Convert, receiver: Receiver, tmp_path: Path) -> None:
+    sandbox.set_onlineconvert_callback_timing(CALLBACK_TIMING)
+    try:
+        job_id, hook = hooked_job(sandbox, client, receiver, tmp_path, [(0.0, 410)])
+        receiver.wait_for(hook)
+        sandbox.wait_idle(timeout=5)
+    finally:
+        sandbox.set_onlineconvert_callback_timing(None)
+    assert [d["status"] for d in sandbox.deliveries() if d["job_id"] == job_id] == [410]
