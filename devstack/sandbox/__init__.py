@@ -5,7 +5,7 @@ foreground (the `convbridge sandbox` command)."""
 
 from __future__ import annotations
 
-from .models import Faults
+from .models import CallbackTiming, Faults
 from .server import Sandbox, serve
 
-__all__ = ["Faults", "Sandbox", "serve"]
+__all__ = ["CallbackTiming", "Faults", "Sandbox", "serve"]

@@ -149,7 +149,7 @@ class CloudConvertV1:
             process.job_id, process.tag, process.options = job.id, params.get("tag"), options
             rendered = self.render_process(process)
         self._backend.run(job, self.build_callback)
-        return _json(200, rendered)
+        return self._backend.answer_created(_json(200, rendered), may_hold=False)
 
     def _status(self, process_id: str) -> ApiResponse:
         with self._backend.lock:

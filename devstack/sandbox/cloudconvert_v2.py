@@ -1,18 +1,24 @@
-"""The CloudConvert API v2 dialect of the sandbox: bearer-key authentication, validation of
-`POST /v2/jobs` bodies, the paginated `GET /v2/jobs` listing (`filter[tag]`, `filter[status]`,
-`include=tasks`, `page`, `per_page`), translation of CloudConvert task payloads into the neutral
+"""The CloudConvert API v2 dialect of the sandbox: bearer-key authentication with key scopes
+(`task.read` for reads, `task.write` for writes; 403 without), validation of `POST /v2/jobs`
+bodies (import and export tasks refuse fields their documents do not list), the paginated
+`GET /v2/jobs` listing (`filter[tag]`, `filter[status]`, `include=tasks`, `page`, `per_page`)
+and `GET /v2/tasks` listing (`filter[job_id]`, `filter[status]`, `filter[operation]`), the sync
+API the SDKs' `wait` calls (sync.api.cloudconvert.com, below /sync/v2 here: the GET answers
+once the job or task has ended), translation of CloudConvert task payloads into the neutral
 operation specs of models.py, rendering of jobs and tasks as CloudConvert returns them
 (`{"data": ...}`, with credentials hidden), and the signed `job.finished` / `job.failed`
-callback. Field and operation names follow the CloudConvert v2 documents in shared/seeds exactly;
-execution is not done here."""
+callback. Field and operation names follow the CloudConvert v2 documents in shared/seeds and
+the official SDKs' task types; execution is not done here."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
 import math
 import re
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -72,13 +78,32 @@ _URL_FORBIDDEN = re.compile(r"[\s<>\"{}|\\^`\x00-\x1f\x7f]")
 _CONVERT_OPTIONS = ("quality", "width", "height")
 JOB_STATUSES = ("waiting", "processing", "finished", "error")
 DEFAULT_PER_PAGE = 100
+TASK_STATUSES = ("waiting", "processing", "finished", "error")
+# The scopes an API key can be given (seed 003, "Available Scopes"); the sandbox's own key
+# has them all, Sandbox.mint_cloudconvert_key makes one with fewer.
+SCOPES = frozenset({"user.read", "user.write", "task.read", "task.write", "webhook.read",
+                    "webhook.write"})
+# How long the sync API (sync.api.cloudconvert.com) holds a GET before answering with the
+# job or task as it is; the real service waits for the end too, within its own limit.
+SYNC_WAIT_SECONDS = 60.0
+# Task fields every operation takes besides its own (seed 003 changelog: ignore_error).
+_COMMON_FIELDS = frozenset({"operation", "input", "ignore_error"})
 
 
 @dataclass(frozen=True)
 class _Fields:
+    """An operation's fields. `exact`: the documents list every field the operation takes
+    (import and export tasks), so any other is refused as CloudConvert's validation does;
+    convert tasks take open-ended engine options and are not checked."""
+
     required: tuple[str, ...] = ()
     strings: tuple[str, ...] = ()
     objects: tuple[str, ...] = ()
+    others: tuple[str, ...] = ()
+    exact: bool = True
+
+    def known(self) -> frozenset[str]:
+        return _COMMON_FIELDS | {*self.required, *self.strings, *self.objects, *self.others}
 
 
 _S3_STRINGS = (
@@ -101,22 +126,40 @@ _SCHEMAS: dict[str, _Fields] = {
     "import/url": _Fields(("url",), ("url", "filename"), ("headers",)),
     "import/s3": _Fields(_S3_REQUIRED, (*_S3_STRINGS, "filename")),
     "convert": _Fields(
-        ("input", "output_format"), ("input_format", "output_format", "filename"), ("options",)
+        ("input", "output_format"), ("input_format", "output_format", "filename"), ("options",),
+        exact=False,
     ),
     "export/s3": _Fields(
         ("input", *_S3_REQUIRED),
         (*_S3_STRINGS, "acl", "cache_control", "content_type", "server_side_encryption"),
         ("metadata", "tagging"),
     ),
-    "export/url": _Fields(("input",)),
+    "export/url": _Fields(("input",), others=("inline", "archive_multiple_files")),
     "import/azure/blob": _Fields(_AZURE_REQUIRED, (*_AZURE_STRINGS, "filename")),
     "export/azure/blob": _Fields(("input", *_AZURE_REQUIRED), _AZURE_STRINGS, ("metadata",)),
     # the fields of import/google-cloud-storage, which export mirrors (no metadata)
     "export/google-cloud-storage": _Fields(("input", *_GCS_REQUIRED), _GCS_STRINGS),
     "import/upload": _Fields((), ("redirect",)),
-    "import/sftp": _Fields(("host", "username"), (*_SFTP_STRINGS, "filename")),
-    "export/sftp": _Fields(("input", "host", "username"), _SFTP_STRINGS),
+    "import/sftp": _Fields(("host", "username"), (*_SFTP_STRINGS, "filename"), others=("port",)),
+    "export/sftp": _Fields(("input", "host", "username"), _SFTP_STRINGS, others=("port",)),
 }
+
+
+def _params(query: str) -> dict[str, str]:
+    return {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+
+
+def _paging(params: Mapping[str, str]) -> tuple[dict[str, list[str]], int, int]:
+    """(validation errors, page, per_page) of a listing's query."""
+    errors: dict[str, list[str]] = {}
+    numbers = {"page": 1, "per_page": DEFAULT_PER_PAGE}
+    for name in numbers:
+        text = params.get(name, str(numbers[name]))
+        if not text.isdigit() or int(text) < 1:
+            errors[name] = [f"The {name} must be a positive integer."]
+        else:
+            numbers[name] = int(text)
+    return errors, numbers["page"], numbers["per_page"]
 
 
 class InvalidJob(Exception):
@@ -201,6 +244,10 @@ def validate_job(body: object) -> list[TaskSpec]:
             else:
                 fail(f"{where}.operation", f"The selected {where}.operation is invalid.")
             continue
+        if schema.exact:
+            for field_name in sorted(set(payload) - schema.known()):
+                fail(f"{where}.{field_name}",
+                     f"The {where}.{field_name} field is not allowed for {operation}.")
         for field_name in schema.required:
             if payload.get(field_name) in (None, "", []):
                 fail(f"{where}.{field_name}", f"The {where}.{field_name} field is required.")
@@ -347,9 +394,35 @@ class CloudConvertV2:
     ) -> None:
         self.prefix = prefix
         self._backend = backend
-        self._api_key = api_key.encode()
+        # API key -> its scopes; the sandbox's own key has every scope
+        self._keys: dict[bytes, frozenset[str]] = {api_key.encode(): SCOPES}
         self._signing_secret = signing_secret.encode()
         self._base_url = base_url
+
+    def mint_key(self, scopes: frozenset[str]) -> str:
+        """A new API key with exactly `scopes` (from SCOPES), as the dashboard makes one."""
+        unknown = scopes - SCOPES
+        if unknown:
+            raise ValueError(f"unknown CloudConvert scopes: {sorted(unknown)}")
+        key = secrets.token_urlsafe(32)
+        with self._backend.lock:
+            self._keys[key.encode()] = frozenset(scopes)
+        return key
+
+    def _scopes(self, request: ApiRequest) -> frozenset[str] | None:
+        """The scopes of the request's bearer key; None when it carries no known key."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        given = token.strip().encode()
+        with self._backend.lock:
+            keys = list(self._keys.items())
+        # compare with every key, so the time taken does not say which one nearly matched
+        found = None
+        for key, scopes in keys:
+            if hmac.compare_digest(given, key):
+                found = scopes
+        return found
 
     # -- HTTP ----------------------------------------------------------------------------------
 
@@ -360,10 +433,13 @@ class CloudConvertV2:
             status, message = self._backend.uploads.accept(
                 upload[1], request.headers.get("content-type", ""), request.body)
             return _json(status, {"message": message})
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
-                                                                 self._api_key):
+        scopes = self._scopes(request)
+        if scopes is None:
             return _error(401, "Unauthenticated.", "UNAUTHENTICATED")
+        needed = "task.read" if request.method in ("GET", "HEAD") else "task.write"
+        if needed not in scopes:
+            return _error(403, f"Invalid scope(s) provided: this API key lacks {needed}.",
+                          "FORBIDDEN")
         parts = request.path[len(self.prefix):].strip("/").split("/")
         match parts, request.method:
             case ["jobs"], "POST":
@@ -371,19 +447,57 @@ class CloudConvertV2:
             case ["jobs"], "GET":
                 return self._list_jobs(request.query)
             case ["jobs", job_id], "GET":
-                job = self._backend.job(job_id)
-                if job is None or job.dialect != DIALECT:
+                job = self._job(job_id)
+                if job is None:
                     return _error(404, "Job not found.", "NOT_FOUND")
                 return _json(200, {"data": self.render_job(job)})
+            case ["tasks"], "GET":
+                return self._list_tasks(request.query)
             case ["tasks", task_id], "GET":
-                task = self._backend.task(task_id)
-                owner = self._backend.job(task.job_id) if task else None
-                if task is None or owner is None or owner.dialect != DIALECT:
+                task = self._task(task_id)
+                if task is None:
                     return _error(404, "Task not found.", "NOT_FOUND")
                 return _json(200, {"data": self.render_task(task)})
-            case (["jobs"] | ["jobs", _] | ["tasks", _]), _:
+            case (["jobs"] | ["jobs", _] | ["tasks"] | ["tasks", _]), _:
                 return _error(405, "Method not allowed.", "METHOD_NOT_ALLOWED")
         return _error(404, "Not found.", "NOT_FOUND")
+
+    def handle_sync(self, request: ApiRequest) -> ApiResponse:
+        """The sync API (sync.api.cloudconvert.com, which the SDKs' `wait` calls): GET a job
+        or task, answered once it has ended (or after SYNC_WAIT_SECONDS, as it then is)."""
+        scopes = self._scopes(request)
+        if scopes is None:
+            return _error(401, "Unauthenticated.", "UNAUTHENTICATED")
+        if "task.read" not in scopes:
+            return _error(403, "Invalid scope(s) provided: this API key lacks task.read.",
+                          "FORBIDDEN")
+        match request.path[len(self.prefix):].strip("/").split("/"), request.method:
+            case ["jobs", job_id], "GET":
+                job = self._job(job_id)
+                if job is None:
+                    return _error(404, "Job not found.", "NOT_FOUND")
+                self._backend.wait_until(lambda: job.status in ("finished", "error"),
+                                         SYNC_WAIT_SECONDS)
+                return _json(200, {"data": self.render_job(job)})
+            case ["tasks", task_id], "GET":
+                task = self._task(task_id)
+                if task is None:
+                    return _error(404, "Task not found.", "NOT_FOUND")
+                self._backend.wait_until(lambda: task.status in ("finished", "error"),
+                                         SYNC_WAIT_SECONDS)
+                return _json(200, {"data": self.render_task(task)})
+            case (["jobs", _] | ["tasks", _]), _:
+                return _error(405, "Method not allowed.", "METHOD_NOT_ALLOWED")
+        return _error(404, "Not found.", "NOT_FOUND")
+
+    def _job(self, job_id: str) -> Job | None:
+        job = self._backend.job(job_id)
+        return job if job is not None and job.dialect == DIALECT else None
+
+    def _task(self, task_id: str) -> Task | None:
+        task = self._backend.task(task_id)
+        owner = self._backend.job(task.job_id) if task else None
+        return task if owner is not None and owner.dialect == DIALECT else None
 
     def _create_job(self, raw: bytes) -> ApiResponse:
         faults = self._backend.faults
@@ -408,31 +522,18 @@ class CloudConvertV2:
         with self._backend.lock:
             rendered = self.render_job(job)
         self._backend.run(job, self.build_callback)
-        response = _json(201, {"data": rendered})
-        if self._backend.draw(faults.timeout_rate):
-            # The job exists and runs; only the answer is late.
-            return ApiResponse(response.status, response.body, response.headers,
-                               hold_seconds=faults.timeout_seconds)
-        return response
+        return self._backend.answer_created(_json(201, {"data": rendered}))
 
     def _list_jobs(self, query: str) -> ApiResponse:
         """Newest first, as CloudConvert lists them. Filters match exactly; jobs carry their
         tasks only with `include=tasks`."""
-        params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
-        errors: dict[str, list[str]] = {}
-        numbers: dict[str, int] = {}
-        for name, default in (("page", 1), ("per_page", DEFAULT_PER_PAGE)):
-            text = params.get(name, str(default))
-            if not text.isdigit() or int(text) < 1:
-                errors[name] = [f"The {name} must be a positive integer."]
-            else:
-                numbers[name] = int(text)
+        params = _params(query)
+        errors, page, per_page = _paging(params)
         status = params.get("filter[status]")
         if status is not None and status not in JOB_STATUSES:
             errors["filter.status"] = ["The selected filter.status is invalid."]
         if errors:
             return _error(422, "The given data was invalid.", "INVALID_DATA", errors=errors)
-        page, per_page = numbers["page"], numbers["per_page"]
         include_tasks = "tasks" in params.get("include", "").split(",")
         with self._backend.lock:
             jobs = self._backend.jobs(DIALECT, tag=params.get("filter[tag]"))
@@ -440,10 +541,36 @@ class CloudConvertV2:
                 jobs = [job for job in jobs if job.status == status]
             jobs.reverse()
             start = (page - 1) * per_page
-            shown = jobs[start:start + per_page]
-            data = [self.render_job(job, include_tasks=include_tasks) for job in shown]
-        path = f"{self._base_url()}{self.prefix}/jobs"
-        kept = {k: v for k, v in params.items() if k not in ("page",)}
+            data = [self.render_job(job, include_tasks=include_tasks)
+                    for job in jobs[start:start + per_page]]
+        return self._listing("jobs", params, page, per_page, len(jobs), data)
+
+    def _list_tasks(self, query: str) -> ApiResponse:
+        """Newest first, filtered exactly by `filter[job_id]`, `filter[status]` and
+        `filter[operation]`, as GET /v2/tasks documents them."""
+        params = _params(query)
+        errors, page, per_page = _paging(params)
+        status = params.get("filter[status]")
+        if status is not None and status not in TASK_STATUSES:
+            errors["filter.status"] = ["The selected filter.status is invalid."]
+        if errors:
+            return _error(422, "The given data was invalid.", "INVALID_DATA", errors=errors)
+        wanted = {name: params[f"filter[{name}]"] for name in ("job_id", "status", "operation")
+                  if f"filter[{name}]" in params}
+        with self._backend.lock:
+            tasks = [task for job in self._backend.jobs(DIALECT) for task in job.tasks
+                     if all(getattr(task, name) == value for name, value in wanted.items())]
+            tasks.reverse()
+            start = (page - 1) * per_page
+            data = [self.render_task(task) for task in tasks[start:start + per_page]]
+        return self._listing("tasks", params, page, per_page, len(tasks), data)
+
+    def _listing(self, what: str, params: Mapping[str, str], page: int, per_page: int,
+                 total: int, data: list[dict[str, Any]]) -> ApiResponse:
+        """One page of a paginated listing with its `links` and `meta`."""
+        path = f"{self._base_url()}{self.prefix}/{what}"
+        kept = {k: v for k, v in params.items() if k != "page"}
+        start = (page - 1) * per_page
 
         def link(number: int) -> str:
             return f"{path}?{urlencode({**kept, 'page': number})}"
@@ -454,7 +581,7 @@ class CloudConvertV2:
                 "first": link(1),
                 "last": None,
                 "prev": link(page - 1) if page > 1 else None,
-                "next": link(page + 1) if start + per_page < len(jobs) else None,
+                "next": link(page + 1) if start + per_page < total else None,
             },
             "meta": {
                 "current_page": page,
@@ -486,8 +613,13 @@ class CloudConvertV2:
         with self._backend.lock:
             result: dict[str, Any] | None = None
             if task.status == "finished" and task.result_files is not None:
+                # CloudConvert documents `size` as optional on result files; the fault
+                # leaves it out of export/url files, as the real service may.
+                sized = not (task.operation == "export/url"
+                             and self._backend.faults.omit_export_url_size)
                 result = {"files": [
-                    {"filename": f.filename, "size": f.size}
+                    {"filename": f.filename}
+                    | ({"size": f.size} if sized else {})
                     | ({"url": f.url} if f.url is not None else {})
                     for f in task.result_files
                 ]}
@@ -535,6 +667,19 @@ class CloudConvertV2:
             },
             retry=_worth_retrying,
         )
+
+
+class CloudConvertV2Sync:
+    """The sync API host of CloudConvert v2 (sync.api.cloudconvert.com/v2), served below
+    `prefix` (by default /sync/v2) on the sandbox's port."""
+
+    def __init__(self, api: CloudConvertV2, prefix: str = "/sync/v2") -> None:
+        self.prefix = prefix
+        self._api = api
+
+    def handle(self, request: ApiRequest) -> ApiResponse:
+        return self._api.handle_sync(dataclasses.replace(
+            request, path=self._api.prefix + request.path[len(self.prefix):]))
 
 
 def _worth_retrying(status: int | None) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import json
 import logging
 import queue
 import random
@@ -22,6 +23,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any, ClassVar, Literal, Protocol
 
 import httpx
@@ -73,12 +75,19 @@ class Faults:
     timeout_rate: share of accepted job creations whose answer is held for `timeout_seconds`
         after the job was created and started, so a client with a shorter read timeout sees a
         timeout for a job that exists (a blind retry makes a duplicate).
+    fail_after_create_rate: share of job creations (CloudConvert v1: process starts) answered
+        `fail_after_create_status` (502, 503 or 504) although the job was made and runs, as
+        when a gateway loses the answer: a blind retry makes a duplicate.
     drop_download_rate: share of GET /files/... downloads that send the full Content-Length,
         then only `drop_after_bytes` of the body, then close the connection.
     fail_operations: neutral operation kinds ("import/s3", "convert", ...) whose tasks always
         fail, with that operation's usual error code.
     duplicate_callbacks: extra copies of a callback sent after it was accepted.
     callback_delay_seconds: wait before the first delivery attempt.
+    redirect_downloads: GET /files/... answers 302 to the same file on the sandbox's storage
+        host (another port), as the providers' CDNs redirect download URLs.
+    omit_export_url_size: CloudConvert v2 export/url result files come without `size`, which
+        CloudConvert documents as optional.
     seed: makes the random draws repeatable (re-seeds when set with Sandbox.set_faults)."""
 
     latency_seconds: float = 0.0
@@ -88,11 +97,15 @@ class Faults:
     retry_after_http_date: bool = False
     timeout_rate: float = 0.0
     timeout_seconds: float = 5.0
+    fail_after_create_rate: float = 0.0
+    fail_after_create_status: int = 502
     drop_download_rate: float = 0.0
     drop_after_bytes: int = 1024
     fail_operations: frozenset[str] = frozenset()
     duplicate_callbacks: int = 0
     callback_delay_seconds: float = 0.0
+    redirect_downloads: bool = False
+    omit_export_url_size: bool = False
     seed: int | None = None
 
 
@@ -292,9 +305,21 @@ class Job:
 
 
 @dataclass(frozen=True)
+class CallbackTiming:
+    """A provider's own delivery schedule: each attempt waits `timeout_seconds` for the
+    answer, retries come `retry_seconds` apart, at most `attempts` tries in all."""
+
+    timeout_seconds: float
+    retry_seconds: float
+    attempts: int
+
+
+@dataclass(frozen=True)
 class Callback:
     """One callback, ready to send: the dialect signs `body` and decides which answers
-    are worth retrying (`retry(status)`, status None for a network error)."""
+    are worth retrying (`retry(status)`, status None for a network error). `timing` None:
+    the sandbox's quick test schedule (CALLBACK_TIMEOUT_SECONDS per attempt, exponential
+    backoff from `callback_backoff_seconds`, `callback_attempts` tries)."""
 
     url: str
     event: str
@@ -303,6 +328,7 @@ class Callback:
     retry: Callable[[int | None], bool]
     #: CloudConvert v1 calls back with a GET (no body)
     method: str = "POST"
+    timing: CallbackTiming | None = None
 
 
 @dataclass(frozen=True)
@@ -550,6 +576,20 @@ class Backend:
         with self.lock:
             return self._rng.random() < rate
 
+    def answer_created(self, response: ApiResponse, *, may_hold: bool = True) -> ApiResponse:
+        """The answer to a request that made a job, after the faults that lose it: a gateway
+        error instead (fail_after_create_rate), or the answer held (timeout_rate, when
+        `may_hold`). The job exists and runs either way."""
+        faults = self.faults
+        if self.draw(faults.fail_after_create_rate):
+            status = faults.fail_after_create_status
+            return ApiResponse(status, json.dumps({"message": HTTPStatus(status).phrase}).encode(),
+                               {"Content-Type": "application/json"})
+        if may_hold and self.draw(faults.timeout_rate):
+            return ApiResponse(response.status, response.body, response.headers,
+                               hold_seconds=faults.timeout_seconds)
+        return response
+
     def draw_rejection(self, faults: Faults) -> int | None:
         """429 or 503 for the configured share of job creations, else None."""
         if faults.fail_rate_429 <= 0 and faults.fail_rate_503 <= 0:
@@ -624,6 +664,17 @@ class Backend:
             self._job_pool.submit(lambda: self._run_job(job, build_callback))
         except RuntimeError:  # the pool was shut down: the sandbox is stopping
             self._finished_one()
+
+    def wait_until(self, ended: Callable[[], bool], timeout: float) -> None:
+        """Block until `ended()` (read under the lock), the timeout passes or the sandbox
+        stops; job ends wake it, task ends are seen within a tenth of a second."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while not ended() and not self.stopping.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._idle.wait(min(left, 0.1))
 
     def wait_idle(self, timeout: float) -> None:
         if self.stopping.is_set():
@@ -843,10 +894,13 @@ class Backend:
             if self.stopping.is_set():
                 return
             status = self._post(job_id, callback, attempt)
-            if callback.retry(status) and attempt < self._callback_attempts:
+            timing = callback.timing
+            attempts = timing.attempts if timing else self._callback_attempts
+            if callback.retry(status) and attempt < attempts:
                 finished = False
                 self._later(
-                    self._callback_backoff * 2 ** (attempt - 1),
+                    timing.retry_seconds if timing
+                    else self._callback_backoff * 2 ** (attempt - 1),
                     lambda: self._attempt(job_id, callback, attempt + 1, duplicates),
                 )
                 return
@@ -863,9 +917,11 @@ class Backend:
         # Only scheme, host and path are logged: callback URLs may carry a per-job token.
         shown = public_url_form(callback.url)
         try:
+            timeout = (callback.timing.timeout_seconds if callback.timing
+                       else CALLBACK_TIMEOUT_SECONDS)
             response = self._callbacks.request(callback.method, callback.url,
                                                content=callback.body or None,
-                                               headers=dict(callback.headers))
+                                               headers=dict(callback.headers), timeout=timeout)
             status: int | None = response.status_code
             log.info("callback %s %s attempt %d -> %s", callback.event, shown, attempt, status)
         except httpx.HTTPError as exc:

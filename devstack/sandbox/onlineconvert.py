@@ -1,22 +1,29 @@
 """The Online-Convert API v2 (api2convert) dialect of the sandbox, mounted below
-/onlineconvert/v2 (the service itself is https://api.api2convert.com/v2): ``X-Oc-Api-Key``
-authentication, ``POST /jobs`` with ``input`` (``remote`` URLs; ``cloud``/``amazons3`` with
-``accesskeyid``, ``secretaccesskey`` and an optional ``sessiontoken``) and ``conversion[]``
-(``target``, ``options``, ``output_target`` of type ``amazons3``), ``GET /jobs/{id}``, and the
-callback: the whole job, as ``GET /jobs/{id}`` returns it, POSTed unsigned to the job's
-``callback`` URL when it ends (5xx and network errors retried, 4xx final). Outputs without an
-output target are listed under ``output[].uri`` (served below /files/). Credentials never
-appear in answers. ``amazons3`` fields name no endpoint, so they reach the sandbox's "AWS":
+/onlineconvert/v2 (the service itself is https://api.api2convert.com/v2): authentication by
+``X-Oc-Api-Key`` (the seed) or ``X-Api2convert-Api-Key`` (the official SDK), ``POST /jobs``
+with ``input`` (``remote`` URLs; ``cloud``/``amazons3`` with ``accesskeyid``,
+``secretaccesskey`` and an optional ``sessiontoken``) and ``conversion[]`` (``target``,
+``options``, ``output_target`` of type ``amazons3``), ``GET /jobs`` (newest first),
+``GET /jobs/{id}``, ``GET /jobs/{id}/output``, and the callback: the whole job, as
+``GET /jobs/{id}`` returns it, POSTed to the job's ``callback`` URL when it ends (5xx and
+network errors retried, 4xx final; on the service's own schedule, CALLBACK_TIMING, once
+``Sandbox.set_onlineconvert_callback_timing`` sets it), unsigned as the seed documents, or with
+``X-Oc-Signature`` (HMAC-SHA256 of the body) once signed webhooks are enabled
+(``Sandbox.set_onlineconvert_signing_secret``). Outputs without an output target are listed
+under ``output[].uri`` (served below /files/). Credentials never appear in answers.
+``amazons3`` fields name no endpoint, so they reach the sandbox's "AWS":
 ``Sandbox.set_aws_endpoint`` (moto in DevStack). A job created with ``process: false`` is held
 (it neither runs nor calls back) until ``PATCH /jobs/{id}`` sends ``process: true``, optionally
-with a ``callback``, as the seed's jobs built step by step; its inputs and conversions must
-come with the create request. Not emulated, and refused with a message saying so: adding
-inputs or conversions to a held job (``/jobs/{id}/input``, ``/jobs/{id}/conversions``),
-uploads, and Azure, Google Cloud and FTP inputs or output targets. Execution is in
-models.py."""
+with a ``callback``, as the seed's jobs built step by step; one created held without inputs
+takes one local file, POSTed as the multipart field ``file`` to
+``{server}/upload-file/{job_id}`` with the job's token in ``X-Api2convert-Token`` (the official
+SDK's upload). Not emulated, and refused with a message saying so: adding inputs or
+conversions to a held job (``/jobs/{id}/input``, ``/jobs/{id}/conversions``), and Azure,
+Google Cloud and FTP inputs or output targets. Execution is in models.py."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import secrets
@@ -30,6 +37,7 @@ from .models import (
     ApiResponse,
     Backend,
     Callback,
+    CallbackTiming,
     Convert,
     ExportS3,
     ExportUrl,
@@ -39,9 +47,19 @@ from .models import (
     Task,
     TaskSpec,
 )
+from .sftp_io import ImportUpload, form_fields
 from .storage_io import S3Access
 
 DIALECT = "onlineconvert/v2"
+#: the key header of the seed document, and the one the official SDK (api2convert) sends
+API_KEY_HEADERS = ("x-oc-api-key", "x-api2convert-api-key")
+#: the per-job token header of uploads to ``{server}/upload-file/{job_id}`` (official SDK)
+TOKEN_HEADER = "x-api2convert-token"
+#: signed webhooks (an account setting, undocumented in the seed): HMAC-SHA256 of the body
+SIGNATURE_HEADER = "X-Oc-Signature"
+#: Online-Convert's delivery: the first attempt times out after 3 s, retries come 10 s later,
+#: up to 10 tries (4xx answers are final, see _worth_retrying)
+CALLBACK_TIMING = CallbackTiming(timeout_seconds=3.0, retry_seconds=10.0, attempts=10)
 USER_AGENT = "api2convert-Sandbox"
 DEFAULT_REGION = "eu-central-1"
 #: neutral status -> (status.code, status.info)
@@ -73,6 +91,10 @@ class OnlineConvertV2:
         self.prefix = prefix
         self._backend = backend
         self._api_key = api_key.encode()
+        # set by set_signing_secret: callbacks then carry X-Oc-Signature
+        self._signing_secret: bytes | None = None
+        # set by set_callback_timing; None keeps the sandbox's quick test schedule
+        self._callback_timing: CallbackTiming | None = None
         self._base_url = base_url
         self._aws_endpoint = aws_endpoint
         # job id -> the job's own token, as the service shows it
@@ -80,23 +102,76 @@ class OnlineConvertV2:
         # jobs created with process: false, waiting for PATCH process: true
         self._held: set[str] = set()
 
+    def set_signing_secret(self, secret: str | None) -> None:
+        """Turn signed webhooks on (callbacks carry ``X-Oc-Signature``) or off (None)."""
+        self._signing_secret = secret.encode() if secret else None
+
+    def set_callback_timing(self, timing: CallbackTiming | None) -> None:
+        """Deliver callbacks on `timing` (CALLBACK_TIMING is the service's own)."""
+        self._callback_timing = timing
+
     def handle(self, request: ApiRequest) -> ApiResponse:
-        given = request.headers.get("x-oc-api-key", "").encode()
-        if not hmac.compare_digest(given, self._api_key):
+        parts = request.path[len(self.prefix):].strip("/").split("/")
+        if parts[0] == "upload-file" and len(parts) == 2 and request.method == "POST":
+            # the job's own token authorises an upload, never the account key
+            return self._upload(parts[1], request)
+        # either header carries the key: the seed's X-Oc-Api-Key, or the SDK's
+        given = [request.headers.get(name, "").encode() for name in API_KEY_HEADERS]
+        if not any([hmac.compare_digest(value, self._api_key) for value in given]):
             return _error(401, "Invalid or missing API key.")
-        match request.path[len(self.prefix):].strip("/").split("/"), request.method:
+        match parts, request.method:
             case ["jobs"], "POST":
                 return self._create_job(request.body)
+            case ["jobs"], "GET":
+                with self._backend.lock:
+                    jobs = [self.render_job(job) for job in self._backend.jobs(DIALECT)]
+                jobs.reverse()
+                return _json(200, jobs)
             case ["jobs", job_id], "GET":
-                job = self._backend.job(job_id)
-                if job is None or job.dialect != DIALECT:
+                job = self._job(job_id)
+                if job is None:
                     return _error(404, "Job not found.")
                 return _json(200, self.render_job(job))
+            case ["jobs", job_id, "output"], "GET":
+                job = self._job(job_id)
+                if job is None:
+                    return _error(404, "Job not found.")
+                return _json(200, self.render_job(job)["output"])
             case ["jobs", job_id], "PATCH":
                 return self._patch_job(job_id, request.body)
             case (["jobs"] | ["jobs", _] | ["jobs", _, _]), _:
                 return _error(405, "Not emulated by the convbridge sandbox.")
         return _error(404, "Not found.")
+
+    def _job(self, job_id: str) -> Job | None:
+        job = self._backend.job(job_id)
+        return job if job is not None and job.dialect == DIALECT else None
+
+    def _upload(self, job_id: str, request: ApiRequest) -> ApiResponse:
+        """A local file for a held job created without inputs: its upload input."""
+        job = self._job(job_id)
+        token = self._tokens.get(job_id, "") if job is not None else ""
+        if job is None or not hmac.compare_digest(
+                request.headers.get(TOKEN_HEADER, "").encode(), token.encode()):
+            return _error(401, "Invalid or missing job token.")
+        upload = next((t for t in job.tasks if isinstance(t.spec, ImportUpload)), None)
+        if upload is None or not isinstance(upload.spec, ImportUpload) or \
+                job_id not in self._held:
+            return _error(400, "This job takes no uploads: create it with process false and "
+                               "no input.")
+        fields = form_fields(request.headers.get("content-type", ""), request.body)
+        sent = [(filename, data) for name, filename, data in fields or [] if name == "file"]
+        if not sent:
+            return _error(400, "Send the file as the multipart field 'file'.")
+        filename, data = sent[0]
+        status, message = self._backend.uploads.put(upload.spec.slot, filename or "file", data)
+        if status != 201:
+            return _error(status, message)
+        with self._backend.lock:
+            upload.payload = {"type": "upload", "source": filename or "file",
+                              "filename": filename or "file"}
+            entry = {**_input_entry(upload), "size": len(data)}
+        return _json(200, entry)
 
     def _create_job(self, raw: bytes) -> ApiResponse:
         faults = self._backend.faults
@@ -121,11 +196,7 @@ class OnlineConvertV2:
             rendered = self.render_job(job)
         if not held:
             self._backend.run(job, self.build_callback)
-        response = _json(201, rendered)
-        if self._backend.draw(faults.timeout_rate):
-            return ApiResponse(201, response.body, response.headers,
-                               hold_seconds=faults.timeout_seconds)
-        return response
+        return self._backend.answer_created(_json(201, rendered))
 
     def _patch_job(self, job_id: str, raw: bytes) -> ApiResponse:
         """``process: true`` starts a held job (with the ``callback`` given here, if any);
@@ -167,7 +238,10 @@ class OnlineConvertV2:
         if callback is not None and not isinstance(callback, str):
             problems.append("callback must be a URL")
         inputs, conversions = body.get("input"), body.get("conversion")
-        if not isinstance(inputs, list) or not inputs:
+        if body.get("process") is False and not inputs:
+            # a job built step by step: its input is the file uploaded before it starts
+            inputs = [{"type": "upload"}]
+        elif not isinstance(inputs, list) or not inputs:
             problems.append("input: at least one input is required")
             inputs = []
         if not isinstance(conversions, list) or not conversions:
@@ -191,6 +265,8 @@ class OnlineConvertV2:
             problems.append(f"{where}: must be an object")
             return None
         kind, source = item.get("type"), item.get("source")
+        if kind == "upload" and source is None:
+            return TaskSpec(f"input-{i}", "upload", ImportUpload(), item)
         if kind == "remote" and isinstance(source, str) and source.startswith(("http://",
                                                                               "https://")):
             return TaskSpec(f"input-{i}", "remote", ImportUrl(source, item.get("filename")), item)
@@ -292,8 +368,12 @@ class OnlineConvertV2:
             return None
         event = "completed" if job.status == "finished" else "failed"
         body = json.dumps(self.render_job(job)).encode()
+        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        if self._signing_secret is not None:
+            headers[SIGNATURE_HEADER] = hmac.new(self._signing_secret, body,
+                                                 hashlib.sha256).hexdigest()
         return Callback(url=job.webhook_url, event=event, body=body, retry=_worth_retrying,
-                        headers={"Content-Type": "application/json", "User-Agent": USER_AGENT})
+                        headers=headers, timing=self._callback_timing)
 
 
 def _worth_retrying(status: int | None) -> bool:

@@ -1,8 +1,10 @@
 """The sandbox's HTTP front: a stdlib ThreadingHTTPServer that parses requests, routes them by
-path prefix to a provider dialect (CloudConvert v2 below /v2, CloudConvert v1 below /v1,
-FreeConvert below /freeconvert/v1, Online-Convert below /onlineconvert/v2, all on one port),
-serves exported files below /files/ (small ones from memory, large ones from disk with
-sendfile), applies the transport-level faults (latency, held answers, dropped downloads) and
+path prefix to a provider dialect (CloudConvert v2 below /v2 and its sync API below /sync/v2,
+CloudConvert v1 below /v1, FreeConvert below /freeconvert/v1, Online-Convert below
+/onlineconvert/v2, all on one port), serves exported files below /files/ (small ones from
+memory, large ones from disk with sendfile; under the redirect fault through a 302 to the same
+path on a second port, the storage host), applies the transport-level faults (latency, held
+answers, dropped downloads, redirects) and
 keeps a log of every request for tests. `Sandbox` owns the server, the shared backend and the
 file store; `serve` runs one in the foreground for the `convbridge sandbox` command. No parsing
 of provider semantics happens here."""
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -21,8 +23,8 @@ from urllib.parse import quote, urlsplit
 
 from . import cloudconvert_v1, freeconvert, onlineconvert
 from .cloudconvert_v2 import DIALECT as CLOUDCONVERT_V2
-from .cloudconvert_v2 import CloudConvertV2
-from .models import ApiRequest, ApiResponse, Backend, Dialect, Faults, Job
+from .cloudconvert_v2 import CloudConvertV2, CloudConvertV2Sync
+from .models import ApiRequest, ApiResponse, Backend, CallbackTiming, Dialect, Faults, Job
 from .storage_io import FileBlob, FileStore
 
 log = logging.getLogger("devstack.sandbox")
@@ -67,12 +69,16 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], dialects: list[Dialect], files: FileStore,
-                 backend: Backend, journal: _Log) -> None:
+                 backend: Backend, journal: _Log,
+                 storage_url: Callable[[], str] | None = None) -> None:
         super().__init__(address, _Handler)
         self.dialects = dialects
         self.files = files
         self.backend = backend
         self.journal = journal
+        # where downloads are redirected under the redirect fault; None on the storage
+        # host itself, which always serves
+        self.storage_url = storage_url
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -179,6 +185,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.journal.download(started, path, 404, False)
             self._send(ApiResponse(404, b"not found"))
             return
+        if self.server.storage_url is not None and self.server.backend.faults.redirect_downloads:
+            if self.command == "GET":
+                self.server.journal.download(started, path, 302, False)
+            self._send(ApiResponse(302, b"", {"Location": self.server.storage_url() + path}))
+            return
         blob = stored.blob
         try:
             size = blob.size
@@ -271,8 +282,11 @@ class Sandbox:
             "onlineconvert": (onlineconvert.DIALECT, self._onlineconvert.render_job),
             "cloudconvert_v1": (cloudconvert_v1.DIALECT, self._cloudconvert_v1.render_job),
         }
+        self._cloudconvert_v2_sync = CloudConvertV2Sync(self._cloudconvert_v2)
         self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        # the storage host export URLs redirect to under the redirect_downloads fault
+        self._storage: _Server | None = None
+        self._threads: list[threading.Thread] = []
 
     def __repr__(self) -> str:
         # The key and secret stay out of reprs, and therefore out of logs and tracebacks.
@@ -284,30 +298,47 @@ class Sandbox:
             raise RuntimeError("Sandbox not started")
         return f"http://{self._address[0]}:{self._server.server_port}"
 
+    @property
+    def sync_url(self) -> str:
+        """CloudConvert's sync API host (sync.api.cloudconvert.com) on this sandbox: the base
+        the SDKs' `wait` calls append /v2/jobs/{id} and /v2/tasks/{id} to."""
+        return self.url + "/sync"
+
+    @property
+    def storage_url(self) -> str:
+        """The storage host downloads are redirected to under the redirect_downloads fault."""
+        if self._storage is None:
+            raise RuntimeError("Sandbox not started")
+        return f"http://{self._address[0]}:{self._storage.server_port}"
+
     def start(self) -> Sandbox:
-        dialects: list[Dialect] = [self._cloudconvert_v2, self._cloudconvert_v1,
-                                   self._freeconvert, self._onlineconvert]
+        dialects: list[Dialect] = [self._cloudconvert_v2, self._cloudconvert_v2_sync,
+                                   self._cloudconvert_v1, self._freeconvert,
+                                   self._onlineconvert]
+        self._storage = _Server((self._address[0], 0), [], self._files, self._backend,
+                                self._journal)
         self._server = _Server(self._address, dialects, self._files, self._backend,
-                               self._journal)
-        server = self._server
-        # A short poll interval makes stop() quick; tests start and stop many sandboxes.
-        self._thread = threading.Thread(
-            target=lambda: server.serve_forever(poll_interval=0.05), name="sandbox-http",
-            daemon=True,
-        )
-        self._thread.start()
+                               self._journal, storage_url=lambda: self.storage_url)
+        for name, server in (("sandbox-http", self._server), ("sandbox-storage", self._storage)):
+            # A short poll interval makes stop() quick; tests start and stop many sandboxes.
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                      name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
         log.info("sandbox listening on %s", self.url)
         return self
 
     def stop(self) -> None:
         """Stop serving, drop queued work, release held answers, delete spilled files."""
         self._backend.close()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
+        for server in (self._server, self._storage):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._server = self._storage = None
+        self._threads = []
 
     def __enter__(self) -> Sandbox:
         return self.start()
@@ -339,9 +370,27 @@ class Sandbox:
         for storage.googleapis.com. None: GCS tasks fail as unreachable."""
         self._backend.set_gcs_endpoint(endpoint)
 
+    def mint_cloudconvert_key(self, scopes: Iterable[str]) -> str:
+        """A new CloudConvert v2 API key with exactly `scopes` (task.read, task.write,
+        user.read, ...); requests it lacks the scope for are refused with 403, as a key made
+        in CloudConvert's dashboard with those scopes. The sandbox's own key has them all."""
+        return self._cloudconvert_v2.mint_key(frozenset(scopes))
+
     def set_freeconvert_webhook(self, url: str | None) -> None:
         """The FreeConvert account's webhook (FreeConvert has no per-job callback URL)."""
         self._freeconvert.set_webhook(url)
+
+    def set_onlineconvert_signing_secret(self, secret: str | None) -> None:
+        """Online-Convert's signed webhooks: callbacks carry ``X-Oc-Signature`` (HMAC-SHA256
+        of the body with `secret`, as the official SDK verifies); None sends them unsigned,
+        as the seed documents."""
+        self._onlineconvert.set_signing_secret(secret)
+
+    def set_onlineconvert_callback_timing(self, timing: CallbackTiming | None) -> None:
+        """Online-Convert callbacks on `timing`: ``onlineconvert.CALLBACK_TIMING`` is the
+        service's (3 s per attempt, retries 10 s apart, 10 tries); None (the default) keeps
+        the sandbox's quick schedule, whose attempts wait up to 10 s."""
+        self._onlineconvert.set_callback_timing(timing)
 
     def set_aws_endpoint(self, url: str | None) -> None:
         """Where Online-Convert ``amazons3`` tasks, which name no endpoint, reach S3: the
@@ -401,6 +450,7 @@ def serve(port: int, api_key: str, signing_secret: str, host: str = "127.0.0.1")
     """Run a sandbox in the foreground until Ctrl-C."""
     with Sandbox(api_key=api_key, signing_secret=signing_secret, host=host, port=port) as sandbox:
         print(f"convbridge sandbox on {sandbox.url} (CloudConvert v2: {sandbox.url}/v2, "
+              f"its sync API: {sandbox.sync_url}/v2, "
               f"CloudConvert v1: {sandbox.url}/v1, FreeConvert: {sandbox.url}/freeconvert/v1, "
               f"Online-Convert: {sandbox.url}/onlineconvert/v2); Ctrl-C stops", flush=True)
         try:

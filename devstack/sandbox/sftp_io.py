@@ -197,7 +197,7 @@ class Uploads:
             return 404, "Upload form not found."
         if found.done.is_set():
             return 422, "This form has already received its file."
-        fields = _form_fields(content_type, body)
+        fields = form_fields(content_type, body)
         if fields is None:
             return 400, "The body is not multipart/form-data."
         expected = {k: str(v) for k, v in self.form_parameters(slot).items()}
@@ -217,6 +217,18 @@ class Uploads:
         found.done.set()
         return 201, "Uploaded."
 
+    def put(self, slot: str, filename: str, data: bytes) -> tuple[int, str]:
+        """(HTTP status, message) for a file sent straight to `slot` by a caller its dialect
+        has already authorised (Online-Convert's per-job token)."""
+        found = self._slot(slot)
+        if found.done.is_set():
+            return 422, "This job has already received its file."
+        if len(data) > self._max:
+            return 413, "The file is larger than max_file_size."
+        found.blob = self._spool.blob(filename or "file", data)
+        found.done.set()
+        return 201, "Uploaded."
+
     def wait(self, slot: str, timeout: float = UPLOAD_WAIT_SECONDS) -> FileBlob:
         found = self._slot(slot)
         if not found.done.wait(timeout) or found.blob is None:
@@ -224,7 +236,7 @@ class Uploads:
         return found.blob
 
 
-def _form_fields(content_type: str, body: bytes) -> list[tuple[str, str | None, bytes]] | None:
+def form_fields(content_type: str, body: bytes) -> list[tuple[str, str | None, bytes]] | None:
     """(name, filename, value) for each part, in the order sent."""
     if not content_type.lower().startswith("multipart/form-data"):
         return None
