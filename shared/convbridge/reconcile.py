@@ -16,8 +16,8 @@ must carry a context token of ours with that very nonce before it is acted on.
 
 Listings are bounded: a run reads at most ``max_records`` result records per rule. A run that
 stops early leaves a cursor (:data:`CURSOR_NAME` in the rule's results prefix: how many records
-the walk has passed), and the next run goes on from there; a run that reaches the end removes
-it. A run with nothing overdue makes no provider call at all.
+the walk has passed), and the next run goes on from there; a run that reaches the end sets it
+back to the start. A run with nothing overdue makes no provider call at all.
 """
 
 from __future__ import annotations
@@ -129,7 +129,8 @@ def _walk(bridge: Bridge, rule: Rule, report: Reconciliation, *, deadline: int, 
         logger.info("rule %s: stopped after %d records; the next run goes on from there",
                     rule.name, position - 1)
     elif passed:
-        storage.delete(rule.location, cursor_key)
+        # set back, not deleted: the function may delete nothing outside the watched prefix
+        storage.write_json(rule.location, cursor_key, {"passed": 0}, marker=rule.name)
 
 
 def _record_keys(storage: Storage, rule: Rule) -> Iterator[str]:
