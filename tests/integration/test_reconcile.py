@@ -38,10 +38,11 @@ def provider_calls(stack: DevStack, provider: str) -> list[dict[str, Any]]:
     return [r for r in stack.sandbox.requests() if r["path"].startswith(API[provider])]
 
 
-def submit_lost(stack: DevStack, keys: list[str]) -> None:
-    """Upload and submit ``keys``; every job runs, and every callback is dropped."""
+def submit_lost(stack: DevStack, keys: list[str], broken: tuple[str, ...] = ()) -> None:
+    """Upload and submit ``keys`` (those in ``broken`` as an unreadable image); every job
+    runs, and every callback is dropped."""
     for key in keys:
-        stack.upload(key, PNG)
+        stack.upload(key, b"\x89PNG\r\n\x1a\nnot an image at all" if key in broken else PNG)
     summary = stack.trigger({"Records": [r for key in keys
                                          for r in stack.s3_event(key)["Records"]]})
     assert summary["counts"] == {"submitted": len(keys)}
@@ -108,25 +109,43 @@ def test_an_empty_run_makes_no_provider_call() -> None:
         assert stack.sandbox.requests() == before
 
 
+#: the code each dialect reports for an unreadable image
+FAILURE_CODE = {"cloudconvert": "CONVERSION_FAILED", "freeconvert": "CONVERSION_FAILED",
+                "onlineconvert": "CONVERSION_FAILED", "cloudconvert_v1": "422"}
+
+
 @pytest.mark.parametrize("provider", list(API))
 def test_a_job_the_provider_forgot_gets_a_job_lost_failure_report(provider: str) -> None:
+    """Per dialect, every callback lost: a finished job, a failed one and one the provider
+    forgot are settled by the reconciler; the late callbacks afterwards change nothing."""
     with DevStack(rules_text=rules_for(provider), faults=Faults(drop_callbacks=True)) as stack:
-        submit_lost(stack, ["inbox/forgotten.png", "inbox/kept.png"])
+        submit_lost(stack, ["inbox/forgotten.png", "inbox/kept.png", "inbox/broken.png"],
+                    broken=("inbox/broken.png",))
         bridge = runtime.bridge()
         forgotten = results(stack)["results/forgotten.png.json"]["job_id"]
         stack.sandbox.forget_job(forgotten)
 
         report = reconcile(bridge, now=datetime.now(UTC) + LATER)
         assert sorted((i.record_key, i.status, i.outcome) for i in report.items) == [
+            ("results/broken.png.json", "settled", "failed"),
             ("results/forgotten.png.json", "settled", "failed"),
             ("results/kept.png.json", "settled", "finished")]
         lost = stack.read_json("failures/forgotten.png.json")
         assert lost is not None and lost["status"] == "failed"
         assert lost["job_id"] == forgotten and lost["error"]["code"] == "JOB_LOST"
         assert stack.read_json("results/forgotten.png.json") == lost
+        broken = stack.read_json("failures/broken.png.json")
+        assert broken is not None and broken["error"]["code"] == FAILURE_CODE[provider]
         kept = stack.read_json("results/kept.png.json")
         assert kept is not None and kept["status"] == "finished"
         assert stack.objects("outbox/")["outbox/kept.pdf"] == kept["outputs"][0]["size"]
+
+        written = {key: stack.harness.read_bytes(key) for key in stack.objects()}
+        stack.sandbox.set_faults(Faults())
+        assert stack.sandbox.deliver_dropped() == 3
+        stack.wait(timeout=60)
+        assert len(stack.sandbox.deliveries()) >= 3
+        assert {key: stack.harness.read_bytes(key) for key in stack.objects()} == written
 
 
 def test_a_bounded_run_goes_on_from_where_the_last_one_stopped() -> None:
