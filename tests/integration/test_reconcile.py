@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from convbridge import runtime
+from convbridge.cli import main
 from convbridge.reconcile import reconcile
 from devstack.harness.base import DEFAULT_RULES
 from devstack.lambda_local import LocalContext, load_function
@@ -166,3 +167,29 @@ def test_a_bounded_run_goes_on_from_where_the_last_one_stopped() -> None:
         # the cursor is set back once a walk reached the end, so the next run starts afresh
         assert stack.read_json("results/.convbridge-reconcile-cursor") == {"passed": 0}
         assert reconcile(bridge, now=later, max_records=2).examined == 2
+
+
+def test_convbridge_reconcile_settles_overdue_jobs_from_the_command_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with DevStack(faults=Faults(drop_callbacks=True)) as stack:
+        submit_lost(stack, ["inbox/cli/a.png", "inbox/cli/b.png"])
+
+        def printed() -> list[str]:
+            # the functions' JSON log and metric lines share stdout here; the command's own
+            # lines are plain text
+            return [line for line in capsys.readouterr().out.splitlines()
+                    if not line.startswith("{")]
+
+        printed()
+        before = stack.sandbox.requests()
+        assert main(["reconcile"]) == 0  # nothing is past CloudConvert's deadline yet
+        assert printed() == ["2 records read, 0 overdue"]
+        assert stack.sandbox.requests() == before
+
+        assert main(["reconcile", "--older-than", "0"]) == 0
+        lines = printed()
+        jobs = {r["job_id"]: key for key, r in results(stack).items()}
+        assert sorted(lines[:-1]) == sorted(f"{key}: job {job} settled as finished"
+                                            for job, key in jobs.items())
+        assert lines[-1] == "2 records read, 2 overdue"
+        assert {r["status"] for r in results(stack).values()} == {"finished"}
