@@ -15,7 +15,7 @@ which names the source, its version, the route and the context's nonce; the prov
 must carry a context token of ours with that very nonce before it is acted on.
 
 Listings are bounded: a run reads at most ``max_records`` result records per rule. A run that
-stops early leaves a cursor (:data:`CURSOR_NAME` in the rule's results prefix: how many records
+stops early leaves a cursor (:func:`cursor_key`, in the rule's results prefix: how many records
 the walk has passed), and the next run goes on from there; a run that reaches the end sets it
 back to the start. A run with nothing overdue makes no provider call at all.
 """
@@ -43,9 +43,9 @@ from convbridge.telemetry import record as record_metric
 
 logger = logging.getLogger(__name__)
 
-#: the cursor a run that stopped early leaves in a rule's results prefix (not a record: no
-#: ``.json`` suffix, and written with the bridge's marker like every record)
-CURSOR_NAME = ".convbridge-reconcile-cursor"
+#: how the cursor a run that stopped early leaves in a rule's results prefix is named (not a
+#: record: no ``.json`` suffix; written with the bridge's marker like every record)
+CURSOR_PREFIX = ".convbridge-reconcile-"
 #: result records read per rule and run
 DEFAULT_MAX_RECORDS = 5000
 #: a run stops taking new records once the invocation has less time than this left
@@ -107,8 +107,8 @@ def reconcile(bridge: Bridge, *, rule_name: str | None = None, older_than: int |
 def _walk(bridge: Bridge, rule: Rule, report: Reconciliation, *, deadline: int, now: datetime,
           max_records: int, remaining_ms: Callable[[], int] | None) -> None:
     storage = bridge.storage(rule.storage)
-    cursor_key = rule.results_prefix + CURSOR_NAME
-    passed = _read_cursor(storage, rule.location, cursor_key)
+    cursor = cursor_key(rule)
+    passed = _read_cursor(storage, rule.location, cursor)
     position, read, stopped = 0, 0, False
     for key in _record_keys(storage, rule):
         position += 1
@@ -123,14 +123,20 @@ def _walk(bridge: Bridge, rule: Rule, report: Reconciliation, *, deadline: int, 
             report.items.append(item)
     report.examined += read
     if stopped:
-        storage.write_json(rule.location, cursor_key, {"passed": position - 1},
+        storage.write_json(rule.location, cursor, {"passed": position - 1},
                            marker=rule.name)
         report.resumed_later.append(rule.name)
         logger.info("rule %s: stopped after %d records; the next run goes on from there",
                     rule.name, position - 1)
     elif passed:
         # set back, not deleted: the function may delete nothing outside the watched prefix
-        storage.write_json(rule.location, cursor_key, {"passed": 0}, marker=rule.name)
+        storage.write_json(rule.location, cursor, {"passed": 0}, marker=rule.name)
+
+
+def cursor_key(rule: Rule) -> str:
+    """Where the walk of ``rule`` keeps its cursor; one per rule, should rules share a results
+    prefix."""
+    return f"{rule.results_prefix}{CURSOR_PREFIX}{rule.name}"
 
 
 def _record_keys(storage: Storage, rule: Rule) -> Iterator[str]:
@@ -150,8 +156,8 @@ def _reconcile_record(bridge: Bridge, rule: Rule, storage: Storage, key: str, *,
                       deadline: int, now: datetime) -> Reconciled | None:
     record = _read_json(storage, rule.location, key)
     if not record or record.get("schema") != records.SCHEMA or record.get(
-            "status") != "submitted":
-        return None
+            "status") != "submitted" or record.get("rule") != rule.name:
+        return None  # settled, or another rule's record (its own walk sees to it)
     submitted_at = _time(record.get("submitted_at"))
     if submitted_at is None or (now - submitted_at).total_seconds() < deadline:
         return None

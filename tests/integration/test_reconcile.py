@@ -165,7 +165,7 @@ def test_a_bounded_run_goes_on_from_where_the_last_one_stopped() -> None:
         assert {r.get("status") for k, r in results(stack).items() if k.endswith(".json")} == {
             "finished"}
         # the cursor is set back once a walk reached the end, so the next run starts afresh
-        assert stack.read_json("results/.convbridge-reconcile-cursor") == {"passed": 0}
+        assert stack.read_json("results/.convbridge-reconcile-images-to-pdf") == {"passed": 0}
         assert reconcile(bridge, now=later, max_records=2).examined == 2
 
 

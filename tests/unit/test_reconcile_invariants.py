@@ -20,7 +20,7 @@ from convbridge.bridge import Bridge
 from convbridge.context import JobContext
 from convbridge.errors import StorageError
 from convbridge.model import ObjectRef
-from convbridge.reconcile import CURSOR_NAME, _context, reconcile
+from convbridge.reconcile import CURSOR_PREFIX, _context, reconcile
 from convbridge.rules import parse_rules
 
 RULES = parse_rules("""\
@@ -97,7 +97,7 @@ class _Bridge:
 @given(count=st.integers(0, 30), per_run=st.integers(1, 8))
 def test_bounded_runs_read_every_record_once_per_pass(count: int, per_run: int) -> None:
     """40 examples. Records young enough that no provider is asked: only the walk shows."""
-    record = json.dumps({"schema": records.SCHEMA, "status": "submitted",
+    record = json.dumps({"schema": records.SCHEMA, "status": "submitted", "rule": RULE.name,
                          "submitted_at": datetime.now(UTC).isoformat()}).encode()
     bucket = _Bucket({f"results/{n:03d}.png.json": record for n in range(count)})
     bridge = cast(Bridge, _Bridge(bucket))
@@ -109,11 +109,11 @@ def test_bounded_runs_read_every_record_once_per_pass(count: int, per_run: int) 
         assert report.items == [] and report.examined <= per_run
         if not report.resumed_later:
             break
-    records_read = [key for key in bucket.reads if not key.endswith(CURSOR_NAME)]
+    records_read = [key for key in bucket.reads if CURSOR_PREFIX not in key]
     assert sorted(records_read) == sorted(k for k in bucket.objects if k.endswith(".json"))
     assert runs == max(1, math.ceil(count / per_run))
     # the next pass starts again from the first record
     bucket.reads.clear()
     reconcile(bridge, now=now, max_records=per_run)
-    assert [k for k in bucket.reads if not k.endswith(CURSOR_NAME)] == sorted(
+    assert [k for k in bucket.reads if CURSOR_PREFIX not in k] == sorted(
         k for k in bucket.objects if k.endswith(".json"))[:per_run]
