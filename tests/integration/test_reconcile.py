@@ -193,3 +193,22 @@ def test_convbridge_reconcile_settles_overdue_jobs_from_the_command_line(
                                             for job, key in jobs.items())
         assert lines[-1] == "2 records read, 2 overdue"
         assert {r["status"] for r in results(stack).values()} == {"finished"}
+
+
+def test_a_provider_that_does_not_answer_leaves_the_record_for_the_next_run() -> None:
+    with DevStack(faults=Faults(drop_callbacks=True),
+                  env={"CONVBRIDGE_HTTP_TIMEOUT_SECONDS": "1"}) as stack:
+        submit_lost(stack, ["inbox/slow.png"])
+        bridge = runtime.bridge()
+        submitted = stack.read_json("results/slow.png.json")
+        stack.sandbox.set_faults(Faults(drop_callbacks=True, latency_seconds=1.5))
+        report = reconcile(bridge, now=datetime.now(UTC) + LATER)
+        assert [(i.status, i.job_id) for i in report.items] == [
+            ("error", submitted and submitted["job_id"])]
+        assert stack.read_json("results/slow.png.json") == submitted
+        assert stack.objects("failures/") == {}
+
+        stack.sandbox.set_faults(Faults(drop_callbacks=True))
+        report = reconcile(bridge, now=datetime.now(UTC) + LATER)
+        assert [i.status for i in report.items] == ["settled"]
+        assert (stack.read_json("results/slow.png.json") or {})["status"] == "finished"
