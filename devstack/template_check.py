@@ -80,6 +80,7 @@ EVERY_OPTION_ON: Mapping[str, str | int] = {
     "AzureTriggerConcurrency": 5,
     "GcsTriggerConcurrency": 5,
     "SftpSweepConcurrency": 1,
+    "ReconcilerConcurrency": 1,
 }
 
 #: Values for the parameters without a default, to go with :data:`EVERY_OPTION_ON` where a

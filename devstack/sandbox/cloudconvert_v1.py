@@ -94,6 +94,12 @@ class CloudConvertV1:
                 return _error(405, "Not emulated by the convbridge sandbox.")
         return _error(404, "Not found.")
 
+    def forget(self, process_id: str) -> str | None:
+        """Delete a process; returns the id of its job, if it was started."""
+        with self._backend.lock:
+            process = self._processes.pop(process_id, None)
+        return process.job_id if process is not None else None
+
     def _authorized(self, request: ApiRequest, params: Mapping[str, Any]) -> bool:
         scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
         given = str(params.get("apikey") or (bearer if scheme.lower() == "bearer" else ""))

@@ -88,6 +88,8 @@ class Faults:
         host (another port), as the providers' CDNs redirect download URLs.
     omit_export_url_size: CloudConvert v2 export/url result files come without `size`, which
         CloudConvert documents as optional.
+    drop_callbacks: every callback is lost, never sent, as to a webhook unreachable past the
+        provider's retries; Sandbox.deliver_dropped() sends the lost ones late.
     seed: makes the random draws repeatable (re-seeds when set with Sandbox.set_faults)."""
 
     latency_seconds: float = 0.0
@@ -106,6 +108,7 @@ class Faults:
     callback_delay_seconds: float = 0.0
     redirect_downloads: bool = False
     omit_export_url_size: bool = False
+    drop_callbacks: bool = False
     seed: int | None = None
 
 
@@ -510,6 +513,7 @@ class Backend:
         self._by_tag: dict[str, list[Job]] = {}
         self._tasks: dict[str, Task] = {}
         self._deliveries: list[Delivery] = []
+        self._dropped: list[tuple[str, Callback]] = []
         self._job_pool = _Pool(job_workers, "sandbox-job")
         self._callback_pool = _Pool(callback_workers, "sandbox-callback")
         self._timers = _Timers(self._callback_pool)
@@ -876,11 +880,35 @@ class Backend:
         attempt or duplicate was sent or the delivery was given up."""
         faults = self.faults
         with self.lock:
+            if faults.drop_callbacks:
+                self._dropped.append((job_id, callback))
+                return
             self._active += 1
         self._later(
             faults.callback_delay_seconds,
             lambda: self._attempt(job_id, callback, 1, faults.duplicate_callbacks),
         )
+
+    def deliver_dropped(self) -> int:
+        """Send every callback the drop fault kept back, as late deliveries; returns how
+        many."""
+        with self.lock:
+            dropped, self._dropped = self._dropped, []
+        for job_id, callback in dropped:
+            self._start_delivery(job_id, callback)
+        return len(dropped)
+
+    def forget(self, job_id: str) -> bool:
+        """Remove a job, as providers delete jobs some hours after they ended."""
+        with self.lock:
+            job = self._jobs.pop(job_id, None)
+            if job is None:
+                return False
+            if job.tag is not None:
+                self._by_tag[job.tag] = [j for j in self._by_tag[job.tag] if j is not job]
+            for task in job.tasks:
+                self._tasks.pop(task.id, None)
+            return True
 
     def _later(self, delay: float, step: Callable[[], None]) -> None:
         try:

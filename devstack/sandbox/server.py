@@ -402,6 +402,18 @@ class Sandbox:
         included) were delivered or given up; TimeoutError otherwise."""
         self._backend.wait_idle(timeout)
 
+    def deliver_dropped(self) -> int:
+        """Send the callbacks the drop_callbacks fault kept back (late, genuine deliveries);
+        returns how many. Set the fault off first, or they are dropped again."""
+        return self._backend.deliver_dropped()
+
+    def forget_job(self, job_id: str) -> None:
+        """Delete a job (for CloudConvert v1 its process) as providers do some hours after it
+        ended: looking it up answers 404 from then on."""
+        process_job = self._cloudconvert_v1.forget(job_id)
+        if not self._backend.forget(process_job or job_id):
+            raise KeyError(job_id)
+
     def jobs(self) -> list[dict[str, Any]]:
         """Every CloudConvert v2 job, oldest first, as GET /v2/jobs/{id} returns it (without
         `data`)."""

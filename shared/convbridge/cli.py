@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 
 
@@ -22,6 +23,13 @@ def main(argv: list[str] | None = None) -> int:
         "retry", help="resubmit the sources listed in failure reports (uses the deployed "
         "function's CONVBRIDGE_* environment)")
     retry.add_argument("--rule", help="only this rule's failure reports")
+    reconcile = commands.add_parser(
+        "reconcile", help="settle jobs whose callbacks never came by asking their provider "
+        "(uses the deployed function's CONVBRIDGE_* environment)")
+    reconcile.add_argument("--rule", help="only this rule's result records")
+    reconcile.add_argument("--older-than", type=int, metavar="SECONDS",
+                           help="ask about jobs submitted at least this long ago, instead of "
+                                "after each provider's deadline")
     commands.add_parser("routes", help="what each provider is handed per storage: scoped "
                         "grants, or the relay")
     args = parser.parse_args(argv)
@@ -32,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "retry":
         return _retry(args.rule)
+    if args.command == "reconcile":
+        return _reconcile(args.rule, args.older_than)
     if args.command == "sandbox":
         try:
             from devstack.sandbox import serve
@@ -58,18 +68,20 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def _budget() -> Callable[[], int]:
+    """The remaining time of a command run, counted as a Lambda's would be (15 minutes)."""
+    budget_ms = 15 * 60 * 1000
+    started = time.monotonic()
+    return lambda: budget_ms - int((time.monotonic() - started) * 1000)
+
+
 def _retry(rule: str | None) -> int:
     from convbridge.bridge import Bridge
     from convbridge.errors import ConvbridgeError
     from convbridge.http import deadline_from
     from convbridge.pipeline import retry_failures
 
-    budget_ms = 15 * 60 * 1000
-    started = time.monotonic()
-
-    def remaining_ms() -> int:
-        return budget_ms - int((time.monotonic() - started) * 1000)
-
+    remaining_ms = _budget()
     try:
         bridge = Bridge.from_env()
         # claims taken by this run expire with it, as they would with a Lambda's
@@ -88,6 +100,33 @@ def _retry(rule: str | None) -> int:
             f" ({item.reason})" if item.reason else "")
         print(f"{item.ref}: {item.status}{detail}")
     return 0 if all(s.status in {"submitted", "duplicate"} for s in submissions) else 1
+
+
+def _reconcile(rule: str | None, older_than: int | None) -> int:
+    from convbridge.bridge import Bridge
+    from convbridge.errors import ConvbridgeError
+    from convbridge.http import deadline_from
+    from convbridge.reconcile import reconcile
+
+    remaining_ms = _budget()
+    try:
+        bridge = Bridge.from_env()
+        bridge.claims.register_lambda_context(SimpleNamespace(
+            get_remaining_time_in_millis=remaining_ms))
+        with deadline_from(remaining_ms):
+            report = reconcile(bridge, rule_name=rule, older_than=older_than,
+                               remaining_ms=remaining_ms)
+    except ConvbridgeError as exc:
+        print(f"reconcile failed: {exc}", file=sys.stderr)
+        return 1
+    for item in report.items:
+        detail = f" as {item.outcome}" if item.outcome else (
+            f" ({item.reason})" if item.reason else "")
+        print(f"{item.record_key}: job {item.job_id} {item.status}{detail}")
+    print(f"{report.examined} records read, {len(report.items)} overdue"
+          + (f"; continues next run for {', '.join(report.resumed_later)}"
+             if report.resumed_later else ""))
+    return 1 if any(item.status == "error" for item in report.items) else 0
 
 
 if __name__ == "__main__":

@@ -116,6 +116,10 @@ class ProviderRejected(ProviderError):
     """The provider answered 4xx (not 429); the request itself is wrong and will not be retried."""
 
 
+class ProviderJobUnknown(ProviderRejected):
+    """The provider does not know the job (404): it was deleted or expired there."""
+
+
 class ProviderUnavailable(ProviderError):
     """Throttling, server errors or network failures outlasted the retry budget."""
 

@@ -82,6 +82,7 @@ def _cdk_config(values: dict[str, Any]) -> dict[str, Any]:
             "azureTrigger": values["AzureTriggerConcurrency"],
             "gcsTrigger": values["GcsTriggerConcurrency"],
             "sftpSweep": values["SftpSweepConcurrency"],
+            "reconciler": values["ReconcilerConcurrency"],
         },
         "bundleLayers": False,
     }

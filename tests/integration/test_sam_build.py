@@ -44,6 +44,7 @@ FUNCTION_DIRECTORIES = {
     "AzureTriggerFunction": "azure_trigger",
     "GcsTriggerFunction": "gcs_trigger",
     "SftpSweepFunction": "sftp_sweep",
+    "ReconcilerFunction": "reconciler",
 }
 
 

@@ -55,6 +55,7 @@ FUNCTIONS = {
     "AzureTriggerFunction": "AzureTriggerRole",
     "GcsTriggerFunction": "GcsTriggerRole",
     "SftpSweepFunction": "SftpSweepRole",
+    "ReconcilerFunction": "ReconcilerRole",
 }
 OPTIONAL_FUNCTIONS = {"AzureTriggerFunction", "GcsTriggerFunction", "SftpSweepFunction"}
 
@@ -358,6 +359,20 @@ def _webhook(storage_secrets: tuple[str, ...]) -> set[tuple[str, str, str]]:
     }
 
 
+def _reconciler(storage_secrets: tuple[str, ...]) -> set[tuple[str, str, str]]:
+    """reconcile.py: list_objects_v2 on each results prefix (ListBucket, which also turns a
+    missing record into 404), get/put_object on records, its cursor and relayed outputs, the
+    multipart calls and abort_multipart_upload of a relay, delete_object for "move" of a
+    failed or lost job's source; the other clouds' secrets for their jobs. No queue."""
+    return {
+        ("s3:getobject", OBJECTS, ""),
+        ("s3:putobject", OBJECTS, ""),
+        ("s3:abortmultipartupload", OBJECTS, ""),
+        ("s3:listbucket", BUCKET, ""),
+        ("s3:deleteobject", WATCHED, ""),
+    } | {(GET_SECRET, SECRET.format(name), "") for name in storage_secrets}
+
+
 PROVIDERS_ALL = ("cloudconvert", "freeconvert", "onlineconvert", "cloudconvert-v1")
 EXPECTED_ALL_ON = {
     "S3TriggerFunction": _core(PROVIDERS_ALL, kms=True) | _s3_trigger(),
@@ -370,6 +385,8 @@ EXPECTED_ALL_ON = {
     "GcsTriggerFunction": _core(PROVIDERS_ALL, kms=True)
     | {(GET_SECRET, SECRET.format("gcs-service-account"), "")},
     "SftpSweepFunction": _core(PROVIDERS_ALL, kms=True) | {(GET_SECRET, SECRET.format("sftp"), "")},
+    "ReconcilerFunction": _core(PROVIDERS_ALL, kms=True)
+    | _reconciler(("azure-account", "gcs-service-account", "sftp")),
 }
 
 
@@ -394,10 +411,11 @@ def test_defaults_deploy_only_the_s3_parts(deployed: dict[str, Any]) -> None:
     template = _deployed(values)
     params = parameter_values(template, values)
     functions = _resources(template, "AWS::Lambda::Function")
-    assert set(functions) == {"S3TriggerFunction", "WebhookFunction"}
+    assert set(functions) == {"S3TriggerFunction", "WebhookFunction", "ReconcilerFunction"}
     core = _core(("cloudconvert",), kms=False)
     assert permissions(template, "S3TriggerRole", params) == core | _s3_trigger()
     assert permissions(template, "WebhookFunctionRole", params) == core | _webhook(())
+    assert permissions(template, "ReconcilerRole", params) == core | _reconciler(())
     assert set(_resources(deployed, "AWS::Lambda::Function")) == set(functions)
 
 
@@ -673,6 +691,7 @@ def test_environment_with_every_option_on(
                                "CONVBRIDGE_PUBSUB_SERVICE_ACCOUNT":
                                    EVERY_OPTION_ON["PubSubServiceAccount"]} | gcs,
         "SftpSweepFunction": {"CONVBRIDGE_WEBHOOK_URL": WEBHOOK_URL} | sftp,
+        "ReconcilerFunction": azure | gcs | sftp,
     }
     for function_id, extra in expected.items():
         assert _environment(deployed_all, function_id, params_all) == common | extra, function_id
@@ -686,6 +705,7 @@ def test_environment_by_default_names_no_unset_secret(deployed: dict[str, Any]) 
     assert _environment(deployed, "WebhookFunction", params) == COMMON_ENVIRONMENT | {
         "CONVBRIDGE_COMPLETION_QUEUE_URL": "${CompletionQueue}",
     }
+    assert _environment(deployed, "ReconcilerFunction", params) == COMMON_ENVIRONMENT
 
 
 def test_azure_endpoint_is_only_set_when_given() -> None:
@@ -769,6 +789,7 @@ def test_function_urls_are_public_and_output(
         "GcsPushEndpoint": "${GcsTriggerFunctionUrl.FunctionUrl}",
         "PubSubAudience": "convbridge-demo",
         "SftpSweepFunctionName": "${SftpSweepFunction}",
+        "ReconcilerFunctionName": "${ReconcilerFunction}",
         "SourceBucket": "${SourceBucket}",
         "GrantRoleArn": "${GrantRole.Arn}",
         "IdempotencyTableName": "${IdempotencyTable}",
@@ -785,20 +806,43 @@ def test_default_outputs_are_the_s3_ones(deployed: dict[str, Any]) -> None:
     assert set(deployed["Outputs"]) == {
         "WebhookUrl", "SourceBucket", "GrantRoleArn", "IdempotencyTableName",
         "S3EventsQueueUrl", "S3EventsDeadLetterQueueUrl", "CompletionQueueUrl",
-        "CompletionDeadLetterQueueUrl", "DashboardUrl",
+        "CompletionDeadLetterQueueUrl", "DashboardUrl", "ReconcilerFunctionName",
     }
+
+
+def _scheduled(template: dict[str, Any]) -> dict[str, Any]:
+    """function id -> its schedule expression, for every EventBridge schedule rule."""
+    found = {}
+    for rule in _resources(template, "AWS::Events::Rule").values():
+        (target,) = rule["Properties"]["Targets"]
+        function_id, attribute = target["Arn"]["Fn::GetAtt"]
+        assert attribute == "Arn"
+        found[function_id] = rule["Properties"]["ScheduleExpression"]
+    return found
+
+
+def _no_async_retries(template: dict[str, Any]) -> set[str]:
+    return {config["Properties"]["FunctionName"]["Ref"]
+            for config in _resources(template, "AWS::Lambda::EventInvokeConfig").values()
+            if config["Properties"]["MaximumRetryAttempts"] == 0}
 
 
 def test_sftp_sweep_runs_on_its_schedule_without_async_retries(
     deployed_all: dict[str, Any],
 ) -> None:
-    (rule,) = _resources(deployed_all, "AWS::Events::Rule").values()
-    assert rule["Properties"]["ScheduleExpression"] == {"Ref": "SftpSweepSchedule"}
-    (target,) = rule["Properties"]["Targets"]
-    assert target["Arn"] == {"Fn::GetAtt": ["SftpSweepFunction", "Arn"]}
-    (config,) = _resources(deployed_all, "AWS::Lambda::EventInvokeConfig").values()
-    assert config["Properties"]["MaximumRetryAttempts"] == 0
+    assert _scheduled(deployed_all)["SftpSweepFunction"] == {"Ref": "SftpSweepSchedule"}
+    assert "SftpSweepFunction" in _no_async_retries(deployed_all)
     assert deployed_all["Resources"]["SftpSweepFunction"]["Properties"]["Timeout"] == 300
+
+
+def test_the_reconciler_runs_on_its_schedule_in_every_deployment(
+    deployed: dict[str, Any], deployed_all: dict[str, Any],
+) -> None:
+    assert _scheduled(deployed) == {"ReconcilerFunction": {"Ref": "ReconcileSchedule"}}
+    assert set(_scheduled(deployed_all)) == {"ReconcilerFunction", "SftpSweepFunction"}
+    assert _no_async_retries(deployed) == {"ReconcilerFunction"}
+    assert deployed["Resources"]["ReconcilerFunction"]["Properties"]["Timeout"] == 900
+    assert _source()["Parameters"]["ReconcileSchedule"]["Default"] == "rate(1 hour)"
 
 
 def test_log_groups_and_reserved_concurrency(

@@ -100,6 +100,7 @@ class Concurrency:
     azure_trigger: int | None = None
     gcs_trigger: int | None = None
     sftp_sweep: int | None = None
+    reconciler: int | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,8 @@ class ConvBridgeProps:
     azure: AzureOptions | None = None
     gcs: GcsOptions | None = None
     sftp: SftpOptions | None = None
+    #: how often jobs whose callbacks never came are looked up and settled
+    reconcile_schedule: str = "rate(1 hour)"
     log_level: str = "INFO"
     log_retention_days: int = 30
     alarm_topic_arn: str | None = None
@@ -185,6 +188,7 @@ class ConvBridge(Construct):
             self._gcs_trigger(props.gcs)
         if props.sftp:
             self._sftp_sweep(props.sftp)
+        self._reconciler()
         self._alarms()
         self._dashboard()
         self._outputs()
@@ -478,6 +482,28 @@ class ConvBridge(Construct):
         return iam.PolicyStatement(sid="ReadStorageSecrets",
                                    actions=["secretsmanager:GetSecretValue"], resources=arns)
 
+    def _write_back_secrets(self) -> list[iam.PolicyStatement]:
+        """The other clouds' secrets, for functions that settle jobs from any storage."""
+        props = self.props
+        storage_secrets = [arn for arn in (
+            props.azure.account_secret_arn if props.azure else None,
+            props.gcs.service_account_secret_arn if props.gcs else None,
+            props.sftp.secret_arn if props.sftp else None) if arn]
+        return [self._storage_secret_statement(storage_secrets)] if storage_secrets else []
+
+    def _write_back_environment(self) -> dict[str, str]:
+        props = self.props
+        environment: dict[str, str] = {}
+        if props.azure:
+            environment |= self._azure_environment(props.azure)
+        if props.gcs:
+            environment["CONVBRIDGE_GCS_SERVICE_ACCOUNT_SECRET"] = (
+                props.gcs.service_account_secret_arn)
+        if props.sftp:
+            environment |= {"CONVBRIDGE_SFTP_SECRET": props.sftp.secret_arn,
+                            "CONVBRIDGE_SFTP_HOST_KEY": props.sftp.host_key}
+        return environment
+
     # --- functions -----------------------------------------------------------------------
 
     def _webhook(self) -> None:
@@ -499,25 +525,13 @@ class ConvBridge(Construct):
                                          "sqs:GetQueueAttributes"],
                                 resources=[self.completion_queue.queue_arn]),
         ]
-        storage_secrets = [arn for arn in (
-            props.azure.account_secret_arn if props.azure else None,
-            props.gcs.service_account_secret_arn if props.gcs else None,
-            props.sftp.secret_arn if props.sftp else None) if arn]
-        if storage_secrets:
-            statements.append(self._storage_secret_statement(storage_secrets))
+        statements += self._write_back_secrets()
         role = self._role(
             "WebhookFunctionRole",
             "convbridge webhook; writes outcomes back and finishes queued completions.",
             statements, "convbridge-webhook")
-        environment = {"CONVBRIDGE_COMPLETION_QUEUE_URL": self.completion_queue.queue_url}
-        if props.azure:
-            environment |= self._azure_environment(props.azure)
-        if props.gcs:
-            environment["CONVBRIDGE_GCS_SERVICE_ACCOUNT_SECRET"] = (
-                props.gcs.service_account_secret_arn)
-        if props.sftp:
-            environment |= {"CONVBRIDGE_SFTP_SECRET": props.sftp.secret_arn,
-                            "CONVBRIDGE_SFTP_HOST_KEY": props.sftp.host_key}
+        environment = {"CONVBRIDGE_COMPLETION_QUEUE_URL": self.completion_queue.queue_url,
+                       **self._write_back_environment()}
         layer = self.storage_sdk_layer or self.shared_layer
         function = self._function(
             "webhook", "WebhookFunction", directory="webhook",
@@ -646,6 +660,37 @@ class ConvBridge(Construct):
                     schedule=events.Schedule.expression(sftp.schedule),
                     targets=[targets.LambdaFunction(function)])
 
+    def _reconciler(self) -> None:
+        statements = [
+            iam.PolicyStatement(sid="ReadWriteBucketObjects",
+                                actions=["s3:GetObject", "s3:PutObject"],
+                                resources=[self._object_arn]),
+            iam.PolicyStatement(sid="AbortFailedRelays", actions=["s3:AbortMultipartUpload"],
+                                resources=[self._object_arn]),
+            iam.PolicyStatement(sid="ListRecords", actions=["s3:ListBucket"],
+                                resources=[self._bucket_arn]),
+            iam.PolicyStatement(sid="MoveFailedSources", actions=["s3:DeleteObject"],
+                                resources=[self._watched_arn]),
+            *self._write_back_secrets(),
+        ]
+        role = self._role(
+            "ReconcilerRole",
+            "convbridge reconciler; lists and reads result records, settles like the webhook.",
+            statements, "convbridge-reconciler")
+        function = self._function(
+            "reconciler", "ReconcilerFunction", directory="reconciler",
+            description="Settles jobs whose callbacks never came by asking their provider, on "
+                        "a schedule.",
+            role=role, layer=self.storage_sdk_layer or self.shared_layer,
+            log_group=self._log_group("ReconcilerLogGroup", "reconciler"),
+            environment=self._write_back_environment(),
+            concurrency=self.props.concurrency.reconciler,
+            timeout_seconds=900,
+            retry_attempts=0, max_event_age=Duration.seconds(300))
+        events.Rule(self, "ReconcilerFunctionReconcile", description="convbridge reconciler",
+                    schedule=events.Schedule.expression(self.props.reconcile_schedule),
+                    targets=[targets.LambdaFunction(function)])
+
     # --- alarms, dashboard, outputs ------------------------------------------------------
 
     def _alarm_actions(self, alarm: cloudwatch.Alarm) -> None:
@@ -672,19 +717,21 @@ class ConvBridge(Construct):
                   "webhook": ("WebhookFailureRateAlarm", "webhook"),
                   "azure_trigger": ("AzureTriggerFailureRateAlarm", "Azure trigger"),
                   "gcs_trigger": ("GcsTriggerFailureRateAlarm", "GCS trigger"),
-                  "sftp_sweep": ("SftpSweepFailureRateAlarm", "SFTP sweep")}
+                  "sftp_sweep": ("SftpSweepFailureRateAlarm", "SFTP sweep"),
+                  "reconciler": ("ReconcilerFailureRateAlarm", "reconciler")}
         for key, function in self.functions.items():
             alarm_id, label = labels[key]
+            # the reconciler runs hourly: shorter periods would never hold two failures
+            period = Duration.hours(1) if key == "reconciler" else Duration.minutes(5)
             rate = cloudwatch.MathExpression(
                 expression="IF(invocations > 0, 100 * errors / invocations, 0)",
                 label="failed invocations (%)",
                 using_metrics={
-                    "errors": function.metric_errors(period=Duration.minutes(5),
-                                                     statistic="Sum"),
-                    "invocations": function.metric_invocations(period=Duration.minutes(5),
+                    "errors": function.metric_errors(period=period, statistic="Sum"),
+                    "invocations": function.metric_invocations(period=period,
                                                                statistic="Sum"),
                 },
-                period=Duration.minutes(5))
+                period=period)
             alarm = cloudwatch.Alarm(
                 self, alarm_id, alarm_description=f"convbridge {label} invocations are failing.",
                 metric=rate, evaluation_periods=3, datapoints_to_alarm=2,
@@ -717,7 +764,7 @@ class ConvBridge(Construct):
         def grouped(metric: str, function: str = "SUM", by: str = "rule, provider") -> str:
             return f"SELECT {function}({metric}) FROM {METRICS_NAMESPACE} GROUP BY {by}"
 
-        names = {"s3_trigger": "S3 trigger", "webhook": "webhook",
+        names = {"s3_trigger": "S3 trigger", "webhook": "webhook", "reconciler": "reconciler",
                  "azure_trigger": "Azure trigger", "gcs_trigger": "GCS trigger",
                  "sftp_sweep": "SFTP sweep"}
         s3_trigger = self.functions["s3_trigger"].function_name
@@ -792,6 +839,8 @@ class ConvBridge(Construct):
         if self.props.sftp:
             self._output("SftpSweepFunctionName", self.functions["sftp_sweep"].function_name,
                          "The scheduled SFTP sweep; invoke it by hand to sweep now.")
+        self._output("ReconcilerFunctionName", self.functions["reconciler"].function_name,
+                     "The scheduled reconciler; invoke it by hand to settle overdue jobs now.")
         self._output("SourceBucket", self.bucket.ref, "The watched bucket.")
         self._output("GrantRoleArn", self.grant_role.role_arn,
                      "Role assumed (with a per-job session policy) to mint provider grants.")
@@ -837,6 +886,7 @@ def props_from_config(config: Mapping[str, Any], code_root: Path = REPO_ROOT) ->
             "pushServiceAccount": "push_service_account", "audience": "audience"}),
         sftp=optional("sftp", SftpOptions, {
             "secretArn": "secret_arn", "hostKey": "host_key", "schedule": "schedule"}),
+        reconcile_schedule=config.get("reconcileSchedule", "rate(1 hour)"),
         log_level=config.get("logLevel", "INFO"),
         log_retention_days=int(config.get("logRetentionDays", 30)),
         alarm_topic_arn=config.get("alarmTopicArn") or None,
@@ -846,7 +896,7 @@ def props_from_config(config: Mapping[str, Any], code_root: Path = REPO_ROOT) ->
             attr: concurrency.get(name) for name, attr in {
                 "s3Trigger": "s3_trigger", "webhook": "webhook",
                 "azureTrigger": "azure_trigger", "gcsTrigger": "gcs_trigger",
-                "sftpSweep": "sftp_sweep"}.items()}),
+                "sftpSweep": "sftp_sweep", "reconciler": "reconciler"}.items()}),
         bundle_layers=str(config.get("bundleLayers", True)).lower() not in {"false", "0", "no"},
         code_root=code_root,
     )

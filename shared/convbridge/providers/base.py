@@ -24,6 +24,7 @@ from convbridge.errors import (
     CallbackError,
     CallbackSignatureError,
     ProviderError,
+    ProviderJobUnknown,
     ProviderOutcomeUnknown,
     ProviderRejected,
     ProviderUnavailable,
@@ -58,6 +59,10 @@ class Provider(ABC):
     #: unsigned need this: the bridge then settles a context only by the job recorded for it,
     #: whatever job a holder of the callback token starts on the same service.
     binds_before_start: ClassVar[bool] = False
+    #: How long a job may stay ``submitted`` before the reconciler asks the provider about it:
+    #: past the provider's own callback retries, well within how long it keeps the job and its
+    #: outputs. A job still running then is asked again at the next run.
+    settle_deadline_seconds: ClassVar[int] = 3 * 3600
 
     def __init__(
         self,
@@ -96,6 +101,12 @@ class Provider(ABC):
         Used after a create request whose answer was lost, so a retry never makes a second
         job; providers that cannot search return None and the create is tried again."""
         return None
+
+    def fetch_job(self, job_id: str) -> JobOutcome | None:
+        """The job's outcome as the provider shows it to our API key, or None while it runs;
+        ProviderJobUnknown when the provider no longer knows the job. Used by the reconciler
+        for jobs whose callbacks never came."""
+        raise ProviderError(f"{self.name} cannot look a job up")
 
     def start(self, spec: JobSpec, on_created: Callable[[str], None] | None = None) -> str:
         """Create the job for ``spec`` and return its id, which ``on_created`` learns first:
@@ -137,6 +148,19 @@ class Provider(ABC):
         return outcome
 
     # helpers shared by the dialects
+
+    def _job_document(self, path: str, **kwargs: Any) -> Any:
+        """The JSON a job lookup answers; a 404 (the job is gone) is ProviderJobUnknown."""
+        try:
+            response = self._send("GET", path, **kwargs)
+        except ProviderRejected as exc:
+            if exc.status == 404:
+                raise ProviderJobUnknown(exc.message, status=404, code=exc.code) from exc
+            raise
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ProviderError(f"{self.name}: the job lookup answer is not JSON") from exc
 
     def _verify_hmac_hex(self, headers: Mapping[str, str], header: str, body: bytes) -> None:
         """Check a lowercase-hex HMAC-SHA256 of the exact raw body, in constant time."""

@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 from convbridge.errors import (
     CallbackError,
@@ -56,6 +57,8 @@ class CloudConvert(Provider):
     #: export/url files come from storage.cloudconvert.com; regional and sandbox hosts are
     #: below the same domain
     download_hosts: ClassVar[tuple[str, ...]] = ("*.cloudconvert.com",)
+    #: export/url files and the job itself are kept for 24 h; webhook retries end long before
+    settle_deadline_seconds: ClassVar[int] = 6 * 3600
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
         convert: dict[str, Any] = {
@@ -96,6 +99,18 @@ class CloudConvert(Provider):
             raise ProviderError(f"{self.name}: job list answer has no data") from exc
         matching = [j for j in jobs if isinstance(j, dict) and j.get("tag") == context_token]
         return str(matching[0]["id"]) if matching else None
+
+    def fetch_job(self, job_id: str) -> JobOutcome | None:
+        document = self._job_document(f"/jobs/{quote(job_id, safe='')}", headers=self._auth())
+        job = document.get("data") if isinstance(document, dict) else None
+        if not isinstance(job, dict) or job.get("id") != job_id:
+            raise ProviderError(f"{self.name}: asked for job {job_id}, got another answer")
+        if job.get("status") not in {"finished", "error"}:
+            return None
+        try:
+            return parse_job(job)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ProviderError(f"{self.name}: job {job_id} is malformed") from exc
 
     def upload_input(self, job_id: str, spec: JobSpec,
                      open_stream: Callable[[], Iterator[bytes]]) -> None:

@@ -30,6 +30,7 @@ from convbridge.errors import (
     CallbackError,
     CallbackSignatureError,
     ProviderError,
+    ProviderJobUnknown,
     ProviderRejected,
     ProviderUnavailable,
 )
@@ -56,6 +57,9 @@ class CloudConvertV1(Provider):
     #: compatible service serves outputs from its base URL's host, which is always allowed
     download_hosts: ClassVar[tuple[str, ...]] = ("*.cloudconvert.com",)
     binds_before_start: ClassVar[bool] = True
+    #: the callback is retried 5 times, 5 s apart; a process still running (up to its
+    #: ``maxtime``) is simply asked again at the next run
+    settle_deadline_seconds: ClassVar[int] = 3600
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
         if spec.read_grant.kind == "upload":  # a storage that cannot sign URLs (sftp)
@@ -187,6 +191,32 @@ class CloudConvertV1(Provider):
             return self.parse_process(process, http_status=response.status_code)
         except (ValueError, TypeError, AttributeError) as exc:
             raise ProviderError(f"{self.name}: process {outcome.job_id} is malformed") from exc
+
+    def fetch_job(self, job_id: str) -> JobOutcome | None:
+        """The process read at its process URL, which is the capability (no API key)."""
+        if not _PROCESS_ID.fullmatch(job_id):
+            raise ProviderError(f"{self.name}: {job_id!r} is not a process id")
+        try:
+            response = send(self._http, "GET", self.process_url(job_id), idempotent=True)
+        except GaveUp as exc:
+            raise ProviderUnavailable(f"{self.name}: {exc}") from exc
+        if response.status_code >= 500:
+            raise ProviderUnavailable(f"{self.name}: process answer HTTP "
+                                      f"{response.status_code}", status=response.status_code)
+        if response.status_code == 404:
+            raise ProviderJobUnknown(f"{self.name}: process {job_id} is not known", status=404)
+        try:
+            process = response.json()
+        except ValueError:
+            process = None
+        if not isinstance(process, dict) or process.get("id") != job_id or (
+                response.status_code >= 400 and response.status_code not in FAILURE_STATUSES):
+            raise ProviderError(f"{self.name}: process {job_id} answered HTTP "
+                                f"{response.status_code} without its status")
+        try:
+            return self.parse_process(process, http_status=response.status_code)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ProviderError(f"{self.name}: process {job_id} is malformed") from exc
 
     def parse_process(self, process: Mapping[str, Any], *, http_status: int) -> JobOutcome | None:
         """A process status as a JobOutcome, or None while it runs."""

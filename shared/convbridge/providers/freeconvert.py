@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from convbridge.errors import CallbackError, ProviderError, ProviderRejected
 from convbridge.model import Grant, JobOutcome, JobSpec, OutputFile
@@ -43,6 +43,9 @@ class FreeConvert(Provider):
     }
     #: export/url results are served by the task's worker (``server301.freeconvert.com``)
     download_hosts: ClassVar[tuple[str, ...]] = ("*.freeconvert.com",)
+    #: a task's files are deleted 4 h after it was created (jobs after 24 h): ask in time to
+    #: relay them
+    settle_deadline_seconds: ClassVar[int] = 2 * 3600
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
         if spec.read_grant.kind == "upload":  # a storage that cannot sign URLs (sftp)
@@ -84,6 +87,19 @@ class FreeConvert(Provider):
             raise ProviderError(f"{self.name}: job list answer has no docs") from exc
         matching = [j for j in jobs if isinstance(j, dict) and j.get("tag") == context_token]
         return str(matching[0]["id"]) if matching else None
+
+    def fetch_job(self, job_id: str) -> JobOutcome | None:
+        job = self._job_document(f"/process/jobs/{quote(job_id, safe='')}",
+                                 headers=self._auth())
+        if not isinstance(job, dict) or job.get("id") != job_id:
+            raise ProviderError(f"{self.name}: asked for job {job_id}, got another answer")
+        event = EVENT_FOR_STATUS.get(str(job.get("status")))
+        if event is None:
+            return None
+        try:
+            return parse_job(job, event=event)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ProviderError(f"{self.name}: job {job_id} is malformed") from exc
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"}

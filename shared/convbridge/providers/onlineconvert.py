@@ -58,6 +58,8 @@ class OnlineConvert(Provider):
     #: also serves files below its older online-convert.com domain
     download_hosts: ClassVar[tuple[str, ...]] = ("*.api2convert.com", "*.online-convert.com")
     binds_before_start: ClassVar[bool] = True
+    #: callbacks are tried 10 times, 10 s apart: a job silent for an hour lost them all
+    settle_deadline_seconds: ClassVar[int] = 3600
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
         if spec.read_grant.kind == "upload":  # a storage that cannot sign URLs (sftp)
@@ -142,6 +144,18 @@ class OnlineConvert(Provider):
             return parse_job(job)
         except (ValueError, TypeError, AttributeError) as exc:
             raise ProviderError(f"{self.name}: job {outcome.job_id} is malformed") from exc
+
+
+    def fetch_job(self, job_id: str) -> JobOutcome | None:
+        if not _JOB_ID.fullmatch(job_id):
+            raise ProviderError(f"{self.name}: {job_id!r} is not a job id")
+        job = self._job_document(f"/jobs/{job_id}", headers=self._auth())
+        if not isinstance(job, dict) or job.get("id") != job_id:
+            raise ProviderError(f"{self.name}: asked for job {job_id}, got another answer")
+        try:
+            return parse_job(job)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ProviderError(f"{self.name}: job {job_id} is malformed") from exc
 
 
 def callback_token(job: Mapping[str, Any]) -> str | None:
