@@ -68,7 +68,7 @@ def test_every_callback_of_20_jobs_dropped_the_reconciler_settles_all_20_once_ea
         assert {r["status"] for r in records.values()} == {"finished"}
         assert {r["job_id"] for r in records.values()} == jobs
         outputs = stack.objects("outbox/")
-        assert sorted(outputs) == sorted(f"outbox/lost/{n:02d}.pdf" for n in range(20))
+        assert sorted(outputs) == sorted(f"outbox/lost/{n:02d}.png.pdf" for n in range(20))
         assert all(size > 0 for size in outputs.values())
         # one lookup per job (CloudConvert exported the outputs to S3 itself)
         lookups = [r["path"] for r in provider_calls(stack, "cloudconvert")
@@ -139,7 +139,7 @@ def test_a_job_the_provider_forgot_gets_a_job_lost_failure_report(provider: str)
         assert broken is not None and broken["error"]["code"] == FAILURE_CODE[provider]
         kept = stack.read_json("results/kept.png.json")
         assert kept is not None and kept["status"] == "finished"
-        assert stack.objects("outbox/")["outbox/kept.pdf"] == kept["outputs"][0]["size"]
+        assert stack.objects("outbox/")["outbox/kept.png.pdf"] == kept["outputs"][0]["size"]
 
         written = {key: stack.harness.read_bytes(key) for key in stack.objects()}
         stack.sandbox.set_faults(Faults())
