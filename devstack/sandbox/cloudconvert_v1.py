@@ -159,6 +159,10 @@ class CloudConvertV1:
             rendered = self.render_process(process)
             job = self._backend.job(process.job_id) if process.job_id else None
             failure = _root_failure(job) if job is not None else None
+        if rendered["step"] == "error" and self._backend.faults.host_unavailable_failures:
+            return ApiResponse(503, json.dumps(rendered).encode(), {
+                "Content-Type": "application/json",
+                "Retry-After": str(self._backend.faults.retry_after_seconds)})
         if rendered["step"] == "error":
             return _json(400 if failure and failure.code == IMPORT_FAILED else 422, rendered)
         return _json(200, rendered)

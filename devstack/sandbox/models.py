@@ -79,6 +79,8 @@ class Faults:
         fail, with that operation's usual error code.
     duplicate_callbacks: extra copies of a callback sent after it was accepted.
     callback_delay_seconds: wait before the first delivery attempt.
+    host_unavailable_failures: CloudConvert v1 answers a failed process's URL with 503 and
+        a Retry-After (no conversion host was available) instead of 400/422.
     seed: makes the random draws repeatable (re-seeds when set with Sandbox.set_faults)."""
 
     latency_seconds: float = 0.0
@@ -93,6 +95,7 @@ class Faults:
     fail_operations: frozenset[str] = frozenset()
     duplicate_callbacks: int = 0
     callback_delay_seconds: float = 0.0
+    host_unavailable_failures: bool = False
     seed: int | None = None
 
 

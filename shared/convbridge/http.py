@@ -130,13 +130,15 @@ def send(
     url: str,
     *,
     idempotent: bool,
+    retry_statuses: frozenset[int] = RETRY_STATUSES,
     policy: RetryPolicy = RetryPolicy(),
     sleep: Callable[[float], None] = time.sleep,
     **kwargs: Any,
 ) -> httpx.Response:
     """Send with retries. Returns the final response (2xx or a non-retryable 4xx). Raises
     :class:`GaveUp` when retryable failures outlast the budget and ProviderOutcomeUnknown
-    when a non-idempotent request's fate is unknown."""
+    when a non-idempotent request's fate is unknown. ``retry_statuses`` narrows what is worth
+    asking again where a status means something final for that URL."""
     last: httpx.Response | None = None
     reason = ""
     for attempt in range(policy.max_attempts):
@@ -151,7 +153,7 @@ def send(
                     "processed") from exc
             reason, last, wait = f"{type(exc).__name__}", None, policy.backoff(attempt)
         else:
-            if response.status_code not in RETRY_STATUSES:
+            if response.status_code not in retry_statuses:
                 return response
             asked = retry_after_seconds(response.headers.get("Retry-After"))
             reason, last = f"HTTP {response.status_code}", response

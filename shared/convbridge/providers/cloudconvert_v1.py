@@ -40,9 +40,12 @@ from convbridge.providers.base import Provider, callback_query, parse_time
 #: callback steps that settle a process; the service calls back only for these
 FINAL_STEPS = {"finished": "finished", "error": "failed"}
 #: answers a process URL gives for a failed conversion, and the stage each blames (seed: 400
-#: parameters missing or wrong, 422 the conversion failed); the status code is the only error
-#: code v1 has
-FAILURE_STATUSES = {400: "input", 422: "convert"}
+#: parameters missing or wrong, 422 the conversion failed, 503 no conversion host was available
+#: or it failed); the status code is the only error code v1 has
+FAILURE_STATUSES = {400: "input", 422: "convert", 503: "convert"}
+#: A process URL is one-time: its 503 reports the conversion's end, asking again cannot help.
+#: Throttling answers 429 (or a 503 without a process document, an outage to retry later).
+PROCESS_READ_RETRY_STATUSES = frozenset({429, 502, 504})
 #: process ids as the service makes them; matched whole (``re.fullmatch``: ``$`` would let a
 #: trailing newline through to a URL)
 _PROCESS_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -166,14 +169,16 @@ class CloudConvertV1(Provider):
             raise CallbackSignatureError("the callback's process URL is not the service's "
                                          "URL for that process")
         try:
-            response = send(self._http, "GET", url, idempotent=True)
+            response = send(self._http, "GET", url, idempotent=True,
+                            retry_statuses=PROCESS_READ_RETRY_STATUSES)
         except GaveUp as exc:
             raise ProviderUnavailable(f"{self.name}: {exc}") from exc
         try:
             process = response.json()
         except ValueError:
             process = None
-        if response.status_code >= 500:
+        if response.status_code >= 500 and not (
+                response.status_code in FAILURE_STATUSES and isinstance(process, dict)):
             raise ProviderUnavailable(f"{self.name}: process answer HTTP "
                                       f"{response.status_code}", status=response.status_code)
         if not isinstance(process, dict) or (
