@@ -174,6 +174,11 @@ class ExportS3:
 
 @dataclass(frozen=True)
 class ExportUrl:
+    """filename: what the download is called; otherwise the converted file's name, or with
+    `guid_names` a random one (FreeConvert names results by id unless told a name)."""
+
+    filename: str | None = None
+    guid_names: bool = False
     kind: ClassVar[str] = "export/url"
 
 
@@ -788,9 +793,11 @@ class Backend:
                 return [], [ResultFile(blob.filename, blob.size) for blob in files]
             case ExportUrl():
                 base = self._public_url()
+                named = [dataclasses.replace(blob, filename=_export_name(spec, blob.filename))
+                         for blob in files]
                 return [], [
                     ResultFile(blob.filename, blob.size, base + self.files.add(blob))
-                    for blob in files
+                    for blob in named
                 ]
         return outputs, [ResultFile(blob.filename, blob.size) for blob in outputs]
 
@@ -878,3 +885,11 @@ class Backend:
         with self.lock:
             self._deliveries.append(Delivery(job_id, callback.event, status, attempt))
         return status
+
+
+def _export_name(spec: ExportUrl, filename: str) -> str:
+    if spec.filename:
+        return spec.filename
+    if spec.guid_names:
+        return f"{uuid.uuid4().hex}.{filename.rpartition('.')[2]}"
+    return filename

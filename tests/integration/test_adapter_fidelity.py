@@ -17,6 +17,7 @@ from PIL import Image
 from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget
 from convbridge.providers.base import CALLBACK_QUERY
 from convbridge.providers.cloudconvert_v1 import CloudConvertV1
+from convbridge.providers.freeconvert import FreeConvert, parse_job
 from devstack.sandbox import Faults, Sandbox
 
 API_KEY = "fidelity-api-key"
@@ -80,3 +81,24 @@ def test_a_v1_process_answering_503_is_a_failure_read_once_not_retried(
     assert (outcome.job_id, outcome.failed_task, outcome.code) == (process_id, "convert", "503")
     assert outcome.message
     assert [r["status"] for r in reads] == [503]
+
+
+# -- FreeConvert: outputs named as the bridge asked ----------------------------------------------
+
+
+def test_a_freeconvert_relay_output_is_named_as_the_output_not_by_file_id(
+        tmp_path: Path, http: httpx.Client) -> None:
+    """Without a ``filename`` on export/url, FreeConvert names the download by its file id,
+    so a multi-file result would land under meaningless names."""
+    with Sandbox(api_key=API_KEY, signing_secret=SIGNING_SECRET) as sandbox:
+        adapter = FreeConvert(api_key=API_KEY, signing_secret=SIGNING_SECRET,
+                              base_url=sandbox.url + "/freeconvert/v1", http=http)
+        job_id = adapter.start(relay_spec(source_url(sandbox, tmp_path), adapter.name))
+        sandbox.wait_idle()
+        job = http.get(f"{adapter.base_url}/process/jobs/{job_id}",
+                       headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    outcome = parse_job(job, event="job.success")
+    assert outcome.status == "finished"
+    [output] = outcome.outputs
+    assert output.filename == "photo.pdf"
+    assert output.url is not None and output.url.endswith("/photo.pdf")

@@ -7,6 +7,7 @@ import hmac
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -69,7 +70,9 @@ def test_s3_source_is_imported_from_its_url_and_exported_to_freeconverts() -> No
     assert tasks["convert"] == {"operation": "convert", "input": "import-source",
                                 "input_format": "png", "output_format": "pdf",
                                 "options": {"quality": 70, "input": "evil"}}
-    assert tasks["export-output"] == {"operation": "export/url", "input": "convert"}
+    # named as the output: FreeConvert otherwise names the download by its file id
+    assert tasks["export-output"] == {"operation": "export/url", "input": "convert",
+                                      "filename": "a b.pdf"}
 
 
 def test_s3_session_tokens_are_never_planned_since_freeconvert_takes_none() -> None:
@@ -182,3 +185,41 @@ def test_a_bare_job_body_is_read_by_its_status() -> None:
     assert outcome is not None and outcome.event == "job.success"
     job["status"] = "processing"
     assert provider().parse_callback(json.dumps(job).encode()) is None
+
+
+def _success_job() -> dict[str, Any]:
+    job: dict[str, Any] = json.loads((FIXTURES / "webhook_job_success.json").read_bytes())["job"]
+    return job
+
+
+def test_a_job_finished_webhook_settles_the_job_by_its_status() -> None:
+    """The seed registers webhooks for ``job.finished`` beside ``job.success``."""
+    body = json.dumps({"event": "job.finished", "job": _success_job()}).encode()
+    outcome = provider().accept_callback({"FreeConvert-Signature": sign(body)}, body)
+    assert outcome is not None and outcome.status == "finished"
+    assert outcome.event == "job.finished" and len(outcome.outputs) == 1
+
+
+@pytest.mark.parametrize("status", ["canceled", "deleted", "insufficiant_minute", "failed"])
+def test_a_task_ended_without_success_fails_the_job(status: str) -> None:
+    job = _success_job()
+    convert = next(t for t in job["tasks"] if t["name"] == "convert")
+    convert.update(status=status, message="Task was canceled", code="CANCELED")
+    for event in ("job.finished", "job.success"):
+        outcome = provider().parse_callback(json.dumps({"event": event, "job": job}).encode())
+        assert outcome is not None and outcome.status == "failed"
+        assert (outcome.failed_task, outcome.code) == ("convert", "CANCELED")
+
+
+def test_every_file_of_a_multi_file_export_is_collected_under_its_name() -> None:
+    job = _success_job()
+    export = next(t for t in job["tasks"] if t["operation"] == "export/url")
+    base = "https://server301.freeconvert.com/api/download/65a1f0c2e39b480011724976"
+    export["result"] = {"files": [
+        {"filename": "page-1.png", "size": 10, "url": f"{base}/a1b2.png"},
+        {"url": f"{base}/page-2.png"}]}
+    outcome = provider().parse_callback(json.dumps({"event": "job.success", "job": job})
+                                        .encode())
+    assert outcome is not None
+    assert [(o.filename, o.size, o.url) for o in outcome.outputs] == [
+        ("page-1.png", 10, f"{base}/a1b2.png"), ("page-2.png", None, f"{base}/page-2.png")]
