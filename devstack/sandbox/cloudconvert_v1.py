@@ -118,12 +118,12 @@ class CloudConvertV1:
                            str(params["inputformat"]), str(params["outputformat"]), time.time())
         with self._backend.lock:
             self._processes[process.id] = process
-        return _json(200, {
+        return self._backend.answer_created(faults, _json(200, {
             "url": self._process_url(process.id), "id": process.id, "host": self._host(),
             "expires": time.strftime("%Y-%m-%d %H:%M:%S",
                                      time.gmtime(process.created + MAX_TIME_SECONDS)),
             "maxtime": MAX_TIME_SECONDS,
-        })
+        }))
 
     def _start(self, process_id: str, params: Mapping[str, Any]) -> ApiResponse:
         with self._backend.lock:

@@ -408,12 +408,7 @@ class CloudConvertV2:
         with self._backend.lock:
             rendered = self.render_job(job)
         self._backend.run(job, self.build_callback)
-        response = _json(201, {"data": rendered})
-        if self._backend.draw(faults.timeout_rate):
-            # The job exists and runs; only the answer is late.
-            return ApiResponse(response.status, response.body, response.headers,
-                               hold_seconds=faults.timeout_seconds)
-        return response
+        return self._backend.answer_created(faults, _json(201, {"data": rendered}))
 
     def _list_jobs(self, query: str) -> ApiResponse:
         """Newest first, as CloudConvert lists them. Filters match exactly; jobs carry their

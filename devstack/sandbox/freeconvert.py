@@ -224,11 +224,7 @@ class FreeConvertV1:
         with self._backend.lock:
             rendered = self.render_job(job)
         self._backend.run(job, self.build_callback)
-        response = _json(201, rendered)
-        if self._backend.draw(faults.timeout_rate):
-            return ApiResponse(201, response.body, response.headers,
-                               hold_seconds=faults.timeout_seconds)
-        return response
+        return self._backend.answer_created(faults, _json(201, rendered))
 
     def _list_jobs(self, query: str) -> ApiResponse:
         params = {k: v[-1] for k, v in parse_qs(query).items()}

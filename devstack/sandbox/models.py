@@ -73,6 +73,9 @@ class Faults:
     timeout_rate: share of accepted job creations whose answer is held for `timeout_seconds`
         after the job was created and started, so a client with a shorter read timeout sees a
         timeout for a job that exists (a blind retry makes a duplicate).
+    fail_after_create_rate: share of accepted job creations answered with
+        `fail_after_create_status` (a gateway's 502/503/504) after the job was created and
+        started: only a client that looks before it re-sends avoids a duplicate.
     drop_download_rate: share of GET /files/... downloads that send the full Content-Length,
         then only `drop_after_bytes` of the body, then close the connection.
     fail_operations: neutral operation kinds ("import/s3", "convert", ...) whose tasks always
@@ -90,6 +93,8 @@ class Faults:
     retry_after_http_date: bool = False
     timeout_rate: float = 0.0
     timeout_seconds: float = 5.0
+    fail_after_create_rate: float = 0.0
+    fail_after_create_status: int = 503
     drop_download_rate: float = 0.0
     drop_after_bytes: int = 1024
     fail_operations: frozenset[str] = frozenset()
@@ -569,6 +574,19 @@ class Backend:
         if roll < faults.fail_rate_429 + faults.fail_rate_503:
             return 503
         return None
+
+    def answer_created(self, faults: Faults, response: ApiResponse) -> ApiResponse:
+        """The answer to a job creation that succeeded, as the faults deliver it: held past
+        the client's timeout, replaced by a gateway error, or as it is."""
+        if self.draw(faults.timeout_rate):
+            # The job exists and runs; only the answer is late.
+            return ApiResponse(response.status, response.body, response.headers,
+                               hold_seconds=faults.timeout_seconds)
+        if self.draw(faults.fail_after_create_rate):
+            return ApiResponse(faults.fail_after_create_status,
+                               b'{"message": "Bad Gateway or Service Unavailable"}',
+                               {"Content-Type": "application/json"})
+        return response
 
     # -- state -------------------------------------------------------------------------------
 

@@ -121,11 +121,7 @@ class OnlineConvertV2:
             rendered = self.render_job(job)
         if not held:
             self._backend.run(job, self.build_callback)
-        response = _json(201, rendered)
-        if self._backend.draw(faults.timeout_rate):
-            return ApiResponse(201, response.body, response.headers,
-                               hold_seconds=faults.timeout_seconds)
-        return response
+        return self._backend.answer_created(faults, _json(201, rendered))
 
     def _patch_job(self, job_id: str, raw: bytes) -> ApiResponse:
         """``process: true`` starts a held job (with the ``callback`` given here, if any);

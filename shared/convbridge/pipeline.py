@@ -32,6 +32,7 @@ from convbridge.errors import (
     GrantError,
     OutputRefused,
     OutputTooLarge,
+    ProviderOutcomeUnknown,
     ProviderRejected,
     ProviderUnavailable,
     RejectedObject,
@@ -174,6 +175,11 @@ def _submit_claimed(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef
     except ProviderRejected as exc:
         return _reject(storage, ref, rule, RejectedObject(
             exc.code or f"PROVIDER_HTTP_{exc.status}", exc.message))
+    except ProviderOutcomeUnknown as exc:
+        # A job may exist (and run) that the bridge could not find: sending the create again
+        # could convert twice, so this is reported, not delivered again.
+        return _reject(storage, ref, rule, RejectedObject("PROVIDER_OUTCOME_UNKNOWN",
+                                                          exc.message))
     except ProviderUnavailable as exc:
         if not final_attempt:
             raise

@@ -14,11 +14,15 @@ import httpx
 import pytest
 from PIL import Image
 
+from convbridge.errors import ProviderOutcomeUnknown
 from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget
-from convbridge.providers.base import CALLBACK_QUERY
+from convbridge.providers import PROVIDERS
+from convbridge.providers.base import CALLBACK_QUERY, Provider
 from convbridge.providers.cloudconvert_v1 import CloudConvertV1
 from convbridge.providers.freeconvert import FreeConvert, parse_job
+from devstack.harness.base import DEFAULT_RULES
 from devstack.sandbox import Faults, Sandbox
+from devstack.stack import DevStack
 
 API_KEY = "fidelity-api-key"
 SIGNING_SECRET = "fidelity-signing-secret"
@@ -102,3 +106,82 @@ def test_a_freeconvert_relay_output_is_named_as_the_output_not_by_file_id(
     [output] = outcome.outputs
     assert output.filename == "photo.pdf"
     assert output.url is not None and output.url.endswith("/photo.pdf")
+
+
+# -- a create whose answer was lost after the job was made --------------------------------------
+
+LOST_ANSWER = Faults(fail_after_create_rate=1.0, fail_after_create_status=503)
+
+
+def _adapter(name: str, sandbox: Sandbox, http: httpx.Client) -> Provider:
+    prefix = {"cloudconvert": "/v2", "freeconvert": "/freeconvert/v1",
+              "onlineconvert": "/onlineconvert/v2", "cloudconvert_v1": "/v1"}[name]
+    return PROVIDERS.load(name)(api_key=API_KEY, signing_secret=SIGNING_SECRET,
+                           base_url=sandbox.url + prefix, http=http)
+
+
+@pytest.mark.parametrize("name", ["cloudconvert", "freeconvert"])
+def test_a_create_answered_503_after_the_job_was_made_finds_that_one_job(
+        name: str, tmp_path: Path, http: httpx.Client) -> None:
+    """Providers that search by tag look before they re-send: one upload, one job."""
+    with Sandbox(api_key=API_KEY, signing_secret=SIGNING_SECRET, faults=LOST_ANSWER) as sandbox:
+        adapter = _adapter(name, sandbox, http)
+        job_id = adapter.start(relay_spec(source_url(sandbox, tmp_path), name))
+        jobs = sandbox.provider_jobs(name)
+        creates = [r for r in sandbox.requests() if r["method"] == "POST"]
+    assert [job["id"] for job in jobs] == [job_id]
+    assert [r["status"] for r in creates] == [503]
+
+
+@pytest.mark.parametrize("name", ["onlineconvert", "cloudconvert_v1"])
+def test_a_create_answered_503_is_not_resent_where_the_provider_cannot_search(
+        name: str, tmp_path: Path, http: httpx.Client) -> None:
+    """Online-Convert and CloudConvert v1 cannot find a job by its context: after an answer
+    that does not prove no job was made, the create is reported, never sent again."""
+    with Sandbox(api_key=API_KEY, signing_secret=SIGNING_SECRET, faults=LOST_ANSWER) as sandbox:
+        adapter = _adapter(name, sandbox, http)
+        recorded: list[str] = []
+        with pytest.raises(ProviderOutcomeUnknown, match="503"):
+            adapter.start(relay_spec(source_url(sandbox, tmp_path), name), recorded.append)
+        sandbox.wait_idle()
+        requests = sandbox.requests()
+        deliveries = sandbox.deliveries()
+    assert [(r["method"], r["status"]) for r in requests] == [("POST", 503)]
+    # the job it made was created held (Online-Convert) or never started (v1): it cannot run
+    assert recorded == [] and deliveries == []
+
+
+@pytest.mark.parametrize("name", ["onlineconvert", "cloudconvert_v1"])
+def test_throttled_creates_are_sent_again_and_make_one_job(
+        name: str, tmp_path: Path, http: httpx.Client) -> None:
+    """A 429 proves no job was made, so asking again is safe everywhere."""
+    faults = Faults(fail_rate_429=0.6, retry_after_seconds=0, seed=3)
+    with Sandbox(api_key=API_KEY, signing_secret=SIGNING_SECRET, faults=faults) as sandbox:
+        adapter = _adapter(name, sandbox, http)
+        job_id = adapter.start(relay_spec(source_url(sandbox, tmp_path), name))
+        sandbox.set_faults(Faults())
+        sandbox.wait_idle()
+        statuses = [r["status"] for r in sandbox.requests() if r["method"] == "POST"]
+        jobs = sandbox.provider_jobs(name)
+    assert [job["id"] for job in jobs] == [job_id]
+    assert 429 in statuses and statuses.count(429) == len(statuses) - (
+        2 if name == "cloudconvert_v1" else 1)
+
+
+
+def test_an_upload_whose_create_answer_was_lost_gets_one_job_and_a_failure_report() -> None:
+    """What a user sees: one Online-Convert job at most, and a failure report saying the
+    outcome is unknown, instead of duplicates or silent redelivery."""
+    rules = DEFAULT_RULES.replace("provider: cloudconvert", "provider: onlineconvert") % {
+        "storage": "s3", "location": "convbridge-demo", "read_grant": "presigned_url"}
+    with DevStack(rules_text=rules, faults=LOST_ANSWER) as stack:
+        stack.upload("inbox/photo.png", png_bytes())
+        summary = stack.trigger(stack.s3_event("inbox/photo.png"))
+        stack.wait()
+        failure = stack.read_json("failures/photo.png.json")
+        creates = [r for r in stack.sandbox.requests() if r["method"] == "POST"]
+    assert summary["counts"] == {"rejected": 1}
+    assert failure is not None and failure["status"] == "rejected"
+    assert failure["error"]["code"] == "PROVIDER_OUTCOME_UNKNOWN"
+    assert "503" in failure["error"]["message"]
+    assert len(creates) == 1

@@ -100,6 +100,23 @@ def test_create_makes_a_process_records_its_id_then_starts_it_at_its_process_url
     assert "apikey" not in started  # the process URL is the capability
 
 
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_process_url_is_never_posted_twice(status: int) -> None:
+    """Process URLs are one-time (seed 001): a start answered 429 or 503 is reported, the
+    process URL is not POSTed again."""
+    starts: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/process":
+            return httpx.Response(200, json=fixture("process_created.json"))
+        starts.append(str(request.url))
+        return httpx.Response(status, headers={"Retry-After": "0"}, json={"error": "busy"})
+
+    with pytest.raises(ProviderUnavailable):
+        provider(handler).start(spec())
+    assert starts == ["https://srv01.cloudconvert.com/process/v4cw72hf3"]
+
+
 def test_a_process_that_could_not_be_recorded_is_never_started() -> None:
     seen: list[httpx.Request] = []
 

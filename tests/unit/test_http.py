@@ -84,13 +84,24 @@ def test_lost_answers_to_non_idempotent_requests_are_not_retried_blindly() -> No
 
 
 def test_a_wait_past_the_deadline_gives_up_without_sleeping() -> None:
-    http, seen = client([httpx.Response(503, headers={"Retry-After": "30"})])
+    http, seen = client([httpx.Response(429, headers={"Retry-After": "30"})])
     waits, sleep = recorder()
     with deadline_from(lambda: 10_000), pytest.raises(GaveUp) as caught:
         send(http, "POST", "https://p/jobs?sig=secret", idempotent=False, sleep=sleep)
     assert waits == [] and len(seen) == 1
     assert "deadline" in str(caught.value) and "secret" not in str(caught.value)
-    assert caught.value.response is not None and caught.value.response.status_code == 503
+    assert caught.value.response is not None and caught.value.response.status_code == 429
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_a_gateway_error_on_a_create_is_an_unknown_outcome_never_resent(status: int) -> None:
+    """A gateway may answer after the service made the job: sending again could make two."""
+    http, seen = client([httpx.Response(status), httpx.Response(201)])
+    waits, sleep = recorder()
+    with deadline_from(lambda: 60_000), pytest.raises(ProviderOutcomeUnknown) as caught:
+        send(http, "POST", "https://p/jobs?sig=secret", idempotent=False, sleep=sleep)
+    assert waits == [] and len(seen) == 1
+    assert str(status) in str(caught.value) and "secret" not in str(caught.value)
 
 
 def test_attempts_are_bounded() -> None:

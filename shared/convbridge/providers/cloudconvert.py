@@ -56,6 +56,8 @@ class CloudConvert(Provider):
     #: export/url files come from storage.cloudconvert.com; regional and sandbox hosts are
     #: below the same domain
     download_hosts: ClassVar[tuple[str, ...]] = ("*.cloudconvert.com",)
+    #: jobs are listed by tag, so a lost create answer is looked up before a re-send
+    finds_jobs: ClassVar[bool] = True
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
         convert: dict[str, Any] = {

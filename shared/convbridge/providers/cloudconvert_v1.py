@@ -33,7 +33,7 @@ from convbridge.errors import (
     ProviderRejected,
     ProviderUnavailable,
 )
-from convbridge.http import GaveUp, send
+from convbridge.http import GaveUp, RetryPolicy, send
 from convbridge.model import JobOutcome, JobSpec, OutputFile
 from convbridge.providers.base import Provider, callback_query, parse_time
 
@@ -113,7 +113,9 @@ class CloudConvertV1(Provider):
                                 "service's own host")
         if on_created is not None:
             on_created(process_id)
-        self._send("POST", process_url, json=dict(document), idempotent=False)
+        # one-time: whatever answers, this URL is never POSTed again
+        self._send("POST", process_url, json=dict(document), idempotent=False,
+                   policy=RetryPolicy(max_attempts=1))
         return process_id
 
     def process_url(self, process_id: str) -> str:

@@ -49,6 +49,8 @@ class FreeConvert(Provider):
     }
     #: export/url results are served by the task's worker (``server301.freeconvert.com``)
     download_hosts: ClassVar[tuple[str, ...]] = ("*.freeconvert.com",)
+    #: jobs are listed by tag, so a lost create answer is looked up before a re-send
+    finds_jobs: ClassVar[bool] = True
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
         if spec.read_grant.kind == "upload":  # a storage that cannot sign URLs (sftp)
