@@ -13,6 +13,7 @@ import hmac
 import json
 import math
 import re
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -333,6 +334,10 @@ def _azure_access(p: Mapping[str, Any]) -> AzureAccess:
                        sas_token=p["sas_token"])
 
 
+#: every scope a CloudConvert API key can hold (seed 003)
+SCOPES = frozenset({"user.read", "user.write", "task.read", "task.write", "webhook.read",
+                    "webhook.write"})
+
 class CloudConvertV2:
     """Serves CloudConvert API v2 below `prefix` (by default /v2)."""
 
@@ -350,6 +355,22 @@ class CloudConvertV2:
         self._api_key = api_key.encode()
         self._signing_secret = signing_secret.encode()
         self._base_url = base_url
+        #: keys minted with a scope set (the configured key has every scope)
+        self._scoped_keys: dict[bytes, frozenset[str]] = {}
+
+    def mint_key(self, scopes: frozenset[str]) -> str:
+        """A new API key holding only ``scopes`` (task.read, task.write, ...), as the
+        dashboard creates them."""
+        key = secrets.token_urlsafe(24)
+        self._scoped_keys[key.encode()] = frozenset(scopes)
+        return key
+
+    def _key_scopes(self, token: bytes) -> frozenset[str] | None:
+        """The scopes of the key ``token``, None for an unknown key."""
+        if hmac.compare_digest(token, self._api_key):
+            return SCOPES
+        return next((scopes for key, scopes in self._scoped_keys.items()
+                     if hmac.compare_digest(token, key)), None)
 
     # -- HTTP ----------------------------------------------------------------------------------
 
@@ -361,9 +382,12 @@ class CloudConvertV2:
                 upload[1], request.headers.get("content-type", ""), request.body)
             return _json(status, {"message": message})
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
-                                                                 self._api_key):
+        scopes = self._key_scopes(token.strip().encode()) if scheme.lower() == "bearer" else None
+        if scopes is None:
             return _error(401, "Unauthenticated.", "UNAUTHENTICATED")
+        # task.read reads tasks and jobs, task.write creates, updates and deletes them
+        if ("task.read" if request.method == "GET" else "task.write") not in scopes:
+            return _error(403, "Invalid scope(s) provided.", "FORBIDDEN")
         parts = request.path[len(self.prefix):].strip("/").split("/")
         match parts, request.method:
             case ["jobs"], "POST":

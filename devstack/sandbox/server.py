@@ -339,6 +339,11 @@ class Sandbox:
         for storage.googleapis.com. None: GCS tasks fail as unreachable."""
         self._backend.set_gcs_endpoint(endpoint)
 
+    def mint_cloudconvert_key(self, *scopes: str) -> str:
+        """A CloudConvert v2 API key with only ``scopes``: requests it lacks the scope for
+        are answered 403, as the real API does."""
+        return self._cloudconvert_v2.mint_key(frozenset(scopes))
+
     def set_freeconvert_webhook(self, url: str | None) -> None:
         """The FreeConvert account's webhook (FreeConvert has no per-job callback URL)."""
         self._freeconvert.set_webhook(url)

@@ -14,10 +14,11 @@ import httpx
 import pytest
 from PIL import Image
 
-from convbridge.errors import ProviderOutcomeUnknown
+from convbridge.errors import ProviderOutcomeUnknown, ProviderRejected
 from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget
 from convbridge.providers import PROVIDERS
 from convbridge.providers.base import CALLBACK_QUERY, Provider
+from convbridge.providers.cloudconvert import CloudConvert
 from convbridge.providers.cloudconvert_v1 import CloudConvertV1
 from convbridge.providers.freeconvert import FreeConvert, parse_job
 from devstack.harness.base import DEFAULT_RULES
@@ -185,3 +186,66 @@ def test_an_upload_whose_create_answer_was_lost_gets_one_job_and_a_failure_repor
     assert failure["error"]["code"] == "PROVIDER_OUTCOME_UNKNOWN"
     assert "503" in failure["error"]["message"]
     assert len(creates) == 1
+
+
+# -- CloudConvert key scopes ---------------------------------------------------------------------
+
+
+def _cloudconvert(sandbox: Sandbox, http: httpx.Client, *scopes: str) -> CloudConvert:
+    return CloudConvert(api_key=sandbox.mint_cloudconvert_key(*scopes),
+                        signing_secret=SIGNING_SECRET, base_url=sandbox.url + "/v2", http=http)
+
+
+def test_a_key_without_task_read_fails_the_lost_answer_lookup_naming_the_scope(
+        tmp_path: Path, http: httpx.Client) -> None:
+    with Sandbox(api_key=API_KEY, signing_secret=SIGNING_SECRET, faults=LOST_ANSWER) as sandbox:
+        adapter = _cloudconvert(sandbox, http, "task.write")
+        with pytest.raises(ProviderRejected) as caught:
+            adapter.start(relay_spec(source_url(sandbox, tmp_path), adapter.name))
+    assert caught.value.code == "API_KEY_SCOPE" and caught.value.status == 403
+    assert "task.read" in caught.value.message and API_KEY not in caught.value.message
+
+
+def test_a_key_without_task_read_fails_an_sftp_input_upload_naming_the_scope(
+        http: httpx.Client) -> None:
+    with Sandbox(api_key=API_KEY, signing_secret=SIGNING_SECRET) as sandbox:
+        adapter = _cloudconvert(sandbox, http, "task.write")
+        spec = upload_spec()
+        job_id = adapter.start(spec)
+        with pytest.raises(ProviderRejected) as caught:
+            adapter.upload_input(job_id, spec, lambda: iter([png_bytes()]))
+    assert caught.value.code == "API_KEY_SCOPE" and "task.read" in caught.value.message
+
+
+def test_a_key_without_task_write_fails_the_create_naming_the_scope(
+        tmp_path: Path, http: httpx.Client) -> None:
+    with Sandbox(api_key=API_KEY, signing_secret=SIGNING_SECRET) as sandbox:
+        adapter = _cloudconvert(sandbox, http, "task.read")
+        with pytest.raises(ProviderRejected) as caught:
+            adapter.start(relay_spec(source_url(sandbox, tmp_path), adapter.name))
+        assert sandbox.job_count() == 0
+    assert caught.value.code == "API_KEY_SCOPE" and "task.write" in caught.value.message
+
+
+def test_a_key_with_task_read_and_task_write_uploads_and_converts(http: httpx.Client) -> None:
+    with Sandbox(api_key=API_KEY, signing_secret=SIGNING_SECRET) as sandbox:
+        adapter = _cloudconvert(sandbox, http, "task.read", "task.write")
+        spec = upload_spec()
+        job_id = adapter.start(spec)
+        adapter.upload_input(job_id, spec, lambda: iter([png_bytes()]))
+        sandbox.wait_idle()
+        [job] = sandbox.jobs()
+    assert (job["id"], job["status"]) == (job_id, "finished")
+
+
+def upload_spec() -> JobSpec:
+    """An SFTP source: it cannot sign URLs, so the bridge uploads the input itself."""
+    size = len(png_bytes())
+    read = Grant(kind="upload", storage="sftp", location="sftp.example", key="in/photo.png",
+                 scope="read", expires_at=EXPIRES)
+    return JobSpec(source=ObjectRef("sftp", "sftp.example", "in/photo.png", size=size),
+                   rule="images", conversion=ConversionSpec("png", "pdf"), route="relay",
+                   read_grant=read, write_grant=None,
+                   output=OutputTarget("sftp", "sftp.example", "out/photo.pdf"),
+                   context_token=TOKEN, webhook_url=f"{UNREACHABLE_HOOK}/cloudconvert",
+                   filename="photo.png")

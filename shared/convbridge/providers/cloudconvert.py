@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, ClassVar
 
+import httpx
+
 from convbridge.errors import (
     CallbackError,
     ProviderError,
@@ -37,6 +39,9 @@ CONVERT_TASK = "convert"
 EXPORT_TASK = "export-output"
 #: events that settle a job; ``job.created`` and task events need no action
 FINAL_EVENTS = {"job.finished": "finished", "job.failed": "failed"}
+#: The API key scopes the bridge needs (seed 003): task.write creates jobs, task.read finds a
+#: job whose create answer was lost and reads the upload form of SFTP inputs.
+REQUIRED_SCOPES = ("task.read", "task.write")
 
 
 class CloudConvert(Provider):
@@ -81,8 +86,8 @@ class CloudConvert(Provider):
         }
 
     def create_job(self, document: Mapping[str, Any]) -> str:
-        response = self._send("POST", "/jobs", json=document, headers=self._auth(),
-                              idempotent=False)
+        response = self._scoped("task.write", "creating a job", "POST", "/jobs", json=document,
+                                idempotent=False)
         try:
             return str(response.json()["data"]["id"])
         except (ValueError, KeyError, TypeError) as exc:
@@ -90,8 +95,9 @@ class CloudConvert(Provider):
 
     def find_job(self, context_token: str) -> str | None:
         # the context token is unique per submission, so at most one job carries it
-        response = self._send("GET", "/jobs", headers=self._auth(),
-                              params={"filter[tag]": context_token, "per_page": 1})
+        response = self._scoped("task.read", "finding a job whose create answer was lost",
+                                "GET", "/jobs",
+                                params={"filter[tag]": context_token, "per_page": 1})
         try:
             jobs = response.json()["data"]
         except (ValueError, KeyError, TypeError) as exc:
@@ -103,7 +109,8 @@ class CloudConvert(Provider):
                      open_stream: Callable[[], Iterator[bytes]]) -> None:
         """Post the input to the form of the job's ``import/upload`` task: its parameters as
         given, the file last, streamed with a known length (no credential of ours goes)."""
-        response = self._send("GET", f"/jobs/{job_id}", headers=self._auth())
+        response = self._scoped("task.read", "reading the upload form of an input the bridge "
+                                "uploads", "GET", f"/jobs/{job_id}")
         try:
             task = next(t for t in response.json()["data"]["tasks"]
                         if t.get("name") == IMPORT_TASK and t.get("operation") == "import/upload")
@@ -129,6 +136,20 @@ class CloudConvert(Provider):
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"}
+
+    def _scoped(self, scope: str, doing: str, method: str, path: str,
+                **kwargs: Any) -> httpx.Response:
+        """An API request that needs ``scope``: CloudConvert answers 403 to a key without it,
+        which is a setup mistake to name, not a provider failure to pass on."""
+        try:
+            return self._send(method, path, headers=self._auth(), **kwargs)
+        except ProviderRejected as exc:
+            if exc.status != 403:
+                raise
+            raise ProviderRejected(
+                f"{self.name}: the API key was refused {doing} (HTTP 403): it needs the "
+                f"{scope} scope; create a key with {' and '.join(REQUIRED_SCOPES)}",
+                status=403, code="API_KEY_SCOPE") from exc
 
     def verify_callback(self, headers: Mapping[str, str], body: bytes) -> None:
         self._verify_hmac_hex(headers, SIGNATURE_HEADER, body)
