@@ -372,9 +372,12 @@ def complete(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
 
 
 def accept(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
-           body: bytes) -> Accepted | None:
+           body: bytes, *, confirm: bool = True) -> Accepted | None:
     """Prove a callback genuine, fast and without writing anything. Raises CallbackError (with
-    the HTTP status to answer); returns None for events that need no action."""
+    the HTTP status to answer); returns None for events that need no action. ``confirm=False``
+    stops after the cheap checks, before unsigned dialects ask the provider what happened (a
+    request that can outlast the provider's callback timeout, Online-Convert's 3 s): the
+    callback is then queued, and confirmed where it is settled."""
     if len(body) > bridge.settings.max_callback_bytes:
         raise CallbackTooLarge(f"callback body of {len(body)} bytes is over the limit")
     if provider_name not in {rule.provider for rule in bridge.rules.rules}:
@@ -396,6 +399,8 @@ def accept(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
     context = url_context if url_context and outcome.context_token == url_token else (
         verify_context(outcome.context_token, bridge.context_key(), max_age_seconds=max_age))
     rule = _rule_for(bridge, context, provider_name)
+    if not confirm:
+        return Accepted(outcome, context, rule)
     # Only once our own HMAC verified: unsigned dialects fetch the real outcome here.
     confirmed = provider.confirm(outcome, headers)
     if confirmed is None:

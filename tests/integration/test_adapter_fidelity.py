@@ -5,6 +5,8 @@ result shapes, answers lost after a job was made, key scopes and the callback ti
 from __future__ import annotations
 
 import io
+import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -249,3 +251,33 @@ def upload_spec() -> JobSpec:
                    output=OutputTarget("sftp", "sftp.example", "out/photo.pdf"),
                    context_token=TOKEN, webhook_url=f"{UNREACHABLE_HOOK}/cloudconvert",
                    filename="photo.png")
+
+
+# -- Online-Convert's 3 s callback timeout -------------------------------------------------------
+
+#: Online-Convert gives up on a callback attempt after 3 s
+CALLBACK_LIMIT_SECONDS = 3.0
+
+
+def test_online_convert_callbacks_are_answered_within_3_s_while_its_api_is_slow() -> None:
+    """The webhook queues the callback after the token check and confirms it with the
+    provider from the completion queue: a slow job read never delays the answer."""
+    rules = DEFAULT_RULES.replace("provider: cloudconvert", "provider: onlineconvert") % {
+        "storage": "s3", "location": "convbridge-demo", "read_grant": "presigned_url"}
+    with DevStack(rules_text=rules) as stack:
+        stack.upload("inbox/photo.png", png_bytes())
+        stack.sandbox.set_faults(Faults(latency_seconds=CALLBACK_LIMIT_SECONDS + 1))
+        stack.trigger(stack.s3_event("inbox/photo.png"))
+        stack.wait(timeout=60)
+        [job] = stack.sandbox.provider_jobs("onlineconvert")
+        record = stack.read_json("results/photo.png.json")
+        # the same genuine callback again, timed as the provider times it
+        started = time.monotonic()
+        again = httpx.post(job["callback"], content=json.dumps(job).encode(),
+                           headers={"Content-Type": "application/json"}, timeout=30)
+        answered = time.monotonic() - started
+        stack.wait(timeout=60)
+        after = stack.read_json("results/photo.png.json")
+    assert record is not None and record["status"] == "finished" and record["job_id"] == job["id"]
+    assert again.status_code == 202 and answered < CALLBACK_LIMIT_SECONDS
+    assert after == record
