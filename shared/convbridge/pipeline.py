@@ -400,6 +400,8 @@ def accept(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
         verify_context(outcome.context_token, bridge.context_key(), max_age_seconds=max_age))
     rule = _rule_for(bridge, context, provider_name)
     if not confirm:
+        if provider.binds_before_start:
+            _refuse_unrecorded_job(bridge, rule, context, outcome.job_id)
         return Accepted(outcome, context, rule)
     # Only once our own HMAC verified: unsigned dialects fetch the real outcome here.
     confirmed = provider.confirm(outcome, headers)
@@ -408,6 +410,21 @@ def accept(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
     if confirmed.context_token != outcome.context_token:
         raise ContextError("the provider's job belongs to another job context")
     return Accepted(confirmed, context, rule)
+
+
+def _refuse_unrecorded_job(bridge: Bridge, rule: Rule, context: JobContext,
+                           job_id: str) -> None:
+    """Refuse, with one read of the result record, a callback naming another job than the
+    one recorded for its context: dialects that ``binds_before_start`` record the job before
+    it can run, so a leaked token cannot settle (or even queue) a job of someone else's."""
+    storage = bridge.storage(context.storage)
+    record = _read_record(storage, context.location, rule.result_key(context.key))
+    recorded = _recorded_job(record, context.nonce)
+    if recorded.state in {"bound", "settled"} and recorded.job_id != job_id:
+        raise CallbackSignatureError(f"job {job_id} is not the job the bridge created for this "
+                                     "context")
+    if recorded.state == "unbound":
+        raise CallbackSignatureError(f"job {job_id} was not recorded for this context")
 
 
 def settle(bridge: Bridge, accepted: Accepted) -> Completion:

@@ -207,10 +207,9 @@ def test_a_callback_naming_a_sibling_host_is_refused_without_any_request() -> No
 
     adapter = provider(handler, "https://conv.example-paas.com/v1")
     headers = callback(url="//attacker.example-paas.com/process/v4cw72hf3")
-    outcome = adapter.accept_callback(headers, b"")
-    assert outcome is not None
+    # refused with the cheap checks, before the callback could be queued
     with pytest.raises(CallbackSignatureError):
-        adapter.confirm(outcome, headers)
+        adapter.accept_callback(headers, b"")
 
 
 def test_a_callback_for_a_step_that_is_not_final_needs_no_action() -> None:
@@ -278,11 +277,8 @@ def test_a_callback_pointing_elsewhere_is_refused_without_any_request(url: str) 
         raise AssertionError(f"no request may be made, got {request.url}")
 
     adapter = provider(handler)
-    headers = callback(url=url)
-    outcome = adapter.accept_callback(headers, b"")
-    assert outcome is not None
     with pytest.raises(CallbackSignatureError):
-        adapter.confirm(outcome, headers)
+        adapter.accept_callback(callback(url=url), b"")
 
 
 def test_an_unknown_process_is_refused_and_a_broken_service_is_retried_later() -> None:

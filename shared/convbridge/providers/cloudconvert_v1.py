@@ -150,6 +150,11 @@ class CloudConvertV1(Provider):
         process_id, step = query.get("id", ""), query.get("step", "")
         if not _PROCESS_ID.fullmatch(process_id):
             raise CallbackError("callback names no valid process id")
+        # A callback pointing anywhere but the service's URL for the process is not the
+        # service's: refused here, before it could be queued or anything is requested.
+        if self.provider_url(query.get("url", "")) != self.process_url(process_id):
+            raise CallbackSignatureError("the callback's process URL is not the service's "
+                                         "URL for that process")
         if step not in FINAL_STEPS:
             return None
         return JobOutcome(provider=self.name, job_id=process_id,
@@ -165,11 +170,8 @@ class CloudConvertV1(Provider):
 
     def confirm(self, outcome: JobOutcome, headers: Mapping[str, str]) -> JobOutcome | None:
         # Read where the service shows the process the callback names, which is the URL the
-        # create answer named; a callback pointing anywhere else is not the service's.
+        # create answer named (accept_callback refused a callback pointing anywhere else).
         url = self.process_url(outcome.job_id)
-        if self.provider_url(callback_query(headers).get("url", "")) != url:
-            raise CallbackSignatureError("the callback's process URL is not the service's "
-                                         "URL for that process")
         try:
             response = send(self._http, "GET", url, idempotent=True,
                             retry_statuses=PROCESS_READ_RETRY_STATUSES)
