@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from convbridge.errors import CallbackError, CallbackSignatureError, ProviderRejected
 from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget
@@ -223,3 +225,29 @@ def test_every_file_of_a_multi_file_export_is_collected_under_its_name() -> None
     assert outcome is not None
     assert [(o.filename, o.size, o.url) for o in outcome.outputs] == [
         ("page-1.png", 10, f"{base}/a1b2.png"), ("page-2.png", None, f"{base}/page-2.png")]
+
+
+#: every task status the seed lists
+_TASK_STATUSES = st.sampled_from(["created", "processing", "completed", "canceled", "failed",
+                                  "deleted", "insufficiant_minute"])
+
+
+#: one adapter for every example: building its HTTP client is what would take the time
+_PARSER = provider()
+
+
+@settings(max_examples=200, deadline=None)  # 200 examples, well under a second
+@given(statuses=st.lists(_TASK_STATUSES, min_size=3, max_size=3),
+       event=st.sampled_from(["job.success", "job.finished", "job.failed"]))
+def test_a_job_is_finished_only_when_no_task_ended_without_success(
+        statuses: list[str], event: str) -> None:
+    """A settled FreeConvert job reports finished, with its outputs, only if no task was
+    canceled, failed, deleted or ran out of minutes, and the event does not say it failed."""
+    job = _success_job()
+    for task, status in zip(job["tasks"], statuses, strict=True):
+        task["status"] = status
+    outcome = _PARSER.parse_callback(json.dumps({"event": event, "job": job}).encode())
+    assert outcome is not None
+    unsuccessful = {"canceled", "failed", "deleted", "insufficiant_minute"} & set(statuses)
+    assert (outcome.status == "failed") == bool(unsuccessful or event == "job.failed")
+    assert len(outcome.outputs) == (1 if statuses[2] == "completed" else 0)
