@@ -10,6 +10,9 @@ once the job exists); only rules that opt in hand CloudConvert the dedicated SFT
 ``import/sftp`` and ``export/sftp``, and the dedicated GCS export key for
 ``export/google-cloud-storage`` (GCS has no narrower credential CloudConvert takes; the task
 sets no metadata, so the rule's output prefix is what keeps the output from starting a job).
+
+The API key needs the ``task.read`` and ``task.write`` scopes (REQUIRED_SCOPES); a request the
+key lacks the scope for fails with ``API_KEY_SCOPE`` naming the scope.
 """
 
 from __future__ import annotations

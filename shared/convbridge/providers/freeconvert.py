@@ -6,8 +6,12 @@ FreeConvert's S3 tasks take no session token, so S3 sources are imported from a 
 and ``export/azureblob`` take a ``sas_token``, so Azure blobs are read and written natively with
 a SAS for the one blob. The GCS and SFTP tasks want service-account keys or passwords: relay.
 Webhooks are set once per account, not per job: point one at
-``<CONVBRIDGE_WEBHOOK_URL>/callbacks/freeconvert`` for ``job.success`` and ``job.failed`` and
-store its signing secret as ``signing_secret``. The job's ``tag`` carries the signed context,
+``<CONVBRIDGE_WEBHOOK_URL>/callbacks/freeconvert`` for ``job.success`` and ``job.failed`` (or
+``job.finished``, read by the job's own status) and store its signing secret as
+``signing_secret``. A job is finished only if none of its tasks ended without success
+(``failed``, ``canceled``, ``deleted``, ``insufficiant_minute``). Relay outputs are exported
+with the output's file name (``export/url`` names files by id otherwise), and every file an
+export lists is collected. The job's ``tag`` carries the signed context,
 which is how a webhook finds its way back to the rule that started the job.
 """
 
