@@ -124,12 +124,12 @@ class CloudConvertV1:
                            str(params["inputformat"]), str(params["outputformat"]), time.time())
         with self._backend.lock:
             self._processes[process.id] = process
-        return _json(200, {
+        return self._backend.answer_created(_json(200, {
             "url": self._process_url(process.id), "id": process.id, "host": self._host(),
             "expires": time.strftime("%Y-%m-%d %H:%M:%S",
                                      time.gmtime(process.created + MAX_TIME_SECONDS)),
             "maxtime": MAX_TIME_SECONDS,
-        })
+        }))
 
     def _start(self, process_id: str, params: Mapping[str, Any]) -> ApiResponse:
         with self._backend.lock:
@@ -165,6 +165,10 @@ class CloudConvertV1:
             rendered = self.render_process(process)
             job = self._backend.job(process.job_id) if process.job_id else None
             failure = _root_failure(job) if job is not None else None
+        if rendered["step"] == "error" and self._backend.faults.host_unavailable_failures:
+            return ApiResponse(503, json.dumps(rendered).encode(), {
+                "Content-Type": "application/json",
+                "Retry-After": str(self._backend.faults.retry_after_seconds)})
         if rendered["step"] == "error":
             return _json(400 if failure and failure.code == IMPORT_FAILED else 422, rendered)
         return _json(200, rendered)

@@ -380,6 +380,10 @@ def _azure_access(p: Mapping[str, Any]) -> AzureAccess:
                        sas_token=p["sas_token"])
 
 
+#: every scope a CloudConvert API key can hold (seed 003)
+SCOPES = frozenset({"user.read", "user.write", "task.read", "task.write", "webhook.read",
+                    "webhook.write"})
+
 class CloudConvertV2:
     """Serves CloudConvert API v2 below `prefix` (by default /v2)."""
 

@@ -153,7 +153,7 @@ def _operation(p: Mapping[str, Any]) -> Operation:
             return ExportAzureBlob(_azure(p), p.get("blob"), p.get("blob_prefix"),
                                    p.get("metadata"))
         case _:
-            return ExportUrl()
+            return ExportUrl(p.get("filename"), guid_names=True)
 
 
 def _redacted(value: Any) -> Any:

@@ -90,6 +90,8 @@ class Faults:
         CloudConvert documents as optional.
     drop_callbacks: every callback is lost, never sent, as to a webhook unreachable past the
         provider's retries; Sandbox.deliver_dropped() sends the lost ones late.
+    host_unavailable_failures: CloudConvert v1 answers a failed process's URL with 503 and
+        a Retry-After (no conversion host was available) instead of 400/422.
     seed: makes the random draws repeatable (re-seeds when set with Sandbox.set_faults)."""
 
     latency_seconds: float = 0.0
@@ -109,6 +111,7 @@ class Faults:
     redirect_downloads: bool = False
     omit_export_url_size: bool = False
     drop_callbacks: bool = False
+    host_unavailable_failures: bool = False
     seed: int | None = None
 
 
@@ -187,6 +190,11 @@ class ExportS3:
 
 @dataclass(frozen=True)
 class ExportUrl:
+    """filename: what the download is called; otherwise the converted file's name, or with
+    `guid_names` a random one (FreeConvert names results by id unless told a name)."""
+
+    filename: str | None = None
+    guid_names: bool = False
     kind: ClassVar[str] = "export/url"
 
 
@@ -840,9 +848,11 @@ class Backend:
                 return [], [ResultFile(blob.filename, blob.size) for blob in files]
             case ExportUrl():
                 base = self._public_url()
+                named = [dataclasses.replace(blob, filename=_export_name(spec, blob.filename))
+                         for blob in files]
                 return [], [
                     ResultFile(blob.filename, blob.size, base + self.files.add(blob))
-                    for blob in files
+                    for blob in named
                 ]
         return outputs, [ResultFile(blob.filename, blob.size) for blob in outputs]
 
@@ -959,3 +969,11 @@ class Backend:
         with self.lock:
             self._deliveries.append(Delivery(job_id, callback.event, status, attempt))
         return status
+
+
+def _export_name(spec: ExportUrl, filename: str) -> str:
+    if spec.filename:
+        return spec.filename
+    if spec.guid_names:
+        return f"{uuid.uuid4().hex}.{filename.rpartition('.')[2]}"
+    return filename

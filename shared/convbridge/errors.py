@@ -126,7 +126,13 @@ class ProviderUnavailable(ProviderError):
 
 class ProviderOutcomeUnknown(ProviderUnavailable):
     """A non-idempotent request (creating a job) may have been processed but its answer was
-    lost; look for what it created before sending it again."""
+    lost; look for what it created before sending it again. ``retry_after`` is the wait the
+    provider asked for (seconds), if it answered at all."""
+
+    def __init__(self, message: str, *, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
 
 
 class CallbackError(ConvbridgeError):

@@ -7,9 +7,11 @@ could not finish in time is not started. Other 4xx answers are returned at once;
 the caller's to turn into a failure report with the provider's message.
 
 A request that may have reached the provider but whose answer was lost (read timeout, a
-connection dropped mid-answer) is not retried blindly when it is not idempotent: it raises
-:class:`~convbridge.errors.ProviderOutcomeUnknown` so the caller can look for what it
-created before trying again.
+connection dropped mid-answer, or a gateway's 502/503/504, which a load balancer may send
+after the service behind it made the job) is not retried blindly when it is not idempotent:
+it raises :class:`~convbridge.errors.ProviderOutcomeUnknown` so the caller can look for what
+it created before trying again. Only answers that prove nothing was done (429, a connection
+that was never made) are retried for such requests.
 
 The relay's downloads go through :func:`open_download`: a provider's answer names the URL, so
 it is treated as hostile. Only https URLs on the hosts the provider's dialect declares (see
@@ -40,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 USER_AGENT = f"convbridge/{__version__}"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: Answers after which a non-idempotent request may or may not have been acted on.
+GATEWAY_STATUSES = frozenset({502, 503, 504})
 #: Errors raised before the request could have reached the server: always safe to retry.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 #: Errors after which the server may or may not have acted on the request.
@@ -130,13 +134,15 @@ def send(
     url: str,
     *,
     idempotent: bool,
+    retry_statuses: frozenset[int] = RETRY_STATUSES,
     policy: RetryPolicy = RetryPolicy(),
     sleep: Callable[[float], None] = time.sleep,
     **kwargs: Any,
 ) -> httpx.Response:
     """Send with retries. Returns the final response (2xx or a non-retryable 4xx). Raises
     :class:`GaveUp` when retryable failures outlast the budget and ProviderOutcomeUnknown
-    when a non-idempotent request's fate is unknown."""
+    when a non-idempotent request's fate is unknown. ``retry_statuses`` narrows what is worth
+    asking again where a status means something final for that URL."""
     last: httpx.Response | None = None
     reason = ""
     for attempt in range(policy.max_attempts):
@@ -151,9 +157,13 @@ def send(
                     "processed") from exc
             reason, last, wait = f"{type(exc).__name__}", None, policy.backoff(attempt)
         else:
-            if response.status_code not in RETRY_STATUSES:
+            if response.status_code not in retry_statuses:
                 return response
             asked = retry_after_seconds(response.headers.get("Retry-After"))
+            if not idempotent and response.status_code in GATEWAY_STATUSES:
+                raise ProviderOutcomeUnknown(
+                    f"{method} {_path(url)}: HTTP {response.status_code}; the request may have "
+                    "been processed", retry_after=asked)
             reason, last = f"HTTP {response.status_code}", response
             wait = max(asked, policy.backoff(attempt)) if asked is not None else policy.backoff(
                 attempt)

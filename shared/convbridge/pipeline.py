@@ -31,6 +31,7 @@ from convbridge.errors import (
     GrantError,
     OutputRefused,
     OutputTooLarge,
+    ProviderOutcomeUnknown,
     ProviderRejected,
     ProviderUnavailable,
     RejectedObject,
@@ -178,6 +179,11 @@ def _submit_claimed(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef
     except ProviderRejected as exc:
         return _reject(storage, ref, rule, RejectedObject(
             exc.code or f"PROVIDER_HTTP_{exc.status}", exc.message))
+    except ProviderOutcomeUnknown as exc:
+        # A job may exist (and run) that the bridge could not find: sending the create again
+        # could convert twice, so this is reported, not delivered again.
+        return _reject(storage, ref, rule, RejectedObject("PROVIDER_OUTCOME_UNKNOWN",
+                                                          exc.message))
     except ProviderUnavailable as exc:
         if not final_attempt:
             raise
@@ -356,9 +362,12 @@ def complete(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
 
 
 def accept(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
-           body: bytes) -> Accepted | None:
+           body: bytes, *, confirm: bool = True) -> Accepted | None:
     """Prove a callback genuine, fast and without writing anything. Raises CallbackError (with
-    the HTTP status to answer); returns None for events that need no action."""
+    the HTTP status to answer); returns None for events that need no action. ``confirm=False``
+    stops after the cheap checks, before unsigned dialects ask the provider what happened (a
+    request that can outlast the provider's callback timeout, Online-Convert's 3 s): the
+    callback is then queued, and confirmed where it is settled."""
     if len(body) > bridge.settings.max_callback_bytes:
         raise CallbackTooLarge(f"callback body of {len(body)} bytes is over the limit")
     if provider_name not in {rule.provider for rule in bridge.rules.rules}:
@@ -380,6 +389,10 @@ def accept(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
     context = url_context if url_context and outcome.context_token == url_token else (
         verify_context(outcome.context_token, bridge.context_key(), max_age_seconds=max_age))
     rule = _rule_for(bridge, context, provider_name)
+    if not confirm:
+        if provider.binds_before_start:
+            _refuse_unrecorded_job(bridge, rule, context, outcome.job_id)
+        return Accepted(outcome, context, rule)
     # Only once our own HMAC verified: unsigned dialects fetch the real outcome here.
     confirmed = provider.confirm(outcome, headers)
     if confirmed is None:
@@ -387,6 +400,21 @@ def accept(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
     if confirmed.context_token != outcome.context_token:
         raise ContextError("the provider's job belongs to another job context")
     return Accepted(confirmed, context, rule)
+
+
+def _refuse_unrecorded_job(bridge: Bridge, rule: Rule, context: JobContext,
+                           job_id: str) -> None:
+    """Refuse, with one read of the result record, a callback naming another job than the
+    one recorded for its context: dialects that ``binds_before_start`` record the job before
+    it can run, so a leaked token cannot settle (or even queue) a job of someone else's."""
+    storage = bridge.storage(context.storage)
+    record = _read_record(storage, context.location, rule.result_key(context.key))
+    recorded = _recorded_job(record, context.nonce)
+    if recorded.state in {"bound", "settled"} and recorded.job_id != job_id:
+        raise CallbackSignatureError(f"job {job_id} is not the job the bridge created for this "
+                                     "context")
+    if recorded.state == "unbound":
+        raise CallbackSignatureError(f"job {job_id} was not recorded for this context")
 
 
 def settle(bridge: Bridge, accepted: Accepted) -> Completion:

@@ -228,20 +228,24 @@ def answer_http_callback(provider: str, event: Mapping[str, Any],
 
 def answer_callback(provider: str, headers: Mapping[str, str], body: bytes,
                     context: Any = None, query: str = "") -> tuple[int, str]:
-    """(status code, JSON body) for one provider callback. Genuine callbacks are queued for
-    settling when a completion queue is configured, so the provider gets its answer within
-    its timeout whatever the relay has to copy. Refusals say only what kind of refusal it
+    """(status code, JSON body) for one provider callback. Callbacks that pass the cheap
+    checks (signature or token HMAC, context) are queued for confirming and settling when a
+    completion queue is configured, so the provider gets its answer within its timeout
+    whatever its own API or the relay take. Refusals say only what kind of refusal it
     was: the caller may be hostile. ``query`` (the raw query string) travels on among the
     headers under CALLBACK_QUERY, where unsigned dialects find their per-job token."""
     headers = {name: value for name, value in headers.items()
                if name.lower() != CALLBACK_QUERY} | ({CALLBACK_QUERY: query} if query else {})
     try:
         current = bridge()
-        accepted = accept(current, provider, headers, body)
+        queue_url = current.settings.completion_queue_url
+        queued = bool(queue_url) and len(body) <= MAX_QUEUED_BODY
+        # A queued callback is confirmed with the provider on the queue side, so the answer
+        # never waits for the provider's API.
+        accepted = accept(current, provider, headers, body, confirm=not queued)
         if accepted is None:
             return 200, json.dumps({"status": "ignored"})
-        queue_url = current.settings.completion_queue_url
-        if queue_url and len(body) <= MAX_QUEUED_BODY:
+        if queued:
             current.sqs().send_message(QueueUrl=queue_url, MessageBody=json.dumps({
                 "provider": provider,
                 "headers": dict(headers),

@@ -7,9 +7,12 @@ import hmac
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from convbridge.errors import CallbackError, CallbackSignatureError, ProviderRejected
 from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget
@@ -70,7 +73,9 @@ def test_s3_source_is_imported_from_its_url_and_exported_to_freeconverts() -> No
     assert tasks["convert"] == {"operation": "convert", "input": "import-source",
                                 "input_format": "png", "output_format": "pdf",
                                 "options": {"quality": 70, "input": "evil"}}
-    assert tasks["export-output"] == {"operation": "export/url", "input": "convert"}
+    # named as the output: FreeConvert otherwise names the download by its file id
+    assert tasks["export-output"] == {"operation": "export/url", "input": "convert",
+                                      "filename": "a b.pdf"}
 
 
 def test_s3_session_tokens_are_never_planned_since_freeconvert_takes_none() -> None:
@@ -184,3 +189,67 @@ def test_a_bare_job_body_is_read_by_its_status() -> None:
     assert outcome is not None and outcome.event == "job.success"
     job["status"] = "processing"
     assert provider().parse_callback(json.dumps(job).encode()) is None
+
+
+def _success_job() -> dict[str, Any]:
+    job: dict[str, Any] = json.loads((FIXTURES / "webhook_job_success.json").read_bytes())["job"]
+    return job
+
+
+def test_a_job_finished_webhook_settles_the_job_by_its_status() -> None:
+    """The seed registers webhooks for ``job.finished`` beside ``job.success``."""
+    body = json.dumps({"event": "job.finished", "job": _success_job()}).encode()
+    outcome = provider().accept_callback({"FreeConvert-Signature": sign(body)}, body)
+    assert outcome is not None and outcome.status == "finished"
+    assert outcome.event == "job.finished" and len(outcome.outputs) == 1
+
+
+@pytest.mark.parametrize("status", ["canceled", "deleted", "insufficiant_minute", "failed"])
+def test_a_task_ended_without_success_fails_the_job(status: str) -> None:
+    job = _success_job()
+    convert = next(t for t in job["tasks"] if t["name"] == "convert")
+    convert.update(status=status, message="Task was canceled", code="CANCELED")
+    for event in ("job.finished", "job.success"):
+        outcome = provider().parse_callback(json.dumps({"event": event, "job": job}).encode())
+        assert outcome is not None and outcome.status == "failed"
+        assert (outcome.failed_task, outcome.code) == ("convert", "CANCELED")
+
+
+def test_every_file_of_a_multi_file_export_is_collected_under_its_name() -> None:
+    job = _success_job()
+    export = next(t for t in job["tasks"] if t["operation"] == "export/url")
+    base = "https://server301.freeconvert.com/api/download/65a1f0c2e39b480011724976"
+    export["result"] = {"files": [
+        {"filename": "page-1.png", "size": 10, "url": f"{base}/a1b2.png"},
+        {"url": f"{base}/page-2.png"}]}
+    outcome = provider().parse_callback(json.dumps({"event": "job.success", "job": job})
+                                        .encode())
+    assert outcome is not None
+    assert [(o.filename, o.size, o.url) for o in outcome.outputs] == [
+        ("page-1.png", 10, f"{base}/a1b2.png"), ("page-2.png", None, f"{base}/page-2.png")]
+
+
+#: every task status the seed lists
+_TASK_STATUSES = st.sampled_from(["created", "processing", "completed", "canceled", "failed",
+                                  "deleted", "insufficiant_minute"])
+
+
+#: one adapter for every example: building its HTTP client is what would take the time
+_PARSER = provider()
+
+
+@settings(max_examples=200, deadline=None)  # 200 examples, well under a second
+@given(statuses=st.lists(_TASK_STATUSES, min_size=3, max_size=3),
+       event=st.sampled_from(["job.success", "job.finished", "job.failed"]))
+def test_a_job_is_finished_only_when_no_task_ended_without_success(
+        statuses: list[str], event: str) -> None:
+    """A settled FreeConvert job reports finished, with its outputs, only if no task was
+    canceled, failed, deleted or ran out of minutes, and the event does not say it failed."""
+    job = _success_job()
+    for task, status in zip(job["tasks"], statuses, strict=True):
+        task["status"] = status
+    outcome = _PARSER.parse_callback(json.dumps({"event": event, "job": job}).encode())
+    assert outcome is not None
+    unsuccessful = {"canceled", "failed", "deleted", "insufficiant_minute"} & set(statuses)
+    assert (outcome.status == "failed") == bool(unsuccessful or event == "job.failed")
+    assert len(outcome.outputs) == (1 if statuses[2] == "completed" else 0)

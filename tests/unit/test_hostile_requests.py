@@ -180,14 +180,15 @@ def test_a_signed_cloudconvert_body_of_the_wrong_shape_is_refused_400(stack: Dev
 def test_an_unexpected_exception_becomes_a_logged_500(stack: DevStack,
                                                       monkeypatch: pytest.MonkeyPatch,
                                                       caplog: pytest.LogCaptureFixture) -> None:
-    """A failure nobody foresaw (here the HTTP client breaking while the outcome is fetched
-    from the provider) is logged with its traceback and answered, never raised."""
+    """A failure nobody foresaw (here the adapter breaking while it reads the callback; the
+    outcome is confirmed with the provider from the completion queue) is logged with its
+    traceback and answered, never raised."""
     from convbridge.providers.onlineconvert import OnlineConvert
 
-    def broken(self: Any, outcome: Any, headers: Any) -> None:
+    def broken(self: Any, headers: Any, body: Any) -> None:
         raise httpx.LocalProtocolError("the client broke")
 
-    monkeypatch.setattr(OnlineConvert, "confirm", broken)
+    monkeypatch.setattr(OnlineConvert, "accept_callback", broken)
     query = str(httpx.QueryParams({"token": token_for(stack, "onlineconvert")}))
     with caplog.at_level(logging.ERROR, logger="convbridge"):
         status, body = json_answer(callback("onlineconvert", query=query, body=json.dumps(

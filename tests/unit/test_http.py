@@ -8,6 +8,8 @@ from email.utils import format_datetime
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from convbridge.errors import ProviderOutcomeUnknown
 from convbridge.http import GaveUp, RetryPolicy, deadline_from, retry_after_seconds, send
@@ -84,13 +86,24 @@ def test_lost_answers_to_non_idempotent_requests_are_not_retried_blindly() -> No
 
 
 def test_a_wait_past_the_deadline_gives_up_without_sleeping() -> None:
-    http, seen = client([httpx.Response(503, headers={"Retry-After": "30"})])
+    http, seen = client([httpx.Response(429, headers={"Retry-After": "30"})])
     waits, sleep = recorder()
     with deadline_from(lambda: 10_000), pytest.raises(GaveUp) as caught:
         send(http, "POST", "https://p/jobs?sig=secret", idempotent=False, sleep=sleep)
     assert waits == [] and len(seen) == 1
     assert "deadline" in str(caught.value) and "secret" not in str(caught.value)
-    assert caught.value.response is not None and caught.value.response.status_code == 503
+    assert caught.value.response is not None and caught.value.response.status_code == 429
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_a_gateway_error_on_a_create_is_an_unknown_outcome_never_resent(status: int) -> None:
+    """A gateway may answer after the service made the job: sending again could make two."""
+    http, seen = client([httpx.Response(status), httpx.Response(201)])
+    waits, sleep = recorder()
+    with deadline_from(lambda: 60_000), pytest.raises(ProviderOutcomeUnknown) as caught:
+        send(http, "POST", "https://p/jobs?sig=secret", idempotent=False, sleep=sleep)
+    assert waits == [] and len(seen) == 1
+    assert str(status) in str(caught.value) and "secret" not in str(caught.value)
 
 
 def test_attempts_are_bounded() -> None:
@@ -98,3 +111,31 @@ def test_attempts_are_bounded() -> None:
     with deadline_from(lambda: 60_000), pytest.raises(GaveUp, match="after 5 attempts"):
         send(http, "GET", "https://p/x", idempotent=True, policy=NO_JITTER, sleep=lambda s: None)
     assert len(seen) == 5
+
+
+#: what a provider can answer a request with: statuses, and errors before or after sending
+_ANSWERS = st.sampled_from([200, 201, 400, 409, 422, 429, 500, 502, 503, 504,
+                            httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadTimeout,
+                            httpx.RemoteProtocolError])
+#: answers that prove the provider did nothing with the request
+_NOTHING_DONE = {429, httpx.ConnectError, httpx.ConnectTimeout}
+
+
+@settings(max_examples=300, deadline=None)  # 300 examples, well under a second
+@given(answers=st.lists(_ANSWERS, min_size=1, max_size=8))
+def test_a_create_is_sent_again_only_after_an_answer_proving_nothing_was_done(
+        answers: list[int | type[Exception]]) -> None:
+    """Whatever the provider answers, a non-idempotent request is repeated only after a 429
+    or a connection that was never made, and the caller gets a response, GaveUp or
+    ProviderOutcomeUnknown, nothing else."""
+    script = [httpx.Response(a) if isinstance(a, int) else a for a in answers]
+    script += [httpx.Response(201)] * NO_JITTER.max_attempts  # never run out
+    http, seen = client(script)
+    try:
+        with deadline_from(lambda: 600_000):
+            send(http, "POST", "https://p/jobs", idempotent=False, policy=NO_JITTER,
+                 sleep=lambda s: None)
+    except (GaveUp, ProviderOutcomeUnknown):
+        pass
+    answered = answers + [201] * NO_JITTER.max_attempts
+    assert all(answer in _NOTHING_DONE for answer in answered[:len(seen) - 1])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
@@ -29,12 +30,14 @@ from convbridge.errors import (
     ProviderRejected,
     ProviderUnavailable,
 )
-from convbridge.http import GaveUp, send
+from convbridge.http import GaveUp, RetryPolicy, seconds_left, send
 from convbridge.model import Grant, JobOutcome, JobSpec
 
 logger = logging.getLogger(__name__)
 #: create attempts whose answers were lost before giving up on a job
-MAX_CREATE_ATTEMPTS = 3
+MAX_CREATE_ATTEMPTS = 5
+#: the pause before looking for a job whose create answer was lost (at least Retry-After)
+CREATE_RETRY = RetryPolicy()
 #: Where the webhook puts the callback URL's raw query string among the request headers, so it
 #: reaches the adapter (and the completion queue) with them. ":" cannot start a real header name,
 #: and the webhook drops any incoming header of this name, so a caller cannot set it.
@@ -63,6 +66,10 @@ class Provider(ABC):
     #: past the provider's own callback retries, well within how long it keeps the job and its
     #: outputs. A job still running then is asked again at the next run.
     settle_deadline_seconds: ClassVar[int] = 3 * 3600
+    #: :meth:`find_job` can search the provider's jobs by the context token (its ``tag``), so
+    #: a create whose answer was lost is looked up before it is sent again; without it such a
+    #: create is reported (ProviderOutcomeUnknown), never sent twice
+    finds_jobs: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -97,9 +104,9 @@ class Provider(ABC):
         """The outcome a verified callback reports, or None for events that need no action."""
 
     def find_job(self, context_token: str) -> str | None:
-        """The id of a job created with ``context_token``, if the provider can search by it.
+        """The id of a job created with ``context_token``, or None when there is none.
         Used after a create request whose answer was lost, so a retry never makes a second
-        job; providers that cannot search return None and the create is tried again."""
+        job; only called where ``finds_jobs``."""
         return None
 
     def fetch_job(self, job_id: str) -> JobOutcome | None:
@@ -118,16 +125,29 @@ class Provider(ABC):
         return job_id
 
     def _create(self, document: Mapping[str, Any], context_token: str) -> str:
-        for _ in range(MAX_CREATE_ATTEMPTS - 1):
+        """Create the job; after an answer that leaves its fate unknown, wait what the provider
+        asked, look the job up by its context and send the create again only when there is
+        none. A provider that cannot search gets the create once (ProviderOutcomeUnknown)."""
+        for attempt in range(MAX_CREATE_ATTEMPTS):
             try:
                 return self.create_job(document)
             except ProviderOutcomeUnknown as exc:
+                if not self.finds_jobs:
+                    raise
+                wait = max(exc.retry_after or 0.0, CREATE_RETRY.backoff(attempt))
+                if wait > seconds_left():
+                    raise ProviderUnavailable(f"{self.name}: {exc}; no time is left to look "
+                                              "for the job and try again",
+                                              status=exc.status) from exc
+                time.sleep(wait)
                 found = self.find_job(context_token)
                 if found:
                     logger.info("%s: %s; found job %s it created", self.name, exc, found)
                     return found
                 logger.info("%s: %s; no job was created, trying again", self.name, exc)
-        return self.create_job(document)
+                last = exc
+        raise ProviderUnavailable(f"{self.name}: {last}; no job was created in "
+                                  f"{MAX_CREATE_ATTEMPTS} attempts", status=last.status) from last
 
     def upload_input(self, job_id: str, spec: JobSpec,
                      open_stream: Callable[[], Iterator[bytes]]) -> None:

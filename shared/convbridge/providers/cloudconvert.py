@@ -10,6 +10,9 @@ once the job exists); only rules that opt in hand CloudConvert the dedicated SFT
 ``import/sftp`` and ``export/sftp``, and the dedicated GCS export key for
 ``export/google-cloud-storage`` (GCS has no narrower credential CloudConvert takes; the task
 sets no metadata, so the rule's output prefix is what keeps the output from starting a job).
+
+The API key needs the ``task.read`` and ``task.write`` scopes (REQUIRED_SCOPES); a request the
+key lacks the scope for fails with ``API_KEY_SCOPE`` naming the scope.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, ClassVar
 from urllib.parse import quote
+
+import httpx
 
 from convbridge.errors import (
     CallbackError,
@@ -38,6 +43,9 @@ CONVERT_TASK = "convert"
 EXPORT_TASK = "export-output"
 #: events that settle a job; ``job.created`` and task events need no action
 FINAL_EVENTS = {"job.finished": "finished", "job.failed": "failed"}
+#: The API key scopes the bridge needs (seed 003): task.write creates jobs, task.read finds a
+#: job whose create answer was lost and reads the upload form of SFTP inputs.
+REQUIRED_SCOPES = ("task.read", "task.write")
 
 
 class CloudConvert(Provider):
@@ -59,6 +67,8 @@ class CloudConvert(Provider):
     download_hosts: ClassVar[tuple[str, ...]] = ("*.cloudconvert.com",)
     #: export/url files and the job itself are kept for 24 h; webhook retries end long before
     settle_deadline_seconds: ClassVar[int] = 6 * 3600
+    #: jobs are listed by tag, so a lost create answer is looked up before a re-send
+    finds_jobs: ClassVar[bool] = True
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
         convert: dict[str, Any] = {
@@ -82,8 +92,8 @@ class CloudConvert(Provider):
         }
 
     def create_job(self, document: Mapping[str, Any]) -> str:
-        response = self._send("POST", "/jobs", json=document, headers=self._auth(),
-                              idempotent=False)
+        response = self._scoped("task.write", "creating a job", "POST", "/jobs", json=document,
+                                idempotent=False)
         try:
             return str(response.json()["data"]["id"])
         except (ValueError, KeyError, TypeError) as exc:
@@ -91,8 +101,9 @@ class CloudConvert(Provider):
 
     def find_job(self, context_token: str) -> str | None:
         # the context token is unique per submission, so at most one job carries it
-        response = self._send("GET", "/jobs", headers=self._auth(),
-                              params={"filter[tag]": context_token, "per_page": 1})
+        response = self._scoped("task.read", "finding a job whose create answer was lost",
+                                "GET", "/jobs",
+                                params={"filter[tag]": context_token, "per_page": 1})
         try:
             jobs = response.json()["data"]
         except (ValueError, KeyError, TypeError) as exc:
@@ -116,7 +127,8 @@ class CloudConvert(Provider):
                      open_stream: Callable[[], Iterator[bytes]]) -> None:
         """Post the input to the form of the job's ``import/upload`` task: its parameters as
         given, the file last, streamed with a known length (no credential of ours goes)."""
-        response = self._send("GET", f"/jobs/{job_id}", headers=self._auth())
+        response = self._scoped("task.read", "reading the upload form of an input the bridge "
+                                "uploads", "GET", f"/jobs/{job_id}")
         try:
             task = next(t for t in response.json()["data"]["tasks"]
                         if t.get("name") == IMPORT_TASK and t.get("operation") == "import/upload")
@@ -142,6 +154,20 @@ class CloudConvert(Provider):
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"}
+
+    def _scoped(self, scope: str, doing: str, method: str, path: str,
+                **kwargs: Any) -> httpx.Response:
+        """An API request that needs ``scope``: CloudConvert answers 403 to a key without it,
+        which is a setup mistake to name, not a provider failure to pass on."""
+        try:
+            return self._send(method, path, headers=self._auth(), **kwargs)
+        except ProviderRejected as exc:
+            if exc.status != 403:
+                raise
+            raise ProviderRejected(
+                f"{self.name}: the API key was refused {doing} (HTTP 403): it needs the "
+                f"{scope} scope; create a key with {' and '.join(REQUIRED_SCOPES)}",
+                status=403, code="API_KEY_SCOPE") from exc
 
     def verify_callback(self, headers: Mapping[str, str], body: bytes) -> None:
         self._verify_hmac_hex(headers, SIGNATURE_HEADER, body)

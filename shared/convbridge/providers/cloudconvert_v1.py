@@ -34,16 +34,19 @@ from convbridge.errors import (
     ProviderRejected,
     ProviderUnavailable,
 )
-from convbridge.http import GaveUp, send
+from convbridge.http import GaveUp, RetryPolicy, send
 from convbridge.model import JobOutcome, JobSpec, OutputFile
 from convbridge.providers.base import Provider, callback_query, parse_time
 
 #: callback steps that settle a process; the service calls back only for these
 FINAL_STEPS = {"finished": "finished", "error": "failed"}
 #: answers a process URL gives for a failed conversion, and the stage each blames (seed: 400
-#: parameters missing or wrong, 422 the conversion failed); the status code is the only error
-#: code v1 has
-FAILURE_STATUSES = {400: "input", 422: "convert"}
+#: parameters missing or wrong, 422 the conversion failed, 503 no conversion host was available
+#: or it failed); the status code is the only error code v1 has
+FAILURE_STATUSES = {400: "input", 422: "convert", 503: "convert"}
+#: A process URL is one-time: its 503 reports the conversion's end, asking again cannot help.
+#: Throttling answers 429 (or a 503 without a process document, an outage to retry later).
+PROCESS_READ_RETRY_STATUSES = frozenset({429, 502, 504})
 #: process ids as the service makes them; matched whole (``re.fullmatch``: ``$`` would let a
 #: trailing newline through to a URL)
 _PROCESS_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -114,7 +117,9 @@ class CloudConvertV1(Provider):
                                 "service's own host")
         if on_created is not None:
             on_created(process_id)
-        self._send("POST", process_url, json=dict(document), idempotent=False)
+        # one-time: whatever answers, this URL is never POSTed again
+        self._send("POST", process_url, json=dict(document), idempotent=False,
+                   policy=RetryPolicy(max_attempts=1))
         return process_id
 
     def process_url(self, process_id: str) -> str:
@@ -149,6 +154,11 @@ class CloudConvertV1(Provider):
         process_id, step = query.get("id", ""), query.get("step", "")
         if not _PROCESS_ID.fullmatch(process_id):
             raise CallbackError("callback names no valid process id")
+        # A callback pointing anywhere but the service's URL for the process is not the
+        # service's: refused here, before it could be queued or anything is requested.
+        if self.provider_url(query.get("url", "")) != self.process_url(process_id):
+            raise CallbackSignatureError("the callback's process URL is not the service's "
+                                         "URL for that process")
         if step not in FINAL_STEPS:
             return None
         return JobOutcome(provider=self.name, job_id=process_id,
@@ -164,20 +174,19 @@ class CloudConvertV1(Provider):
 
     def confirm(self, outcome: JobOutcome, headers: Mapping[str, str]) -> JobOutcome | None:
         # Read where the service shows the process the callback names, which is the URL the
-        # create answer named; a callback pointing anywhere else is not the service's.
+        # create answer named (accept_callback refused a callback pointing anywhere else).
         url = self.process_url(outcome.job_id)
-        if self.provider_url(callback_query(headers).get("url", "")) != url:
-            raise CallbackSignatureError("the callback's process URL is not the service's "
-                                         "URL for that process")
         try:
-            response = send(self._http, "GET", url, idempotent=True)
+            response = send(self._http, "GET", url, idempotent=True,
+                            retry_statuses=PROCESS_READ_RETRY_STATUSES)
         except GaveUp as exc:
             raise ProviderUnavailable(f"{self.name}: {exc}") from exc
         try:
             process = response.json()
         except ValueError:
             process = None
-        if response.status_code >= 500:
+        if response.status_code >= 500 and not (
+                response.status_code in FAILURE_STATUSES and isinstance(process, dict)):
             raise ProviderUnavailable(f"{self.name}: process answer HTTP "
                                       f"{response.status_code}", status=response.status_code)
         if not isinstance(process, dict) or (

@@ -6,8 +6,12 @@ FreeConvert's S3 tasks take no session token, so S3 sources are imported from a 
 and ``export/azureblob`` take a ``sas_token``, so Azure blobs are read and written natively with
 a SAS for the one blob. The GCS and SFTP tasks want service-account keys or passwords: relay.
 Webhooks are set once per account, not per job: point one at
-``<CONVBRIDGE_WEBHOOK_URL>/callbacks/freeconvert`` for ``job.success`` and ``job.failed`` and
-store its signing secret as ``signing_secret``. The job's ``tag`` carries the signed context,
+``<CONVBRIDGE_WEBHOOK_URL>/callbacks/freeconvert`` for ``job.success`` and ``job.failed`` (or
+``job.finished``, read by the job's own status) and store its signing secret as
+``signing_secret``. A job is finished only if none of its tasks ended without success
+(``failed``, ``canceled``, ``deleted``, ``insufficiant_minute``). Relay outputs are exported
+with the output's file name (``export/url`` names files by id otherwise), and every file an
+export lists is collected. The job's ``tag`` carries the signed context,
 which is how a webhook finds its way back to the rule that started the job.
 """
 
@@ -26,10 +30,16 @@ SIGNATURE_HEADER = "FreeConvert-Signature"
 IMPORT_TASK = "import-source"
 CONVERT_TASK = "convert"
 EXPORT_TASK = "export-output"
-#: events that settle a job; ``job.created`` needs no action
-FINAL_EVENTS = {"job.success": "finished", "job.failed": "failed"}
+#: events that settle a job; ``job.created`` needs no action. The seed lists ``job.success``
+#: and ``job.failed`` but registers webhooks for ``job.finished``, which is read by the job's
+#: own status (None here)
+FINAL_EVENTS: dict[str, str | None] = {"job.success": "finished", "job.failed": "failed",
+                                       "job.finished": None}
 #: the event a bare job document stands for, should a webhook body carry no ``event``
 EVENT_FOR_STATUS = {"completed": "job.success", "failed": "job.failed"}
+#: the task statuses that end a task without its result (seed: task status values, and
+#: ``insufficiant_minute`` as the task listing spells it); any of them fails the job
+FAILED_TASK_STATUSES = frozenset({"failed", "canceled", "deleted", "insufficiant_minute"})
 
 
 class FreeConvert(Provider):
@@ -46,6 +56,8 @@ class FreeConvert(Provider):
     #: a task's files are deleted 4 h after it was created (jobs after 24 h): ask in time to
     #: relay them
     settle_deadline_seconds: ClassVar[int] = 2 * 3600
+    #: jobs are listed by tag, so a lost create answer is looked up before a re-send
+    finds_jobs: ClassVar[bool] = True
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
         if spec.read_grant.kind == "upload":  # a storage that cannot sign URLs (sftp)
@@ -122,20 +134,18 @@ class FreeConvert(Provider):
 def parse_job(job: Mapping[str, Any], *, event: str = "") -> JobOutcome:
     """A FreeConvert job (from a webhook or ``GET /process/jobs/{id}``) as a JobOutcome."""
     tasks = [t for t in job.get("tasks") or [] if isinstance(t, dict)]
-    failed = [t for t in tasks if t.get("status") == "failed"]
+    failed = [t for t in tasks if t.get("status") in FAILED_TASK_STATUSES]
     failed_ids = {str(t.get("id")) for t in failed}
     # the task that really failed: none of its inputs failed before it
     root = next((t for t in failed if not failed_ids & set(_dependencies(t))), None)
     root = root or (failed[0] if failed else None)
-    status = FINAL_EVENTS.get(event) or ("failed" if failed or job.get("status") == "failed"
-                                         else "finished")
+    # a failed or canceled task fails the job whatever the event says
+    status = ("failed" if FINAL_EVENTS.get(event) == "failed" or failed
+              or job.get("status") == "failed" else "finished")
     error = _error(root.get("result"), root) if root else _error(job.get("result"), job)
-    outputs: list[OutputFile] = []
-    for task in tasks:
-        result = task.get("result")
-        url = result.get("url") if isinstance(result, dict) else None
-        if task.get("operation") == "export/url" and task.get("status") == "completed" and url:
-            outputs.append(OutputFile(filename=_filename(str(url)), url=str(url)))
+    outputs = [output for task in tasks
+               if task.get("operation") == "export/url" and task.get("status") == "completed"
+               for output in _result_files(task.get("result"))]
     return JobOutcome(
         provider=FreeConvert.name,
         job_id=str(job.get("id", "")),
@@ -168,8 +178,26 @@ def _error(result: Any, holder: Mapping[str, Any]) -> tuple[str | None, str | No
             str(message).strip() if message else None)
 
 
+def _result_files(result: Any) -> list[OutputFile]:
+    """Every file an export/url task produced: ``result.url`` for one, ``result.files`` (each
+    with its ``url``, and a ``filename`` and ``size`` where given) for several."""
+    if not isinstance(result, dict):
+        return []
+    listed = result.get("files")
+    entries = [f for f in listed if isinstance(f, dict)] if isinstance(listed, list) else []
+    if not entries and result.get("url"):
+        entries = [result]
+    return [OutputFile(filename=str(f.get("filename") or _filename(str(f["url"]))),
+                       size=_int(f.get("size")), url=str(f["url"]))
+            for f in entries if f.get("url")]
+
+
 def _filename(url: str) -> str:
     return unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _import_task(grant: Grant, filename: str) -> dict[str, Any]:
@@ -181,7 +209,9 @@ def _import_task(grant: Grant, filename: str) -> dict[str, Any]:
 def _export_task(spec: JobSpec) -> dict[str, Any]:
     grant = spec.write_grant
     if spec.route == "relay" or grant is None:
-        return {"operation": "export/url", "input": CONVERT_TASK}
+        # without a filename the download is named by FreeConvert's file id
+        return {"operation": "export/url", "input": CONVERT_TASK,
+                "filename": spec.output.key.rsplit("/", 1)[-1]}
     return {**native_task(EXPORT_TASKS, grant, "freeconvert", spec), "input": CONVERT_TASK}
 
 
