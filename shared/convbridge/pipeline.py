@@ -389,9 +389,12 @@ def accept(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
     context = url_context if url_context and outcome.context_token == url_token else (
         verify_context(outcome.context_token, bridge.context_key(), max_age_seconds=max_age))
     rule = _rule_for(bridge, context, provider_name)
-    if not confirm:
-        if provider.binds_before_start:
-            _refuse_unrecorded_job(bridge, rule, context, outcome.job_id)
+    recorded = (_refuse_unrecorded_job(bridge, rule, context, outcome.job_id)
+                if provider.binds_before_start else None)
+    if not confirm or recorded == "settled":
+        # A settled context needs no word from the provider: settle() answers duplicate from
+        # the record, so a late callback of a job the provider has since forgotten is not
+        # retried against a 404 until the queue gives up.
         return Accepted(outcome, context, rule)
     # Only once our own HMAC verified: unsigned dialects fetch the real outcome here.
     confirmed = provider.confirm(outcome, headers)
@@ -403,7 +406,7 @@ def accept(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
 
 
 def _refuse_unrecorded_job(bridge: Bridge, rule: Rule, context: JobContext,
-                           job_id: str) -> None:
+                           job_id: str) -> str:
     """Refuse, with one read of the result record, a callback naming another job than the
     one recorded for its context: dialects that ``binds_before_start`` record the job before
     it can run, so a leaked token cannot settle (or even queue) a job of someone else's."""
@@ -415,6 +418,7 @@ def _refuse_unrecorded_job(bridge: Bridge, rule: Rule, context: JobContext,
                                      "context")
     if recorded.state == "unbound":
         raise CallbackSignatureError(f"job {job_id} was not recorded for this context")
+    return recorded.state
 
 
 def settle(bridge: Bridge, accepted: Accepted) -> Completion:
