@@ -22,7 +22,7 @@ from convbridge.errors import CallbackError, ConvbridgeError
 from convbridge.events import ParsedEvents
 from convbridge.http import deadline_from
 from convbridge.pipeline import Submission, accept, complete, settle, submit_all
-from convbridge.providers.base import CALLBACK_QUERY
+from convbridge.providers.base import CALLBACK_QUERY, parse_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +73,7 @@ def raw_body(event: Mapping[str, Any]) -> bytes:
     over re-serialised JSON. A body marked base64 that is not base64 is CallbackError (400)."""
     body = event.get("body") or ""
     if event.get("isBase64Encoded"):
-        try:
-            return base64.b64decode(str(body), validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise CallbackError("the body is not valid base64") from exc
+        return strict_base64(str(body), "the body")
     # "surrogatepass": whatever a JSON event string holds becomes bytes, to be refused later
     return str(body).encode("utf-8", errors="surrogatepass")
 
@@ -275,25 +272,26 @@ class QueuedCallback:
     body: bytes
 
 
+def strict_base64(text: str, what: str) -> bytes:
+    """``text`` decoded as base64, or CallbackError (400) saying ``what`` was not."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise CallbackError(f"{what} is not valid base64") from exc
+
+
 def queued_callback(message: str) -> QueuedCallback:
     """The callback a queue message holds, or CallbackError: the queue is ours, but a message
     that does not read as one of ours will not read any better on its next delivery."""
-    try:
-        document = json.loads(message)
-    except (ValueError, RecursionError) as exc:
-        raise CallbackError(f"not JSON ({type(exc).__name__})") from exc
-    if not isinstance(document, dict):
-        raise CallbackError(f"a JSON {type(document).__name__}, not a queued callback")
+    document = parse_json_object(message.encode("utf-8", errors="surrogatepass"),
+                                 "a queued callback")
     provider, headers, body = (document.get(name) for name in ("provider", "headers", "body"))
     if not isinstance(provider, str) or not isinstance(body, str) or not (
             isinstance(headers, dict)
             and all(isinstance(v, str) for v in headers.values())):
         raise CallbackError("provider, headers or body missing or of the wrong type")
-    try:
-        raw = base64.b64decode(body, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise CallbackError("body is not base64") from exc
-    return QueuedCallback(provider, {str(k): v for k, v in headers.items()}, raw)
+    return QueuedCallback(provider, {str(k): v for k, v in headers.items()},
+                          strict_base64(body, "the queued body"))
 
 
 def settle_queued_callbacks(event: dict[str, Any], context: Any) -> dict[str, Any]:
