@@ -313,7 +313,8 @@ def _operation(p: Mapping[str, Any]) -> Operation:
             # object is accepted too, the top level winning.
             options = {**(p.get("options") or {})}
             options.update({k: p[k] for k in _CONVERT_OPTIONS if p.get(k) is not None})
-            return Convert(p["output_format"], p.get("input_format"), options, p.get("filename"))
+            return Convert(p["output_format"], p.get("input_format"), options, p.get("filename"),
+                           split_pages=True)
         case "export/s3":
             tagging = p.get("tagging")
             return ExportS3(

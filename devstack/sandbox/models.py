@@ -32,7 +32,7 @@ from .azure_io import AzureAccess, read_azure, write_azure
 from .convert import (
     CONVERSION_FAILED,
     ConversionError,
-    convert_image,
+    convert_pages,
     extension,
     output_filename,
 )
@@ -171,6 +171,8 @@ class Convert:
     input_format: str | None = None
     options: Mapping[str, object] | None = None
     filename: str | None = None
+    #: each page of a paged input to a one-page format becomes a file (CloudConvert v2)
+    split_pages: bool = False
     kind: ClassVar[str] = "convert"
 
 
@@ -799,7 +801,8 @@ class Backend:
                     for _key, blob in objects
                 ]
             case Convert():
-                outputs = [self._convert(spec, blob, len(files)) for blob in files]
+                outputs = [page for blob in files for page in self._convert(spec, blob,
+                                                                             len(files))]
             case ExportS3():
                 keys = export_keys(spec, [blob.filename for blob in files])
                 for key, blob in zip(keys, files, strict=True):
@@ -873,15 +876,21 @@ class Backend:
         except StorageError as exc:
             raise TaskFailure(EXPORT_FAILED, str(exc)) from exc
 
-    def _convert(self, spec: Convert, blob: FileBlob, count: int) -> FileBlob:
+    def _convert(self, spec: Convert, blob: FileBlob, count: int) -> list[FileBlob]:
         source = spec.input_format or extension(blob.filename)
         try:
-            data = convert_image(blob.read(), source, spec.output_format, spec.options)
+            pages = convert_pages(blob.read(), source, spec.output_format, spec.options,
+                                  split=spec.split_pages)
         except ConversionError as exc:
             raise TaskFailure(exc.code, f"{blob.filename}: {exc.message}") from exc
+        name = output_filename(blob.filename, spec.output_format)
+        if len(pages) > 1:  # CloudConvert numbers pages: scan-1.png, scan-2.png, ...
+            stem, _, suffix = name.rpartition(".")
+            return [self.spool.blob(f"{stem}-{number}.{suffix}", data)
+                    for number, data in enumerate(pages, start=1)]
         # A custom filename only makes sense for a single output.
-        name = spec.filename if spec.filename and count == 1 else None
-        return self.spool.blob(name or output_filename(blob.filename, spec.output_format), data)
+        custom = spec.filename if spec.filename and count == 1 else None
+        return [self.spool.blob(custom or name, pages[0])]
 
     # -- callbacks ---------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from convbridge.errors import (
     StorageError,
 )
 from convbridge.http import GaveUp, send
-from convbridge.model import Grant, JobOutcome, JobSpec, OutputFile
+from convbridge.model import ConversionSpec, Grant, JobOutcome, JobSpec, OutputFile
 from convbridge.providers.base import Provider, native_task, parse_json_object
 from convbridge.storage.base import output_metadata
 
@@ -46,6 +46,13 @@ FINAL_EVENTS = {"job.finished": "finished", "job.failed": "failed"}
 #: The API key scopes the bridge needs (seed 003): task.write creates jobs, task.read finds a
 #: job whose create answer was lost and reads the upload form of SFTP inputs.
 REQUIRED_SCOPES = ("task.read", "task.write")
+#: inputs CloudConvert may turn into one image per page
+PAGED_INPUTS = frozenset({"pdf", "tif", "tiff", "gif", "webp", "ps", "eps", "ai", "psd", "xps",
+                          "djvu", "doc", "docx", "odt", "rtf", "ppt", "pptx", "odp", "xls",
+                          "xlsx", "ods"})
+#: image formats that hold one page, so a paged input becomes several files
+ONE_PAGE_OUTPUTS = frozenset({"png", "jpg", "jpeg", "bmp", "svg", "ico", "webp", "avif",
+                              "heic"})
 
 
 class CloudConvert(Provider):
@@ -242,9 +249,26 @@ def _import_s3(grant: Grant) -> dict[str, Any]:
     return task
 
 
+def may_give_several_files(conversion: ConversionSpec) -> bool:
+    """Whether CloudConvert may make one file per page: a paged input (a document, a
+    multi-page TIFF, an animated GIF) converted to an image format that holds one page."""
+    return (conversion.input_format.lower() in PAGED_INPUTS
+            and conversion.output_format.lower() in ONE_PAGE_OUTPUTS)
+
+
 def _export_s3(grant: Grant, spec: JobSpec) -> dict[str, Any]:
+    """One file goes to the output key. A conversion that may give several cannot know how
+    many before it runs, and ``key`` without a placeholder names one object only; a ``%d`` in
+    ``key`` would number the files apart from the names CloudConvert reports for them. So it
+    exports with ``key_prefix`` the output folder, where each file lands under the name its
+    result reports (``<output key>/scan-1.png``): exactly the keys the bridge collects for
+    several outputs (``pipeline.output_keys``). A single file made that way is moved to the
+    output key when the job settles (``pipeline._collect_outputs``), so the naming scheme is
+    the same whichever way the provider exported. The write grant covers both places."""
+    place = ({"key_prefix": f"{spec.output.key}/"} if may_give_several_files(spec.conversion)
+             else {"key": spec.output.key})
     task = {"operation": "export/s3", "bucket": grant.location, "region": grant.region,
-            "key": spec.output.key, "metadata": output_metadata(spec.rule, spec.source),
+            **place, "metadata": output_metadata(spec.rule, spec.source),
             **_s3_credentials(grant)}
     if grant.endpoint:
         task["endpoint"] = grant.endpoint
