@@ -136,7 +136,8 @@ _SCHEMAS: dict[str, _Fields] = {
     ),
     "export/url": _Fields(("input",), others=("inline", "archive_multiple_files")),
     "import/azure/blob": _Fields(_AZURE_REQUIRED, (*_AZURE_STRINGS, "filename")),
-    "export/azure/blob": _Fields(("input", *_AZURE_REQUIRED), _AZURE_STRINGS, ("metadata",)),
+    # the fields the official SDKs list: no metadata, so the service sets none on the blob
+    "export/azure/blob": _Fields(("input", *_AZURE_REQUIRED), _AZURE_STRINGS),
     # the fields of import/google-cloud-storage, which export mirrors (no metadata)
     "export/google-cloud-storage": _Fields(("input", *_GCS_REQUIRED), _GCS_STRINGS),
     "import/upload": _Fields((), ("redirect",)),
@@ -326,8 +327,7 @@ def _operation(p: Mapping[str, Any]) -> Operation:
             return ImportAzureBlob(_azure_access(p), p.get("blob"), p.get("blob_prefix"),
                                    p.get("filename"))
         case "export/azure/blob":
-            return ExportAzureBlob(_azure_access(p), p.get("blob"), p.get("blob_prefix"),
-                                   p.get("metadata"))
+            return ExportAzureBlob(_azure_access(p), p.get("blob"), p.get("blob_prefix"))
         case "export/google-cloud-storage":
             return ExportGcs(GcsAccess(project_id=p["project_id"], bucket=p["bucket"],
                                        client_email=p["client_email"],

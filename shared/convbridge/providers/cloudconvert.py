@@ -2,9 +2,17 @@
 
 Native routes: ``import/s3`` and ``export/s3`` take an STS ``session_token``, so S3 objects
 are read and written by CloudConvert with credentials scoped to the one object and the job's
-output key; ``import/azure/blob`` and ``export/azure/blob`` take a ``sas_token`` scoped to
-the one blob. Anything else imports from a presigned URL (``import/url``) and exports to
-CloudConvert's own download URL (``export/url``) for the relay. SFTP files, which have no
+output key; ``import/azure/blob`` takes a ``sas_token`` scoped to the one blob. Anything else
+imports from a presigned URL (``import/url``) and exports to CloudConvert's own download URL
+(``export/url``) for the relay.
+
+Azure outputs are always relayed. ``export/azure/blob`` has no ``metadata`` field (no official
+SDK lists one), so a blob CloudConvert wrote would carry neither the loop-guard marker nor the
+``convbridge-source`` tag. The marker alone would not be missed, since the rule's output prefix
+is guarded too; the tag would: the create-only SAS cannot replace the blob when its source is
+uploaded again, the relay then takes over, finds an output not tagged with this source and
+refuses it (``OUTPUT_COLLISION``), so a new version would never be converted. The relay tags
+every blob it writes, and ``export/url`` is what CloudConvert does honour. SFTP files, which have no
 signed URLs, are pushed by the bridge into an ``import/upload`` task (a multipart form post
 once the job exists); only rules that opt in hand CloudConvert the dedicated SFTP account for
 ``import/sftp`` and ``export/sftp``, and the dedicated GCS export key for
@@ -65,8 +73,8 @@ class CloudConvert(Provider):
     native_exports: ClassVar[Mapping[str, frozenset[str]]] = {
         "s3": frozenset({"sts_session"}),
         "sftp": frozenset({"sftp_account"}),
-        "azure_blob": frozenset({"sas"}),
-        # only for rules with hand_over_account: true (see convbridge.planner)
+        # no azure_blob: relayed, see the module docstring
+        # gcs only for rules with hand_over_account: true (see convbridge.planner)
         "gcs": frozenset({"gcs_service_account"}),
     }
     #: export/url files come from storage.cloudconvert.com; regional and sandbox hosts are
@@ -275,20 +283,11 @@ def _export_s3(grant: Grant, spec: JobSpec) -> dict[str, Any]:
     return task
 
 
-def _azure_blob_access(grant: Grant) -> dict[str, Any]:
-    # CloudConvert derives the endpoint from storage_account; the SAS is the only credential
-    return {"storage_account": grant.secret["account_name"], "sas_token": grant.secret["sas_token"],
-            "container": grant.location.partition("/")[2]}
-
-
 def _import_azure_blob(grant: Grant) -> dict[str, Any]:
-    return {"operation": "import/azure/blob", **_azure_blob_access(grant), "blob": grant.key}
-
-
-def _export_azure_blob(grant: Grant, spec: JobSpec) -> dict[str, Any]:
-    metadata = output_metadata(spec.rule, spec.source, azure_names=True)
-    return {"operation": "export/azure/blob", **_azure_blob_access(grant), "blob": spec.output.key,
-            "metadata": metadata}
+    # CloudConvert derives the endpoint from storage_account; the SAS is the only credential
+    return {"operation": "import/azure/blob", "storage_account": grant.secret["account_name"],
+            "sas_token": grant.secret["sas_token"], "container": grant.location.partition("/")[2],
+            "blob": grant.key}
 
 
 def _sftp_account(grant: Grant) -> dict[str, Any]:
@@ -326,7 +325,6 @@ IMPORT_TASKS: dict[tuple[str, str], Callable[[Grant], dict[str, Any]]] = {
 EXPORT_TASKS: dict[tuple[str, str], Callable[[Grant, JobSpec], dict[str, Any]]] = {
     ("s3", "sts_session"): _export_s3,
     ("sftp", "sftp_account"): _export_sftp,
-    ("azure_blob", "sas"): _export_azure_blob,
     ("gcs", "gcs_service_account"): _export_gcs,
 }
 
