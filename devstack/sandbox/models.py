@@ -344,12 +344,18 @@ class Callback:
     timing: CallbackTiming | None = None
 
 
+#: what a dialect sends when a job ends: one callback, several (a job's own URL and the
+#: account's webhooks), or none
+CallbackBuilder = Callable[["Job"], "Callback | list[Callback] | None"]
+
+
 @dataclass(frozen=True)
 class Delivery:
     job_id: str
     event: str
     status: int | None
     attempt: int
+    url: str = ""
 
 
 class TaskFailure(Exception):
@@ -669,7 +675,7 @@ class Backend:
 
     # -- execution ---------------------------------------------------------------------------
 
-    def run(self, job: Job, build_callback: Callable[[Job], Callback | None]) -> None:
+    def run(self, job: Job, build_callback: CallbackBuilder) -> None:
         """Execute `job` on the worker pool; `build_callback` is asked for the callback
         once the job has ended."""
         with self.lock:
@@ -713,7 +719,7 @@ class Backend:
             self._active -= 1
             self._idle.notify_all()
 
-    def _run_job(self, job: Job, build_callback: Callable[[Job], Callback | None]) -> None:
+    def _run_job(self, job: Job, build_callback: CallbackBuilder) -> None:
         try:
             with self.lock:
                 job.status, job.started_at = "processing", now()
@@ -727,8 +733,9 @@ class Backend:
             log.info("job %s %s", job.id, job.status)
             self._release_outputs(job)
             with self.lock:
-                callback = build_callback(job)
-            if callback is not None:
+                built = build_callback(job)
+            # a job's own callback URL and the account's webhooks are delivered independently
+            for callback in [built] if isinstance(built, Callback) else built or []:
                 self._start_delivery(job.id, callback)
         except Exception:
             log.exception("sandbox job %s crashed", job.id)
@@ -976,7 +983,8 @@ class Backend:
             log.info("callback %s %s attempt %d failed: %s", callback.event, shown, attempt,
                      type(exc).__name__)
         with self.lock:
-            self._deliveries.append(Delivery(job_id, callback.event, status, attempt))
+            self._deliveries.append(Delivery(job_id, callback.event, status, attempt,
+                                             callback.url))
         return status
 
 

@@ -21,6 +21,15 @@ sets no metadata, so the rule's output prefix is what keeps the output from star
 
 The API key needs the ``task.read`` and ``task.write`` scopes (REQUIRED_SCOPES); a request the
 key lacks the scope for fails with ``API_KEY_SCOPE`` naming the scope.
+
+Webhooks: the documented one is the account's, made in the dashboard for ``job.finished`` and
+``job.failed`` with its own signing secret, which goes into ``signing_secret``. Every job also
+names the same callback route as its ``webhook_url`` (it carries no secret and works whenever
+CloudConvert signs it with that same secret, as the sandbox does by default); which secret
+signs a per-job URL is not documented, and a callback signed with another is refused (401,
+not retried), the dashboard's settling the job. Either way the job's ``tag`` is the bridge's
+signed context, so the account webhook's callbacks for jobs other applications made are
+refused too, with a 4xx: never 410, which would disable the webhook.
 """
 
 from __future__ import annotations
