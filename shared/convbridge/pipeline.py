@@ -583,15 +583,14 @@ def _collect_outputs(bridge: Bridge, storage: Storage, rule: Rule, context: JobC
 def _move_lone_output(storage: Storage, context: JobContext, output: OutputFile) -> None:
     """A conversion that might have given several files is exported into the output folder
     (``providers.cloudconvert._export_s3``); when it gave one, that file belongs at the output
-    key. A server-side copy keeps the provider's metadata (the loop-guard marker)."""
-    if storage.stat(context.location, context.output_key) is not None:
-        return
+    key, replacing an earlier version's output there as an export to the key itself would.
+    A server-side copy keeps the provider's metadata (the loop-guard marker)."""
     name = output.filename.rsplit("/", 1)[-1]
     if unsafe_filename_reason(name):
-        return  # a name that would leave the folder is not followed; the output is missing
+        return  # a name that would leave the folder is not followed
     exported = f"{context.output_key}/{name}"
     if storage.stat(context.location, exported) is None:
-        return
+        return  # exported to the output key itself
     storage.copy(context.location, exported, context.output_key)
     storage.delete(context.location, exported)
 

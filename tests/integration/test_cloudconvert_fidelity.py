@@ -28,9 +28,9 @@ rules:
 """
 
 
-def tiff_pages(count: int) -> bytes:
+def tiff_pages(count: int, size: tuple[int, int] = (40, 30)) -> bytes:
     """A TIFF of ``count`` pages, each a different colour."""
-    pages = [Image.new("RGB", (40, 30), (60 * n % 256, 90, 200)) for n in range(count)]
+    pages = [Image.new("RGB", size, (60 * n % 256, 90, 200)) for n in range(count)]
     buffer = io.BytesIO()
     pages[0].save(buffer, format="TIFF", save_all=True, append_images=pages[1:])
     return buffer.getvalue()
@@ -147,3 +147,18 @@ def test_a_per_job_webhook_url_keeps_working_with_the_signing_secret() -> None:
         [delivery] = stack.sandbox.deliveries()
     assert record is not None and record["status"] == "finished"
     assert delivery["status"] == 202 and delivery["url"].endswith("/callbacks/cloudconvert")
+
+
+def test_a_new_version_of_a_one_page_scan_replaces_its_output() -> None:
+    with paged_stack() as stack:
+        convert(stack, "inbox/again.tif", tiff_pages(1))
+        first = stack.harness.read_bytes("outbox/again.tif.png")
+        convert(stack, "inbox/again.tif", tiff_pages(1, size=(80, 60)))
+        record = stack.read_json("results/again.tif.json")
+        second = stack.harness.read_bytes("outbox/again.tif.png")
+        left = stack.objects("outbox/")
+    assert record is not None and record["status"] == "finished", record
+    assert first is not None and second is not None and first != second
+    assert Image.open(io.BytesIO(second)).size == (80, 60)
+    assert list(left) == ["outbox/again.tif.png"]
+    assert record["outputs"][0]["size"] == len(second)
