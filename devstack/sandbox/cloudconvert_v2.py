@@ -136,7 +136,8 @@ _SCHEMAS: dict[str, _Fields] = {
     ),
     "export/url": _Fields(("input",), others=("inline", "archive_multiple_files")),
     "import/azure/blob": _Fields(_AZURE_REQUIRED, (*_AZURE_STRINGS, "filename")),
-    "export/azure/blob": _Fields(("input", *_AZURE_REQUIRED), _AZURE_STRINGS, ("metadata",)),
+    # the fields the official SDKs list: no metadata, so the service sets none on the blob
+    "export/azure/blob": _Fields(("input", *_AZURE_REQUIRED), _AZURE_STRINGS),
     # the fields of import/google-cloud-storage, which export mirrors (no metadata)
     "export/google-cloud-storage": _Fields(("input", *_GCS_REQUIRED), _GCS_STRINGS),
     "import/upload": _Fields((), ("redirect",)),
@@ -313,7 +314,8 @@ def _operation(p: Mapping[str, Any]) -> Operation:
             # object is accepted too, the top level winning.
             options = {**(p.get("options") or {})}
             options.update({k: p[k] for k in _CONVERT_OPTIONS if p.get(k) is not None})
-            return Convert(p["output_format"], p.get("input_format"), options, p.get("filename"))
+            return Convert(p["output_format"], p.get("input_format"), options, p.get("filename"),
+                           split_pages=True)
         case "export/s3":
             tagging = p.get("tagging")
             return ExportS3(
@@ -325,8 +327,7 @@ def _operation(p: Mapping[str, Any]) -> Operation:
             return ImportAzureBlob(_azure_access(p), p.get("blob"), p.get("blob_prefix"),
                                    p.get("filename"))
         case "export/azure/blob":
-            return ExportAzureBlob(_azure_access(p), p.get("blob"), p.get("blob_prefix"),
-                                   p.get("metadata"))
+            return ExportAzureBlob(_azure_access(p), p.get("blob"), p.get("blob_prefix"))
         case "export/google-cloud-storage":
             return ExportGcs(GcsAccess(project_id=p["project_id"], bucket=p["bucket"],
                                        client_email=p["client_email"],
@@ -402,6 +403,23 @@ class CloudConvertV2:
         self._keys: dict[bytes, frozenset[str]] = {api_key.encode(): SCOPES}
         self._signing_secret = signing_secret.encode()
         self._base_url = base_url
+        self._account_webhook: tuple[str, bytes] | None = None
+
+    def set_webhook(self, url: str | None, signing_secret: str | None = None) -> None:
+        """The account's webhook, as made in CloudConvert's dashboard (Webhooks) for the
+        events job.finished and job.failed: every job's end is posted to `url`, signed with
+        the webhook's own `signing_secret`, whether or not the job names a webhook_url (None:
+        no account webhook)."""
+        if url is not None and not signing_secret:
+            raise ValueError("an account webhook has its own signing secret")
+        with self._backend.lock:
+            self._account_webhook = (url, (signing_secret or "").encode()) if url else None
+
+    def set_job_signing_secret(self, secret: str) -> None:
+        """The secret that signs callbacks to a job's own webhook_url, which CloudConvert
+        does not document; by default the sandbox's signing secret."""
+        with self._backend.lock:
+            self._signing_secret = secret.encode()
 
     def mint_key(self, scopes: frozenset[str]) -> str:
         """A new API key with exactly `scopes` (from SCOPES), as the dashboard makes one."""
@@ -651,26 +669,28 @@ class CloudConvertV2:
 
     # -- callbacks -----------------------------------------------------------------------------
 
-    def build_callback(self, job: Job) -> Callback | None:
-        if not job.webhook_url:
-            return None
+    def build_callback(self, job: Job) -> list[Callback]:
+        """The job's own webhook_url, signed with the per-job secret, and the account's
+        webhook, signed with its own: each gets the same body."""
         event = "job.finished" if job.status == "finished" else "job.failed"
         # Compact, with "/" escaped as PHP's json_encode does: a receiver that verifies a
         # re-serialised body instead of the raw bytes fails here as it would in production.
         text = json.dumps({"event": event, "job": self.render_job(job)}, separators=(",", ":"))
         body = text.replace("/", "\\/").encode()
-        signature = hmac.new(self._signing_secret, body, hashlib.sha256).hexdigest()
-        return Callback(
-            url=job.webhook_url,
+        targets = [(job.webhook_url, self._signing_secret)] if job.webhook_url else []
+        if self._account_webhook is not None:
+            targets.append(self._account_webhook)
+        return [Callback(
+            url=url,
             event=event,
             body=body,
             headers={
                 "Content-Type": "application/json",
-                SIGNATURE_HEADER: signature,
+                SIGNATURE_HEADER: hmac.new(secret, body, hashlib.sha256).hexdigest(),
                 "User-Agent": USER_AGENT,
             },
             retry=_worth_retrying,
-        )
+        ) for url, secret in targets]
 
 
 class CloudConvertV2Sync:

@@ -100,13 +100,18 @@ def _positive_int(options: Mapping[str, object], name: str) -> int | None:
     return int(text)
 
 
-def convert_image(
+def convert_pages(
     data: bytes,
     input_format: str,
     output_format: str,
     options: Mapping[str, object] | None = None,
-) -> bytes:
-    """Convert `data` (an `input_format` file) to `output_format`.
+    *,
+    split: bool,
+) -> list[bytes]:
+    """Convert `data` to `output_format`: one file, or with `split` one file per page when a
+    paged input (a multi-page TIFF, an animated GIF) goes to a format holding one page (PNG,
+    JPEG, BMP), as CloudConvert turns each page of a document into an image of its own;
+    without it such a format gets the first page only.
 
     Options understood: `quality` (jpg/webp, 1-100), `width`, `height` (pixels)."""
     source, target = input_format.lower(), output_format.lower()
@@ -127,15 +132,22 @@ def convert_image(
                 _writable(_resized(frame.copy(), width, height), pillow_format)
                 for frame in ImageSequence.Iterator(image)
             ]
-            if pillow_format not in _MULTI_FRAME:
-                frames = frames[:1]
             save_options: dict[str, object] = {}
             if quality is not None and pillow_format in ("JPEG", "WEBP"):
                 save_options["quality"] = min(quality, 100)
-            if len(frames) > 1:
-                save_options.update(save_all=True, append_images=frames[1:])
-            out = io.BytesIO()
-            frames[0].save(out, pillow_format, **save_options)
+            if pillow_format not in _MULTI_FRAME:
+                pages = [[frame] for frame in (frames if split else frames[:1])]
+            else:
+                pages = [frames]
+            files = []
+            for page in pages:
+                out = io.BytesIO()
+                if len(page) > 1:
+                    page[0].save(out, pillow_format, save_all=True, append_images=page[1:],
+                                 **save_options)
+                else:
+                    page[0].save(out, pillow_format, **save_options)
+                files.append(out.getvalue())
     except UnidentifiedImageError as exc:
         # Pillow names the BytesIO object in its message; say what it means instead.
         raise ConversionError(
@@ -143,4 +155,4 @@ def convert_image(
         ) from exc
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise ConversionError(CONVERSION_FAILED, f"{type(exc).__name__}: {exc}") from exc
-    return out.getvalue()
+    return files

@@ -32,7 +32,7 @@ from .azure_io import AzureAccess, read_azure, write_azure
 from .convert import (
     CONVERSION_FAILED,
     ConversionError,
-    convert_image,
+    convert_pages,
     extension,
     output_filename,
 )
@@ -171,6 +171,8 @@ class Convert:
     input_format: str | None = None
     options: Mapping[str, object] | None = None
     filename: str | None = None
+    #: each page of a paged input to a one-page format becomes a file (CloudConvert v2)
+    split_pages: bool = False
     kind: ClassVar[str] = "convert"
 
 
@@ -342,12 +344,18 @@ class Callback:
     timing: CallbackTiming | None = None
 
 
+#: what a dialect sends when a job ends: one callback, several (a job's own URL and the
+#: account's webhooks), or none
+CallbackBuilder = Callable[["Job"], "Callback | list[Callback] | None"]
+
+
 @dataclass(frozen=True)
 class Delivery:
     job_id: str
     event: str
     status: int | None
     attempt: int
+    url: str = ""
 
 
 class TaskFailure(Exception):
@@ -667,7 +675,7 @@ class Backend:
 
     # -- execution ---------------------------------------------------------------------------
 
-    def run(self, job: Job, build_callback: Callable[[Job], Callback | None]) -> None:
+    def run(self, job: Job, build_callback: CallbackBuilder) -> None:
         """Execute `job` on the worker pool; `build_callback` is asked for the callback
         once the job has ended."""
         with self.lock:
@@ -711,7 +719,7 @@ class Backend:
             self._active -= 1
             self._idle.notify_all()
 
-    def _run_job(self, job: Job, build_callback: Callable[[Job], Callback | None]) -> None:
+    def _run_job(self, job: Job, build_callback: CallbackBuilder) -> None:
         try:
             with self.lock:
                 job.status, job.started_at = "processing", now()
@@ -725,8 +733,9 @@ class Backend:
             log.info("job %s %s", job.id, job.status)
             self._release_outputs(job)
             with self.lock:
-                callback = build_callback(job)
-            if callback is not None:
+                built = build_callback(job)
+            # a job's own callback URL and the account's webhooks are delivered independently
+            for callback in [built] if isinstance(built, Callback) else built or []:
                 self._start_delivery(job.id, callback)
         except Exception:
             log.exception("sandbox job %s crashed", job.id)
@@ -799,7 +808,8 @@ class Backend:
                     for _key, blob in objects
                 ]
             case Convert():
-                outputs = [self._convert(spec, blob, len(files)) for blob in files]
+                outputs = [page for blob in files for page in self._convert(spec, blob,
+                                                                             len(files))]
             case ExportS3():
                 keys = export_keys(spec, [blob.filename for blob in files])
                 for key, blob in zip(keys, files, strict=True):
@@ -873,15 +883,21 @@ class Backend:
         except StorageError as exc:
             raise TaskFailure(EXPORT_FAILED, str(exc)) from exc
 
-    def _convert(self, spec: Convert, blob: FileBlob, count: int) -> FileBlob:
+    def _convert(self, spec: Convert, blob: FileBlob, count: int) -> list[FileBlob]:
         source = spec.input_format or extension(blob.filename)
         try:
-            data = convert_image(blob.read(), source, spec.output_format, spec.options)
+            pages = convert_pages(blob.read(), source, spec.output_format, spec.options,
+                                  split=spec.split_pages)
         except ConversionError as exc:
             raise TaskFailure(exc.code, f"{blob.filename}: {exc.message}") from exc
+        name = output_filename(blob.filename, spec.output_format)
+        if len(pages) > 1:  # CloudConvert numbers pages: scan-1.png, scan-2.png, ...
+            stem, _, suffix = name.rpartition(".")
+            return [self.spool.blob(f"{stem}-{number}.{suffix}", data)
+                    for number, data in enumerate(pages, start=1)]
         # A custom filename only makes sense for a single output.
-        name = spec.filename if spec.filename and count == 1 else None
-        return self.spool.blob(name or output_filename(blob.filename, spec.output_format), data)
+        custom = spec.filename if spec.filename and count == 1 else None
+        return [self.spool.blob(custom or name, pages[0])]
 
     # -- callbacks ---------------------------------------------------------------------------
 
@@ -967,7 +983,8 @@ class Backend:
             log.info("callback %s %s attempt %d failed: %s", callback.event, shown, attempt,
                      type(exc).__name__)
         with self.lock:
-            self._deliveries.append(Delivery(job_id, callback.event, status, attempt))
+            self._deliveries.append(Delivery(job_id, callback.event, status, attempt,
+                                             callback.url))
         return status
 
 

@@ -71,6 +71,12 @@ STATUS = {
 }
 #: task name prefix -> the ``errors[].source`` it is reported under
 SOURCES = {"input": "input", "conversion": "conversion", "output": "output"}
+#: neutral task failure code -> the integer ``errors[].code`` (the real API and its SDK use
+#: integers; the values themselves are undocumented, so these are the sandbox's own)
+ERROR_CODES = {"IMPORT_FAILED": 1010, "UNSUPPORTED_CONVERSION": 2010, "CONVERSION_FAILED": 2020,
+               "EXPORT_FAILED": 3010}
+#: the integer for a failure the table does not name
+OTHER_ERROR = 9000
 
 
 def _json(status: int, payload: object, headers: Mapping[str, str] | None = None) -> ApiResponse:
@@ -386,8 +392,8 @@ def _hidden(item: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _error_entry(task: Task) -> dict[str, Any]:
-    return {"source": SOURCES[task.name.split("-", 1)[0]], "id": task.id, "code": task.code,
-            "message": task.message}
+    return {"source": SOURCES[task.name.split("-", 1)[0]], "id": task.id,
+            "code": ERROR_CODES.get(task.code or "", OTHER_ERROR), "message": task.message}
 
 
 def _input_entry(task: Task) -> dict[str, Any]:

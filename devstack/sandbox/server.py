@@ -376,6 +376,15 @@ class Sandbox:
         in CloudConvert's dashboard with those scopes. The sandbox's own key has them all."""
         return self._cloudconvert_v2.mint_key(frozenset(scopes))
 
+    def set_cloudconvert_webhook(self, url: str | None, signing_secret: str | None = None) -> None:
+        """The CloudConvert v2 account's webhook for job.finished and job.failed, as made in
+        the dashboard, signed with its own `signing_secret` (None: no account webhook)."""
+        self._cloudconvert_v2.set_webhook(url, signing_secret)
+
+    def set_cloudconvert_job_signing_secret(self, secret: str) -> None:
+        """The secret that signs CloudConvert v2 callbacks to a job's own webhook_url."""
+        self._cloudconvert_v2.set_job_signing_secret(secret)
+
     def set_freeconvert_webhook(self, url: str | None) -> None:
         """The FreeConvert account's webhook (FreeConvert has no per-job callback URL)."""
         self._freeconvert.set_webhook(url)
@@ -434,9 +443,11 @@ class Sandbox:
         return self._backend.job_count()
 
     def deliveries(self) -> list[dict[str, Any]]:
-        """Every callback attempt: {job_id, event, status (None on network error), attempt}."""
+        """Every callback attempt: {job_id, event, status (None on network error), attempt,
+        url}."""
         return [
-            {"job_id": d.job_id, "event": d.event, "status": d.status, "attempt": d.attempt}
+            {"job_id": d.job_id, "event": d.event, "status": d.status, "attempt": d.attempt,
+             "url": d.url}
             for d in self._backend.deliveries()
         ]
 

@@ -560,6 +560,8 @@ def _collect_outputs(bridge: Bridge, storage: Storage, rule: Rule, context: JobC
         if found is not None:
             name = context.output_key.rsplit("/", 1)[-1]
             return [OutputFile(filename=name, size=found.size or 0, key=context.output_key)]
+    if len(outcome.outputs) == 1 and context.route == "native":
+        _move_lone_output(storage, context, outcome.outputs[0])
     if not outcome.outputs:
         raise StorageError("the provider reported no output files")
     collected = []
@@ -576,6 +578,21 @@ def _collect_outputs(bridge: Bridge, storage: Storage, rule: Rule, context: JobC
             size = found.size or 0
         collected.append(OutputFile(filename=output.filename, size=size, key=key))
     return collected
+
+
+def _move_lone_output(storage: Storage, context: JobContext, output: OutputFile) -> None:
+    """A conversion that might have given several files is exported into the output folder
+    (``providers.cloudconvert._export_s3``); when it gave one, that file belongs at the output
+    key, replacing an earlier version's output there as an export to the key itself would.
+    A server-side copy keeps the provider's metadata (the loop-guard marker)."""
+    name = output.filename.rsplit("/", 1)[-1]
+    if unsafe_filename_reason(name):
+        return  # a name that would leave the folder is not followed
+    exported = f"{context.output_key}/{name}"
+    if storage.stat(context.location, exported) is None:
+        return  # exported to the output key itself
+    storage.copy(context.location, exported, context.output_key)
+    storage.delete(context.location, exported)
 
 
 def output_keys(output_key: str, outputs: tuple[OutputFile, ...]) -> list[str]:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from devstack.harness import load_harness
+from devstack.sandbox.onlineconvert import ERROR_CODES as ONLINECONVERT_ERRORS
 from devstack.stack import DevStack
 from tests.conftest import png_bytes
 
@@ -20,7 +21,8 @@ STORAGES = ["s3", "azure", "gcs", "sftp"]
 PROVIDERS = ["cloudconvert", "freeconvert", "onlineconvert", "cloudconvert_v1"]
 #: the code each dialect's sandbox reports for an unreadable image
 CORRUPT_CODE = {"cloudconvert": "CONVERSION_FAILED", "freeconvert": "CONVERSION_FAILED",
-                "onlineconvert": "CONVERSION_FAILED", "cloudconvert_v1": "422"}
+                "onlineconvert": str(ONLINECONVERT_ERRORS["CONVERSION_FAILED"]),
+                "cloudconvert_v1": "422"}
 #: pairs with no way to hand the provider the input: the bridge cannot sign a URL for an SFTP
 #: file and these providers take no upload from it (see `convbridge routes`)
 REFUSED = {("sftp", p): "UPLOAD_UNSUPPORTED"

@@ -17,6 +17,7 @@ import pytest
 
 from convbridge.context import JobContext, sign_context
 from devstack.harness.base import DEFAULT_RULES
+from devstack.sandbox.onlineconvert import ERROR_CODES as ONLINECONVERT_ERRORS
 from devstack.stack import DevStack
 from tests.conftest import png_bytes
 
@@ -26,7 +27,7 @@ PROVIDERS = ["freeconvert", "onlineconvert", "cloudconvert_v1"]
 ROUTES = {"freeconvert": "relay", "onlineconvert": "native", "cloudconvert_v1": "relay"}
 #: the code each dialect reports for an unreadable image, in its own field
 FAILURE = {"freeconvert": ("convert", "CONVERSION_FAILED"),
-           "onlineconvert": ("conversion", "CONVERSION_FAILED"),
+           "onlineconvert": ("conversion", str(ONLINECONVERT_ERRORS["CONVERSION_FAILED"])),
            "cloudconvert_v1": ("convert", "422")}
 GOOD, BROKEN = "inbox/a/photo 1.png", "inbox/broken.png"
 

@@ -15,6 +15,7 @@ from convbridge.reconcile import reconcile
 from devstack.harness.base import DEFAULT_RULES
 from devstack.lambda_local import LocalContext, load_function
 from devstack.sandbox import Faults
+from devstack.sandbox.onlineconvert import ERROR_CODES as ONLINECONVERT_ERRORS
 from devstack.stack import DevStack
 from tests.conftest import png_bytes
 
@@ -112,7 +113,8 @@ def test_an_empty_run_makes_no_provider_call() -> None:
 
 #: the code each dialect reports for an unreadable image
 FAILURE_CODE = {"cloudconvert": "CONVERSION_FAILED", "freeconvert": "CONVERSION_FAILED",
-                "onlineconvert": "CONVERSION_FAILED", "cloudconvert_v1": "422"}
+                "onlineconvert": str(ONLINECONVERT_ERRORS["CONVERSION_FAILED"]),
+                "cloudconvert_v1": "422"}
 
 
 @pytest.mark.parametrize("provider", list(API))

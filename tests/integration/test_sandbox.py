@@ -220,7 +220,8 @@ def test_s3_to_pdf_with_signed_callback(
     assert payload["event"] == "job.finished"
     assert payload["job"] == job
     assert sandbox.deliveries()[-1] == {"job_id": job["id"], "event": "job.finished",
-                                        "status": 200, "attempt": 1}
+                                        "status": 200, "attempt": 1,
+                                        "url": receiver.url + "/hook/pdf"}
 
     # Credentials are hidden everywhere the job is shown.
     shown = [api.get(f"/jobs/{job['id']}").text, call["body"].decode(), json.dumps(sandbox.jobs()),

@@ -1,13 +1,13 @@
-"""Online-Convert's official Python SDK (PyPI `api2convert`), unchanged, against the
-sandbox: only its `base_url` points at it. 10 checks: convert a remote URL (create, poll until
-done, download through a 302 to the storage host), convert a local file (create held,
-upload with the per-job token, start, poll, download), get the job and list jobs and
-outputs, a wrong key refused, the seed's `X-Oc-Api-Key` header accepted alongside the SDK's
-`X-Api2convert-Api-Key`, and a signed callback verified with the SDK's `WebhookVerifier`
-(tampering refused), callbacks unsigned unless signing is on, and a create answer lost after
-the job was made (a 503) not re-sent by the SDK, leaving one job; and Online-Convert's
-callback schedule: an answer later than 3 s is a failed attempt, retried; a 4xx is final.
-Online-Convert has no job tags, so listing is by status only."""
+"""Online-Convert's official Python SDK (PyPI `api2convert`), unchanged, against the sandbox: only
+its `base_url` points at it. 11 checks: convert a remote URL (create, poll until done, download
+through a 302 to the storage host), convert a local file (create held, upload with the per-job
+token, start, poll, download), get the job and list jobs and outputs, a failed conversion's
+integer error code, a wrong key refused, the seed's `X-Oc-Api-Key` header accepted alongside the
+SDK's `X-Api2convert-Api-Key`, a signed callback verified with the SDK's `WebhookVerifier`
+(tampering refused), callbacks unsigned unless signing is on, and a create answer lost after the
+job was made (a 503) not re-sent by the SDK, leaving one job; and Online-Convert's callback
+schedule: an answer later than 3 s is a failed attempt, retried; a 4xx is final. Online-Convert
+has no job tags, so listing is by status only."""
 
 from __future__ import annotations
 
@@ -22,12 +22,13 @@ import pytest
 from api2convert import (
     Api2Convert,
     AuthenticationError,
+    ConversionFailedError,
     ServerError,
     SignatureVerificationError,
 )
 
 from devstack.sandbox import Faults, Sandbox
-from devstack.sandbox.onlineconvert import CALLBACK_TIMING
+from devstack.sandbox.onlineconvert import CALLBACK_TIMING, ERROR_CODES
 from tests.sdk.conftest import API_KEY, Receiver, image_format, png
 
 WEBHOOK_SECRET = "online-convert-webhook-secret"
@@ -71,6 +72,18 @@ def test_get_list_and_outputs_of_a_job(
     assert job.id in [listed.id for listed in client.jobs.list()]
     [output] = client.jobs.outputs(job.id)
     assert output.filename == "listed.png" and output.uri == done.output[0].uri
+
+
+def test_a_failed_conversion_reports_an_integer_error_code(
+        sandbox: Sandbox, client: Api2Convert, tmp_path: Path) -> None:
+    """The SDK reads ``errors[].code`` as an integer, as the real API sends it."""
+    source = tmp_path / "broken.png"
+    source.write_bytes(b"\x89PNG\r\n\x1a\nnot an image at all")
+    with pytest.raises(ConversionFailedError) as caught:
+        client.convert(sandbox.serve_file(source, "broken.png"), "jpg")
+    [error] = caught.value.errors()
+    assert error.code == ERROR_CODES["CONVERSION_FAILED"] and error.source == "conversion"
+    assert "broken.png" in error.message
 
 
 def test_a_wrong_key_is_refused(sandbox: Sandbox) -> None:

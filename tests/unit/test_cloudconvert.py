@@ -6,11 +6,14 @@ import base64
 import hashlib
 import hmac
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from convbridge.errors import (
     CallbackError,
@@ -19,10 +22,13 @@ from convbridge.errors import (
     ProviderUnavailable,
 )
 from convbridge.http import deadline_from
-from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget
-from convbridge.providers.cloudconvert import CloudConvert
+from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputFile, OutputTarget
+from convbridge.pipeline import output_keys
+from convbridge.providers.cloudconvert import CloudConvert, may_give_several_files
 from convbridge.runtime import raw_body
 from convbridge.storage.base import source_tag
+from devstack.sandbox.models import ExportS3, export_keys
+from devstack.sandbox.storage_io import S3Access
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "cloudconvert"
 SECRET = "whsec-test-secret"
@@ -251,3 +257,34 @@ def test_a_lost_create_that_made_nothing_is_sent_again() -> None:
 
     assert provider(handler).start(spec()) == "job-8"
     assert len(posts) == 2
+
+
+#: a provider's page names: safe, distinct file names as CloudConvert reports them
+PAGE_NAMES = st.lists(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9 _.-]{0,20}-[1-9][0-9]{0,2}\.png",
+                                    fullmatch=True), min_size=1, max_size=6, unique=True)
+FORMATS = st.sampled_from(sorted({"pdf", "tif", "gif", "docx", "png", "jpg", "txt"}))
+
+
+@settings(max_examples=150, deadline=None)
+@given(names=PAGE_NAMES, input_format=FORMATS, output_format=FORMATS)
+def test_exported_keys_are_the_keys_the_bridge_collects(names: list[str], input_format: str,
+                                                        output_format: str) -> None:
+    """150 examples: the objects CloudConvert writes for the export/s3 task the bridge builds
+    (named by the sandbox's export_keys, which models the documented key / key_prefix) are
+    where the bridge looks: pipeline.output_keys for several files; for one, the output key
+    or the folder entry the bridge moves to it."""
+    conversion = ConversionSpec(input_format, output_format)
+    job_spec = replace(spec(), conversion=conversion)
+    export = provider().build_job(job_spec)["tasks"]["export-output"]
+    output_key = job_spec.output.key
+    assert ("key_prefix" in export) != ("key" in export)
+    assert ("key_prefix" in export) == may_give_several_files(conversion)
+    if "key" in export:
+        names = names[:1]  # the conversion cannot give several files
+    access = S3Access(export["bucket"], export["region"], "id", "secret")
+    written = export_keys(ExportS3(access, export.get("key"), export.get("key_prefix")), names)
+    if len(names) == 1:
+        assert written[0] in (output_key, f"{output_key}/{names[0]}")
+    else:
+        outputs = tuple(OutputFile(filename=name, size=1) for name in names)
+        assert output_keys(output_key, outputs) == written

@@ -16,7 +16,7 @@ import pytest
 from convbridge.errors import CallbackError, CallbackSignatureError, ProviderError, StaleWrite
 from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget
 from convbridge.providers.base import CALLBACK_QUERY
-from convbridge.providers.onlineconvert import OnlineConvert
+from convbridge.providers.onlineconvert import OnlineConvert, parse_job
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "onlineconvert"
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
@@ -213,3 +213,16 @@ def test_confirm_waits_for_a_job_still_running_and_refuses_a_different_job() -> 
     assert adapter.confirm(finished, query(token=TOKEN)) is None
     with pytest.raises(ProviderError):
         adapter.confirm(finished, query(token=TOKEN))
+
+
+@pytest.mark.parametrize(("code", "reported"), [
+    (5016, "5016"), (0, "0"), (None, "failed"), (True, "failed"), ("", "failed"),
+    ({"nested": 1}, "failed"),
+])
+def test_an_error_code_is_the_integer_as_text_or_else_the_job_status(code: object,
+                                                                      reported: str) -> None:
+    job = fixture("callback_job_failed.json")
+    job["errors"][0]["code"] = code
+    outcome = parse_job(job)
+    assert outcome is not None and outcome.status == "failed"
+    assert outcome.code == reported

@@ -2,9 +2,17 @@
 
 Native routes: ``import/s3`` and ``export/s3`` take an STS ``session_token``, so S3 objects
 are read and written by CloudConvert with credentials scoped to the one object and the job's
-output key; ``import/azure/blob`` and ``export/azure/blob`` take a ``sas_token`` scoped to
-the one blob. Anything else imports from a presigned URL (``import/url``) and exports to
-CloudConvert's own download URL (``export/url``) for the relay. SFTP files, which have no
+output key; ``import/azure/blob`` takes a ``sas_token`` scoped to the one blob. Anything else
+imports from a presigned URL (``import/url``) and exports to CloudConvert's own download URL
+(``export/url``) for the relay.
+
+Azure outputs are always relayed. ``export/azure/blob`` has no ``metadata`` field (no official
+SDK lists one), so a blob CloudConvert wrote would carry neither the loop-guard marker nor the
+``convbridge-source`` tag. The marker alone would not be missed, since the rule's output prefix
+is guarded too; the tag would: the create-only SAS cannot replace the blob when its source is
+uploaded again, the relay then takes over, finds an output not tagged with this source and
+refuses it (``OUTPUT_COLLISION``), so a new version would never be converted. The relay tags
+every blob it writes, and ``export/url`` is what CloudConvert does honour. SFTP files, which have no
 signed URLs, are pushed by the bridge into an ``import/upload`` task (a multipart form post
 once the job exists); only rules that opt in hand CloudConvert the dedicated SFTP account for
 ``import/sftp`` and ``export/sftp``, and the dedicated GCS export key for
@@ -13,6 +21,15 @@ sets no metadata, so the rule's output prefix is what keeps the output from star
 
 The API key needs the ``task.read`` and ``task.write`` scopes (REQUIRED_SCOPES); a request the
 key lacks the scope for fails with ``API_KEY_SCOPE`` naming the scope.
+
+Webhooks: the documented one is the account's, made in the dashboard for ``job.finished`` and
+``job.failed`` with its own signing secret, which goes into ``signing_secret``. Every job also
+names the same callback route as its ``webhook_url`` (it carries no secret and works whenever
+CloudConvert signs it with that same secret, as the sandbox does by default); which secret
+signs a per-job URL is not documented, and a callback signed with another is refused (401,
+not retried), the dashboard's settling the job. Either way the job's ``tag`` is the bridge's
+signed context, so the account webhook's callbacks for jobs other applications made are
+refused too, with a 4xx: never 410, which would disable the webhook.
 """
 
 from __future__ import annotations
@@ -33,7 +50,7 @@ from convbridge.errors import (
     StorageError,
 )
 from convbridge.http import GaveUp, send
-from convbridge.model import Grant, JobOutcome, JobSpec, OutputFile
+from convbridge.model import ConversionSpec, Grant, JobOutcome, JobSpec, OutputFile
 from convbridge.providers.base import Provider, native_task, parse_json_object
 from convbridge.storage.base import output_metadata
 
@@ -46,6 +63,13 @@ FINAL_EVENTS = {"job.finished": "finished", "job.failed": "failed"}
 #: The API key scopes the bridge needs (seed 003): task.write creates jobs, task.read finds a
 #: job whose create answer was lost and reads the upload form of SFTP inputs.
 REQUIRED_SCOPES = ("task.read", "task.write")
+#: inputs CloudConvert may turn into one image per page
+PAGED_INPUTS = frozenset({"pdf", "tif", "tiff", "gif", "webp", "ps", "eps", "ai", "psd", "xps",
+                          "djvu", "doc", "docx", "odt", "rtf", "ppt", "pptx", "odp", "xls",
+                          "xlsx", "ods"})
+#: image formats that hold one page, so a paged input becomes several files
+ONE_PAGE_OUTPUTS = frozenset({"png", "jpg", "jpeg", "bmp", "svg", "ico", "webp", "avif",
+                              "heic"})
 
 
 class CloudConvert(Provider):
@@ -58,8 +82,8 @@ class CloudConvert(Provider):
     native_exports: ClassVar[Mapping[str, frozenset[str]]] = {
         "s3": frozenset({"sts_session"}),
         "sftp": frozenset({"sftp_account"}),
-        "azure_blob": frozenset({"sas"}),
-        # only for rules with hand_over_account: true (see convbridge.planner)
+        # no azure_blob: relayed, see the module docstring
+        # gcs only for rules with hand_over_account: true (see convbridge.planner)
         "gcs": frozenset({"gcs_service_account"}),
     }
     #: export/url files come from storage.cloudconvert.com; regional and sandbox hosts are
@@ -242,29 +266,37 @@ def _import_s3(grant: Grant) -> dict[str, Any]:
     return task
 
 
+def may_give_several_files(conversion: ConversionSpec) -> bool:
+    """Whether CloudConvert may make one file per page: a paged input (a document, a
+    multi-page TIFF, an animated GIF) converted to an image format that holds one page."""
+    return (conversion.input_format.lower() in PAGED_INPUTS
+            and conversion.output_format.lower() in ONE_PAGE_OUTPUTS)
+
+
 def _export_s3(grant: Grant, spec: JobSpec) -> dict[str, Any]:
+    """One file goes to the output key. A conversion that may give several cannot know how
+    many before it runs, and ``key`` without a placeholder names one object only; a ``%d`` in
+    ``key`` would number the files apart from the names CloudConvert reports for them. So it
+    exports with ``key_prefix`` the output folder, where each file lands under the name its
+    result reports (``<output key>/scan-1.png``): exactly the keys the bridge collects for
+    several outputs (``pipeline.output_keys``). A single file made that way is moved to the
+    output key when the job settles (``pipeline._collect_outputs``), so the naming scheme is
+    the same whichever way the provider exported. The write grant covers both places."""
+    place = ({"key_prefix": f"{spec.output.key}/"} if may_give_several_files(spec.conversion)
+             else {"key": spec.output.key})
     task = {"operation": "export/s3", "bucket": grant.location, "region": grant.region,
-            "key": spec.output.key, "metadata": output_metadata(spec.rule, spec.source),
+            **place, "metadata": output_metadata(spec.rule, spec.source),
             **_s3_credentials(grant)}
     if grant.endpoint:
         task["endpoint"] = grant.endpoint
     return task
 
 
-def _azure_blob_access(grant: Grant) -> dict[str, Any]:
-    # CloudConvert derives the endpoint from storage_account; the SAS is the only credential
-    return {"storage_account": grant.secret["account_name"], "sas_token": grant.secret["sas_token"],
-            "container": grant.location.partition("/")[2]}
-
-
 def _import_azure_blob(grant: Grant) -> dict[str, Any]:
-    return {"operation": "import/azure/blob", **_azure_blob_access(grant), "blob": grant.key}
-
-
-def _export_azure_blob(grant: Grant, spec: JobSpec) -> dict[str, Any]:
-    metadata = output_metadata(spec.rule, spec.source, azure_names=True)
-    return {"operation": "export/azure/blob", **_azure_blob_access(grant), "blob": spec.output.key,
-            "metadata": metadata}
+    # CloudConvert derives the endpoint from storage_account; the SAS is the only credential
+    return {"operation": "import/azure/blob", "storage_account": grant.secret["account_name"],
+            "sas_token": grant.secret["sas_token"], "container": grant.location.partition("/")[2],
+            "blob": grant.key}
 
 
 def _sftp_account(grant: Grant) -> dict[str, Any]:
@@ -302,7 +334,6 @@ IMPORT_TASKS: dict[tuple[str, str], Callable[[Grant], dict[str, Any]]] = {
 EXPORT_TASKS: dict[tuple[str, str], Callable[[Grant, JobSpec], dict[str, Any]]] = {
     ("s3", "sts_session"): _export_s3,
     ("sftp", "sftp_account"): _export_sftp,
-    ("azure_blob", "sas"): _export_azure_blob,
     ("gcs", "gcs_service_account"): _export_gcs,
 }
 

@@ -192,11 +192,22 @@ def parse_job(job: Mapping[str, Any]) -> JobOutcome | None:
         event=str(status_code),
         outputs=() if failed else outputs,
         failed_task=str(first.get("source") or "job") if failed else None,
-        code=str(first.get("code", status_code)) if failed else None,
+        code=_error_code(first.get("code"), status_code) if failed else None,
         message=str(first.get("message") or shown.get("info") or "") if failed else None,
         started_at=parse_time(job.get("created_at")),
         ended_at=parse_time(job.get("modified_at")),
     )
+
+
+def _error_code(code: Any, status_code: Any) -> str:
+    """``errors[].code`` is an integer (the official SDK reads it as ``int | None``); records
+    carry it as its decimal string, like every provider's code. An error without one, or with
+    something else there, is reported under the job's status code (``failed``)."""
+    if isinstance(code, int) and not isinstance(code, bool):
+        return str(code)
+    if isinstance(code, str) and code.strip():
+        return code.strip()
+    return str(status_code)
 
 
 def _input(grant: Grant, filename: str) -> dict[str, Any]:
