@@ -262,15 +262,10 @@ def run_scheduled(event: dict[str, Any], context: Any) -> dict[str, Any]:
     its arrival. Records it could not reconcile now fail the invocation (what alarms watch)
     once the rest is done; the next run tries them again."""
     from convbridge import runtime
-    from convbridge.http import deadline_from
 
-    current = runtime.bridge()
-    current.claims.register_lambda_context(context)
-    remaining = getattr(context, "get_remaining_time_in_millis", None)
-    logger.info("reconcile started by %s at %s", event.get("detail-type", "a direct call"),
-                event.get("time", "?"))
-    with deadline_from(remaining):
-        report = reconcile(current, remaining_ms=remaining)
+    report = runtime.run_scheduled(event, context, "reconcile",
+                                   lambda current, remaining: reconcile(current,
+                                                                        remaining_ms=remaining))
     summary = report.summary()
     logger.info("reconcile summary: %s", json.dumps(summary))
     errors = [f"{item.record_key}: {item.reason}" for item in report.items

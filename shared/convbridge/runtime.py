@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from convbridge.bridge import Bridge
 from convbridge.errors import CallbackError, ConvbridgeError
@@ -55,6 +55,23 @@ class RetryLater(Exception):
 def bridge() -> Bridge:
     """Built on the first invocation, then reused for the life of the execution environment."""
     return Bridge.from_env()
+
+
+_Report = TypeVar("_Report")
+
+
+def run_scheduled(event: Mapping[str, Any], context: Any, what: str,
+                  job: Callable[[Bridge, Callable[[], int] | None], _Report]) -> _Report:
+    """What every scheduled function does around its ``job``: the cold-start Bridge, claims
+    that expire with the invocation, one line naming what started it, and the invocation's
+    deadline; ``job`` gets the bridge and the remaining-time clock."""
+    current = bridge()
+    current.claims.register_lambda_context(context)
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    logger.info("%s started by %s at %s", what, event.get("detail-type", "a direct call"),
+                event.get("time", "?"))
+    with deadline_from(remaining):
+        return job(current, remaining)
 
 
 def route_library_logs(powertools_logger: Any) -> None:

@@ -205,15 +205,9 @@ def run_scheduled(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The sftp_sweep function's body: the schedule's event carries nothing the sweep needs
     beyond its arrival."""
     from convbridge import runtime
-    from convbridge.http import deadline_from
 
-    current = runtime.bridge()
-    current.claims.register_lambda_context(context)
-    remaining = getattr(context, "get_remaining_time_in_millis", None)
-    logger.info("sweep started by %s at %s", event.get("detail-type", "a direct call"),
-                event.get("time", "?"))
-    with deadline_from(remaining):
-        report = sweep(current, remaining_ms=remaining)
+    report = runtime.run_scheduled(event, context, "sweep", lambda current, remaining: sweep(
+        current, remaining_ms=remaining))
     summary = report.summary()
     if report.errors:
         # a failed invocation is what alarms watch; what did get done is logged first

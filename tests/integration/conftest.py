@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from devstack.servers import ServerStartError
+from devstack.servers import MotoServer, ServerStartError
 from devstack.servers_azure import AzuriteServer
 
 
@@ -22,3 +22,12 @@ def azurite() -> Iterator[AzuriteServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    """One moto server per test module, reset before and after it."""
+    with MotoServer() as server:
+        server.reset()
+        yield server
+        server.reset()

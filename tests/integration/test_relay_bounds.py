@@ -93,14 +93,6 @@ def http(transport: CountingTransport) -> Iterator[httpx.Client]:
         yield client
 
 
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        server.reset()
-        yield server
-        server.reset()
-
-
 @pytest.fixture
 def s3(moto: MotoServer):  # type: ignore[no-untyped-def]
     client = boto3.client("s3", endpoint_url=moto.endpoint_url, region_name="us-east-1",

@@ -8,7 +8,6 @@ import hashlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import boto3
 import httpx
@@ -27,14 +26,6 @@ from devstack.servers import RELAY_EXTRA_HOSTS, MotoServer
 GIB = 1024 ** 3
 BUCKET = "relay-large"
 LOOPBACK = RelayPolicy((HostPattern.parse(RELAY_EXTRA_HOSTS),), max_bytes=DEFAULT_MAX_OUTPUT)
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        server.reset()
-        yield server
-        server.reset()
 
 
 @pytest.fixture

@@ -482,6 +482,22 @@ class ConvBridge(Construct):
         return iam.PolicyStatement(sid="ReadStorageSecrets",
                                    actions=["secretsmanager:GetSecretValue"], resources=arns)
 
+    def _settle_statements(self, *, list_sid: str) -> list[iam.PolicyStatement]:
+        """What settling a job needs in the bucket, for the webhook and the reconciler alike:
+        read and write records and relayed outputs, abort a failed relay, list (to tell a
+        missing object from a forbidden one), and move a failed source aside."""
+        return [
+            iam.PolicyStatement(sid="ReadWriteBucketObjects",
+                                actions=["s3:GetObject", "s3:PutObject"],
+                                resources=[self._object_arn]),
+            iam.PolicyStatement(sid="AbortFailedRelays", actions=["s3:AbortMultipartUpload"],
+                                resources=[self._object_arn]),
+            iam.PolicyStatement(sid=list_sid, actions=["s3:ListBucket"],
+                                resources=[self._bucket_arn]),
+            iam.PolicyStatement(sid="MoveFailedSources", actions=["s3:DeleteObject"],
+                                resources=[self._watched_arn]),
+        ]
+
     def _write_back_secrets(self) -> list[iam.PolicyStatement]:
         """The other clouds' secrets, for functions that settle jobs from any storage."""
         props = self.props
@@ -509,15 +525,7 @@ class ConvBridge(Construct):
     def _webhook(self) -> None:
         props = self.props
         statements = [
-            iam.PolicyStatement(sid="ReadWriteBucketObjects",
-                                actions=["s3:GetObject", "s3:PutObject"],
-                                resources=[self._object_arn]),
-            iam.PolicyStatement(sid="AbortFailedRelays", actions=["s3:AbortMultipartUpload"],
-                                resources=[self._object_arn]),
-            iam.PolicyStatement(sid="TellMissingObjects", actions=["s3:ListBucket"],
-                                resources=[self._bucket_arn]),
-            iam.PolicyStatement(sid="MoveFailedSources", actions=["s3:DeleteObject"],
-                                resources=[self._watched_arn]),
+            *self._settle_statements(list_sid="TellMissingObjects"),
             iam.PolicyStatement(sid="QueueCompletions", actions=["sqs:SendMessage"],
                                 resources=[self.completion_queue.queue_arn]),
             iam.PolicyStatement(sid="ConsumeCompletions",
@@ -662,15 +670,7 @@ class ConvBridge(Construct):
 
     def _reconciler(self) -> None:
         statements = [
-            iam.PolicyStatement(sid="ReadWriteBucketObjects",
-                                actions=["s3:GetObject", "s3:PutObject"],
-                                resources=[self._object_arn]),
-            iam.PolicyStatement(sid="AbortFailedRelays", actions=["s3:AbortMultipartUpload"],
-                                resources=[self._object_arn]),
-            iam.PolicyStatement(sid="ListRecords", actions=["s3:ListBucket"],
-                                resources=[self._bucket_arn]),
-            iam.PolicyStatement(sid="MoveFailedSources", actions=["s3:DeleteObject"],
-                                resources=[self._watched_arn]),
+            *self._settle_statements(list_sid="ListRecords"),
             *self._write_back_secrets(),
         ]
         role = self._role(
