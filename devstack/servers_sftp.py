@@ -50,6 +50,8 @@ USERNAME = "convbridge-sftp"
 #: the account's login folder, as the account sees it
 DROP = "/drop"
 START_TIMEOUT_SECONDS = 10.0
+#: ports tried before an sshd that keeps losing its port to other servers is reported
+PORT_ATTEMPTS = 3
 Backend = Literal["auto", "openssh", "asyncssh"]
 
 
@@ -84,6 +86,7 @@ class SftpServer:
         self.backend: str | None = None
         self.host = LOCALHOST
         self.port = port or free_ports(1)[0]
+        self._picked_port = port is None
         self.username = f"{USERNAME}-{secrets.token_hex(4)}"
         self.password = secrets.token_urlsafe(18)
         self.private_key, self.client_public_key = new_key()
@@ -135,7 +138,7 @@ class SftpServer:
                                                           and problem is None):
             if problem is not None:
                 raise ServerStartError(f"cannot run OpenSSH sshd: {problem}")
-            self._start_openssh()
+            self._start_openssh_on_a_free_port()
             self.backend = "openssh"
         else:
             self._start_asyncssh()
@@ -186,6 +189,19 @@ class SftpServer:
         self.stop()
 
     # -- OpenSSH -------------------------------------------------------------------------
+
+    def _start_openssh_on_a_free_port(self) -> None:
+        """sshd binds its port itself, after free_ports() has let it go, and a server starting
+        in that moment can take it first: a port this server picked is then picked again."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                self._start_openssh()
+                return
+            except ServerStartError as exc:
+                if (not self._picked_port or "Address already in use" not in str(exc)
+                        or attempt == PORT_ATTEMPTS):
+                    raise
+                self.port = free_ports(1)[0]
 
     def _start_openssh(self) -> None:
         uid, gid = _ensure_account(self.username, self.password)

@@ -5,6 +5,7 @@ key refusal and grants. A server that cannot start fails these tests; it never s
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import threading
 import time
@@ -352,3 +353,16 @@ def test_a_large_folder_is_listed_whole(server: SftpServer) -> None:
         server.location, "big/", recursive=False, refused=refusals.__setitem__)]
     assert sorted(found) == sorted(f"big/{name}" for name in names | {"badÿ.png"})
     assert refusals == {"big/not-utf8-\\xff.png": "its name is not valid UTF-8"}
+
+
+def test_a_picked_port_taken_before_sshd_binds_it_is_picked_again() -> None:
+    """free_ports() lets a port go before sshd binds it; a server starting meanwhile may take
+    it. The test server then starts on another port instead of failing the tests using it."""
+    server = SftpServer(backend="openssh")
+    taken = server.port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        with server:
+            assert server.port != taken
+            assert storage_for(server).stat(server.location, "missing.png") is None
