@@ -69,11 +69,17 @@ class Settings:
                               f"{PREFIX}{provider.upper()}_URL") from None
 
     def provider_secret_name(self, provider: str) -> str:
-        try:
+        """``CONVBRIDGE_SECRET_<PROVIDER>`` when set, else ``<prefix><provider>``: deployed
+        stacks name every provider's secret under one prefix (and grant reading only that), so
+        a provider added to the registry needs no setting of its own."""
+        if provider in self.provider_secret_names:
             return self.provider_secret_names[provider]
-        except KeyError:
+        prefix = self.value("PROVIDER_SECRETS_PREFIX")
+        if prefix is None:
             raise ConfigError(f"no secret configured for provider {provider!r}; set "
-                              f"{PREFIX}SECRET_{provider.upper()}") from None
+                              f"{PREFIX}PROVIDER_SECRETS_PREFIX or "
+                              f"{PREFIX}SECRET_{provider.upper()}")
+        return prefix + provider
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -41,6 +41,29 @@ def test_missing_provider_secret_names_the_variable() -> None:
         Settings.from_env(BASE).provider_secret_name("cloudconvert")
 
 
+BY_PREFIX = {"CONVBRIDGE_PROVIDER_SECRETS_PREFIX": "convbridge/providers/"}
+
+
+def test_provider_secret_is_named_by_the_prefix_when_not_set_on_its_own() -> None:
+    # The deployed stacks set one prefix; a provider added to the registry needs no new setting.
+    settings = Settings.from_env({**BASE, **BY_PREFIX})
+    assert settings.provider_secret_name("cloudconvert") == "convbridge/providers/cloudconvert"
+    assert settings.provider_secret_name("cloudconvert_v1") == (
+        "convbridge/providers/cloudconvert_v1")
+
+
+def test_provider_secret_set_on_its_own_wins_over_the_prefix() -> None:
+    settings = Settings.from_env({**BASE, **BY_PREFIX, "CONVBRIDGE_SECRET_FREECONVERT": "arn:fc"})
+    assert settings.provider_secret_name("freeconvert") == "arn:fc"
+    assert settings.provider_secret_name("onlineconvert") == "convbridge/providers/onlineconvert"
+
+
+def test_missing_provider_secret_names_both_settings() -> None:
+    with pytest.raises(ConfigError, match="CONVBRIDGE_PROVIDER_SECRETS_PREFIX"):
+        Settings.from_env({**BASE, "CONVBRIDGE_SECRET_FREECONVERT": " "}).provider_secret_name(
+            "freeconvert")
+
+
 class FakeSecretsManager:
     def __init__(self, value: str) -> None:
         self.value = value
