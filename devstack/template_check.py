@@ -9,9 +9,9 @@ runs without AWS credentials or network in about a second; ``make lint`` runs
 ``python -m devstack.template_check template.yaml``.
 
 cfn-lint evaluates conditions with the parameters' defaults, which leave every optional part of
-``template.yaml`` (Azure, GCS, SFTP, the other providers, a KMS key, reserved concurrency) out.
-So the check runs twice: as written, and with :data:`EVERY_OPTION_ON` as the defaults, which
-switches every one of them on. :func:`resolve_conditions` evaluates a template's conditions
+``template.yaml`` (Azure, GCS, SFTP, a KMS key, reserved concurrency) out. So the check runs
+twice: as written, and with :data:`EVERY_OPTION_ON` as the defaults, which switches every one
+of them on. :func:`resolve_conditions` evaluates a template's conditions
 for given parameter values, the way CloudFormation does at deploy time, for tests that compare
 what would really be deployed.
 """
@@ -56,13 +56,12 @@ _REPORTED_SEVERITIES = frozenset({"error", "warning"})
 _SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:convbridge/{}-AbCdEf"
 
 #: Plausible values for every optional parameter of ``template.yaml``: with these as defaults
-#: every storage, provider and option is deployed. Parameters a template does not declare are
-#: ignored, so the second pass also runs (as a repeat of the first) on unrelated templates.
+#: every storage and option is deployed, and the provider secrets sit under a prefix other than
+#: the default one (so a comparison sees the parameter reach the grant and the environment).
+#: Parameters a template does not declare are ignored, so the second pass also runs (as a
+#: repeat of the first) on unrelated templates.
 EVERY_OPTION_ON: Mapping[str, str | int] = {
-    "CloudConvertSecretArn": _SECRET.format("cloudconvert"),
-    "FreeConvertSecretArn": _SECRET.format("freeconvert"),
-    "OnlineConvertSecretArn": _SECRET.format("onlineconvert"),
-    "CloudConvertV1SecretArn": _SECRET.format("cloudconvert-v1"),
+    "ProviderSecretsPrefix": "prod/convbridge/providers/",
     "SecretsKmsKeyArn":
         "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
     "AzureAccountSecretArn": _SECRET.format("azure-account"),

@@ -286,9 +286,9 @@ def test_unparsable_template_is_a_problem_not_a_crash(tmp_path: Path) -> None:
 
 def test_rules_refuse_half_configured_storages() -> None:
     # CloudFormation evaluates Rules before creating anything; a storage secret without the
-    # settings that go with it, or no provider at all, stops the deployment there.
+    # settings that go with it stops the deployment there.
     rules = _source()["Rules"]
-    assert set(rules) == {"AtLeastOneProvider", "AzureSettings", "GcsSettings", "SftpSettings"}
+    assert set(rules) == {"AzureSettings", "GcsSettings", "SftpSettings"}
     required = {
         "AzureSettings": {"EventGridSecretArn"},
         "GcsSettings": {"PubSubServiceAccount"},
@@ -307,6 +307,11 @@ BUCKET = "arn:${AWS::Partition}:s3:::convbridge-demo-bucket"
 WATCHED = f"{BUCKET}/inbox/*"
 OBJECTS = f"{BUCKET}/*"
 SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:convbridge/{}-AbCdEf"
+#: The one grant on the provider secrets: everything under the prefix, in this account and region.
+PROVIDER_SECRETS = ("arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}"
+                    ":secret:{}*")
+DEFAULT_PREFIX = "convbridge/providers/"
+ALL_ON_PREFIX = str(EVERY_OPTION_ON["ProviderSecretsPrefix"])
 GET_SECRET = "secretsmanager:getsecretvalue"
 DYNAMODB = ("dynamodb:getitem", "dynamodb:putitem", "dynamodb:updateitem", "dynamodb:deleteitem")
 SQS_CONSUME = ("sqs:receivemessage", "sqs:deletemessage", "sqs:getqueueattributes")
@@ -315,12 +320,13 @@ KMS_CONDITION = json.dumps(
 )
 
 
-def _core(providers: tuple[str, ...], kms: bool) -> set[tuple[str, str, str]]:
+def _core(prefix: str, kms: bool) -> set[tuple[str, str, str]]:
     """BridgeCorePolicy: every function submits or settles jobs, so every one reads the context
-    key and the provider secrets (secrets.py get_secret_value), and makes the claims calls of
-    Powertools' DynamoDBPersistenceLayer (get/put/update/delete_item) on the table."""
+    key and the provider secrets under their prefix (secrets.py get_secret_value), and makes
+    the claims calls of Powertools' DynamoDBPersistenceLayer (get/put/update/delete_item) on
+    the table."""
     found = {(GET_SECRET, SECRET.format("context"), "")}
-    found |= {(GET_SECRET, SECRET.format(name), "") for name in providers}
+    found.add((GET_SECRET, PROVIDER_SECRETS.replace("{}", prefix), ""))
     found |= {(action, "${IdempotencyTable.Arn}", "") for action in DYNAMODB}
     if kms:
         found.add(("kms:decrypt", str(EVERY_OPTION_ON["SecretsKmsKeyArn"]), KMS_CONDITION))
@@ -373,19 +379,18 @@ def _reconciler(storage_secrets: tuple[str, ...]) -> set[tuple[str, str, str]]:
     } | {(GET_SECRET, SECRET.format(name), "") for name in storage_secrets}
 
 
-PROVIDERS_ALL = ("cloudconvert", "freeconvert", "onlineconvert", "cloudconvert-v1")
 EXPECTED_ALL_ON = {
-    "S3TriggerFunction": _core(PROVIDERS_ALL, kms=True) | _s3_trigger(),
-    "WebhookFunction": _core(PROVIDERS_ALL, kms=True)
+    "S3TriggerFunction": _core(ALL_ON_PREFIX, kms=True) | _s3_trigger(),
+    "WebhookFunction": _core(ALL_ON_PREFIX, kms=True)
     | _webhook(("azure-account", "gcs-service-account", "sftp")),
     # The other triggers touch no AWS storage: their grants are made from these secrets.
-    "AzureTriggerFunction": _core(PROVIDERS_ALL, kms=True)
+    "AzureTriggerFunction": _core(ALL_ON_PREFIX, kms=True)
     | {(GET_SECRET, SECRET.format("event-grid"), ""),
        (GET_SECRET, SECRET.format("azure-account"), "")},
-    "GcsTriggerFunction": _core(PROVIDERS_ALL, kms=True)
+    "GcsTriggerFunction": _core(ALL_ON_PREFIX, kms=True)
     | {(GET_SECRET, SECRET.format("gcs-service-account"), "")},
-    "SftpSweepFunction": _core(PROVIDERS_ALL, kms=True) | {(GET_SECRET, SECRET.format("sftp"), "")},
-    "ReconcilerFunction": _core(PROVIDERS_ALL, kms=True)
+    "SftpSweepFunction": _core(ALL_ON_PREFIX, kms=True) | {(GET_SECRET, SECRET.format("sftp"), "")},
+    "ReconcilerFunction": _core(ALL_ON_PREFIX, kms=True)
     | _reconciler(("azure-account", "gcs-service-account", "sftp")),
 }
 
@@ -406,17 +411,61 @@ def test_each_role_holds_exactly_what_its_code_calls(
 
 
 def test_defaults_deploy_only_the_s3_parts(deployed: dict[str, Any]) -> None:
-    # No provider secret given by default: the stack's Rules refuse that, so model one.
-    values = {**DEFAULTS, "CloudConvertSecretArn": SECRET.format("cloudconvert")}
+    params = parameter_values(deployed, DEFAULTS)
+    functions = _resources(deployed, "AWS::Lambda::Function")
+    assert set(functions) == {"S3TriggerFunction", "WebhookFunction", "ReconcilerFunction"}
+    core = _core(DEFAULT_PREFIX, kms=False)
+    assert permissions(deployed, "S3TriggerRole", params) == core | _s3_trigger()
+    assert permissions(deployed, "WebhookFunctionRole", params) == core | _webhook(())
+    assert permissions(deployed, "ReconcilerRole", params) == core | _reconciler(())
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    """An IAM resource pattern (``*`` any run of characters, ``?`` one) as a regex."""
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c)
+                              for c in pattern) + "$")
+
+
+@pytest.mark.parametrize("values", [DEFAULTS, ALL_ON], ids=["defaults", "all-on"])
+def test_provider_grant_reaches_the_provider_secrets_only(values: dict[str, Any]) -> None:
+    # The one wildcard secret grant: the prefix's secrets in this account and region, and none
+    # of the other secrets the stack is given (the context key, the storages' credentials).
     template = _deployed(values)
     params = parameter_values(template, values)
-    functions = _resources(template, "AWS::Lambda::Function")
-    assert set(functions) == {"S3TriggerFunction", "WebhookFunction", "ReconcilerFunction"}
-    core = _core(("cloudconvert",), kms=False)
-    assert permissions(template, "S3TriggerRole", params) == core | _s3_trigger()
-    assert permissions(template, "WebhookFunctionRole", params) == core | _webhook(())
-    assert permissions(template, "ReconcilerRole", params) == core | _reconciler(())
-    assert set(_resources(deployed, "AWS::Lambda::Function")) == set(functions)
+    pseudo = {"${AWS::Partition}": "aws", "${AWS::Region}": "us-east-1",
+              "${AWS::AccountId}": "123456789012"}
+    patterns = set()
+    for role in FUNCTIONS.values():
+        if role not in template["Resources"]:
+            continue
+        for action, resource, _ in permissions(template, role, params):
+            if action == GET_SECRET and "*" in resource:
+                for name, value in pseudo.items():
+                    resource = resource.replace(name, value)
+                patterns.add(resource)
+    (pattern,) = patterns
+    prefix = params["ProviderSecretsPrefix"]
+    grant = _glob(pattern)
+    secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:{}-AbCdEf"
+    for provider in ("cloudconvert", "freeconvert", "onlineconvert", "cloudconvert_v1"):
+        assert grant.match(secret.format(prefix + provider)), provider
+    for elsewhere in (secret.format(prefix.rstrip("/")), secret.format(prefix + "x")
+                      .replace("123456789012", "210987654321"),
+                      secret.format(prefix + "x").replace("us-east-1", "eu-west-1")):
+        assert not grant.match(elsewhere), elsewhere
+    others = [v for k, v in values.items() if k.endswith("SecretArn") and v]
+    assert others and not [arn for arn in others if grant.match(str(arn))]
+
+
+@pytest.mark.parametrize("prefix", ["convbridge/*", "convbridge", "convbridge-", "/", "a//b/"])
+def test_provider_secrets_prefix_must_be_whole_segments_without_wildcards(
+    tmp_path: Path, prefix: str,
+) -> None:
+    # The prefix becomes <prefix>* in an IAM grant: a wildcard, or a prefix that does not end
+    # a path segment (convbridge- would reach convbridge-anything), would widen it.
+    variant = _variant(tmp_path, f"Default: {DEFAULT_PREFIX}", f'Default: "{prefix}"')
+    problems = check_template(variant)
+    assert any("ProviderSecretsPrefix" in problem for problem in problems), problems
 
 
 def test_rules_read_grants_are_exactly_the_configured_location() -> None:
@@ -652,15 +701,10 @@ COMMON_ENVIRONMENT = {
     "LOG_LEVEL": "INFO",
     "CONVBRIDGE_RULES": "/opt/rules.yaml",
     "CONVBRIDGE_CONTEXT_SECRET": SECRET.format("context"),
+    "CONVBRIDGE_PROVIDER_SECRETS_PREFIX": DEFAULT_PREFIX,
     "CONVBRIDGE_READ_GRANT_SECONDS": "900",
     "CONVBRIDGE_WRITE_GRANT_SECONDS": "3600",
     "CONVBRIDGE_IDEMPOTENCY_TABLE": "${IdempotencyTable}",
-}
-PROVIDER_ENVIRONMENT = {
-    "CONVBRIDGE_SECRET_CLOUDCONVERT": SECRET.format("cloudconvert"),
-    "CONVBRIDGE_SECRET_FREECONVERT": SECRET.format("freeconvert"),
-    "CONVBRIDGE_SECRET_ONLINECONVERT": SECRET.format("onlineconvert"),
-    "CONVBRIDGE_SECRET_CLOUDCONVERT_V1": SECRET.format("cloudconvert-v1"),
 }
 WEBHOOK_URL = "${WebhookFunctionUrl.FunctionUrl}"
 
@@ -668,7 +712,7 @@ WEBHOOK_URL = "${WebhookFunctionUrl.FunctionUrl}"
 def test_environment_with_every_option_on(
     deployed_all: dict[str, Any], params_all: dict[str, str]
 ) -> None:
-    common = COMMON_ENVIRONMENT | PROVIDER_ENVIRONMENT
+    common = COMMON_ENVIRONMENT | {"CONVBRIDGE_PROVIDER_SECRETS_PREFIX": ALL_ON_PREFIX}
     azure = {
         "CONVBRIDGE_AZURE_ACCOUNT_SECRET": SECRET.format("azure-account"),
         "CONVBRIDGE_AZURE_BLOB_ENDPOINT": "https://convbridgedemo.blob.core.windows.net",
@@ -781,10 +825,6 @@ def test_function_urls_are_public_and_output(
     outputs = {name: render(o["Value"], params_all) for name, o in deployed_all["Outputs"].items()}
     assert outputs == {
         "WebhookUrl": WEBHOOK_URL,
-        "CloudConvertCallbackUrl": f"{WEBHOOK_URL}callbacks/cloudconvert",
-        "FreeConvertCallbackUrl": f"{WEBHOOK_URL}callbacks/freeconvert",
-        "OnlineConvertCallbackUrl": f"{WEBHOOK_URL}callbacks/onlineconvert",
-        "CloudConvertV1CallbackUrl": f"{WEBHOOK_URL}callbacks/cloudconvert_v1",
         "AzureEventGridEndpoint": "${AzureTriggerFunctionUrl.FunctionUrl}",
         "GcsPushEndpoint": "${GcsTriggerFunctionUrl.FunctionUrl}",
         "PubSubAudience": "convbridge-demo",
