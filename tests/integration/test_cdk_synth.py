@@ -67,14 +67,11 @@ def _values() -> dict[str, Any]:
 
 def _cdk_config(values: dict[str, Any]) -> dict[str, Any]:
     """The same deployment as the construct's JSON configuration (infra/cdk/README.md)."""
-    providers = {"cloudconvert": "CloudConvertSecretArn", "freeconvert": "FreeConvertSecretArn",
-                 "onlineconvert": "OnlineConvertSecretArn",
-                 "cloudconvert_v1": "CloudConvertV1SecretArn"}
     config: dict[str, Any] = {
         "stackName": "convbridge",
         "sourceBucketName": values["SourceBucketName"],
         "contextSecretArn": values["ContextSecretArn"],
-        "providerSecretArns": {name: values[p] for name, p in providers.items() if values[p]},
+        "providerSecretsPrefix": values["ProviderSecretsPrefix"],
         "secretsKmsKeyArn": values["SecretsKmsKeyArn"],
         "alarmTopicArn": values["AlarmTopicArn"],
         "reservedConcurrency": {
@@ -315,3 +312,41 @@ def test_outputs_match(cdk: dict[str, Any], sam: dict[str, Any],
                    for k, v in cdk["Outputs"].items()}
     sam_outputs = {k: render(v["Value"], sam_params, sam_name) for k, v in sam["Outputs"].items()}
     assert cdk_outputs == sam_outputs
+
+
+_REFUSED = """
+import json, sys
+import aws_cdk as cdk
+from convbridge_cdk import ConvBridge, props_from_config
+for config in json.loads(sys.argv[1]):
+    try:
+        ConvBridge(cdk.Stack(cdk.App(), "s"), "ConvBridge", props_from_config(config))
+    except ValueError as exc:
+        print(json.dumps(str(exc)))
+    else:
+        print(json.dumps(None))
+"""
+
+
+def test_construct_refuses_what_the_template_refuses_for_provider_secrets(
+    values: dict[str, Any],
+) -> None:
+    # The prefix becomes <prefix>* in the grant, as in template.yaml's AllowedPattern; and a
+    # configuration still listing per-provider ARNs is refused rather than deployed without them.
+    base = {**_cdk_config(values), "azure": None, "gcs": None, "sftp": None}
+    configs = [dict(base, providerSecretsPrefix=prefix)
+               for prefix in ("convbridge/*", "convbridge", "convbridge-", "/", "a//b/")]
+    configs.append(dict(base, providerSecretArns={"cloudconvert": values["ContextSecretArn"]}))
+    configs.append(base)
+    completed = subprocess.run(
+        [str(DEPLOY_PYTHON), "-c", _REFUSED, json.dumps(configs)],
+        cwd=ROOT / "infra" / "cdk", env=dict(os.environ, PYTHONPATH=str(ROOT / "infra" / "cdk"),
+                                             JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION="20"),
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    refusals = [json.loads(line) for line in completed.stdout.splitlines()]
+    assert len(refusals) == len(configs)
+    assert all(r is not None and "provider_secrets_prefix" in r for r in refusals[:-2]), refusals
+    assert refusals[-2] is not None and "providerSecretsPrefix" in refusals[-2]
+    assert refusals[-1] is None  # the same configuration with a valid prefix is accepted

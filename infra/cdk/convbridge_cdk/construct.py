@@ -3,8 +3,9 @@
 The SAM template is the reference; this construct creates the same resources with the same
 logical names (prefixed and hashed the CDK way), the same properties and the same IAM
 statements, so ``tests/integration/test_cdk_synth.py`` can compare the two statement by
-statement. Where SAM switches a part on with a condition (an Azure secret given, a provider's
-secret given), the construct takes an option: a part that is not asked for is not created.
+statement. Where SAM switches a part on with a condition (an Azure secret given), the
+construct takes an option: a part that is not asked for is not created. Providers need no
+option: their secrets are found by name under one prefix, as in the template.
 
 Roles are written out statement by statement and handed to the functions read-only
 (``without_policy_updates``): CDK's convenience grants (an SQS event source's
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -50,13 +52,10 @@ from constructs import Construct
 #: The repository root (infra/cdk/convbridge_cdk/construct.py -> ../../..).
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
-#: Provider name (as in the callback path and CONVBRIDGE_SECRET_<NAME>) -> output name stem.
-PROVIDERS = {
-    "cloudconvert": "CloudConvert",
-    "freeconvert": "FreeConvert",
-    "onlineconvert": "OnlineConvert",
-    "cloudconvert_v1": "CloudConvertV1",
-}
+#: template.yaml's ProviderSecretsPrefix: its default and its AllowedPattern (whole path
+#: segments ending in "/", no wildcard, since the grant is <prefix>*).
+DEFAULT_PROVIDER_SECRETS_PREFIX = "convbridge/providers/"
+PROVIDER_SECRETS_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_+=.@-]+/([A-Za-z0-9_+=.@-]+/)*")
 
 #: Powertools Metrics namespace and the metrics the dashboard and the alarm read.
 METRICS_NAMESPACE = "convbridge"
@@ -107,8 +106,9 @@ class Concurrency:
 class ConvBridgeProps:
     source_bucket_name: str
     context_secret_arn: str
-    #: provider name (cloudconvert, freeconvert, onlineconvert, cloudconvert_v1) -> secret ARN
-    provider_secret_arns: Mapping[str, str]
+    #: provider <name>'s secret is <prefix><name> in the stack's account and region
+    #: (convbridge/providers/cloudconvert, ...); the functions may read only under the prefix
+    provider_secrets_prefix: str = DEFAULT_PROVIDER_SECRETS_PREFIX
     watched_prefix: str = "inbox/"
     rules_location: str = "/opt/rules.yaml"
     python_runtime: str = "python3.12"
@@ -198,14 +198,10 @@ class ConvBridge(Construct):
     @staticmethod
     def _validate(props: ConvBridgeProps) -> None:
         """What template.yaml's parameter patterns and Rules refuse, refused at synth time."""
-        if not props.provider_secret_arns:
-            raise ValueError("give the secret ARN of at least one provider")
-        unknown = set(props.provider_secret_arns) - set(PROVIDERS)
-        if unknown:
-            raise ValueError(f"unknown providers {sorted(unknown)}; known: {sorted(PROVIDERS)}")
         _check_secret_arn("context_secret_arn", props.context_secret_arn)
-        for name, arn in props.provider_secret_arns.items():
-            _check_secret_arn(f"provider_secret_arns[{name!r}]", arn)
+        if not PROVIDER_SECRETS_PREFIX_PATTERN.fullmatch(props.provider_secrets_prefix):
+            raise ValueError("provider_secrets_prefix must be whole path segments ending in "
+                             f"'/', without * or ?: {props.provider_secrets_prefix!r}")
         if not props.watched_prefix or any(c in props.watched_prefix for c in "*?"):
             raise ValueError("watched_prefix must be non-empty, without * or ?")
         if props.azure:
@@ -363,9 +359,9 @@ class ConvBridge(Construct):
 
     def _core_policy(self) -> None:
         props = self.props
-        secrets = [props.context_secret_arn] + [
-            props.provider_secret_arns[name] for name in PROVIDERS
-            if name in props.provider_secret_arns]
+        secrets = [props.context_secret_arn,
+                   f"arn:{Aws.PARTITION}:secretsmanager:{Aws.REGION}:{Aws.ACCOUNT_ID}:secret:"
+                   f"{props.provider_secrets_prefix}*"]
         statements = [
             iam.PolicyStatement(sid="ReadBridgeSecrets", actions=["secretsmanager:GetSecretValue"],
                                 resources=secrets),
@@ -431,11 +427,7 @@ class ConvBridge(Construct):
             "LOG_LEVEL": props.log_level,
             "CONVBRIDGE_RULES": props.rules_location,
             "CONVBRIDGE_CONTEXT_SECRET": props.context_secret_arn,
-        }
-        for name in PROVIDERS:
-            if name in props.provider_secret_arns:
-                environment[f"CONVBRIDGE_SECRET_{name.upper()}"] = props.provider_secret_arns[name]
-        environment |= {
+            "CONVBRIDGE_PROVIDER_SECRETS_PREFIX": props.provider_secrets_prefix,
             "CONVBRIDGE_READ_GRANT_SECONDS": "900",
             "CONVBRIDGE_WRITE_GRANT_SECONDS": "3600",
             "CONVBRIDGE_IDEMPOTENCY_TABLE": self.table.table_name,
@@ -823,12 +815,8 @@ class ConvBridge(Construct):
         # Outputs share the construct namespace with resources in CDK (not in CloudFormation).
         self._outputs_scope = Construct(self, "Outputs")
         url = self.webhook_url.url
-        self._output("WebhookUrl", url, "Callback endpoint base; providers call "
-                     "<url>callbacks/<provider>. Nothing to register.")
-        for name, stem in PROVIDERS.items():
-            if name in self.props.provider_secret_arns:
-                self._output(f"{stem}CallbackUrl", f"{url}callbacks/{name}",
-                             f"{stem} callback (sent with each job).")
+        self._output("WebhookUrl", url, "Callback endpoint base; provider <name> calls "
+                     "<url>callbacks/<name>.")
         if self.props.azure:
             self._output("AzureEventGridEndpoint", self.azure_url.url,
                          "Event Grid webhook endpoint for BlobCreated (infra/azure).")
@@ -869,11 +857,16 @@ def props_from_config(config: Mapping[str, Any], code_root: Path = REPO_ROOT) ->
             return None
         return cls(**{attr: part[name] for name, attr in fields.items() if name in part})
 
+    if "providerSecretArns" in config:
+        # Ignoring it would deploy a stack that reads none of the secrets the user listed.
+        raise ValueError("providerSecretArns is replaced by providerSecretsPrefix: store each "
+                         "provider's secret as <prefix><provider> (infra/cdk/README.md)")
     concurrency = config.get("reservedConcurrency") or {}
     return ConvBridgeProps(
         source_bucket_name=config["sourceBucketName"],
         context_secret_arn=config["contextSecretArn"],
-        provider_secret_arns=dict(config.get("providerSecretArns") or {}),
+        provider_secrets_prefix=config.get("providerSecretsPrefix",
+                                           DEFAULT_PROVIDER_SECRETS_PREFIX),
         watched_prefix=config.get("watchedPrefix", "inbox/"),
         rules_location=config.get("rulesLocation", "/opt/rules.yaml"),
         python_runtime=config.get("pythonRuntime", "python3.12"),
