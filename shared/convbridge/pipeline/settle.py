@@ -39,6 +39,9 @@ from convbridge.telemetry import record as record_metric
 logger = logging.getLogger(__name__)
 
 
+CompletionStatus = Literal["recorded", "ignored", "duplicate"]
+
+
 @dataclass(frozen=True)
 class Accepted:
     """A callback proven genuine: the provider's outcome and our own context for it."""
@@ -53,7 +56,7 @@ class Completion:
     """What ``settle`` did: ``recorded``, ``duplicate`` (the context was settled already) or
     ``ignored`` (nothing to do, or the record now belongs to a newer submission)."""
 
-    status: str  # "recorded" | "ignored" | "duplicate"
+    status: CompletionStatus
     job_id: str | None = None
     outcome: str | None = None
     record_key: str | None = None
@@ -134,20 +137,21 @@ def settle(bridge: Bridge, accepted: Accepted) -> Completion:
     names the context and its job, so it still stops a second settle once the claim expired.
     A callback for another job than the recorded one is refused (CallbackSignatureError)."""
     outcome = accepted.outcome
-    result = bridge.claims.once(
+    claim = bridge.claims.once(
         "settle", {"context": accepted.context.nonce},
-        lambda: _settle_claimed(bridge, accepted),
+        lambda: _settle_claimed(bridge, accepted), Completion,
     )
-    if result["status"] == "ignored":
+    result = claim.result
+    if result.status == "ignored":
         return Completion("ignored", outcome.job_id)
-    if result["job_id"] != outcome.job_id:
-        raise CallbackSignatureError(f"the job context was settled by job {result['job_id']}, "
+    if result.job_id != outcome.job_id:
+        raise CallbackSignatureError(f"the job context was settled by job {result.job_id}, "
                                      f"not job {outcome.job_id}")
-    if result.get("replayed") or result["status"] == "duplicate":
+    if claim.replayed or result.status == "duplicate":
         logger.info("job %s already settled as %s; %s callback changes nothing",
-                    outcome.job_id, result["outcome"], outcome.event or "repeated")
-        return Completion("duplicate", outcome.job_id, result["outcome"], result["record_key"])
-    return Completion("recorded", outcome.job_id, result["outcome"], result["record_key"])
+                    outcome.job_id, result.outcome, outcome.event or "repeated")
+        return Completion("duplicate", outcome.job_id, result.outcome, result.record_key)
+    return result
 
 
 @dataclass(frozen=True)
@@ -176,14 +180,13 @@ def _recorded_job(record: Mapping[str, Any] | None, nonce: str) -> _Recorded:
     return _Recorded("bound", job_id) if job_id else _Recorded("unbound")
 
 
-def _settle_claimed(bridge: Bridge, accepted: Accepted) -> dict[str, Any]:
+def _settle_claimed(bridge: Bridge, accepted: Accepted) -> Completion:
     outcome, context, rule = accepted.outcome, accepted.context, accepted.rule
     storage = bridge.storage(context.storage)
     result_key = rule.result_key(context.key)
     previous = read_record(storage, context.location, result_key)
     recorded = _recorded_job(previous, context.nonce)
-    superseded = {"status": "ignored", "job_id": outcome.job_id, "outcome": None,
-                  "record_key": result_key}
+    superseded = Completion("ignored", outcome.job_id, None, result_key)
     if recorded.state == "other":
         logger.info("job %s: the record of %s belongs to a newer submission; its callback "
                     "changes nothing", outcome.job_id, context.key)
@@ -192,13 +195,13 @@ def _settle_claimed(bridge: Bridge, accepted: Accepted) -> dict[str, Any]:
         raise CallbackSignatureError(f"job {outcome.job_id} is not the job the bridge created "
                                      "for this context")
     if recorded.state == "settled":
-        return {"status": "duplicate", "job_id": outcome.job_id,
-                "outcome": (previous or {}).get("status"), "record_key": result_key}
+        return Completion("duplicate", outcome.job_id, (previous or {}).get("status"),
+                          result_key)
     if recorded.job_id is None and bridge.provider(rule.provider).binds_before_start:
         # the bridge records these jobs before they can run: an unrecorded one is not ours
         raise CallbackSignatureError(f"job {outcome.job_id} was not recorded for this context")
     source = ObjectRef(storage=context.storage, location=context.location, key=context.key,
-                       version=context.version, size=(previous or {}).get("source", {}).get("size"))
+                       version=context.version, size=context.source_size)
     outputs: list[OutputFile] = []
     if outcome.status == "finished":
         try:
@@ -229,8 +232,7 @@ def _settle_claimed(bridge: Bridge, accepted: Accepted) -> dict[str, Any]:
         latency = (datetime.now(UTC) - outcome.ended_at).total_seconds() * 1000
         record_metric("CallbackLatencyMs", max(latency, 0.0), unit="Milliseconds",
                       provider=rule.provider)
-    return {"status": "recorded", "job_id": outcome.job_id, "outcome": outcome.status,
-            "record_key": result_key}
+    return Completion("recorded", outcome.job_id, outcome.status, result_key)
 
 
 def _rule_for(bridge: Bridge, context: JobContext, provider_name: str) -> Rule:

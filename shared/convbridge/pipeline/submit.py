@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Literal
 
 from convbridge import records
 from convbridge.bridge import Bridge
@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 CALLBACK_PATH = "/callbacks/{provider}"
 
 
+SubmissionStatus = Literal["submitted", "duplicate", "rejected", "skipped", "retry", "error"]
+
+
 @dataclass(frozen=True)
 class Submission:
     """What ``submit`` did with one object: ``submitted``, ``duplicate`` (an earlier delivery
@@ -51,9 +54,18 @@ class Submission:
     ``retry`` (transient trouble: deliver again) or ``error``."""
 
     ref: ObjectRef
-    status: str
+    status: SubmissionStatus
     reason: str = ""
     rule: str | None = None
+    job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ClaimedSubmission:
+    """What the submit claim stores: the outcome of the one delivery that ran it."""
+
+    status: Literal["submitted", "rejected", "skipped"]
+    reason: str = ""
     job_id: str | None = None
 
 
@@ -114,20 +126,21 @@ def submit(bridge: Bridge, ref: ObjectRef, *, final_attempt: bool = True,
                       version=ref.version or found.version)
     claim_key = {"storage": ref.storage, "location": ref.location, "key": ref.key,
                  "version": ref.version, "rule": rule.name, "attempt": attempt}
-    result = bridge.claims.once(
+    claim = bridge.claims.once(
         "submit", claim_key,
         lambda: _submit_claimed(bridge, storage, rule, ref, final_attempt=final_attempt),
+        ClaimedSubmission,
     )
-    if result.get("replayed"):
-        logger.info("duplicate delivery of %s: already %s", ref, result["status"])
-        return Submission(ref, "duplicate", f"already {result['status']}", rule.name,
-                          result.get("job_id"))
-    return Submission(ref, result["status"], result.get("reason", ""), rule.name,
-                      result.get("job_id"))
+    result = claim.result
+    if claim.replayed:
+        logger.info("duplicate delivery of %s: already %s", ref, result.status)
+        return Submission(ref, "duplicate", f"already {result.status}", rule.name,
+                          result.job_id)
+    return Submission(ref, result.status, result.reason, rule.name, result.job_id)
 
 
 def _submit_claimed(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef, *,
-                    final_attempt: bool) -> dict[str, Any]:
+                    final_attempt: bool) -> ClaimedSubmission:
     record = _SubmissionRecord(storage, ref, rule)
     try:
         conversion = _conversion(rule, ref)
@@ -151,12 +164,12 @@ def _submit_claimed(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef
         # will: the record it would have settled now belongs to another submission.
         logger.warning("%s: the result record changed before the job could start (%s); "
                        "the job was not started", ref, exc)
-        return {"status": "skipped", "reason": "the result record changed before the job "
-                                               "could start"}
+        return ClaimedSubmission("skipped", "the result record changed before the job could "
+                                            "start")
     logger.info("submitted %s under rule %s as %s job %s (route %s)",
                 ref, rule.name, rule.provider, job_id, route)
     record_metric("JobsSubmitted", 1, rule=rule.name, provider=rule.provider)
-    return {"status": "submitted", "job_id": job_id}
+    return ClaimedSubmission("submitted", job_id=job_id)
 
 
 @dataclass
@@ -199,11 +212,11 @@ def _skip(ref: ObjectRef, reason: str) -> Submission:
 
 
 def _reject(storage: Storage, ref: ObjectRef, rule: Rule,
-            rejected: RejectedObject) -> dict[str, Any]:
+            rejected: RejectedObject) -> ClaimedSubmission:
     logger.warning("rejected %s under rule %s: %s", ref, rule.name, rejected)
     document = records.rejected_record(ref, rule, code=rejected.code, message=rejected.message)
     write_failure(storage, rule, ref.location, ref.key, document)
-    return {"status": "rejected", "reason": str(rejected)}
+    return ClaimedSubmission("rejected", str(rejected))
 
 
 def _conversion(rule: Rule, ref: ObjectRef) -> ConversionSpec:
@@ -245,7 +258,7 @@ def _start_job(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef,
             plan = replace(plan, route="relay", write_grant=None)
     context = JobContext.new(rule=rule.name, storage=ref.storage, location=ref.location,
                              key=ref.key, version=ref.version, output_key=output.key,
-                             route=plan.route)
+                             route=plan.route, source_size=ref.size)
     spec = JobSpec(
         source=ref, rule=rule.name, conversion=conversion, route=plan.route,
         read_grant=read_grant, write_grant=write_grant, output=output,
