@@ -8,7 +8,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from convbridge.runtime import route_library_logs
-from convbridge.sweep import run_scheduled
+from convbridge.triggers.sftp_sweep import run_scheduled
 
 logger = Logger(service="convbridge")
 route_library_logs(logger)

@@ -8,7 +8,8 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import LambdaFunctionUrlResolver, Response
 
-from convbridge.runtime import answer_http_callback, handle_webhook, route_library_logs
+from convbridge.runtime import route_library_logs
+from convbridge.webhook import answer_http_callback, handle_webhook
 
 logger = Logger(service="convbridge")
 route_library_logs(logger)

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from convbridge.claims import Claims
+from convbridge.claims import Claims, ClaimStore
 from convbridge.errors import ConfigError
 from convbridge.http import make_client
 from convbridge.providers import PROVIDERS
@@ -36,16 +36,18 @@ class Bridge:
         http: httpx.Client | None = None,
         storages: Mapping[str, Storage] | None = None,
         clients: CloudClients | None = None,
+        providers: Mapping[str, Provider] | None = None,
+        claims: ClaimStore | None = None,
     ) -> None:
         self.settings = settings
         self.rules = rules
         self.secrets = secrets
         self.http = http or make_client(settings.http_timeout_seconds)
         self._storages: dict[str, Storage] = dict(storages or {})
-        self._providers: dict[str, Provider] = {}
+        self._providers: dict[str, Provider] = dict(providers or {})
         self._clients = clients or CloudClients(settings)
         self._lock = threading.Lock()
-        self._claims: Claims | None = None
+        self._claims: ClaimStore | None = claims
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Bridge:
@@ -62,7 +64,7 @@ class Bridge:
             return self._storages[name]
 
     @property
-    def claims(self) -> Claims:
+    def claims(self) -> ClaimStore:
         with self._lock:
             if self._claims is None:
                 self._claims = Claims(self.settings.idempotency_table,

@@ -24,6 +24,10 @@ VERSION = 1
 
 @dataclass(frozen=True)
 class JobContext:
+    """Everything settling needs to know about the job's source and destination, so nothing
+    is read back from an earlier record to rebuild them. ``source_size`` is None in contexts
+    signed before it was carried."""
+
     rule: str
     storage: str
     location: str
@@ -33,13 +37,14 @@ class JobContext:
     route: str
     issued_at: int
     nonce: str
+    source_size: int | None = None
 
     @classmethod
     def new(cls, *, rule: str, storage: str, location: str, key: str, version: str | None,
-            output_key: str, route: str) -> JobContext:
+            output_key: str, route: str, source_size: int | None = None) -> JobContext:
         return cls(rule=rule, storage=storage, location=location, key=key, version=version,
                    output_key=output_key, route=route, issued_at=int(time.time()),
-                   nonce=secrets.token_hex(8))
+                   nonce=secrets.token_hex(8), source_size=source_size)
 
 
 def sign_context(context: JobContext, key: bytes) -> str:
@@ -76,13 +81,24 @@ def verify_context(token: object, key: bytes, *, max_age_seconds: int) -> JobCon
     return context
 
 
+#: fields a context signed by an earlier release may lack
+_ADDED_FIELDS = frozenset({"source_size"})
+
+
 def _well_typed(data: dict[str, Any]) -> bool:
-    """Exactly JobContext's fields, each of its JSON type (a bool is not a time, and a time
-    is a count of seconds a float can hold)."""
-    if set(data) != {item.name for item in fields(JobContext)}:
+    """Exactly JobContext's fields (but for ones added since), each of its JSON type (a bool
+    is not a count, and a count is one a float can hold)."""
+    names = {item.name for item in fields(JobContext)}
+    if not names - _ADDED_FIELDS <= set(data) <= names:
         return False
     issued_at, version = data["issued_at"], data["version"]
-    texts = (value for name, value in data.items() if name not in {"issued_at", "version"})
-    return (type(issued_at) is int and 0 <= issued_at < 2**53
+    size = data.get("source_size")
+    texts = (value for name, value in data.items()
+             if name not in {"issued_at", "version", "source_size"})
+    return (_count(issued_at) and (size is None or _count(size))
             and (version is None or isinstance(version, str))
             and all(isinstance(value, str) for value in texts))
+
+
+def _count(value: object) -> bool:
+    return type(value) is int and 0 <= value < 2**53

@@ -228,7 +228,7 @@ def _context(rule: Rule, key: str, record: Mapping[str, Any],
         return None
     ref = ObjectRef(storage=str(source.get("storage")), location=str(source.get("location")),
                     key=str(source.get("key")))
-    version = source.get("version")
+    version, size = source.get("version"), source.get("size")
     # the record must be where this rule writes the record of that very source
     if (ref.storage, ref.location) != (rule.storage, rule.location) or not rule.covers(
             ref) or rule.result_key(ref.key) != key:
@@ -236,7 +236,8 @@ def _context(rule: Rule, key: str, record: Mapping[str, Any],
     return JobContext(rule=rule.name, storage=ref.storage, location=ref.location, key=ref.key,
                       version=version if isinstance(version, str) else None,
                       output_key=rule.output_key(ref.key), route=str(route),
-                      issued_at=int(submitted_at.timestamp()), nonce=nonce)
+                      issued_at=int(submitted_at.timestamp()), nonce=nonce,
+                      source_size=size if type(size) is int else None)
 
 
 def _read_json(storage: Storage, location: str, key: str) -> dict[str, Any] | None:

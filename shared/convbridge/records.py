@@ -14,14 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from convbridge.model import JobOutcome, ObjectRef, OutputFile
 from convbridge.rules import Rule
 
 SCHEMA = "convbridge.record/1"
+#: where a source's conversion stands; ``rejected``: no job was started for it
+RecordStatus = Literal["submitting", "submitted", "finished", "failed", "rejected"]
 #: statuses of a record whose job context is settled: nothing may write it again
-FINAL_STATUSES = frozenset({"finished", "failed"})
+FINAL_STATUSES: frozenset[RecordStatus] = frozenset({"finished", "failed"})
 
 
 def _now() -> str:
@@ -33,7 +35,7 @@ def _source(ref: ObjectRef) -> dict[str, Any]:
             "version": ref.version, "size": ref.size}
 
 
-def base_record(status: str, ref: ObjectRef, rule: Rule, *,
+def base_record(status: RecordStatus, ref: ObjectRef, rule: Rule, *,
                 context_nonce: str | None = None) -> dict[str, Any]:
     return {
         "schema": SCHEMA,

@@ -47,7 +47,7 @@ DEFAULT_MAX_SIZE = 1024 * 1024 * 1024
 #: (or a download without a length) must not fill the user's bucket.
 DEFAULT_MAX_OUTPUT = 5 * 1024 * 1024 * 1024
 #: Storages polled by a sweep, which claims a file by moving it under CLAIM_PREFIX (keeping its
-#: key) and, once settled, to DONE_PREFIX or FAILED_PREFIX; see convbridge.sweep.
+#: key) and, once settled, to DONE_PREFIX or FAILED_PREFIX; see convbridge.triggers.sftp_sweep.
 SWEPT_STORAGES = frozenset({"sftp"})
 CLAIM_PREFIX = "processing/"
 DONE_PREFIX = "done/"

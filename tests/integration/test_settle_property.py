@@ -26,7 +26,8 @@ from convbridge.bridge import Bridge
 from convbridge.context import JobContext
 from convbridge.errors import CallbackSignatureError, StaleWrite
 from convbridge.model import JobOutcome, ObjectRef
-from convbridge.pipeline import Accepted, _SubmissionRecord, settle
+from convbridge.pipeline import Accepted, settle
+from convbridge.pipeline.submit import _SubmissionRecord
 from devstack.lambda_local import LocalContext
 from devstack.stack import CLAIMS_TABLE, DevStack
 

@@ -30,7 +30,7 @@ from convbridge.model import ObjectRef
 from convbridge.pipeline import Submission
 from convbridge.rules import parse_rules
 from convbridge.storage.sftp import PinnedHostKeys, SftpAccount, SftpStorage, printable
-from convbridge.sweep import SweepSettings, sweep
+from convbridge.triggers.sftp_sweep import SweepSettings, sweep
 from devstack.servers_sftp import DROP, SftpServer
 
 EXAMPLES = 25

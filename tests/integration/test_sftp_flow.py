@@ -18,7 +18,7 @@ from convbridge.bridge import Bridge
 from convbridge.errors import StorageError
 from convbridge.model import ObjectRef
 from convbridge.pipeline import Submission, submit_all
-from convbridge.sweep import sweep
+from convbridge.triggers.sftp_sweep import sweep
 from devstack.harness.sftp import SftpHarness
 from devstack.lambda_local import LocalContext
 from devstack.servers_sftp import new_key

@@ -7,8 +7,8 @@ import pytest
 
 from convbridge.errors import StorageError
 from convbridge.model import OutputFile
-from convbridge.names import unsafe_filename_reason
-from convbridge.pipeline import output_keys, unsafe_key_reason
+from convbridge.names import unsafe_filename_reason, unsafe_key_reason
+from convbridge.pipeline import output_keys
 
 
 @pytest.mark.parametrize("key", [

@@ -48,9 +48,10 @@ KEYS = st.lists(SEGMENT, min_size=1, max_size=3).map(lambda parts: "inbox/" + "/
 def test_the_context_rebuilt_from_a_submitted_record_is_the_one_the_submission_signed(
         key: str, version: str | None, route: str) -> None:
     """60 examples."""
-    signed = JobContext.new(rule=RULE.name, storage="s3", location="bucket", key=key,
-                            version=version, output_key=RULE.output_key(key), route=route)
     ref = ObjectRef("s3", "bucket", key, version=version, size=10)
+    signed = JobContext.new(rule=RULE.name, storage="s3", location="bucket", key=key,
+                            version=version, output_key=RULE.output_key(key), route=route,
+                            source_size=ref.size)
     record = json.loads(json.dumps(records.submitted_record(
         ref, RULE, job_id="job-1", route=route, context_nonce=signed.nonce)))
     submitted_at = datetime.fromisoformat(record["submitted_at"])

@@ -21,7 +21,7 @@ from convbridge.providers.cloudconvert import CloudConvert, _UploadForm
 from convbridge.rules import parse_rules
 from convbridge.storage.s3 import S3Storage
 from convbridge.storage.sftp import Entry, PinnedHostKeys, SftpStorage, key_problem
-from convbridge.sweep import SweepSettings, sweep
+from convbridge.triggers.sftp_sweep import SweepSettings, sweep
 from devstack.servers_sftp import new_key
 
 LOCATION = "sftp.example:2222"

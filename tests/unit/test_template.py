@@ -350,7 +350,7 @@ def _s3_trigger() -> set[tuple[str, str, str]]:
 def _webhook(storage_secrets: tuple[str, ...]) -> set[tuple[str, str, str]]:
     """The settle path: head/get_object on records and outputs (+ ListBucket for 404s), put_object
     and the multipart calls for records and relays (PutObject), abort_multipart_upload when a
-    relay fails, copy_object + delete_object for "move"; runtime.py send_message to the
+    relay fails, copy_object + delete_object for "move"; webhook.py send_message to the
     completion queue, which its event source mapping consumes; and the storage secrets of the
     other clouds, whose jobs it writes back."""
     return {

@@ -280,7 +280,7 @@ def _export_s3(grant: Grant, spec: JobSpec) -> dict[str, Any]:
     exports with ``key_prefix`` the output folder, where each file lands under the name its
     result reports (``<output key>/scan-1.png``): exactly the keys the bridge collects for
     several outputs (``pipeline.output_keys``). A single file made that way is moved to the
-    output key when the job settles (``pipeline._collect_outputs``), so the naming scheme is
+    output key when the job settles (``pipeline.settle._collect_outputs``), so the naming scheme is
     the same whichever way the provider exported. The write grant covers both places."""
     place = ({"key_prefix": f"{spec.output.key}/"} if may_give_several_files(spec.conversion)
              else {"key": spec.output.key})

@@ -36,7 +36,8 @@ from typing import Any, Protocol, runtime_checkable
 from convbridge.bridge import Bridge
 from convbridge.errors import ConfigError, StorageError
 from convbridge.model import ObjectRef
-from convbridge.pipeline import Submission, submit_all, unsafe_key_reason
+from convbridge.names import unsafe_key_reason
+from convbridge.pipeline import Submission, submit_all
 from convbridge.rules import CLAIM_PREFIX, DONE_PREFIX, FAILED_PREFIX, SWEPT_STORAGES, Rule
 from convbridge.storage.sftp import printable
 

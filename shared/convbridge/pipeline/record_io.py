@@ -1,0 +1,39 @@
+"""Reading result records back and writing failure reports: what submitting, settling and
+retrying share about the records beside the data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from convbridge.rules import Rule
+from convbridge.storage.base import Storage
+
+logger = logging.getLogger(__name__)
+
+
+def read_record(storage: Storage, location: str, key: str) -> dict[str, Any] | None:
+    """The JSON object stored at ``key``; None when there is none or it is not one."""
+    if storage.stat(location, key) is None:
+        return None
+    try:
+        document = json.loads(storage.read_bytes(location, key))
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def write_failure(storage: Storage, rule: Rule, location: str, key: str,
+                   document: Mapping[str, Any]) -> None:
+    """Failure report, result record, then the rule's failure policy for the source."""
+    storage.write_json(location, rule.failure_key(key), document, marker=rule.name)
+    storage.write_json(location, rule.result_key(key), document, marker=rule.name)
+    if rule.on_failure in {"copy", "move"} and storage.stat(location, key) is not None:
+        storage.copy(location, key, rule.failed_source_key(key))
+        if rule.on_failure == "move":
+            storage.delete(location, key)
+        logger.info("%s %s to %s", "moved" if rule.on_failure == "move" else "copied", key,
+                    rule.failed_source_key(key))
