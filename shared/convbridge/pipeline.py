@@ -219,7 +219,8 @@ class _SubmissionRecord:
     def submitting(self, context: JobContext) -> None:
         self.revision = self.storage.write_json(
             self.ref.location, self.rule.result_key(self.ref.key),
-            records.submitting_record(self.ref, self.rule, context_nonce=context.nonce),
+            records.submitting_record(self.ref, self.rule, context_nonce=context.nonce,
+                                      route=context.route, issued_at=context.issued_at),
             marker=self.rule.name)
 
     def submitted(self, context: JobContext, job_id: str, *, before_start: bool) -> None:
@@ -488,8 +489,10 @@ def _settle_claimed(bridge: Bridge, accepted: Accepted) -> dict[str, Any]:
     if recorded.state == "settled":
         return {"status": "duplicate", "job_id": outcome.job_id,
                 "outcome": (previous or {}).get("status"), "record_key": result_key}
-    if recorded.job_id is None and bridge.provider(rule.provider).binds_before_start:
+    if (recorded.job_id is None and outcome.job_id
+            and bridge.provider(rule.provider).binds_before_start):
         # the bridge records these jobs before they can run: an unrecorded one is not ours
+        # (an outcome naming no job is the reconciler's report that none was made)
         raise CallbackSignatureError(f"job {outcome.job_id} was not recorded for this context")
     source = ObjectRef(storage=context.storage, location=context.location, key=context.key,
                        version=context.version, size=(previous or {}).get("source", {}).get("size"))
