@@ -39,6 +39,7 @@ from .models import (
     ImportUrl,
     Job,
     Operation,
+    ResultFile,
     Task,
     TaskSpec,
     order_by_dependencies,
@@ -146,7 +147,9 @@ def _operation(p: Mapping[str, Any]) -> Operation:
         case "import/azureblob":
             return ImportAzureBlob(_azure(p), p["blob"], filename=p.get("filename"))
         case "convert":
-            return Convert(p["output_format"], p.get("input_format"), p.get("options") or {})
+            # a paged input to a one-page image format: a file per page, exported one by one
+            return Convert(p["output_format"], p.get("input_format"), p.get("options") or {},
+                           split_pages=True)
         case "export/s3":
             return ExportS3(_s3(p), p["key"], acl=p.get("acl"))
         case "export/azureblob":
@@ -274,8 +277,7 @@ class FreeConvertV1:
             if task.status == "error":
                 result = {"errorCode": task.code, "msg": task.message}
             elif task.status == "finished" and task.result_files:
-                urls = [f.url for f in task.result_files if f.url]
-                result = {"url": urls[0]} if urls else None
+                result = _export_result([f for f in task.result_files if f.url])
             return {
                 "id": task.id, "name": task.name, "operation": task.operation,
                 "status": STATUS[task.status], "message": task.message, "code": task.code,
@@ -312,6 +314,17 @@ class FreeConvertV1:
             self.set_webhook(None)
             return False
         return status is None or status >= 400
+
+
+def _export_result(files: list[ResultFile]) -> dict[str, Any] | None:
+    """``result.url`` for one exported file (as the seed shows); several are exported
+    individually unless ``archive_multiple_files`` (not emulated), each listed in
+    ``result.files`` with its ``url``, ``filename`` and ``size``."""
+    if not files:
+        return None
+    if len(files) == 1:
+        return {"url": files[0].url}
+    return {"files": [{"filename": f.filename, "url": f.url, "size": f.size} for f in files]}
 
 
 def _root_failure(job: Job) -> Task | None:

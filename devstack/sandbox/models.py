@@ -66,7 +66,9 @@ CALLBACK_TIMEOUT_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class Faults:
-    """Fault injection; the defaults mean a well-behaved provider.
+    """Fault injection. The defaults are a provider as it really behaves, not an idealised
+    one: downloads redirect and CloudConvert's export/url files may lack `size`; nothing else
+    goes wrong.
 
     latency_seconds: added before every API answer.
     fail_rate_429 / fail_rate_503: share (0..1) of job creations refused with that status and
@@ -85,9 +87,10 @@ class Faults:
     duplicate_callbacks: extra copies of a callback sent after it was accepted.
     callback_delay_seconds: wait before the first delivery attempt.
     redirect_downloads: GET /files/... answers 302 to the same file on the sandbox's storage
-        host (another port), as the providers' CDNs redirect download URLs.
+        host (another port), as the providers' CDNs redirect download URLs (on by default;
+        False serves the file at once).
     omit_export_url_size: CloudConvert v2 export/url result files come without `size`, which
-        CloudConvert documents as optional.
+        CloudConvert documents as optional (on by default; False sends it).
     drop_callbacks: every callback is lost, never sent, as to a webhook unreachable past the
         provider's retries; Sandbox.deliver_dropped() sends the lost ones late.
     host_unavailable_failures: CloudConvert v1 answers a failed process's URL with 503 and
@@ -108,8 +111,8 @@ class Faults:
     fail_operations: frozenset[str] = frozenset()
     duplicate_callbacks: int = 0
     callback_delay_seconds: float = 0.0
-    redirect_downloads: bool = False
-    omit_export_url_size: bool = False
+    redirect_downloads: bool = True
+    omit_export_url_size: bool = True
     drop_callbacks: bool = False
     host_unavailable_failures: bool = False
     seed: int | None = None

@@ -6,8 +6,9 @@ with ``input`` (``remote`` URLs; ``cloud``/``amazons3`` with ``accesskeyid``,
 ``options``, ``output_target`` of type ``amazons3``), ``GET /jobs`` (newest first),
 ``GET /jobs/{id}``, ``GET /jobs/{id}/output``, and the callback: the whole job, as
 ``GET /jobs/{id}`` returns it, POSTed to the job's ``callback`` URL when it ends (5xx and
-network errors retried, 4xx final; on the service's own schedule, CALLBACK_TIMING, once
-``Sandbox.set_onlineconvert_callback_timing`` sets it), unsigned as the seed documents, or with
+network errors retried, 4xx final; on the service's own schedule, CALLBACK_TIMING, whose
+10 s retry spacing ``Sandbox.set_onlineconvert_callback_timing`` may shorten for tests),
+unsigned as the seed documents, or with
 ``X-Oc-Signature`` (HMAC-SHA256 of the body) once signed webhooks are enabled
 (``Sandbox.set_onlineconvert_signing_secret``). Outputs without an output target are listed
 under ``output[].uri`` (served below /files/). Credentials never appear in answers.
@@ -99,8 +100,8 @@ class OnlineConvertV2:
         self._api_key = api_key.encode()
         # set by set_signing_secret: callbacks then carry X-Oc-Signature
         self._signing_secret: bytes | None = None
-        # set by set_callback_timing; None keeps the sandbox's quick test schedule
-        self._callback_timing: CallbackTiming | None = None
+        # the service's own schedule unless set_callback_timing changed it
+        self._callback_timing = CALLBACK_TIMING
         self._base_url = base_url
         self._aws_endpoint = aws_endpoint
         # job id -> the job's own token, as the service shows it
@@ -112,9 +113,13 @@ class OnlineConvertV2:
         """Turn signed webhooks on (callbacks carry ``X-Oc-Signature``) or off (None)."""
         self._signing_secret = secret.encode() if secret else None
 
+    @property
+    def callback_timing(self) -> CallbackTiming:
+        return self._callback_timing
+
     def set_callback_timing(self, timing: CallbackTiming | None) -> None:
-        """Deliver callbacks on `timing` (CALLBACK_TIMING is the service's own)."""
-        self._callback_timing = timing
+        """Deliver callbacks on `timing`; None: the service's own, CALLBACK_TIMING."""
+        self._callback_timing = timing or CALLBACK_TIMING
 
     def handle(self, request: ApiRequest) -> ApiResponse:
         parts = request.path[len(self.prefix):].strip("/").split("/")

@@ -395,10 +395,16 @@ class Sandbox:
         as the seed documents."""
         self._onlineconvert.set_signing_secret(secret)
 
+    @property
+    def onlineconvert_callback_timing(self) -> CallbackTiming:
+        """The schedule Online-Convert callbacks are delivered on."""
+        return self._onlineconvert.callback_timing
+
     def set_onlineconvert_callback_timing(self, timing: CallbackTiming | None) -> None:
-        """Online-Convert callbacks on `timing`: ``onlineconvert.CALLBACK_TIMING`` is the
-        service's (3 s per attempt, retries 10 s apart, 10 tries); None (the default) keeps
-        the sandbox's quick schedule, whose attempts wait up to 10 s."""
+        """Online-Convert callbacks on `timing`; None (the default) is the service's own,
+        ``onlineconvert.CALLBACK_TIMING``: 3 s per attempt, retries 10 s apart, 10 tries, a
+        4xx answer final. Tests shorten the spacing with
+        ``dataclasses.replace(CALLBACK_TIMING, retry_seconds=...)``."""
         self._onlineconvert.set_callback_timing(timing)
 
     def set_aws_endpoint(self, url: str | None) -> None:

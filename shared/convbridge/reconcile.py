@@ -10,6 +10,16 @@ records written once, and a callback arriving afterwards changes nothing. A job 
 longer knows (404) is settled as failed with ``JOB_LOST``; a job still running is asked again
 next run.
 
+A record still ``submitting`` past the deadline is a submission whose trigger stopped between
+recording ``submitting`` and recording the job id: the job may exist or not. The record names
+the context's nonce, route and time, so the context token the job would be tagged with is
+signed again; where the provider looks jobs up by tag (``finds_jobs``: CloudConvert v2,
+FreeConvert) a job found that way is settled like a submitted one. Where it cannot, or no job
+carries the tag, the record is left (``pending``) while the submission's claim may still be
+live (``claim_expiry_seconds`` from ``submitted_at``), as a redelivered trigger event may yet
+submit it; once the claim has expired nothing will, and the source gets a failure report with
+code ``SUBMIT_INTERRUPTED`` (task ``submit``, no job id), which ``convbridge retry`` resubmits.
+
 The job context settle needs is rebuilt from the record itself, which the bridge wrote and
 which names the source, its version, the route and the context's nonce; the provider's answer
 must carry a context token of ours with that very nonce before it is acted on.
@@ -32,7 +42,7 @@ from typing import Any, Literal
 from convbridge import records
 from convbridge.bridge import Bridge
 from convbridge.claims import ClaimInProgress
-from convbridge.context import JobContext, verify_context
+from convbridge.context import JobContext, sign_context, verify_context
 from convbridge.errors import ConvbridgeError, ProviderJobUnknown, StorageError
 from convbridge.model import JobOutcome, ObjectRef
 from convbridge.pipeline import Accepted, settle
@@ -51,14 +61,20 @@ DEFAULT_MAX_RECORDS = 5000
 #: a run stops taking new records once the invocation has less time than this left
 MARGIN_MS = 30_000
 
-ReconcileStatus = Literal["settled", "duplicate", "running", "skipped", "error"]
+ReconcileStatus = Literal["settled", "duplicate", "running", "pending", "skipped", "error"]
+#: the failure code of a submission interrupted before its job was recorded and found
+SUBMIT_INTERRUPTED = "SUBMIT_INTERRUPTED"
+#: the record statuses the reconciler settles
+OVERDUE_STATUSES = frozenset({"submitting", "submitted"})
 
 
 @dataclass(frozen=True)
 class Reconciled:
     """What the reconciler did with one overdue record: ``settled`` (outcome written, JOB_LOST
-    included), ``duplicate`` (a callback settled it first), ``running`` (asked again next
-    run), ``skipped`` (not ours to settle) or ``error`` (transient trouble; next run)."""
+    and SUBMIT_INTERRUPTED included), ``duplicate`` (a callback settled it first), ``running``
+    (asked again next run), ``pending`` (a ``submitting`` record with no job found, left to
+    the trigger's redelivery while its claim may be live), ``skipped`` (not ours to settle)
+    or ``error`` (transient trouble; next run)."""
 
     record_key: str
     rule: str
@@ -88,7 +104,8 @@ class Reconciliation:
 def reconcile(bridge: Bridge, *, rule_name: str | None = None, older_than: int | None = None,
               now: datetime | None = None, max_records: int = DEFAULT_MAX_RECORDS,
               remaining_ms: Callable[[], int] | None = None) -> Reconciliation:
-    """Settle every job recorded ``submitted`` for longer than its provider's deadline
+    """Settle every job recorded ``submitted`` or ``submitting`` for longer than its
+    provider's deadline
     (``older_than`` seconds instead, when given). ``now`` is the moment ages are measured
     from. Each record is handled on its own: trouble with one is reported and the rest go
     on."""
@@ -156,13 +173,22 @@ def _reconcile_record(bridge: Bridge, rule: Rule, storage: Storage, key: str, *,
                       deadline: int, now: datetime) -> Reconciled | None:
     record = _read_json(storage, rule.location, key)
     if not record or record.get("schema") != records.SCHEMA or record.get(
-            "status") != "submitted" or record.get("rule") != rule.name:
+            "status") not in OVERDUE_STATUSES or record.get("rule") != rule.name:
         return None  # settled, or another rule's record (its own walk sees to it)
     submitted_at = _time(record.get("submitted_at"))
     if submitted_at is None or (now - submitted_at).total_seconds() < deadline:
         return None
     job_id = record.get("job_id")
     context = _context(rule, key, record, submitted_at)
+    if context is not None and record["status"] == "submitting":
+        try:
+            return _reconcile_submitting(bridge, rule, key, context,
+                                         age=(now - submitted_at).total_seconds())
+        except ClaimInProgress as exc:
+            return Reconciled(key, rule.name, None, "running", reason=str(exc))
+        except ConvbridgeError as exc:
+            logger.warning("%s: interrupted submission not reconciled: %s", key, exc)
+            return Reconciled(key, rule.name, None, "error", reason=str(exc))
     if context is None or not isinstance(job_id, str) or not job_id:
         logger.warning("%s: a submitted record that names no job context or job of rule %s",
                        key, rule.name)
@@ -205,6 +231,35 @@ def _settle_overdue(bridge: Bridge, rule: Rule, key: str, job_id: str,
                     completion.outcome)
         record_metric("JobsReconciled", 1, rule=rule.name, provider=rule.provider)
     return Reconciled(key, rule.name, job_id, status, completion.outcome)
+
+
+def _reconcile_submitting(bridge: Bridge, rule: Rule, key: str, context: JobContext, *,
+                          age: float) -> Reconciled:
+    """A submission recorded ``submitting`` and never ``submitted``: its job found by tag
+    and settled, left while a redelivery may still submit it, or reported interrupted."""
+    provider = bridge.provider(rule.provider)
+    if provider.finds_jobs:
+        job_id = provider.find_job(sign_context(context, bridge.context_key()))
+        if job_id is not None:
+            logger.info("%s: the interrupted submission's job %s was found by its tag", key,
+                        job_id)
+            return _settle_overdue(bridge, rule, key, job_id, context)
+    if age < bridge.settings.claim_expiry_seconds:
+        logger.info("%s: no job of an interrupted submission; left to the trigger while its "
+                    "claim may be live", key)
+        return Reconciled(key, rule.name, None, "pending",
+                          reason="no job found; the submission's claim may still be live")
+    found = "no job carries its tag" if provider.finds_jobs else (
+        f"{rule.provider} cannot look a job up by its tag")
+    outcome = JobOutcome(provider=rule.provider, job_id="", status="failed", event="reconcile",
+                         failed_task="submit", code=SUBMIT_INTERRUPTED,
+                         message=f"the submission stopped before its job was recorded and "
+                                 f"{found}; retry to convert the source")
+    completion = settle(bridge, Accepted(outcome, context, rule))
+    logger.info("%s: interrupted submission reported as %s", key, SUBMIT_INTERRUPTED)
+    status: ReconcileStatus = ("settled" if completion.status == "recorded" else
+                               "duplicate" if completion.status == "duplicate" else "skipped")
+    return Reconciled(key, rule.name, None, status, completion.outcome)
 
 
 def _carries(bridge: Bridge, outcome: JobOutcome, context: JobContext) -> bool:

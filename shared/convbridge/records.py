@@ -54,9 +54,14 @@ def base_record(status: RecordStatus, ref: ObjectRef, rule: Rule, *,
     }
 
 
-def submitting_record(ref: ObjectRef, rule: Rule, *, context_nonce: str) -> dict[str, Any]:
+def submitting_record(ref: ObjectRef, rule: Rule, *, context_nonce: str, route: str,
+                      issued_at: int) -> dict[str, Any]:
+    """``submitted_at`` is the context's own time (whole seconds), so the record with its
+    route and nonce rebuilds the very context token the job is tagged with (the reconciler
+    looks a job up by it)."""
     record = base_record("submitting", ref, rule, context_nonce=context_nonce)
-    record["submitted_at"] = record["recorded_at"]
+    record.update(route=route,
+                  submitted_at=datetime.fromtimestamp(issued_at, UTC).isoformat())
     return record
 
 

@@ -116,6 +116,25 @@ def test_the_dashboard_webhook_settles_each_job_once() -> None:
                         ("job.finished", 202), ("job.finished", 401)]
 
 
+def test_only_the_dashboard_webhooks_secret_is_accepted() -> None:
+    """The deployment holds the dashboard webhook's signing secret; the same job's callback
+    signed with the API key instead (a verifier keyed on the wrong secret would take it) is
+    refused, and the dashboard's settles the job."""
+    with DevStack() as stack:
+        assert stack.webhook is not None
+        stack.sandbox.set_cloudconvert_job_signing_secret(stack.api_key)
+        # the same route; the query only tells the two deliveries apart in the sandbox's log
+        dashboard = f"{stack.webhook.url}/callbacks/cloudconvert?made=dashboard"
+        stack.sandbox.set_cloudconvert_webhook(dashboard, stack.signing_secret)
+        convert(stack, "inbox/signed.png", png_bytes())
+        record = stack.read_json("results/signed.png.json")
+        answered = {d["url"].endswith("?made=dashboard"): d["status"]
+                    for d in stack.sandbox.deliveries()}
+    assert record is not None and record["status"] == "finished", record
+    # dashboard's (its own secret) accepted; the job's own (the API key) refused
+    assert answered == {True: 202, False: 401}
+
+
 def test_the_dashboard_webhook_answers_jobs_the_bridge_did_not_make_without_being_disabled(
         ) -> None:
     """An account webhook hears every job of the account: another application's job is

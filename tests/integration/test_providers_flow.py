@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,12 +15,14 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
+from PIL import Image
 
 from convbridge.context import JobContext, sign_context
 from devstack.harness.base import DEFAULT_RULES
 from devstack.sandbox.onlineconvert import ERROR_CODES as ONLINECONVERT_ERRORS
 from devstack.stack import DevStack
 from tests.conftest import png_bytes
+from tests.integration.test_cloudconvert_fidelity import PAGED_RULES, tiff_pages
 
 PROVIDERS = ["freeconvert", "onlineconvert", "cloudconvert_v1"]
 #: Online-Convert writes S3 outputs itself (amazons3 output target, STS session); the others
@@ -264,3 +267,27 @@ def cloudconvert_v1_cases(flow: Flow) -> dict[str, Any]:
 def cloudconvert_v1_replay(flow: Flow) -> httpx.Response:
     process = flow.jobs[GOOD]
     return flow.callback(method="GET", query=v1_query(process, process["tag"]))
+
+
+# -- FreeConvert: a conversion that gives several files ----------------------------------------
+
+
+def test_freeconvert_a_three_page_scan_lands_as_three_pngs_in_the_output_folder() -> None:
+    """FreeConvert exports several files individually (seed: ``archive_multiple_files`` off),
+    each listed in the export task's result; every one is relayed into the output folder."""
+    rules = PAGED_RULES.replace("provider: cloudconvert", "provider: freeconvert") % {
+        "location": "convbridge-demo"}
+    with DevStack(rules_text=rules) as stack:
+        stack.upload("inbox/scan.tif", tiff_pages(3))
+        assert stack.trigger(stack.s3_event("inbox/scan.tif"))["counts"] == {"submitted": 1}
+        stack.wait()
+        record = stack.read_json("results/scan.tif.json")
+        outputs = {key: stack.harness.read_bytes(key) for key in stack.objects("outbox/")}
+    assert record is not None and record["status"] == "finished", record
+    assert record["route"] == "relay"
+    keys = [o["key"] for o in record["outputs"]]
+    assert len(keys) == 3 and sorted(outputs) == sorted(keys)
+    assert all(key.startswith("outbox/scan.tif.png/") for key in keys)
+    images = [Image.open(io.BytesIO(outputs[key] or b"")) for key in keys]
+    assert [(image.format, image.size) for image in images] == [("PNG", (40, 30))] * 3
+    assert len(set(outputs.values())) == 3  # each page its own image

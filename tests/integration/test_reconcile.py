@@ -9,8 +9,11 @@ from typing import Any
 
 import pytest
 
-from convbridge import runtime
+from convbridge import records, runtime
 from convbridge.cli import main
+from convbridge.context import JobContext
+from convbridge.model import ObjectRef
+from convbridge.pipeline.submit import _SubmissionRecord
 from convbridge.reconcile import reconcile
 from devstack.harness.base import DEFAULT_RULES
 from devstack.lambda_local import LocalContext, load_function
@@ -214,3 +217,65 @@ def test_a_provider_that_does_not_answer_leaves_the_record_for_the_next_run() ->
         report = reconcile(bridge, now=datetime.now(UTC) + LATER)
         assert [i.status for i in report.items] == ["settled"]
         assert (stack.read_json("results/slow.png.json") or {})["status"] == "finished"
+
+
+# -- submissions interrupted between ``submitting`` and ``submitted`` --------------------------
+
+
+@pytest.mark.parametrize("provider", ["cloudconvert", "freeconvert"])
+def test_a_job_whose_submission_was_never_recorded_is_found_by_its_tag_and_settled(
+        provider: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trigger stopped right after the provider made the job: the record stays
+    ``submitting``, naming no job, and the callback is lost too."""
+    monkeypatch.setattr(_SubmissionRecord, "submitted", lambda *args, **kwargs: None)
+    with DevStack(rules_text=rules_for(provider), faults=Faults(drop_callbacks=True)) as stack:
+        stack.upload("inbox/cut.png", PNG)
+        stack.trigger(stack.s3_event("inbox/cut.png"))
+        stack.wait(timeout=60)
+        assert stack.read_json("results/cut.png.json")["status"] == "submitting"  # type: ignore[index]
+        [job] = stack.sandbox.provider_jobs(provider)
+
+        report = reconcile(runtime.bridge(), now=datetime.now(UTC) + LATER)
+        assert [(i.status, i.job_id, i.outcome) for i in report.items] == [
+            ("settled", job["id"], "finished")]
+        record = stack.read_json("results/cut.png.json")
+        assert record is not None and record["status"] == "finished", record
+        assert record["job_id"] == job["id"]
+        assert stack.objects("outbox/")["outbox/cut.png.pdf"] == record["outputs"][0]["size"]
+
+
+def write_submitting(stack: DevStack, key: str) -> None:
+    """The record a trigger leaves when it stops before the provider made any job."""
+    bridge = runtime.bridge()
+    [rule] = bridge.rules.rules
+    ref = ObjectRef(storage="s3", location="convbridge-demo", key=key)
+    context = JobContext.new(rule=rule.name, storage="s3", location=ref.location, key=key,
+                             version=None, output_key=rule.output_key(key), route="relay")
+    bridge.storage("s3").write_json(ref.location, rule.result_key(key), records.submitting_record(
+        ref, rule, context_nonce=context.nonce, route=context.route,
+        issued_at=context.issued_at), marker=rule.name)
+
+
+@pytest.mark.parametrize("provider", ["cloudconvert", "onlineconvert"])
+def test_a_submission_with_no_job_is_left_while_its_claim_lives_then_reported(
+        provider: str) -> None:
+    """CloudConvert finds no job by the tag; Online-Convert cannot look jobs up at all."""
+    with DevStack(rules_text=rules_for(provider)) as stack:
+        stack.upload("inbox/never.png", PNG)
+        write_submitting(stack, "inbox/never.png")
+        bridge = runtime.bridge()
+
+        live = reconcile(bridge, now=datetime.now(UTC) + LATER)
+        assert [i.status for i in live.items] == ["pending"]
+        assert stack.read_json("results/never.png.json")["status"] == "submitting"  # type: ignore[index]
+        assert stack.objects("failures/") == {}
+
+        expired = datetime.now(UTC) + timedelta(seconds=bridge.settings.claim_expiry_seconds)
+        report = reconcile(bridge, now=expired + LATER)
+        assert [(i.status, i.outcome) for i in report.items] == [("settled", "failed")]
+        failure = stack.read_json("failures/never.png.json")
+        assert failure is not None and failure["error"]["code"] == "SUBMIT_INTERRUPTED"
+        assert failure["error"]["task"] == "submit"
+        assert stack.read_json("results/never.png.json") == failure
+        assert stack.sandbox.job_count() == 0 and stack.objects("outbox/") == {}
+        assert reconcile(bridge, now=expired + LATER).items == []

@@ -161,11 +161,12 @@ def hooked_job(sandbox: Sandbox, client: Api2Convert, receiver: Receiver, tmp_pa
 
 def test_a_callback_answered_after_3_s_counts_as_failed_and_is_retried(
         sandbox: Sandbox, client: Api2Convert, receiver: Receiver, tmp_path: Path) -> None:
-    """Online-Convert's schedule with its retry interval shortened from 10 s to 0.2 s."""
+    """Online-Convert's default schedule, its retry interval shortened from 10 s to 0.2 s:
+    the 3 s limit on an attempt holds without being asked for."""
     sandbox.set_onlineconvert_callback_timing(
-        dataclasses.replace(CALLBACK_TIMING, retry_seconds=0.2))
+        dataclasses.replace(sandbox.onlineconvert_callback_timing, retry_seconds=0.2))
     try:
-        job_id, _ = hooked_job(sandbox, client, receiver, tmp_path, [(3.5, 200)])
+        job_id, _ = hooked_job(sandbox, client, receiver, tmp_path, [(4.0, 200)])
         sandbox.wait_idle(timeout=15)
     finally:
         sandbox.set_onlineconvert_callback_timing(None)
@@ -173,13 +174,16 @@ def test_a_callback_answered_after_3_s_counts_as_failed_and_is_retried(
     assert attempts == [None, 200]
 
 
+def test_the_default_schedule_is_online_converts_own(sandbox: Sandbox) -> None:
+    assert sandbox.onlineconvert_callback_timing == CALLBACK_TIMING
+    assert (CALLBACK_TIMING.timeout_seconds, CALLBACK_TIMING.retry_seconds,
+            CALLBACK_TIMING.attempts) == (3.0, 10.0, 10)
+
+
 def test_a_4xx_callback_answer_is_final(
         sandbox: Sandbox, client: Api2Convert, receiver: Receiver, tmp_path: Path) -> None:
-    sandbox.set_onlineconvert_callback_timing(CALLBACK_TIMING)
-    try:
-        job_id, hook = hooked_job(sandbox, client, receiver, tmp_path, [(0.0, 410)])
-        receiver.wait_for(hook)
-        sandbox.wait_idle(timeout=5)
-    finally:
-        sandbox.set_onlineconvert_callback_timing(None)
+    """By default: nothing set on the sandbox."""
+    job_id, hook = hooked_job(sandbox, client, receiver, tmp_path, [(0.0, 410)])
+    receiver.wait_for(hook)
+    sandbox.wait_idle(timeout=5)
     assert [d["status"] for d in sandbox.deliveries() if d["job_id"] == job_id] == [410]

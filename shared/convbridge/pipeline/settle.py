@@ -197,8 +197,10 @@ def _settle_claimed(bridge: Bridge, accepted: Accepted) -> Completion:
     if recorded.state == "settled":
         return Completion("duplicate", outcome.job_id, (previous or {}).get("status"),
                           result_key)
-    if recorded.job_id is None and bridge.provider(rule.provider).binds_before_start:
+    if (recorded.job_id is None and outcome.job_id
+            and bridge.provider(rule.provider).binds_before_start):
         # the bridge records these jobs before they can run: an unrecorded one is not ours
+        # (an outcome naming no job is the reconciler's report that none was made)
         raise CallbackSignatureError(f"job {outcome.job_id} was not recorded for this context")
     source = ObjectRef(storage=context.storage, location=context.location, key=context.key,
                        version=context.version, size=context.source_size)

@@ -190,7 +190,8 @@ class _SubmissionRecord:
     def submitting(self, context: JobContext) -> None:
         self.revision = self.storage.write_json(
             self.ref.location, self.rule.result_key(self.ref.key),
-            records.submitting_record(self.ref, self.rule, context_nonce=context.nonce),
+            records.submitting_record(self.ref, self.rule, context_nonce=context.nonce,
+                                      route=context.route, issued_at=context.issued_at),
             marker=self.rule.name)
 
     def submitted(self, context: JobContext, job_id: str, *, before_start: bool) -> None:

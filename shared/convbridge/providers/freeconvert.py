@@ -11,8 +11,11 @@ Webhooks are set once per account, not per job: point one at
 ``signing_secret``. A job is finished only if none of its tasks ended without success
 (``failed``, ``canceled``, ``deleted``, ``insufficiant_minute``). Relay outputs are exported
 with the output's file name (``export/url`` names files by id otherwise), and every file an
-export lists is collected. The job's ``tag`` carries the signed context,
-which is how a webhook finds its way back to the rule that started the job.
+export lists is collected. A conversion that may give several files (a paged input to a
+one-page image format, ``may_give_several_files``) is exported without a ``filename``: it
+would name every file alike, and several outputs land in the output folder under their own
+names (``pipeline.output_keys``), here FreeConvert's ids. The job's ``tag`` carries the
+signed context, which is how a webhook finds its way back to the rule that started the job.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from urllib.parse import quote, unquote, urlsplit
 from convbridge.errors import CallbackError, ProviderError, ProviderRejected
 from convbridge.model import Grant, JobOutcome, JobSpec, OutputFile
 from convbridge.providers.base import Provider, native_task, parse_json_object, parse_time
+from convbridge.providers.cloudconvert import may_give_several_files
 from convbridge.storage.base import output_metadata
 
 SIGNATURE_HEADER = "FreeConvert-Signature"
@@ -209,9 +213,11 @@ def _import_task(grant: Grant, filename: str) -> dict[str, Any]:
 def _export_task(spec: JobSpec) -> dict[str, Any]:
     grant = spec.write_grant
     if spec.route == "relay" or grant is None:
+        export = {"operation": "export/url", "input": CONVERT_TASK}
+        if may_give_several_files(spec.conversion):
+            return export  # each file keeps a name of its own (FreeConvert's id)
         # without a filename the download is named by FreeConvert's file id
-        return {"operation": "export/url", "input": CONVERT_TASK,
-                "filename": spec.output.key.rsplit("/", 1)[-1]}
+        return {**export, "filename": spec.output.key.rsplit("/", 1)[-1]}
     return {**native_task(EXPORT_TASKS, grant, "freeconvert", spec), "input": CONVERT_TASK}
 
 
