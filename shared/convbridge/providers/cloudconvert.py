@@ -74,6 +74,8 @@ ONE_PAGE_OUTPUTS = frozenset({"png", "jpg", "jpeg", "bmp", "svg", "ico", "webp",
 
 class CloudConvert(Provider):
     name: ClassVar[str] = "cloudconvert"
+    default_base_url: ClassVar[str | None] = "https://api.cloudconvert.com/v2"
+    takes_uploads: ClassVar[bool] = True
     native_imports: ClassVar[Mapping[str, frozenset[str]]] = {
         "s3": frozenset({"presigned_url", "sts_session"}),
         "sftp": frozenset({"sftp_account"}),
