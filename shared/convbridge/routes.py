@@ -139,5 +139,22 @@ def render(table: list[Route]) -> str:
         "",
         f"Long-lived accounts ({', '.join(sorted(ACCOUNT_GRANT_KINDS))}) are handed over only "
         f"for rules with {OPT_IN}.",
+        "",
+        "How each storage announces a new file:",
+        *announcements(),
     ]
     return "\n".join(line.rstrip() for line in lines + notes)
+
+
+def announcements() -> list[str]:
+    """One line per registered storage: the trigger payloads (``Storage.event_formats``) that
+    announce its new files, or its scheduled sweep."""
+    found = []
+    for name in STORAGES.names():
+        try:
+            storage = STORAGES.load(name)
+        except ConfigError:
+            found.append(f"  {name}: (not installed)")
+            continue
+        found.append(f"  {name}: {'; '.join(storage.event_formats) or 'no trigger'}")
+    return found
