@@ -13,10 +13,12 @@ STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 SSHD_STAMP := $(VENV)/.sshd
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/plugins/convbridge_toy/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[dev]'
+	# a fifth provider and storage added through entry points only, run by tests/contract
+	$(BIN)/python -m pip install --quiet --progress-bar off -e tests/plugins/convbridge_toy
 	@touch $(STAMP)
 
 $(NODE_STAMP): package.json

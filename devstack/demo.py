@@ -100,7 +100,7 @@ def report(stack: DevStack) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__)
-    parser.add_argument("--storage", default="s3", choices=["s3", "azure", "gcs", "sftp"],
+    parser.add_argument("--storage", default="s3", choices=sorted(HARNESSES),
                         help="which storage to run the flow on (default: s3 on moto)")
     parser.add_argument("--verbose", action="store_true", help="show the bridge's own log lines")
     args = parser.parse_args(argv)

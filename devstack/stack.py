@@ -32,10 +32,6 @@ __all__ = ["DevStack", "patched_environ", "s3_put_event"]
 
 REGION = "us-east-1"
 CLAIMS_TABLE = "convbridge-claims"
-#: the sandbox's other dialects, provider -> path prefix (CloudConvert v2 is below /v2); each
-#: gets a secret convbridge/<provider> with the sandbox's key and signing secret
-SANDBOX_PREFIXES = {"freeconvert": "/freeconvert/v1", "onlineconvert": "/onlineconvert/v2",
-                    "cloudconvert_v1": "/v1"}
 
 
 @contextmanager
@@ -91,12 +87,12 @@ class DevStack:
             "POWERTOOLS_SERVICE_NAME": "convbridge",
             "CONVBRIDGE_RULES": str(rules_path),
             "CONVBRIDGE_CONTEXT_SECRET": "convbridge/context",
-            "CONVBRIDGE_SECRET_CLOUDCONVERT": "convbridge/cloudconvert",
-            "CONVBRIDGE_CLOUDCONVERT_URL": self.sandbox.url + "/v2",
+            # every dialect the sandbox speaks, each with a secret convbridge/<provider>
+            # holding the sandbox's key and signing secret
             **{f"CONVBRIDGE_SECRET_{name.upper()}": f"convbridge/{name}"
-               for name in SANDBOX_PREFIXES},
-            **{f"CONVBRIDGE_{name.upper()}_URL": self.sandbox.url + prefix
-               for name, prefix in SANDBOX_PREFIXES.items()},
+               for name in self.sandbox.dialects},
+            **{f"CONVBRIDGE_{name.upper()}_URL": self.sandbox.base_url(name)
+               for name in self.sandbox.dialects},
             "CONVBRIDGE_IDEMPOTENCY_TABLE": CLAIMS_TABLE,
             # the sandbox hands out plain-http download URLs on loopback
             "CONVBRIDGE_RELAY_EXTRA_HOSTS": RELAY_EXTRA_HOSTS,
@@ -119,7 +115,7 @@ class DevStack:
         # FreeConvert's webhook belongs to the account; Online-Convert's amazons3 is "AWS"
         self.sandbox.set_freeconvert_webhook(f"{self.webhook.url}/callbacks/freeconvert")
         self.sandbox.set_aws_endpoint(os.environ.get("CONVBRIDGE_S3_ENDPOINT_URL"))
-        self.trigger_module = load_function(self.harness.trigger_function)
+        self.trigger_module = self.harness.load_trigger()
         self.pollers.append(SqsPoller(sqs, completion_url, webhook.handler, batch_size=5).start())
         return self
 
@@ -154,7 +150,7 @@ class DevStack:
             BillingMode="PAY_PER_REQUEST",
         )
         sm = boto3.client("secretsmanager", region_name=REGION)
-        for provider in ("cloudconvert", *SANDBOX_PREFIXES):
+        for provider in self.sandbox.dialects:
             sm.create_secret(Name=f"convbridge/{provider}", SecretString=json.dumps(
                 {"api_key": self.api_key, "signing_secret": self.signing_secret}))
         sm.create_secret(Name="convbridge/context", SecretString=json.dumps(

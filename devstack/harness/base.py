@@ -9,6 +9,7 @@ and the trigger event a real deployment would receive for an upload.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -60,6 +61,13 @@ class StorageHarness(ABC):
         """Arrange for uploads to reach the trigger by themselves, as in a deployment; False
         when the storage cannot, and the caller delivers ``event_for`` each upload."""
         return False
+
+    def load_trigger(self) -> ModuleType:
+        """The trigger function's module (its ``handler`` receives this storage's events):
+        ``functions/<trigger_function>/app.py``, or a package's own for a storage it adds."""
+        from devstack.lambda_local import load_function
+
+        return load_function(self.trigger_function)
 
     def describe(self, key: str) -> str:
         return f"{self.storage}://{self.location}/{key}"

@@ -24,7 +24,8 @@ from urllib.parse import quote, urlsplit
 from . import cloudconvert_v1, freeconvert, onlineconvert
 from .cloudconvert_v2 import DIALECT as CLOUDCONVERT_V2
 from .cloudconvert_v2 import CloudConvertV2, CloudConvertV2Sync
-from .models import ApiRequest, ApiResponse, Backend, CallbackTiming, Dialect, Faults, Job
+from .dialects import DialectParts, ProviderDialect, plugin_dialects
+from .models import ApiRequest, ApiResponse, Backend, CallbackTiming, Dialect, Faults
 from .storage_io import FileBlob, FileStore
 
 log = logging.getLogger("devstack.sandbox")
@@ -275,14 +276,28 @@ class Sandbox:
             aws_endpoint=lambda: self._aws_endpoint)
         self._cloudconvert_v1 = cloudconvert_v1.CloudConvertV1(
             self._backend, api_key=api_key, base_url=lambda: self.url)
-        # provider name (as in rules) -> (the dialect's backend name, how it shows a job)
-        self._renderers: dict[str, tuple[str, Callable[[Job], dict[str, Any]]]] = {
-            "cloudconvert": (CLOUDCONVERT_V2, self._cloudconvert_v2.render_job),
-            "freeconvert": (freeconvert.DIALECT, self._freeconvert.render_job),
-            "onlineconvert": (onlineconvert.DIALECT, self._onlineconvert.render_job),
-            "cloudconvert_v1": (cloudconvert_v1.DIALECT, self._cloudconvert_v1.render_job),
-        }
         self._cloudconvert_v2_sync = CloudConvertV2Sync(self._cloudconvert_v2)
+        built_in = [
+            ProviderDialect("cloudconvert", self._cloudconvert_v2.prefix, CLOUDCONVERT_V2,
+                            self._cloudconvert_v2.render_job, "CONVERSION_FAILED",
+                            (self._cloudconvert_v2, self._cloudconvert_v2_sync)),
+            ProviderDialect("cloudconvert_v1", self._cloudconvert_v1.prefix,
+                            cloudconvert_v1.DIALECT, self._cloudconvert_v1.render_job, "422",
+                            (self._cloudconvert_v1,)),
+            ProviderDialect("freeconvert", self._freeconvert.prefix, freeconvert.DIALECT,
+                            self._freeconvert.render_job, "CONVERSION_FAILED",
+                            (self._freeconvert,)),
+            ProviderDialect("onlineconvert", self._onlineconvert.prefix, onlineconvert.DIALECT,
+                            self._onlineconvert.render_job,
+                            str(onlineconvert.ERROR_CODES["CONVERSION_FAILED"]),
+                            (self._onlineconvert,)),
+        ]
+        added = plugin_dialects(DialectParts(self._backend, api_key, signing_secret,
+                                             lambda: self.url))
+        #: provider name (as in rules) -> its dialect; built-in names win over added ones
+        self.dialects: dict[str, ProviderDialect] = {}
+        for dialect in [*built_in, *added]:
+            self.dialects.setdefault(dialect.provider, dialect)
         self._server: _Server | None = None
         # the storage host export URLs redirect to under the redirect_downloads fault
         self._storage: _Server | None = None
@@ -298,6 +313,10 @@ class Sandbox:
             raise RuntimeError("Sandbox not started")
         return f"http://{self._address[0]}:{self._server.server_port}"
 
+    def base_url(self, provider: str) -> str:
+        """Where the bridge reaches ``provider`` (its ``CONVBRIDGE_<NAME>_URL``)."""
+        return self.url + self.dialects[provider].prefix
+
     @property
     def sync_url(self) -> str:
         """CloudConvert's sync API host (sync.api.cloudconvert.com) on this sandbox: the base
@@ -312,9 +331,8 @@ class Sandbox:
         return f"http://{self._address[0]}:{self._storage.server_port}"
 
     def start(self) -> Sandbox:
-        dialects: list[Dialect] = [self._cloudconvert_v2, self._cloudconvert_v2_sync,
-                                   self._cloudconvert_v1, self._freeconvert,
-                                   self._onlineconvert]
+        dialects: list[Dialect] = [served for dialect in self.dialects.values()
+                                   for served in dialect.served]
         self._storage = _Server((self._address[0], 0), [], self._files, self._backend,
                                 self._journal)
         self._server = _Server(self._address, dialects, self._files, self._backend,
@@ -438,11 +456,11 @@ class Sandbox:
 
     def provider_jobs(self, provider: str) -> list[dict[str, Any]]:
         """Every job of one dialect, named as in rules (cloudconvert, cloudconvert_v1,
-        freeconvert, onlineconvert), oldest first, as that dialect's API shows it (a
-        CloudConvert v1 job as its process status)."""
-        dialect, render = self._renderers[provider]
+        freeconvert, onlineconvert, and any a package added), oldest first, as that dialect's
+        API shows it (a CloudConvert v1 job as its process status)."""
+        dialect = self.dialects[provider]
         with self._backend.lock:
-            return [render(job) for job in self._backend.jobs(dialect)]
+            return [dialect.render_job(job) for job in self._backend.jobs(dialect.backend_name)]
 
     def job_count(self) -> int:
         """How many jobs were ever created (every dialect)."""

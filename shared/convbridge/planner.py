@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from convbridge.grants import ACCOUNT_GRANT_KINDS
 from convbridge.model import Route
 from convbridge.providers.base import Provider
 from convbridge.storage.base import Storage
 
-#: grant kinds that hand over a long-lived (dedicated) account instead of a scoped credential
-ACCOUNT_GRANT_KINDS = frozenset({"sftp_account", "gcs_service_account"})
+__all__ = ["ACCOUNT_GRANT_KINDS", "Plan", "plan_route"]
 
 
 @dataclass(frozen=True)

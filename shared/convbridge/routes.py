@@ -10,28 +10,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from convbridge.errors import ConfigError
-from convbridge.planner import ACCOUNT_GRANT_KINDS, plan_route
+from convbridge.grants import (
+    ACCOUNT_GRANT_KINDS,
+    GRANT_KINDS,
+    READ_GRANT_KINDS,
+    SCOPED_GRANT_KINDS,
+    grant_kind_info,
+)
+from convbridge.planner import plan_route
 from convbridge.providers import PROVIDERS
 from convbridge.providers.base import Provider
-from convbridge.rules import READ_GRANT_KINDS
 from convbridge.storage import STORAGES
 from convbridge.storage.base import Storage
 
-#: grant kind -> (what the provider is handed to read, what it is handed to write)
-GRANT_KINDS: dict[str, tuple[str, str]] = {
-    "presigned_url": ("signed URL for the one object", "signed URL for the output"),
-    "sts_session": ("STS session creds scoped to one object",
-                    "STS session creds scoped to the job's output key"),
-    "sas": ("SAS for one blob", "create-only SAS for the output blob"),
-    "sftp_account": ("dedicated SFTP account", "dedicated SFTP account"),
-    "gcs_service_account": ("dedicated GCS service-account key (not scoped)",
-                            "dedicated GCS service-account key (not scoped)"),
-    "upload": ("nothing: the bridge uploads the bytes", "nothing"),
-}
+#: GRANT_KINDS and SCOPED_GRANT_KINDS are the grants table's, re-exported for the table's readers
+__all__ = ["GRANT_KINDS", "SCOPED_GRANT_KINDS", "Handed", "Route", "capability_table", "describe",
+           "long_lived_without_opt_in", "render"]
 UPLOAD_UNSUPPORTED = "nothing, and it takes no upload: failure report (UPLOAD_UNSUPPORTED)"
-#: kinds that are short-lived and reach only the job's own objects; every other kind hands over
-#: a long-lived account and may be planned only for a rule that opts in
-SCOPED_GRANT_KINDS = frozenset({"presigned_url", "sts_session", "sas", "upload"})
 RELAY = "relay: the bridge writes"
 OPT_IN = "hand_over_account: true"
 
@@ -92,7 +87,7 @@ def _route(provider: type[Provider], storage: type[Storage]) -> Route:
         storage=storage.name,
         imports=tuple(Handed(kind, ", ".join(when)) for kind, when in imports.items()),
         exports=tuple(exports),
-        takes_uploads=provider.upload_input is not Provider.upload_input,
+        takes_uploads=provider.takes_uploads,
     )
 
 
@@ -114,7 +109,8 @@ def describe(handed: Handed, *, export: bool, takes_uploads: bool = True) -> str
     elif handed.kind == "upload" and not takes_uploads:
         text = UPLOAD_UNSUPPORTED
     else:
-        text = GRANT_KINDS.get(handed.kind, (handed.kind, handed.kind))[1 if export else 0]
+        info = grant_kind_info(handed.kind)
+        text = handed.kind if info is None else info.writes if export else info.reads
     return text if handed.when == "default" else f"{text} ({handed.when})"
 
 
@@ -143,5 +139,22 @@ def render(table: list[Route]) -> str:
         "",
         f"Long-lived accounts ({', '.join(sorted(ACCOUNT_GRANT_KINDS))}) are handed over only "
         f"for rules with {OPT_IN}.",
+        "",
+        "How each storage announces a new file:",
+        *announcements(),
     ]
     return "\n".join(line.rstrip() for line in lines + notes)
+
+
+def announcements() -> list[str]:
+    """One line per registered storage: the trigger payloads (``Storage.event_formats``) that
+    announce its new files, or its scheduled sweep."""
+    found = []
+    for name in STORAGES.names():
+        try:
+            storage = STORAGES.load(name)
+        except ConfigError:
+            found.append(f"  {name}: (not installed)")
+            continue
+        found.append(f"  {name}: {'; '.join(storage.event_formats) or 'no trigger'}")
+    return found

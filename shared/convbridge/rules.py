@@ -28,7 +28,9 @@ from typing import Any
 import yaml
 
 from convbridge.errors import ConfigError, RulesError
+from convbridge.grants import READ_GRANT_KINDS
 from convbridge.model import ObjectRef
+from convbridge.registries import PROVIDERS, STORAGES
 
 #: Formats a rule may ask for. Providers convert far more pairs than any one list; this list
 #: exists to catch typos (``pfd``) at load time rather than as a failed job per upload.
@@ -37,18 +39,16 @@ KNOWN_FORMATS = frozenset(
     html md epub xlsx xls ods csv pptx ppt odp mp3 wav ogg flac m4a mp4 mov webm mkv avi
     """.split()  # noqa: SIM905 (a word list reads better than 40 quoted strings)
 )
-STORAGE_NAMES = frozenset({"s3", "azure_blob", "gcs", "sftp"})
-PROVIDER_NAMES = frozenset({"cloudconvert", "freeconvert", "onlineconvert", "cloudconvert_v1"})
-READ_GRANT_KINDS = frozenset({"presigned_url", "sts_session", "sas"})
+__all__ = ["READ_GRANT_KINDS", "Rule", "RuleSet", "load_rules", "parse_rules"]
 FAILURE_POLICIES = frozenset({"report", "copy", "move"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_MAX_SIZE = 1024 * 1024 * 1024
 #: The most the relay writes for one output unless a rule says otherwise: a provider's answer
 #: (or a download without a length) must not fill the user's bucket.
 DEFAULT_MAX_OUTPUT = 5 * 1024 * 1024 * 1024
-#: Storages polled by a sweep, which claims a file by moving it under CLAIM_PREFIX (keeping its
-#: key) and, once settled, to DONE_PREFIX or FAILED_PREFIX; see convbridge.triggers.sftp_sweep.
-SWEPT_STORAGES = frozenset({"sftp"})
+#: A swept storage (``Storage.swept``) is polled by a sweep, which claims a file by moving it
+#: under CLAIM_PREFIX (keeping its key) and, once settled, to DONE_PREFIX or FAILED_PREFIX; see
+#: convbridge.triggers.sftp_sweep.
 CLAIM_PREFIX = "processing/"
 DONE_PREFIX = "done/"
 FAILED_PREFIX = "failed/"
@@ -78,6 +78,8 @@ class Rule:
     recursive: bool = False
     #: swept storages: a file is ready once ``<name>.ready`` exists, not once it stops changing
     ready_marker: bool = False
+    #: the storage is swept (``Storage.swept``): its files are claimed under CLAIM_PREFIX
+    swept: bool = False
 
     def covers(self, ref: ObjectRef) -> bool:
         """Storage, location and prefix match; suffix decides later whether it converts."""
@@ -99,7 +101,7 @@ class Rule:
     def dropped_key(self, key: str) -> str:
         """The key as it was dropped: a sweep claims a file by moving it under CLAIM_PREFIX,
         and the rule still covers it there and names its outputs as if it had not moved."""
-        if self.storage in SWEPT_STORAGES and key.startswith(CLAIM_PREFIX):
+        if self.swept and key.startswith(CLAIM_PREFIX):
             return key[len(CLAIM_PREFIX):]
         return key
 
@@ -296,8 +298,8 @@ def _parse_rule(raw: Any, where: str, problems: list[str]) -> Rule | None:
         problems.append(f"{where}.match: must be a mapping with storage, location, prefix")
         match = {}
     storage = match.get("storage")
-    if storage not in STORAGE_NAMES:
-        problems.append(f"{where}.match.storage: {storage!r} is not one of {sorted(STORAGE_NAMES)}")
+    if storage not in STORAGES:
+        problems.append(f"{where}.match.storage: {storage!r} is not one of {STORAGES.names()}")
     location = match.get("location")
     if not isinstance(location, str) or not location:
         problems.append(f"{where}.match.location: the bucket/container/host is required")
@@ -324,8 +326,8 @@ def _parse_rule(raw: Any, where: str, problems: list[str]) -> Rule | None:
         problems.append(f"{where}.convert.options: must be a mapping")
         options = {}
     provider = raw.get("provider")
-    if provider not in PROVIDER_NAMES:
-        problems.append(f"{where}.provider: {provider!r} is not one of {sorted(PROVIDER_NAMES)}")
+    if provider not in PROVIDERS:
+        problems.append(f"{where}.provider: {provider!r} is not one of {PROVIDERS.names()}")
     outputs = _prefix(raw.get("outputs"), f"{where}.outputs", problems, required=True)
     results = _prefix(raw.get("results"), f"{where}.results", problems, required=True)
     failures = _prefix(raw.get("failures"), f"{where}.failures", problems, required=True)
@@ -360,7 +362,8 @@ def _parse_rule(raw: Any, where: str, problems: list[str]) -> Rule | None:
         flags[flag] = raw.get(flag, False)
         if not isinstance(flags[flag], bool):
             problems.append(f"{where}.{flag}: must be true or false")
-    if storage in SWEPT_STORAGES:
+    swept = isinstance(storage, str) and _swept(storage)
+    if swept:
         # the sweep moves claimed and settled files into these folders: watching one would
         # claim a file twice, writing into the claim folder would mix records with sources
         kept: tuple[str, ...] = (CLAIM_PREFIX, DONE_PREFIX, FAILED_PREFIX)
@@ -373,7 +376,7 @@ def _parse_rule(raw: Any, where: str, problems: list[str]) -> Rule | None:
                                 f"{' or '.join(forbidden)}, which the sweep keeps")
     elif flags["recursive"] or flags["ready_marker"]:
         problems.append(f"{where}: recursive and ready_marker apply to swept storages only "
-                        f"({', '.join(sorted(SWEPT_STORAGES))})")
+                        f"({storage!r} announces its files by events)")
     if len(problems) > before:
         return None
     return Rule(
@@ -383,8 +386,22 @@ def _parse_rule(raw: Any, where: str, problems: list[str]) -> Rule | None:
         failures_prefix=failures, read_grant=str(read_grant), max_size_bytes=max_size,
         max_output_bytes=max_output, on_failure=str(on_failure),
         hand_over_account=flags["hand_over_account"],
-        recursive=flags["recursive"], ready_marker=flags["ready_marker"],
+        recursive=flags["recursive"], ready_marker=flags["ready_marker"], swept=swept,
     )
+
+
+def _swept(storage: str) -> bool:
+    """Whether ``storage`` is swept, from its adapter class: loading it imports its SDK, so
+    a function loads the SDKs of the storages its rules name, and no other. Where the SDK
+    is not installed (the S3 trigger's layer carries no Azure, Google or SFTP SDK), the
+    function does not serve that storage and cannot tell: the storage's own function, and
+    ``convbridge check-rules`` with the extras installed, check its rules in full."""
+    if storage not in STORAGES:
+        return False
+    try:
+        return STORAGES.load(storage).swept
+    except ConfigError:
+        return False
 
 
 def _prefix(value: Any, where: str, problems: list[str], *, required: bool = False) -> str:

@@ -14,15 +14,9 @@ from urllib.parse import urlparse
 
 from convbridge.errors import ConfigError
 from convbridge.http import HostPattern
+from convbridge.registries import PROVIDERS
 
 PREFIX = "CONVBRIDGE_"
-
-DEFAULT_BASE_URLS = {
-    "cloudconvert": "https://api.cloudconvert.com/v2",
-    "freeconvert": "https://api.freeconvert.com/v1",
-    "onlineconvert": "https://api.api2convert.com/v2",
-    "cloudconvert_v1": "https://api.cloudconvert.com/v1",
-}
 
 
 @dataclass(frozen=True)
@@ -62,11 +56,15 @@ class Settings:
         return found
 
     def base_url(self, provider: str) -> str:
-        try:
-            return self.provider_base_urls.get(provider) or DEFAULT_BASE_URLS[provider]
-        except KeyError:
+        """``CONVBRIDGE_<PROVIDER>_URL`` when set, else the adapter's ``default_base_url``."""
+        found = self.provider_base_urls.get(provider)
+        if found:
+            return found
+        default = PROVIDERS.load(provider).default_base_url
+        if not default:
             raise ConfigError(f"no base URL known for provider {provider!r}; set "
-                              f"{PREFIX}{provider.upper()}_URL") from None
+                              f"{PREFIX}{provider.upper()}_URL")
+        return default
 
     def provider_secret_name(self, provider: str) -> str:
         """``CONVBRIDGE_SECRET_<PROVIDER>`` when set, else ``<prefix><provider>``: deployed
@@ -116,7 +114,8 @@ class Settings:
         for key, value in env.items():
             if key.startswith(PREFIX + "SECRET_") and value.strip():
                 secret_names[key[len(PREFIX + "SECRET_"):].lower()] = value.strip()
-        for provider in DEFAULT_BASE_URLS:
+        # every registered provider's override; names only, no adapter is imported
+        for provider in PROVIDERS.names():
             found = url(f"{provider.upper()}_URL")
             if found:
                 base_urls[provider] = found

@@ -12,25 +12,30 @@ from collections.abc import Iterator
 
 import pytest
 
+from convbridge.planner import plan_route
+from convbridge.providers import PROVIDERS
+from convbridge.storage import STORAGES
 from devstack.harness import load_harness
-from devstack.sandbox.onlineconvert import ERROR_CODES as ONLINECONVERT_ERRORS
 from devstack.stack import DevStack
 from tests.conftest import png_bytes
 
-STORAGES = ["s3", "azure", "gcs", "sftp"]
-PROVIDERS = ["cloudconvert", "freeconvert", "onlineconvert", "cloudconvert_v1"]
-#: the code each dialect's sandbox reports for an unreadable image
-CORRUPT_CODE = {"cloudconvert": "CONVERSION_FAILED", "freeconvert": "CONVERSION_FAILED",
-                "onlineconvert": str(ONLINECONVERT_ERRORS["CONVERSION_FAILED"]),
-                "cloudconvert_v1": "422"}
-#: pairs with no way to hand the provider the input: the bridge cannot sign a URL for an SFTP
-#: file and these providers take no upload from it (see `convbridge routes`)
-REFUSED = {("sftp", p): "UPLOAD_UNSUPPORTED"
-           for p in ("freeconvert", "onlineconvert", "cloudconvert_v1")}
+#: every registered adapter, those added by installed packages included
+PAIRS = [(s, p) for s in STORAGES.names() for p in PROVIDERS.names()]
+
+
+def refusal(storage: str, provider: str) -> str | None:
+    """The code of a pair with no way to hand the provider the input: the bridge cannot sign
+    a URL for the storage's files and the provider takes no upload (see `convbridge routes`)."""
+    plan = plan_route(STORAGES.load(storage), PROVIDERS.load(provider), "presigned_url")
+    if plan.read_grant == "upload" and not PROVIDERS.load(provider).takes_uploads:
+        return "UPLOAD_UNSUPPORTED"
+    return None
+
+
 GOOD, BROKEN = "inbox/pair/photo 1.png", "inbox/pair/broken.png"
 
 
-@pytest.fixture(params=[(s, p) for s in STORAGES for p in PROVIDERS],
+@pytest.fixture(params=PAIRS,
                 ids=lambda pair: f"{pair[0]}-{pair[1]}")
 def pair(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, DevStack]]:
     storage, provider = request.param
@@ -50,10 +55,10 @@ def test_good_and_corrupt_uploads(pair: tuple[str, str, DevStack]) -> None:
     stack.wait(timeout=120)
     good = stack.read_json("results/pair/photo 1.png.json")
     bad = stack.read_json("failures/pair/broken.png.json")
-    refusal = REFUSED.get((storage, provider))
-    if refusal:
+    refused = refusal(storage, provider)
+    if refused:
         report = stack.read_json("failures/pair/photo 1.png.json")
-        assert report is not None and report["error"]["code"] == refusal, report
+        assert report is not None and report["error"]["code"] == refused, report
         assert report["error"]["message"]
         return
     assert good is not None and good["status"] == "finished", good
@@ -62,5 +67,6 @@ def test_good_and_corrupt_uploads(pair: tuple[str, str, DevStack]) -> None:
     assert output["size"] > 0
     assert (stack.harness.read_bytes(output["key"]) or b"").startswith(b"%PDF")
     assert bad is not None and bad["status"] == "failed", bad
-    assert bad["error"]["code"] == CORRUPT_CODE[provider]
+    # the code the provider's sandbox dialect reports for an unreadable image
+    assert bad["error"]["code"] == stack.sandbox.dialects[provider].corrupt_code
     assert bad["error"]["message"]

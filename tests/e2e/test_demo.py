@@ -27,7 +27,7 @@ def test_demo_converts_the_good_file_and_reports_the_corrupt_one() -> None:
     assert "demo succeeded" in out
 
 
-@pytest.mark.parametrize("storage", ["azure", "gcs", "sftp"])
+@pytest.mark.parametrize("storage", ["azure_blob", "gcs", "sftp"])
 def test_demo_runs_on_every_storage(storage: str) -> None:
     done = demo("--storage", storage)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -19,7 +19,7 @@ from convbridge.http import HostPattern, open_download
 from convbridge.pipeline import bounded_chunks, relay_policy
 from convbridge.providers import PROVIDERS
 from convbridge.rules import DEFAULT_MAX_OUTPUT, Rule, parse_rules
-from convbridge.settings import DEFAULT_BASE_URLS, Settings
+from convbridge.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_ENV = {"CONVBRIDGE_RULES": "/opt/rules.yaml", "CONVBRIDGE_CONTEXT_SECRET": "arn:ctx",
@@ -254,4 +254,5 @@ def test_max_output_bytes_defaults_to_5_gib_and_is_validated() -> None:
 def test_every_default_base_url_is_https() -> None:
     """The base URL's host is allowed over https like the declared ones: a deployment never
     relays over plain http."""
-    assert all(url.startswith("https://") for url in DEFAULT_BASE_URLS.values())
+    defaults = [PROVIDERS.load(name).default_base_url for name in PROVIDERS.names()]
+    assert all(url and url.startswith("https://") for url in defaults)

@@ -123,3 +123,13 @@ def test_a_storage_whose_sdk_is_missing_is_still_listed(monkeypatch: pytest.Monk
     gcs = rows(text)[("freeconvert", "gcs")]
     assert gcs == [("(not installed: storage 'gcs' needs google; install it with: pip "
                     "install 'convbridge[gcs]')", "")]
+
+
+def test_the_table_says_how_each_storage_announces_files(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    main(["routes"])
+    out = capsys.readouterr().out
+    for name in STORAGES.names():
+        assert f"\n  {name}: " in out
+    assert "  s3: S3 event notification; EventBridge Object Created" in out
+    assert "  sftp: scheduled sweep" in out

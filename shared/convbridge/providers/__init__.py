@@ -1,20 +1,5 @@
-"""Provider adapters by name, imported on first use."""
+"""Provider adapters by name, imported on first use (the table is in convbridge.registries)."""
 
-from __future__ import annotations
+from convbridge.registries import PROVIDERS
 
-from typing import TYPE_CHECKING
-
-from convbridge._registry import Registry
-
-if TYPE_CHECKING:
-    from convbridge.providers.base import Provider
-
-PROVIDERS: Registry[Provider] = Registry(
-    "provider",
-    {
-        "cloudconvert": ("convbridge.providers.cloudconvert:CloudConvert", None),
-        "freeconvert": ("convbridge.providers.freeconvert:FreeConvert", None),
-        "onlineconvert": ("convbridge.providers.onlineconvert:OnlineConvert", None),
-        "cloudconvert_v1": ("convbridge.providers.cloudconvert_v1:CloudConvertV1", None),
-    },
-)
+__all__ = ["PROVIDERS"]

@@ -74,6 +74,8 @@ ONE_PAGE_OUTPUTS = frozenset({"png", "jpg", "jpeg", "bmp", "svg", "ico", "webp",
 
 class CloudConvert(Provider):
     name: ClassVar[str] = "cloudconvert"
+    default_base_url: ClassVar[str | None] = "https://api.cloudconvert.com/v2"
+    takes_uploads: ClassVar[bool] = True
     native_imports: ClassVar[Mapping[str, frozenset[str]]] = {
         "s3": frozenset({"presigned_url", "sts_session"}),
         "sftp": frozenset({"sftp_account"}),
@@ -143,7 +145,7 @@ class CloudConvert(Provider):
         if job.get("status") not in {"finished", "error"}:
             return None
         try:
-            return parse_job(job)
+            return parse_job(job, provider=self.name)
         except (AttributeError, TypeError, ValueError) as exc:
             raise ProviderError(f"{self.name}: job {job_id} is malformed") from exc
 
@@ -206,13 +208,15 @@ class CloudConvert(Provider):
         if not isinstance(job.get("tag"), str | None):
             raise CallbackError("callback job's tag is not a string")
         try:
-            return parse_job(job, event=event)
+            return parse_job(job, event=event, provider=self.name)
         except (AttributeError, TypeError, ValueError) as exc:  # a field of the wrong type
             raise CallbackError("callback job is not a CloudConvert job") from exc
 
 
-def parse_job(job: Mapping[str, Any], *, event: str = "") -> JobOutcome:
-    """A CloudConvert job object (from a webhook or ``GET /v2/jobs/{id}``) as a JobOutcome."""
+def parse_job(job: Mapping[str, Any], *, event: str = "", provider: str = "cloudconvert"
+              ) -> JobOutcome:
+    """A CloudConvert job object (from a webhook or ``GET /v2/jobs/{id}``) as a JobOutcome of
+    ``provider``: the adapter's name, which a subclass speaking this dialect changes."""
     tasks = job.get("tasks") or []
     failed = [t for t in tasks if t.get("status") == "error"]
     # the task that really failed, not the ones that failed because their input did
@@ -229,7 +233,7 @@ def parse_job(job: Mapping[str, Any], *, event: str = "") -> JobOutcome:
                 outputs.append(OutputFile(filename=str(file.get("filename", "")),
                                           size=_int(file.get("size")), url=file.get("url")))
     return JobOutcome(
-        provider=CloudConvert.name,
+        provider=provider,
         job_id=str(job.get("id", "")),
         status="failed" if status == "failed" else "finished",
         context_token=job.get("tag"),

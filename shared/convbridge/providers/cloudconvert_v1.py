@@ -31,7 +31,6 @@ from convbridge.errors import (
     CallbackSignatureError,
     ProviderError,
     ProviderJobUnknown,
-    ProviderRejected,
     ProviderUnavailable,
 )
 from convbridge.http import GaveUp, RetryPolicy, send
@@ -56,6 +55,7 @@ class CloudConvertV1(Provider):
     """Imports from a signed URL and exports through the relay for every storage."""
 
     name: ClassVar[str] = "cloudconvert_v1"
+    default_base_url: ClassVar[str | None] = "https://api.cloudconvert.com/v1"
     #: ``output.url`` is on the process host (``//srv01.cloudconvert.com/download/...``); a
     #: compatible service serves outputs from its base URL's host, which is always allowed
     download_hosts: ClassVar[tuple[str, ...]] = ("*.cloudconvert.com",)
@@ -65,9 +65,7 @@ class CloudConvertV1(Provider):
     settle_deadline_seconds: ClassVar[int] = 3600
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
-        if spec.read_grant.kind == "upload":  # a storage that cannot sign URLs (sftp)
-            raise ProviderRejected(f"{self.name} takes no input uploaded by the bridge",
-                                   code="UPLOAD_UNSUPPORTED")
+        self.refuse_unsent_input(spec)
         if spec.read_grant.kind != "presigned_url":
             raise ProviderError(f"cloudconvert_v1 imports only from a signed URL, not a "
                                 f"{spec.read_grant.storage} {spec.read_grant.kind} grant")

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote, unquote, urlsplit
 
-from convbridge.errors import CallbackError, ProviderError, ProviderRejected
+from convbridge.errors import CallbackError, ProviderError
 from convbridge.model import Grant, JobOutcome, JobSpec, OutputFile
 from convbridge.providers.base import Provider, native_task, parse_json_object, parse_time
 from convbridge.providers.cloudconvert import may_give_several_files
@@ -48,6 +48,7 @@ FAILED_TASK_STATUSES = frozenset({"failed", "canceled", "deleted", "insufficiant
 
 class FreeConvert(Provider):
     name: ClassVar[str] = "freeconvert"
+    default_base_url: ClassVar[str | None] = "https://api.freeconvert.com/v1"
     native_imports: ClassVar[Mapping[str, frozenset[str]]] = {
         "s3": frozenset({"presigned_url"}),
         "azure_blob": frozenset({"sas", "presigned_url"}),
@@ -64,9 +65,7 @@ class FreeConvert(Provider):
     finds_jobs: ClassVar[bool] = True
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
-        if spec.read_grant.kind == "upload":  # a storage that cannot sign URLs (sftp)
-            raise ProviderRejected(f"{self.name} takes no input uploaded by the bridge",
-                                   code="UPLOAD_UNSUPPORTED")
+        self.refuse_unsent_input(spec)
         convert: dict[str, Any] = {
             "operation": "convert",
             "input": IMPORT_TASK,

@@ -33,7 +33,6 @@ from convbridge.errors import (
     CallbackError,
     CallbackSignatureError,
     ProviderError,
-    ProviderRejected,
 )
 from convbridge.model import Grant, JobOutcome, JobSpec, OutputFile
 from convbridge.providers.base import TOKEN_PARAMETER, Provider, parse_time
@@ -48,6 +47,7 @@ _JOB_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 class OnlineConvert(Provider):
     name: ClassVar[str] = "onlineconvert"
+    default_base_url: ClassVar[str | None] = "https://api.api2convert.com/v2"
     native_imports: ClassVar[Mapping[str, frozenset[str]]] = {
         "s3": frozenset({"presigned_url", "sts_session"}),
     }
@@ -62,9 +62,7 @@ class OnlineConvert(Provider):
     settle_deadline_seconds: ClassVar[int] = 3600
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
-        if spec.read_grant.kind == "upload":  # a storage that cannot sign URLs (sftp)
-            raise ProviderRejected(f"{self.name} takes no input uploaded by the bridge",
-                                   code="UPLOAD_UNSUPPORTED")
+        self.refuse_unsent_input(spec)
         conversion: dict[str, Any] = {"target": spec.conversion.output_format}
         if spec.conversion.options:
             conversion["options"] = dict(spec.conversion.options)

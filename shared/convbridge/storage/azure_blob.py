@@ -87,6 +87,9 @@ def _quoted(etag: str) -> str:
 class AzureBlobStorage(Storage):
     name: ClassVar[str] = "azure_blob"
     write_grant_kinds: ClassVar[tuple[str, ...]] = ("sas",)
+    read_grant_kinds: ClassVar[frozenset[str]] = frozenset({"presigned_url", "sas"})
+    event_formats: ClassVar[tuple[str, ...]] = (
+        "Event Grid BlobCreated (Event Grid schema or CloudEvents)",)
 
     @classmethod
     def from_settings(cls, settings: Settings, clients: CloudClients) -> AzureBlobStorage:

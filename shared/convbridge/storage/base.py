@@ -60,6 +60,13 @@ class Storage(ABC):
     #: the read grant the relay route uses; "upload" for storages that cannot sign a URL, whose
     #: bytes the bridge pushes to the provider itself
     relay_read_kind: ClassVar[str] = "presigned_url"
+    #: read grant kinds :meth:`grant_read` can mint
+    read_grant_kinds: ClassVar[frozenset[str]] = frozenset({"presigned_url"})
+    #: files are found by a scheduled sweep, which claims each by moving it under
+    #: ``processing/`` (see convbridge.triggers.sftp_sweep), rather than announced by events
+    swept: ClassVar[bool] = False
+    #: the trigger payloads that announce a new object, for ``convbridge routes``
+    event_formats: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     @abstractmethod

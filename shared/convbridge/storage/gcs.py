@@ -131,6 +131,8 @@ class GcsStorage(Storage):
     name: ClassVar[str] = "gcs"
     #: only ever planned for rules with ``hand_over_account: true`` (see convbridge.planner)
     write_grant_kinds: ClassVar[tuple[str, ...]] = ("gcs_service_account",)
+    event_formats: ClassVar[tuple[str, ...]] = (
+        "Pub/Sub push of an object notification", "CloudEvents object finalized")
 
     @classmethod
     def from_settings(cls, settings: Settings, clients: CloudClients) -> GcsStorage:

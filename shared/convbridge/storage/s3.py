@@ -76,6 +76,9 @@ def session_name(purpose: str, bucket: str, key: str) -> str:
 class S3Storage(Storage):
     name: ClassVar[str] = "s3"
     write_grant_kinds: ClassVar[tuple[str, ...]] = ("sts_session",)
+    read_grant_kinds: ClassVar[frozenset[str]] = frozenset({"presigned_url", "sts_session"})
+    event_formats: ClassVar[tuple[str, ...]] = (
+        "S3 event notification", "EventBridge Object Created", "either through SQS or SNS")
 
     @classmethod
     def from_settings(cls, settings: Settings, clients: CloudClients) -> S3Storage:

@@ -217,6 +217,10 @@ class SftpStorage(Storage):
     #: only ever planned for rules with ``hand_over_account: true`` (see convbridge.planner)
     write_grant_kinds: ClassVar[tuple[str, ...]] = ("sftp_account",)
     relay_read_kind: ClassVar[str] = "upload"
+    read_grant_kinds: ClassVar[frozenset[str]] = frozenset(
+        {"sftp_account", "presigned_url", "upload"})
+    swept: ClassVar[bool] = True
+    event_formats: ClassVar[tuple[str, ...]] = ("scheduled sweep (EventBridge schedule)",)
 
     @classmethod
     def from_settings(cls, settings: Settings, clients: CloudClients) -> SftpStorage:

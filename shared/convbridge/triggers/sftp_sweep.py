@@ -38,7 +38,7 @@ from convbridge.errors import ConfigError, StorageError
 from convbridge.model import ObjectRef
 from convbridge.names import unsafe_key_reason
 from convbridge.pipeline import Submission, submit_all
-from convbridge.rules import CLAIM_PREFIX, DONE_PREFIX, FAILED_PREFIX, SWEPT_STORAGES, Rule
+from convbridge.rules import CLAIM_PREFIX, DONE_PREFIX, FAILED_PREFIX, Rule
 from convbridge.storage.sftp import printable
 
 logger = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def sweep(
     def seconds_left() -> float:
         return math.inf if remaining_ms is None else remaining_ms() / 1000.0
 
-    rules = [r for r in bridge.rules.rules if r.storage in SWEPT_STORAGES]
+    rules = [r for r in bridge.rules.rules if r.swept]
     drops: dict[tuple[str, str], list[Rule]] = {}
     for rule in rules:
         drops.setdefault((rule.storage, rule.location), []).append(rule)

@@ -1,0 +1,39 @@
+"""The one list of provider and storage names: name -> "module:Class", imported on first use.
+
+Rules validation, settings (each provider's ``CONVBRIDGE_<NAME>_URL``), the planner,
+``convbridge routes``, the contract suite and the dev stack all read their names from here.
+Only names live at this level; an adapter's module (and the cloud SDK it imports) loads when
+that adapter is first used, so a trigger loads only its own cloud SDK. Packages add adapters
+through the entry-point groups ``convbridge.providers`` and ``convbridge.storages``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from convbridge._registry import Registry
+
+if TYPE_CHECKING:
+    from convbridge.providers.base import Provider
+    from convbridge.storage.base import Storage
+
+PROVIDERS: Registry[Provider] = Registry(
+    "provider",
+    {
+        "cloudconvert": ("convbridge.providers.cloudconvert:CloudConvert", None),
+        "freeconvert": ("convbridge.providers.freeconvert:FreeConvert", None),
+        "onlineconvert": ("convbridge.providers.onlineconvert:OnlineConvert", None),
+        "cloudconvert_v1": ("convbridge.providers.cloudconvert_v1:CloudConvertV1", None),
+    },
+    group="convbridge.providers",
+)
+STORAGES: Registry[Storage] = Registry(
+    "storage",
+    {
+        "s3": ("convbridge.storage.s3:S3Storage", None),
+        "azure_blob": ("convbridge.storage.azure_blob:AzureBlobStorage", "azure"),
+        "gcs": ("convbridge.storage.gcs:GcsStorage", "gcs"),
+        "sftp": ("convbridge.storage.sftp:SftpStorage", "sftp"),
+    },
+    group="convbridge.storages",
+)
