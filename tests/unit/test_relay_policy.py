@@ -115,6 +115,8 @@ PROVIDER_URLS = {
     "freeconvert": "https://server301.freeconvert.com/api/download/65a1f0c2e39b4800117249/a.png",
     "onlineconvert": "https://www13.api2convert.com/v2/dl/web1/download-file/3b2a1c0d",
     "cloudconvert_v1": "https://srv01.cloudconvert.com/download/~ugl5vnrpfO",
+    # the test plugin's provider (tests/plugins/convbridge_toy), registered by entry point
+    "toyconvert": "https://cdn.toyconvert.example/tasks/1/a.pdf",
 }
 
 
