@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
+import tomllib
 from pathlib import Path
 
+import pytest
+
+import convbridge
+from convbridge.cli import main
 from convbridge.routes import capability_table
 from convbridge.rules import STORAGE_NAMES, load_rules
 
@@ -24,3 +31,37 @@ def test_every_example_rule_names_a_provider_that_can_take_its_files() -> None:
     assert refused, "no refused pair at all: the check below would prove nothing"
     for rule in load_rules(str(EXAMPLE_RULES)).rules:
         assert (rule.provider, rule.storage) not in refused, rule.name
+
+
+def test_convbridge_version_prints_the_package_version(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"convbridge {convbridge.__version__}\n"
+
+
+def test_pyproject_takes_its_version_from_the_package() -> None:
+    # One place: the layer ships the package's sources without installed metadata, so the
+    # code's own __version__ is the source and pyproject.toml reads it from there.
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"]
+    assert "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {
+        "attr": "convbridge.__version__"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+", convbridge.__version__)
+
+
+def test_the_installed_distribution_reports_the_package_version() -> None:
+    # pip built the metadata of .venv's editable install from pyproject.toml
+    assert importlib.metadata.version("convbridge") == convbridge.__version__
+
+
+def test_licensed_mit_to_convbridge_contributors() -> None:
+    licence = (ROOT / "LICENSE").read_text()
+    assert licence.startswith("MIT License\n")
+    assert "convbridge contributors" in licence
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT"
+    assert project["license-files"] == ["LICENSE"]

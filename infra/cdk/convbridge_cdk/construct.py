@@ -14,6 +14,7 @@ Roles are written out statement by statement and handed to the functions read-on
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -51,6 +52,21 @@ from constructs import Construct
 
 #: The repository root (infra/cdk/convbridge_cdk/construct.py -> ../../..).
 REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def _convbridge_version() -> str:
+    """The version of the convbridge code this construct deploys, read from the one place it
+    is written (shared/convbridge/__init__.py): the CDK's virtualenv does not install the
+    package, and importing it would pull in its dependencies."""
+    source = (REPO_ROOT / "shared" / "convbridge" / "__init__.py").read_text()
+    for statement in ast.parse(source).body:
+        if (isinstance(statement, ast.Assign)
+                and [getattr(t, "id", None) for t in statement.targets] == ["__version__"]):
+            return str(ast.literal_eval(statement.value))
+    raise RuntimeError("shared/convbridge/__init__.py sets no __version__")
+
+
+__version__ = _convbridge_version()
 
 #: template.yaml's ProviderSecretsPrefix: its default and its AllowedPattern (whole path
 #: segments ending in "/", no wildcard, since the grant is <prefix>*).
