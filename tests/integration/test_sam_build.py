@@ -216,6 +216,13 @@ def test_built_layers_carry_the_rules_file_at_opt(built: Path, layer: str) -> No
     assert (built / layer / "rules.yaml").read_text() == EXAMPLE_RULES.read_text()
 
 
+def test_built_template_still_finds_the_licence_and_readme(built: Path) -> None:
+    # sam package uploads them for sam publish, named relative to the built template
+    application = _built_template(built)["Metadata"]["AWS::ServerlessRepo::Application"]
+    assert (built / application["LicenseUrl"]).resolve() == ROOT / "LICENSE"
+    assert (built / application["ReadmeUrl"]).resolve() == ROOT / "README.md"
+
+
 def test_sam_build_without_a_rules_file_fails_naming_the_example(tmp_path: Path) -> None:
     # The layer's sources as checked out, without whatever rules file the working copy holds.
     shared = tmp_path / "shared"

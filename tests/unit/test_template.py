@@ -1163,3 +1163,32 @@ def test_layer_build_without_rules_when_they_live_in_ssm_or_s3(
     assert completed.returncode == 0, completed.stderr
     assert (tmp_path / "layer" / "python" / "convbridge" / "__init__.py").is_file()
     assert not (tmp_path / "layer" / "rules.yaml").exists()
+
+
+# --- Serverless Application Repository ------------------------------------------------------
+
+
+def test_serverless_repo_metadata_is_publishable_and_matches_the_package() -> None:
+    import convbridge
+
+    template, problems = load_template(TEMPLATE)
+    assert template is not None, problems
+    application = template["Metadata"]["AWS::ServerlessRepo::Application"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert application["SemanticVersion"] == convbridge.__version__
+    assert application["SpdxLicenseId"] == project["license"]
+    assert application["HomePageUrl"] == project["urls"]["Homepage"]
+    assert application["SourceCodeUrl"] == project["urls"]["Source"]
+    # sam package uploads these files, named relative to the template
+    assert (TEMPLATE.parent / application["LicenseUrl"]).samefile(ROOT / "LICENSE")
+    assert (TEMPLATE.parent / application["ReadmeUrl"]).samefile(ROOT / "README.md")
+    # what the repository's CreateApplication accepts
+    assert re.fullmatch(r"[a-zA-Z0-9-]{1,140}", application["Name"])
+    assert 1 <= len(application["Description"]) <= 256
+    assert re.fullmatch(r"[a-z0-9](([a-z0-9]|-(?!-))*[a-z0-9])?", application["Author"])
+    assert len(application["Author"]) <= 127
+    assert 1 <= len(application["Labels"]) <= 10
+    assert all(re.fullmatch(r"[a-zA-Z0-9+\-_:/@]{1,127}", label)
+               for label in application["Labels"])
+    assert all(application[url].startswith("https://")
+               for url in ("HomePageUrl", "SourceCodeUrl"))
