@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -65,3 +67,28 @@ def test_licensed_mit_to_convbridge_contributors() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["license"] == "MIT"
     assert project["license-files"] == ["LICENSE"]
+
+
+def _apt_packages_installed_by(*make_arguments: str) -> set[str]:
+    """The Debian packages `make` would apt-install for these arguments on a fresh machine:
+    -B takes every stamp as out of date, -n only prints the commands."""
+    completed = subprocess.run(["make", "-n", "-B", "--no-print-directory", *make_arguments],
+                               cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    commands = re.sub(r"\\\n\s*", " ", completed.stdout).splitlines()
+    lines = [line for line in commands if "apt-get install" in line]
+    return {package for line in lines for package in ("openssh-server", "shellcheck", "graphviz")
+            if package in line.split("apt-get install", 1)[1]}
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize(("arguments", "packages"), [
+    (("demo",), set()),
+    (("demo", "STORAGE=gcs"), set()),
+    (("demo", "STORAGE=azure"), set()),
+    (("demo", "STORAGE=sftp"), {"openssh-server"}),
+    (("test",), {"openssh-server", "shellcheck"}),
+])
+def test_make_apt_installs_only_what_the_target_runs(
+    arguments: tuple[str, ...], packages: set[str]
+) -> None:
+    assert _apt_packages_installed_by(*arguments) == packages
