@@ -8,10 +8,21 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint unit clean servers bench deploy-tools check-template cdk-synth docs
 
-# Azurite (npm) and, when root, Debian's OpenSSH server: the local servers the Azure and SFTP
-# flows run against. Both are installed by the project, never assumed present.
+# Azurite (npm) and, when root, Debian's OpenSSH server and shellcheck: the local servers the
+# Azure and SFTP flows run against, and the infra script check. All are installed by the
+# project, never assumed present; without root the SFTP server is asyncssh (a dev extra).
 NODE_STAMP := node_modules/.installed
 SSHD_STAMP := $(VENV)/.sshd
+SHELLCHECK_STAMP := $(VENV)/.shellcheck
+
+# $(1): the Debian packages, $(2): a command that succeeds when they are there, $(3): why.
+define apt_install
+	@if [ "$$(id -u)" = 0 ] && ! { $(2); }; then \
+		echo "installing $(1) ($(3))"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			$(1) >/dev/null; \
+	fi
+endef
 
 $(STAMP): pyproject.toml tests/plugins/convbridge_toy/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,15 +37,19 @@ $(NODE_STAMP): package.json
 	@touch $(NODE_STAMP)
 
 $(SSHD_STAMP): $(STAMP)
-	@if [ "$$(id -u)" = 0 ] && { [ ! -x /usr/sbin/sshd ] || ! command -v shellcheck >/dev/null; }; \
-	then \
-		echo "installing openssh-server (SFTP tests) and shellcheck (infra script check)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			openssh-server shellcheck >/dev/null; \
-	fi
+	$(call apt_install,openssh-server,test -x /usr/sbin/sshd,the SFTP server)
 	@touch $(SSHD_STAMP)
 
-servers: $(NODE_STAMP) $(SSHD_STAMP)
+$(SHELLCHECK_STAMP): $(STAMP)
+	$(call apt_install,shellcheck,command -v shellcheck >/dev/null,the infra script check)
+	@touch $(SHELLCHECK_STAMP)
+
+# Everything the tests and benchmarks run against.
+servers: $(NODE_STAMP) $(SSHD_STAMP) $(SHELLCHECK_STAMP)
+
+# The demo needs only its storage's server: S3 (the default) and GCS run from the virtualenv.
+DEMO_SERVERS_azure_blob := $(NODE_STAMP)
+DEMO_SERVERS_sftp := $(SSHD_STAMP)
 
 # Deployment tools, offline: the SAM CLI and aws-cdk-lib in their own virtualenv (their pins
 # clash with moto's and Flask's), the CDK CLI from package.json. About 40 s and 770 MB once.
@@ -75,7 +90,7 @@ docs/flow.png: docs/flow.dot
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null; }
 	dot -Tpng -Gdpi=110 -o $@ $<
 
-demo: $(STAMP) servers
+demo: $(STAMP) $(DEMO_SERVERS_$(STORAGE))
 	$(BIN)/python -m devstack.demo $(if $(STORAGE),--storage $(STORAGE)) $(ARGS)
 
 # lint first: a type error or a broken template fails faster than the integration tests

@@ -8,9 +8,12 @@ import time
 from collections.abc import Callable
 from types import SimpleNamespace
 
+from convbridge import __version__
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="convbridge")
+    parser.add_argument("--version", action="version", version=f"convbridge {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     sandbox = commands.add_parser("sandbox", help="run the local conversion API sandbox")
     sandbox.add_argument("--port", type=int, default=8765)

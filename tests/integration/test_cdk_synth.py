@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+import convbridge
 from devstack.template_check import (
     EVERY_OPTION_ON,
     REQUIRED_EXAMPLES,
@@ -350,3 +351,13 @@ def test_construct_refuses_what_the_template_refuses_for_provider_secrets(
     assert all(r is not None and "provider_secrets_prefix" in r for r in refusals[:-2]), refusals
     assert refusals[-2] is not None and "providerSecretsPrefix" in refusals[-2]
     assert refusals[-1] is None  # the same configuration with a valid prefix is accepted
+
+
+def test_the_construct_carries_the_package_version() -> None:
+    completed = subprocess.run(
+        [str(DEPLOY_PYTHON), "-c", "import convbridge_cdk; print(convbridge_cdk.__version__)"],
+        cwd=ROOT / "infra" / "cdk",
+        env=dict(os.environ, JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION="20"),
+        capture_output=True, text=True, timeout=120, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == convbridge.__version__

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_BIN = ROOT / ".venv-deploy" / "bin"
 SAM = DEPLOY_BIN / "sam"
 LOCAL_RUNTIME = f"python{sys.version_info.major}.{sys.version_info.minor}"
+EXAMPLE_RULES = ROOT / "rules.example.yaml"
 
 @pytest.fixture(autouse=True)
 def _deploy_tools_installed() -> None:
@@ -84,6 +86,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     environment = _sam_environment()
     # Host wheels (this machine runs the import check) for the host's Python.
     environment["PLATFORM_FLAGS"] = ""
+    environment["RULES_FILE"] = str(EXAMPLE_RULES)
     targets = [None] if not _missing_functions() else [
         name for name in FUNCTION_DIRECTORIES if name not in _missing_functions()]
     for target in targets:
@@ -196,7 +199,7 @@ def test_layers_build_for_arm64_by_default(tmp_path: Path) -> None:
     environment = {k: v for k, v in _sam_environment().items() if k != "PLATFORM_FLAGS"}
     subprocess.run(
         ["make", "-s", "-f", str(ROOT / "shared" / "Makefile"), "build-StorageSdkLayer",
-         f"ARTIFACTS_DIR={artifacts}"],
+         f"ARTIFACTS_DIR={artifacts}", f"RULES_FILE={EXAMPLE_RULES}"],
         env=environment, check=True, capture_output=True, timeout=300,
     )
     extensions = list((artifacts / "python").rglob("*.so"))
@@ -205,6 +208,37 @@ def test_layers_build_for_arm64_by_default(tmp_path: Path) -> None:
     machines = {int.from_bytes(path.read_bytes()[18:20], "little") for path in extensions}
     assert machines == {aarch64}
     assert any("cpython-312" in p.name or "abi3" in p.name for p in extensions)
+
+
+@pytest.mark.parametrize("layer", ["SharedLayer", "StorageSdkLayer"])
+def test_built_layers_carry_the_rules_file_at_opt(built: Path, layer: str) -> None:
+    # /opt/rules.yaml, the template's default RulesLocation
+    assert (built / layer / "rules.yaml").read_text() == EXAMPLE_RULES.read_text()
+
+
+def test_built_template_still_finds_the_licence_and_readme(built: Path) -> None:
+    # sam package uploads them for sam publish, named relative to the built template
+    application = _built_template(built)["Metadata"]["AWS::ServerlessRepo::Application"]
+    assert (built / application["LicenseUrl"]).resolve() == ROOT / "LICENSE"
+    assert (built / application["ReadmeUrl"]).resolve() == ROOT / "README.md"
+
+
+def test_sam_build_without_a_rules_file_fails_naming_the_example(tmp_path: Path) -> None:
+    # The layer's sources as checked out, without whatever rules file the working copy holds.
+    shared = tmp_path / "shared"
+    shutil.copytree(ROOT / "shared", shared,
+                    ignore=shutil.ignore_patterns("rules.yaml", "__pycache__"))
+    template = tmp_path / "template.yaml"
+    template.write_text((ROOT / "template.yaml").read_text()
+                        .replace("CodeUri: functions/", f"CodeUri: {ROOT}/functions/"))
+    environment = {k: v for k, v in _sam_environment().items() if k != "RULES_FILE"}
+    completed = subprocess.run(
+        [str(SAM), "build", "SharedLayer", "--template", str(template), "--build-dir",
+         str(tmp_path / "build")],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300, check=False)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode != 0, output
+    assert "rules.example.yaml" in output
 
 
 def _sam_validate(template: Path) -> subprocess.CompletedProcess[str]:

@@ -16,6 +16,7 @@ the defaults (S3 and nothing optional) and with every option on.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -44,6 +45,7 @@ from devstack.template_check import (
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 BROKEN = Path(__file__).resolve().parent / "broken_templates"
+EXAMPLE_RULES = ROOT / "rules.example.yaml"
 
 SENSITIVE_SERVICES = ("s3:", "secretsmanager:", "kms:", "dynamodb:", "sqs:", "ssm:", "sts:")
 ALL_ON = {**EVERY_OPTION_ON, **REQUIRED_EXAMPLES}
@@ -1102,10 +1104,91 @@ def test_layer_build_copies_the_package_without_byte_code(tmp_path: Path, layer:
     # PIP=true skips the dependency download (network); the copy step is what is checked here.
     subprocess.run(
         ["make", "-s", "-f", str(ROOT / "shared" / "Makefile"), f"build-{layer}",
-         f"ARTIFACTS_DIR={artifacts}", "PIP=true"],
+         f"ARTIFACTS_DIR={artifacts}", "PIP=true", f"RULES_FILE={EXAMPLE_RULES}"],
         cwd=tmp_path, check=True, capture_output=True, timeout=60,
     )
     package = artifacts / "python" / "convbridge"
     assert (package / "__init__.py").is_file()
     assert not list(package.rglob("__pycache__"))
     assert not list(package.rglob("*.pyc"))
+
+
+def _build_layer_from(shared: Path, tmp_path: Path,
+                      *settings: str) -> subprocess.CompletedProcess[str]:
+    # PIP=true: no download; the environment's own RULES_FILE, if any, must not decide the test
+    environment = {k: v for k, v in os.environ.items() if k != "RULES_FILE"}
+    return subprocess.run(
+        ["make", "-s", "-f", str(shared / "Makefile"), "build-SharedLayer",
+         f"ARTIFACTS_DIR={tmp_path / 'layer'}", "PIP=true", *settings],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+@pytest.fixture
+def shared_without_rules(tmp_path: Path) -> Path:
+    """shared/ as checked out, without a rules file (whatever the working copy holds)."""
+    shared = tmp_path / "shared"
+    shutil.copytree(ROOT / "shared", shared,
+                    ignore=shutil.ignore_patterns("rules.yaml", "__pycache__"))
+    return shared
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_layer_build_without_a_rules_file_fails_naming_the_example(
+    shared_without_rules: Path, tmp_path: Path
+) -> None:
+    # A layer without /opt/rules.yaml deploys fine and then fails on the first upload.
+    completed = _build_layer_from(shared_without_rules, tmp_path)
+    assert completed.returncode != 0
+    assert "rules.example.yaml" in completed.stderr
+    assert "shared/rules.yaml" in completed.stderr
+    assert not (tmp_path / "layer" / "python").exists(), "failed only after building"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_layer_build_puts_shared_rules_yaml_at_the_layer_root(
+    shared_without_rules: Path, tmp_path: Path
+) -> None:
+    shutil.copy(EXAMPLE_RULES, shared_without_rules / "rules.yaml")
+    completed = _build_layer_from(shared_without_rules, tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    assert (tmp_path / "layer" / "rules.yaml").read_text() == EXAMPLE_RULES.read_text()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_layer_build_without_rules_when_they_live_in_ssm_or_s3(
+    shared_without_rules: Path, tmp_path: Path
+) -> None:
+    completed = _build_layer_from(shared_without_rules, tmp_path, "RULES_FILE=none")
+    assert completed.returncode == 0, completed.stderr
+    assert (tmp_path / "layer" / "python" / "convbridge" / "__init__.py").is_file()
+    assert not (tmp_path / "layer" / "rules.yaml").exists()
+
+
+# --- Serverless Application Repository ------------------------------------------------------
+
+
+def test_serverless_repo_metadata_is_publishable_and_matches_the_package() -> None:
+    import convbridge
+
+    template, problems = load_template(TEMPLATE)
+    assert template is not None, problems
+    application = template["Metadata"]["AWS::ServerlessRepo::Application"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert application["SemanticVersion"] == convbridge.__version__
+    assert application["SpdxLicenseId"] == project["license"]
+    assert application["HomePageUrl"] == project["urls"]["Homepage"]
+    assert application["SourceCodeUrl"] == project["urls"]["Source"]
+    # sam package uploads these files, named relative to the template
+    assert (TEMPLATE.parent / application["LicenseUrl"]).samefile(ROOT / "LICENSE")
+    assert (TEMPLATE.parent / application["ReadmeUrl"]).samefile(ROOT / "README.md")
+    # what the repository's CreateApplication accepts
+    assert re.fullmatch(r"[a-zA-Z0-9-]{1,140}", application["Name"])
+    assert 1 <= len(application["Description"]) <= 256
+    assert re.fullmatch(r"[a-z0-9](([a-z0-9]|-(?!-))*[a-z0-9])?", application["Author"])
+    assert len(application["Author"]) <= 127
+    assert 1 <= len(application["Labels"]) <= 10
+    assert all(re.fullmatch(r"[a-zA-Z0-9+\-_:/@]{1,127}", label)
+               for label in application["Labels"])
+    assert all(application[url].startswith("https://")
+               for url in ("HomePageUrl", "SourceCodeUrl"))

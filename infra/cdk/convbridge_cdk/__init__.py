@@ -7,10 +7,12 @@ from convbridge_cdk.construct import (
     ConvBridgeProps,
     GcsOptions,
     SftpOptions,
+    __version__,
     props_from_config,
 )
 
 __all__ = [
+    "__version__",
     "AzureOptions",
     "Concurrency",
     "ConvBridge",

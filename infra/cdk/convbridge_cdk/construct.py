@@ -14,6 +14,7 @@ Roles are written out statement by statement and handed to the functions read-on
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -51,6 +52,21 @@ from constructs import Construct
 
 #: The repository root (infra/cdk/convbridge_cdk/construct.py -> ../../..).
 REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def _convbridge_version() -> str:
+    """The version of the convbridge code this construct deploys, read from the one place it
+    is written (shared/convbridge/__init__.py): the CDK's virtualenv does not install the
+    package, and importing it would pull in its dependencies."""
+    source = (REPO_ROOT / "shared" / "convbridge" / "__init__.py").read_text()
+    for statement in ast.parse(source).body:
+        if (isinstance(statement, ast.Assign)
+                and [getattr(t, "id", None) for t in statement.targets] == ["__version__"]):
+            return str(ast.literal_eval(statement.value))
+    raise RuntimeError("shared/convbridge/__init__.py sets no __version__")
+
+
+__version__ = _convbridge_version()
 
 #: template.yaml's ProviderSecretsPrefix: its default and its AllowedPattern (whole path
 #: segments ending in "/", no wildcard, since the grant is <prefix>*).
@@ -135,10 +151,12 @@ class ConvBridgeProps:
 class _MakeLayer:
     """Builds a layer with the same shared/Makefile target ``sam build`` runs."""
 
-    def __init__(self, makefile: Path, target: str, python_version: str) -> None:
+    def __init__(self, makefile: Path, target: str, python_version: str,
+                 settings: list[str]) -> None:
         self._makefile = makefile
         self._target = target
         self._python_version = python_version
+        self._settings = settings
 
     def try_bundle(self, output_dir: str, *args: Any, **kwargs: Any) -> bool:
         if shutil.which("make") is None:
@@ -146,7 +164,7 @@ class _MakeLayer:
         environment = dict(os.environ, PIP_PYTHON_VERSION=self._python_version)
         completed = subprocess.run(
             ["make", "-s", "-f", str(self._makefile), self._target,
-             f"ARTIFACTS_DIR={output_dir}"],
+             f"ARTIFACTS_DIR={output_dir}", *self._settings],
             env=environment, check=False,
         )
         return completed.returncode == 0
@@ -221,15 +239,18 @@ class ConvBridge(Construct):
                name: str) -> lambda_.LayerVersion:
         shared = self._root / "shared"
         python_version = self.props.python_runtime.removeprefix("python")
+        # shared/rules.yaml becomes /opt/rules.yaml; rules kept in SSM or S3 need none there
+        settings = (["RULES_FILE=none"]
+                    if self.props.rules_location.startswith(("ssm:", "s3://")) else [])
         bundling = None
         if self.props.bundle_layers:
             bundling = BundlingOptions(
                 image=DockerImage.from_registry(
                     f"public.ecr.aws/sam/build-{self.props.python_runtime}"),
-                local=_MakeLayer(shared / "Makefile", target, python_version),
+                local=_MakeLayer(shared / "Makefile", target, python_version, settings),
                 command=["bash", "-c",
-                         f"make -f Makefile {target} ARTIFACTS_DIR=/asset-output "
-                         f"PIP_PYTHON_VERSION={python_version}"],
+                         " ".join([f"make -f Makefile {target} ARTIFACTS_DIR=/asset-output "
+                                   f"PIP_PYTHON_VERSION={python_version}", *settings])],
             )
         return lambda_.LayerVersion(
             self, construct_id,
