@@ -54,6 +54,11 @@ class Registry(Generic[T]):
         self._read_entry_points()
         return sorted(self._entries)
 
+    def target(self, name: str) -> str:
+        """The ``"module:Class"`` that ``name`` loads (its module tells who ships it)."""
+        self._read_entry_points()
+        return self._entries[name][0]
+
     def __contains__(self, name: object) -> bool:
         self._read_entry_points()
         return name in self._entries

@@ -13,8 +13,9 @@ import pytest
 
 import convbridge
 from convbridge.cli import main
+from convbridge.registries import STORAGES
 from convbridge.routes import capability_table
-from convbridge.rules import STORAGE_NAMES, load_rules
+from convbridge.rules import load_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_RULES = ROOT / "rules.example.yaml"
@@ -22,7 +23,8 @@ EXAMPLE_RULES = ROOT / "rules.example.yaml"
 
 def test_the_example_rules_file_loads_with_one_rule_per_storage() -> None:
     rules = load_rules(str(EXAMPLE_RULES)).rules
-    assert sorted(rule.storage for rule in rules) == sorted(STORAGE_NAMES)
+    assert sorted(rule.storage for rule in rules) == sorted(
+        name for name in STORAGES.names() if STORAGES.target(name).startswith("convbridge."))
 
 
 def test_every_example_rule_names_a_provider_that_can_take_its_files() -> None:
