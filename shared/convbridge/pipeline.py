@@ -40,19 +40,22 @@ from convbridge.errors import (
 )
 from convbridge.http import HostPattern, open_download
 from convbridge.model import (
+    OUTPUT_MARKER,
+    SOURCE_TAG,
     ConversionSpec,
     JobOutcome,
     JobSpec,
     ObjectRef,
     OutputFile,
     OutputTarget,
+    source_tag,
 )
 from convbridge.names import unsafe_filename_reason
 from convbridge.names import unsafe_key_reason as unsafe_key_reason  # the sweep imports it here
 from convbridge.planner import plan_route
 from convbridge.providers.base import TOKEN_PARAMETER, callback_query
 from convbridge.rules import Rule
-from convbridge.storage.base import OUTPUT_MARKER, SOURCE_TAG, Storage, source_tag
+from convbridge.storage.base import Storage
 from convbridge.telemetry import record as record_metric
 
 logger = logging.getLogger(__name__)

@@ -35,9 +35,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from convbridge.bridge import Bridge
 from convbridge.errors import ConfigError, StorageError
-from convbridge.model import ObjectRef
+from convbridge.model import CLAIM_PREFIX, DONE_PREFIX, FAILED_PREFIX, ObjectRef
 from convbridge.pipeline import Submission, submit_all, unsafe_key_reason
-from convbridge.rules import CLAIM_PREFIX, DONE_PREFIX, FAILED_PREFIX, SWEPT_STORAGES, Rule
+from convbridge.rules import SWEPT_STORAGES, Rule
 from convbridge.storage.sftp import printable
 
 logger = logging.getLogger(__name__)
