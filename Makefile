@@ -108,8 +108,9 @@ unit: $(STAMP)
 lint: $(STAMP) deploy-tools
 	$(BIN)/ruff check shared functions devstack tests infra
 	$(BIN)/mypy shared/convbridge
+	$(BIN)/lint-imports
 	@$(MAKE) --no-print-directory check-template TEMPLATE=template.yaml
 	@$(MAKE) --no-print-directory cdk-synth
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache $(DEPLOY_VENV) cdk.out .aws-sam
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .import_linter_cache $(DEPLOY_VENV) cdk.out .aws-sam

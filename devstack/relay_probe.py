@@ -28,9 +28,9 @@ import httpx
 
 from convbridge.errors import StorageError
 from convbridge.http import HostPattern
-from convbridge.model import OutputFile
+from convbridge.model import OutputFile, source_tag
 from convbridge.pipeline import RELAY_CHUNK, RelayPolicy, relay_output
-from convbridge.storage.base import Storage, source_tag
+from convbridge.storage.base import Storage
 from devstack.servers import RELAY_EXTRA_HOSTS
 
 

@@ -1,7 +1,7 @@
 """A local, offline stand-in for the conversion providers: real HTTP, real conversions, real
 storage I/O with exactly the grants given, signed callbacks with retries, and fault injection.
 `Sandbox` runs one in a background thread (tests, demo, bench); `serve` runs one in the
-foreground (the `convbridge sandbox` command)."""
+foreground (`python -m devstack.sandbox`)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ memory, large ones from disk with sendfile; under the redirect fault through a 3
 path on a second port, the storage host), applies the transport-level faults (latency, held
 answers, dropped downloads, redirects) and
 keeps a log of every request for tests. `Sandbox` owns the server, the shared backend and the
-file store; `serve` runs one in the foreground for the `convbridge sandbox` command. No parsing
+file store; `serve` runs one in the foreground for `python -m devstack.sandbox`. No parsing
 of provider semantics happens here."""
 
 from __future__ import annotations

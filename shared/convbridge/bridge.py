@@ -9,12 +9,13 @@ secret only when that provider is first used.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 
 from convbridge.claims import Claims, ClaimStore
+from convbridge.clients import CloudClients
 from convbridge.errors import ConfigError
 from convbridge.http import make_client
 from convbridge.providers import PROVIDERS
@@ -53,7 +54,8 @@ class Bridge:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Bridge:
         settings = Settings.from_env(env)
         aws = CloudClients(settings)
-        rules = load_rules(settings.rules_location, read_ssm=aws.read_ssm, read_s3=aws.read_s3)
+        rules = load_rules(settings.rules_location, read_ssm=aws.read_ssm,
+                           read_s3=_s3_reader(settings, aws))
         return cls(settings, rules, aws.secrets, clients=aws)
 
     def storage(self, name: str) -> Storage:
@@ -96,48 +98,15 @@ class Bridge:
         return key.encode()
 
 
-class CloudClients:
-    """AWS clients created on first use (boto3 itself is imported only then), and secret
-    values for adapters that need credentials of another cloud."""
+def _s3_reader(settings: Settings, clients: CloudClients) -> Callable[[str, str], str]:
+    """Reads a rules file kept in S3 through the S3 storage's own client (its endpoint and
+    signing configuration)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._clients: dict[str, Any] = {}
-        self._lock = threading.Lock()
-        self._secrets: SecretStore | None = None
+    def read_s3(bucket: str, key: str) -> str:
+        # the S3 adapter (and botocore) is imported only when the rules live in S3
+        from convbridge.storage.s3 import S3Storage
 
-    @property
-    def secrets(self) -> SecretStore:
-        with self._lock:
-            if self._secrets is None:
-                self._secrets = SecretStore(self._client_unlocked("secretsmanager"))
-            return self._secrets
-
-    def client(self, service: str) -> Any:
-        with self._lock:
-            return self._client_unlocked(service)
-
-    def _client_unlocked(self, service: str) -> Any:
-        if service not in self._clients:
-            import boto3
-            from botocore.config import Config
-
-            # as many pooled connections as a batch has concurrent records
-            kwargs: dict[str, Any] = {"region_name": self._settings.region,
-                                      "config": Config(max_pool_connections=32)}
-            if service == "s3":
-                from convbridge.storage.s3 import S3_CLIENT_CONFIG
-
-                kwargs["config"] = S3_CLIENT_CONFIG
-                if self._settings.s3_endpoint_url:
-                    kwargs["endpoint_url"] = self._settings.s3_endpoint_url
-            self._clients[service] = boto3.client(service, **kwargs)  # type: ignore[call-overload]
-        return self._clients[service]
-
-    def read_ssm(self, name: str) -> str:
-        answer = self.client("ssm").get_parameter(Name=name, WithDecryption=True)
-        return str(answer["Parameter"]["Value"])
-
-    def read_s3(self, bucket: str, key: str) -> str:
-        body = self.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
+        body = S3Storage.s3_client(settings, clients).get_object(Bucket=bucket, Key=key)["Body"]
         return str(body.read().decode("utf-8"))
+
+    return read_s3

@@ -15,11 +15,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="convbridge")
     parser.add_argument("--version", action="version", version=f"convbridge {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    sandbox = commands.add_parser("sandbox", help="run the local conversion API sandbox")
-    sandbox.add_argument("--port", type=int, default=8765)
-    sandbox.add_argument("--host", default="127.0.0.1")
-    sandbox.add_argument("--api-key", default="sandbox-api-key")
-    sandbox.add_argument("--signing-secret", default="sandbox-signing-secret")
     check = commands.add_parser("check-rules", help="validate a rules file and list its rules")
     check.add_argument("path")
     retry = commands.add_parser(
@@ -45,16 +40,6 @@ def main(argv: list[str] | None = None) -> int:
         return _retry(args.rule)
     if args.command == "reconcile":
         return _reconcile(args.rule, args.older_than)
-    if args.command == "sandbox":
-        try:
-            from devstack.sandbox import serve
-        except ImportError:
-            print("the sandbox needs the dev extras: pip install 'convbridge[dev]'",
-                  file=sys.stderr)
-            return 2
-        print(f"sandbox on http://{args.host}:{args.port}/v2 (Ctrl-C stops)", flush=True)
-        serve(args.port, args.api_key, args.signing_secret, host=args.host)
-        return 0
     if args.command == "check-rules":
         from convbridge.errors import ConfigError
         from convbridge.rules import load_rules

@@ -8,6 +8,7 @@ grant (or a JobSpec holding one) never prints a credential.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +20,20 @@ Route = Literal["native", "relay"]
 GrantKind = Literal["presigned_url", "sts_session", "sftp_account", "upload", "sas",
                     "gcs_service_account"]
 OutcomeStatus = Literal["finished", "failed"]
+
+#: Metadata key the bridge sets on everything it writes. The trigger's loop guard drops any
+#: object carrying it, so writing into a watched prefix never starts a job.
+OUTPUT_MARKER = "convbridge-output"
+#: Metadata key naming the source an output was made from (:func:`source_tag`). A write whose
+#: metadata carries it is create-only: it may replace only an object with the same tag, an
+#: earlier output of the same source (a re-upload converts again).
+SOURCE_TAG = "convbridge-source"
+
+#: Folders of a swept storage (see convbridge.sweep): a sweep claims a file by moving it under
+#: CLAIM_PREFIX (keeping its key) and, once settled, to DONE_PREFIX or FAILED_PREFIX.
+CLAIM_PREFIX = "processing/"
+DONE_PREFIX = "done/"
+FAILED_PREFIX = "failed/"
 
 
 @dataclass(frozen=True)
@@ -118,3 +133,20 @@ class JobOutcome:
     message: str | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
+
+
+def source_tag(location: str, key: str) -> str:
+    """Hex SHA-256 of ``location/key``: ASCII whatever the key, as S3 metadata requires, and
+    no source name in the output's metadata."""
+    return hashlib.sha256(f"{location}/{key}".encode()).hexdigest()
+
+
+def output_metadata(rule: str, source: ObjectRef, *, azure_names: bool = False) -> dict[str, str]:
+    """The metadata every output carries, whoever writes it (the relay, or a provider's native
+    export): the loop-guard marker naming the rule, and the source tag that lets a new version
+    of the same source replace it. ``azure_names``: Azure metadata names must be C#
+    identifiers, so ``-`` is stored as ``_`` (the Azure adapter reads them back as ``-``)."""
+    metadata = {OUTPUT_MARKER: rule, SOURCE_TAG: source_tag(source.location, source.key)}
+    if azure_names:
+        return {name.replace("-", "_"): value for name, value in metadata.items()}
+    return metadata

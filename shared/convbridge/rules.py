@@ -29,7 +29,7 @@ import yaml
 
 from convbridge.errors import ConfigError, RulesError
 from convbridge.grants import READ_GRANT_KINDS
-from convbridge.model import ObjectRef
+from convbridge.model import CLAIM_PREFIX, DONE_PREFIX, FAILED_PREFIX, OUTPUT_MARKER, ObjectRef
 from convbridge.registries import PROVIDERS, STORAGES
 
 #: Formats a rule may ask for. Providers convert far more pairs than any one list; this list
@@ -46,12 +46,8 @@ DEFAULT_MAX_SIZE = 1024 * 1024 * 1024
 #: The most the relay writes for one output unless a rule says otherwise: a provider's answer
 #: (or a download without a length) must not fill the user's bucket.
 DEFAULT_MAX_OUTPUT = 5 * 1024 * 1024 * 1024
-#: A swept storage (``Storage.swept``) is polled by a sweep, which claims a file by moving it
-#: under CLAIM_PREFIX (keeping its key) and, once settled, to DONE_PREFIX or FAILED_PREFIX; see
-#: convbridge.triggers.sftp_sweep.
-CLAIM_PREFIX = "processing/"
-DONE_PREFIX = "done/"
-FAILED_PREFIX = "failed/"
+#: A swept storage (``Storage.swept``) is polled by a sweep, which keeps its own folders
+#: (model.CLAIM_PREFIX and the others); see convbridge.triggers.sftp_sweep.
 
 
 @dataclass(frozen=True)
@@ -177,8 +173,6 @@ class RuleSet:
         return next((r for r in self.rules if r.covers(ref)), None)
 
     def is_own_write(self, ref: ObjectRef) -> bool:
-        from convbridge.storage.base import OUTPUT_MARKER
-
         if OUTPUT_MARKER in ref.metadata:
             return True
         return any(

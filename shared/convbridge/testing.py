@@ -29,12 +29,20 @@ from convbridge.errors import (
     StaleWrite,
     StorageError,
 )
-from convbridge.model import Grant, JobOutcome, JobSpec, ObjectRef, OutputFile, OutputTarget
+from convbridge.model import (
+    SOURCE_TAG,
+    Grant,
+    JobOutcome,
+    JobSpec,
+    ObjectRef,
+    OutputFile,
+    OutputTarget,
+)
 from convbridge.providers.base import Provider, parse_json_object
 from convbridge.rules import parse_rules
 from convbridge.secrets import SecretStore
 from convbridge.settings import Settings
-from convbridge.storage.base import SOURCE_TAG, Storage
+from convbridge.storage.base import Storage
 
 CONTEXT_SECRET = "convbridge/context"
 PROVIDER_SECRET = "convbridge/cloudconvert"

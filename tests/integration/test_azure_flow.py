@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from convbridge.storage.base import source_tag
+from convbridge.model import source_tag
 from devstack.harness.azure import AzureHarness
 from devstack.servers_azure import AzuriteServer
 from devstack.stack import DevStack

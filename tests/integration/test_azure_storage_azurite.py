@@ -20,9 +20,9 @@ import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from convbridge.errors import OutputCollision, StaleWrite, StorageError
+from convbridge.model import OUTPUT_MARKER, SOURCE_TAG, source_tag
 from convbridge.storage import azure_blob
 from convbridge.storage.azure_blob import AzureBlobStorage
-from convbridge.storage.base import OUTPUT_MARKER, SOURCE_TAG, source_tag
 from devstack.servers import ServerStartError
 from devstack.servers_azure import ACCOUNT_KEY, ACCOUNT_NAME, AzuriteServer
 

@@ -41,11 +41,17 @@ from convbridge.errors import (
     StorageError,
 )
 from convbridge.http import HostPattern
-from convbridge.model import ObjectRef, OutputFile, OutputTarget
+from convbridge.model import (
+    OUTPUT_MARKER,
+    SOURCE_TAG,
+    ObjectRef,
+    OutputFile,
+    OutputTarget,
+    source_tag,
+)
 from convbridge.pipeline import RelayPolicy, relay_output
 from convbridge.rules import DEFAULT_MAX_OUTPUT
 from convbridge.secrets import SecretValue
-from convbridge.storage.base import OUTPUT_MARKER, SOURCE_TAG, source_tag
 from convbridge.storage.gcs import GcsStorage, signing_credentials, storage_client
 from devstack.harness.gcs import (
     SECRET_NAME,

@@ -26,11 +26,10 @@ from google.oauth2 import service_account
 
 from convbridge.errors import OutputHostRefused, OutputRefused, OutputTooLarge
 from convbridge.http import MAX_DOWNLOAD_REDIRECTS, HostPattern
-from convbridge.model import OutputFile
+from convbridge.model import OutputFile, source_tag
 from convbridge.pipeline import RELAY_CHUNK, RelayPolicy, relay_output
 from convbridge.storage import azure_blob
 from convbridge.storage.azure_blob import AzureBlobStorage
-from convbridge.storage.base import source_tag
 from convbridge.storage.gcs import GcsStorage, storage_client
 from convbridge.storage.s3 import PART_SIZE, S3_CLIENT_CONFIG, S3Storage
 from convbridge.storage.sftp import PinnedHostKeys, SftpAccount, SftpStorage

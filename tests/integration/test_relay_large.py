@@ -15,10 +15,9 @@ import pytest
 
 from convbridge.errors import StorageError
 from convbridge.http import HostPattern
-from convbridge.model import OutputFile
+from convbridge.model import OutputFile, source_tag
 from convbridge.pipeline import RelayPolicy, relay_output
 from convbridge.rules import DEFAULT_MAX_OUTPUT
-from convbridge.storage.base import source_tag
 from convbridge.storage.s3 import S3_CLIENT_CONFIG, S3Storage
 from devstack.bulk_http import PatternServer, expected_digest
 from devstack.servers import RELAY_EXTRA_HOSTS, MotoServer

@@ -18,7 +18,7 @@ import boto3
 import pytest
 
 from convbridge.errors import OutputCollision
-from convbridge.storage.base import OUTPUT_MARKER, SOURCE_TAG, source_tag
+from convbridge.model import OUTPUT_MARKER, SOURCE_TAG, source_tag
 from convbridge.storage.s3 import PART_SIZE, READ_CHUNK, S3_CLIENT_CONFIG, S3Storage
 from devstack.servers import MotoServer, ServerStartError
 

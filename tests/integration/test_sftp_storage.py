@@ -15,8 +15,7 @@ import paramiko
 import pytest
 
 from convbridge.errors import GrantError, OutputCollision, StaleWrite, StorageError
-from convbridge.model import ObjectRef, OutputTarget
-from convbridge.storage.base import OUTPUT_MARKER, SOURCE_TAG, source_tag
+from convbridge.model import OUTPUT_MARKER, SOURCE_TAG, ObjectRef, OutputTarget, source_tag
 from convbridge.storage.sftp import (
     HostKeyMismatch,
     PinnedHostKeys,

@@ -22,11 +22,18 @@ from convbridge.errors import (
     ProviderUnavailable,
 )
 from convbridge.http import deadline_from
-from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputFile, OutputTarget
+from convbridge.model import (
+    ConversionSpec,
+    Grant,
+    JobSpec,
+    ObjectRef,
+    OutputFile,
+    OutputTarget,
+    source_tag,
+)
 from convbridge.pipeline import output_keys
 from convbridge.providers.cloudconvert import CloudConvert, may_give_several_files
 from convbridge.runtime import raw_body
-from convbridge.storage.base import source_tag
 from devstack.sandbox.models import ExportS3, export_keys
 from devstack.sandbox.storage_io import S3Access
 

@@ -15,10 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from convbridge.errors import CallbackError, CallbackSignatureError, ProviderRejected
-from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget
+from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget, source_tag
 from convbridge.planner import plan_route
 from convbridge.providers.freeconvert import FreeConvert
-from convbridge.storage.base import source_tag
 from convbridge.storage.s3 import S3Storage
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "freeconvert"

@@ -19,10 +19,12 @@ from convbridge.errors import (
 )
 from convbridge.http import HostPattern, open_download
 from convbridge.model import (
+    OUTPUT_MARKER,
+    SOURCE_TAG,
     OutputFile,
 )
 from convbridge.rules import Rule
-from convbridge.storage.base import OUTPUT_MARKER, SOURCE_TAG, Storage
+from convbridge.storage.base import Storage
 from convbridge.telemetry import record as record_metric
 
 logger = logging.getLogger(__name__)

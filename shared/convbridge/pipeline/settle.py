@@ -27,13 +27,14 @@ from convbridge.model import (
     JobOutcome,
     ObjectRef,
     OutputFile,
+    source_tag,
 )
 from convbridge.names import unsafe_filename_reason
 from convbridge.pipeline.record_io import read_record, write_failure
 from convbridge.pipeline.relay import relay_output, relay_policy
 from convbridge.providers.base import TOKEN_PARAMETER, callback_query
 from convbridge.rules import Rule
-from convbridge.storage.base import Storage, source_tag
+from convbridge.storage.base import Storage
 from convbridge.telemetry import record as record_metric
 
 logger = logging.getLogger(__name__)

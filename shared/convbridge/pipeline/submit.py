@@ -26,6 +26,7 @@ from convbridge.errors import (
     StorageError,
 )
 from convbridge.model import (
+    OUTPUT_MARKER,
     ConversionSpec,
     JobSpec,
     ObjectRef,
@@ -35,7 +36,7 @@ from convbridge.names import unsafe_key_reason
 from convbridge.pipeline.record_io import write_failure
 from convbridge.planner import plan_route
 from convbridge.rules import Rule
-from convbridge.storage.base import OUTPUT_MARKER, Storage
+from convbridge.storage.base import Storage
 from convbridge.telemetry import record as record_metric
 
 logger = logging.getLogger(__name__)

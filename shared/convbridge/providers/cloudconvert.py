@@ -50,9 +50,8 @@ from convbridge.errors import (
     StorageError,
 )
 from convbridge.http import GaveUp, send
-from convbridge.model import ConversionSpec, Grant, JobOutcome, JobSpec, OutputFile
+from convbridge.model import ConversionSpec, Grant, JobOutcome, JobSpec, OutputFile, output_metadata
 from convbridge.providers.base import Provider, native_task, parse_json_object
-from convbridge.storage.base import output_metadata
 
 SIGNATURE_HEADER = "CloudConvert-Signature"
 IMPORT_TASK = "import-source"

@@ -25,10 +25,9 @@ from typing import Any, ClassVar
 from urllib.parse import quote, unquote, urlsplit
 
 from convbridge.errors import CallbackError, ProviderError
-from convbridge.model import Grant, JobOutcome, JobSpec, OutputFile
+from convbridge.model import Grant, JobOutcome, JobSpec, OutputFile, output_metadata
 from convbridge.providers.base import Provider, native_task, parse_json_object, parse_time
 from convbridge.providers.cloudconvert import may_give_several_files
-from convbridge.storage.base import output_metadata
 
 SIGNATURE_HEADER = "FreeConvert-Signature"
 IMPORT_TASK = "import-source"

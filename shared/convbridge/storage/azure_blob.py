@@ -45,11 +45,11 @@ from azure.storage.blob import (
 )
 
 from convbridge.errors import ConfigError, GrantError, OutputCollision, StaleWrite, StorageError
-from convbridge.model import Grant, GrantKind, ObjectRef, OutputTarget
-from convbridge.storage.base import OUTPUT_MARKER, SOURCE_TAG, Storage
+from convbridge.model import OUTPUT_MARKER, SOURCE_TAG, Grant, GrantKind, ObjectRef, OutputTarget
+from convbridge.storage.base import Storage
 
 if TYPE_CHECKING:
-    from convbridge.bridge import CloudClients
+    from convbridge.clients import CloudClients
     from convbridge.settings import Settings
 
 #: Staged block size: the most the relay holds in memory per upload.

@@ -7,47 +7,17 @@ written through :meth:`Storage.write_json`, so every storage writes them the sam
 
 from __future__ import annotations
 
-import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from convbridge.errors import OutputCollision, StaleWrite, StorageError
-from convbridge.model import Grant, ObjectRef, OutputTarget
+from convbridge.errors import OutputCollision, StorageError
+from convbridge.model import OUTPUT_MARKER, SOURCE_TAG, Grant, ObjectRef, OutputTarget
 
 if TYPE_CHECKING:
-    from convbridge.bridge import CloudClients
+    from convbridge.clients import CloudClients
     from convbridge.settings import Settings
-
-#: Metadata key the bridge sets on everything it writes. The trigger's loop guard drops any
-#: object carrying it, so writing into a watched prefix never starts a job.
-OUTPUT_MARKER = "convbridge-output"
-#: Metadata key naming the source an output was made from (:func:`source_tag`). A write whose
-#: metadata carries it is create-only: it may replace only an object with the same tag, an
-#: earlier output of the same source (a re-upload converts again).
-SOURCE_TAG = "convbridge-source"
-
-
-__all__ = ["OUTPUT_MARKER", "SOURCE_TAG", "StaleWrite", "Storage", "output_metadata", "source_tag"]
-
-
-def source_tag(location: str, key: str) -> str:
-    """Hex SHA-256 of ``location/key``: ASCII whatever the key, as S3 metadata requires, and
-    no source name in the output's metadata."""
-    return hashlib.sha256(f"{location}/{key}".encode()).hexdigest()
-
-
-def output_metadata(rule: str, source: ObjectRef, *, azure_names: bool = False) -> dict[str, str]:
-    """The metadata every output carries, whoever writes it (the relay, or a provider's native
-    export): the loop-guard marker naming the rule, and the source tag that lets a new version
-    of the same source replace it. ``azure_names``: Azure metadata names must be C#
-    identifiers, so ``-`` is stored as ``_`` (the Azure adapter reads them back as ``-``)."""
-    metadata = {OUTPUT_MARKER: rule, SOURCE_TAG: source_tag(source.location, source.key)}
-    if azure_names:
-        return {name.replace("-", "_"): value for name, value in metadata.items()}
-    return metadata
-
 
 class Storage(ABC):
     """One storage service. Subclasses implement the four abstract methods and ``stat``."""

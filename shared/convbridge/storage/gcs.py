@@ -42,11 +42,11 @@ from convbridge.errors import (
     StorageError,
 )
 from convbridge.http import make_client
-from convbridge.model import Grant, ObjectRef, OutputTarget
-from convbridge.storage.base import SOURCE_TAG, Storage
+from convbridge.model import SOURCE_TAG, Grant, ObjectRef, OutputTarget
+from convbridge.storage.base import Storage
 
 if TYPE_CHECKING:
-    from convbridge.bridge import CloudClients
+    from convbridge.clients import CloudClients
     from convbridge.secrets import SecretValue
     from convbridge.settings import Settings
 

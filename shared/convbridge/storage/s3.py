@@ -23,11 +23,11 @@ import botocore.exceptions
 from botocore.config import Config
 
 from convbridge.errors import GrantError, OutputCollision, StaleWrite, StorageError
-from convbridge.model import Grant, ObjectRef, OutputTarget
-from convbridge.storage.base import SOURCE_TAG, Storage
+from convbridge.model import SOURCE_TAG, Grant, ObjectRef, OutputTarget
+from convbridge.storage.base import Storage
 
 if TYPE_CHECKING:
-    from convbridge.bridge import CloudClients
+    from convbridge.clients import CloudClients
     from convbridge.settings import Settings
 
 #: S3's own floor for multipart parts; also the most the relay holds in memory per upload.
@@ -79,15 +79,28 @@ class S3Storage(Storage):
     read_grant_kinds: ClassVar[frozenset[str]] = frozenset({"presigned_url", "sts_session"})
     event_formats: ClassVar[tuple[str, ...]] = (
         "S3 event notification", "EventBridge Object Created", "either through SQS or SNS")
+    #: how this store's S3 client signs, addresses and pools
+    client_config: ClassVar[Config] = S3_CLIENT_CONFIG
+
+    @classmethod
+    def configured_endpoint(cls, settings: Settings) -> str | None:
+        """The server this store's client reaches; None: AWS's own. An S3-compatible store
+        (MinIO, R2) is a subclass with its own ``name`` answering its own endpoint here."""
+        return settings.s3_endpoint_url
+
+    @classmethod
+    def s3_client(cls, settings: Settings, clients: CloudClients) -> Any:
+        return clients.client("s3", config=cls.client_config,
+                              endpoint_url=cls.configured_endpoint(settings))
 
     @classmethod
     def from_settings(cls, settings: Settings, clients: CloudClients) -> S3Storage:
         return cls(
-            s3_client=clients.client("s3"),
+            s3_client=cls.s3_client(settings, clients),
             sts_client=clients.client("sts") if settings.grant_role_arn else None,
             grant_role_arn=settings.grant_role_arn,
             region=settings.region,
-            endpoint_url=settings.s3_endpoint_url,
+            endpoint_url=cls.configured_endpoint(settings),
         )
 
     def __init__(
@@ -107,7 +120,7 @@ class S3Storage(Storage):
         self.endpoint_url = endpoint_url
 
     def __repr__(self) -> str:
-        return f"S3Storage(region={self.region!r}, endpoint_url={self.endpoint_url!r})"
+        return f"{type(self).__name__}(region={self.region!r}, endpoint_url={self.endpoint_url!r})"
 
     def grant_read(self, ref: ObjectRef, ttl_seconds: int, *, kind: str = "presigned_url") -> Grant:
         expires = datetime.now(UTC) + timedelta(seconds=ttl_seconds)

@@ -55,12 +55,19 @@ from paramiko.hostkeys import HostKeyEntry
 from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR, CMD_STATUS
 
 from convbridge.errors import ConfigError, GrantError, OutputCollision, StaleWrite, StorageError
-from convbridge.model import Grant, ObjectRef, OutputTarget
-from convbridge.rules import CLAIM_PREFIX, DONE_PREFIX, FAILED_PREFIX
-from convbridge.storage.base import SOURCE_TAG, Storage
+from convbridge.model import (
+    CLAIM_PREFIX,
+    DONE_PREFIX,
+    FAILED_PREFIX,
+    SOURCE_TAG,
+    Grant,
+    ObjectRef,
+    OutputTarget,
+)
+from convbridge.storage.base import Storage
 
 if TYPE_CHECKING:
-    from convbridge.bridge import CloudClients
+    from convbridge.clients import CloudClients
     from convbridge.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -35,10 +35,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from convbridge.bridge import Bridge
 from convbridge.errors import ConfigError, StorageError
-from convbridge.model import ObjectRef
+from convbridge.model import CLAIM_PREFIX, DONE_PREFIX, FAILED_PREFIX, ObjectRef
 from convbridge.names import unsafe_key_reason
 from convbridge.pipeline import Submission, submit_all
-from convbridge.rules import CLAIM_PREFIX, DONE_PREFIX, FAILED_PREFIX, Rule
+from convbridge.rules import Rule
 from convbridge.storage.sftp import printable
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import boto3
 from convbridge.storage.s3 import S3Storage
 
 if TYPE_CHECKING:
-    from convbridge.bridge import CloudClients
+    from convbridge.clients import CloudClients
     from convbridge.settings import Settings
 
 
