@@ -24,6 +24,7 @@ from convbridge.errors import (
     StorageError,
 )
 from convbridge.model import (
+    CallbackRequest,
     JobOutcome,
     ObjectRef,
     OutputFile,
@@ -31,7 +32,7 @@ from convbridge.model import (
 from convbridge.names import unsafe_filename_reason
 from convbridge.pipeline.record_io import read_record, write_failure
 from convbridge.pipeline.relay import relay_output, relay_policy
-from convbridge.providers.base import TOKEN_PARAMETER, callback_query
+from convbridge.providers.base import TOKEN_PARAMETER
 from convbridge.rules import Rule
 from convbridge.storage.base import Storage, source_tag
 from convbridge.telemetry import record as record_metric
@@ -62,23 +63,22 @@ class Completion:
     record_key: str | None = None
 
 
-def complete(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
-             body: bytes) -> Completion:
-    accepted = accept(bridge, provider_name, headers, body)
+def complete(bridge: Bridge, provider_name: str, request: CallbackRequest) -> Completion:
+    accepted = accept(bridge, provider_name, request)
     if accepted is None:
         return Completion("ignored")
     return settle(bridge, accepted)
 
 
-def accept(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
-           body: bytes, *, confirm: bool = True) -> Accepted | None:
+def accept(bridge: Bridge, provider_name: str, request: CallbackRequest, *,
+           confirm: bool = True) -> Accepted | None:
     """Prove a callback genuine, fast and without writing anything. Raises CallbackError (with
     the HTTP status to answer); returns None for events that need no action. ``confirm=False``
     stops after the cheap checks, before unsigned dialects ask the provider what happened (a
     request that can outlast the provider's callback timeout, Online-Convert's 3 s): the
     callback is then queued, and confirmed where it is settled."""
-    if len(body) > bridge.settings.max_callback_bytes:
-        raise CallbackTooLarge(f"callback body of {len(body)} bytes is over the limit")
+    if len(request.body) > bridge.settings.max_callback_bytes:
+        raise CallbackTooLarge(f"callback body of {len(request.body)} bytes is over the limit")
     if provider_name not in {rule.provider for rule in bridge.rules.rules}:
         raise ContextError(f"no rule uses provider {provider_name!r}")
     provider = bridge.provider(provider_name)
@@ -86,11 +86,11 @@ def accept(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
     # The cheap checks come before any parsing: a token in the callback URL (how dialects
     # that sign nothing prove a callback ours) is verified with our HMAC here, and signed
     # dialects check the provider's HMAC over the raw bytes first thing in accept_callback.
-    url_token = callback_query(headers).get(TOKEN_PARAMETER)
+    url_token = request.parameters().get(TOKEN_PARAMETER)
     url_context = None if url_token is None else verify_context(
         url_token, bridge.context_key(), max_age_seconds=max_age)
     try:
-        outcome = provider.accept_callback(headers, body)
+        outcome = provider.accept_callback(request)
     except RecursionError as exc:  # a dialect's parser meeting absurd nesting
         raise CallbackError("callback body is nested too deeply") from exc
     if outcome is None:
@@ -106,7 +106,7 @@ def accept(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
         # retried against a 404 until the queue gives up.
         return Accepted(outcome, context, rule)
     # Only once our own HMAC verified: unsigned dialects fetch the real outcome here.
-    confirmed = provider.confirm(outcome, headers)
+    confirmed = provider.confirm(outcome, request)
     if confirmed is None:
         return None
     if confirmed.context_token != outcome.context_token:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote, unquote, urlsplit
 
 from convbridge.errors import CallbackError, ProviderError, ProviderRejected
-from convbridge.model import Grant, JobOutcome, JobSpec, OutputFile
+from convbridge.model import CallbackRequest, Grant, JobOutcome, JobSpec, OutputFile
 from convbridge.providers.base import Provider, native_task, parse_json_object, parse_time
 from convbridge.storage.base import output_metadata
 
@@ -116,9 +116,9 @@ class FreeConvert(Provider):
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"}
 
-    def verify_callback(self, headers: Mapping[str, str], body: bytes) -> None:
+    def verify_callback(self, request: CallbackRequest) -> None:
         # PHP's hash_hmac('sha256', $payload, $secret) in the seed: lowercase hex
-        self._verify_hmac_hex(headers, SIGNATURE_HEADER, body)
+        self._verify_hmac_hex(request, SIGNATURE_HEADER)
 
     def parse_callback(self, body: bytes) -> JobOutcome | None:
         document = parse_json_object(body, "a FreeConvert webhook")
