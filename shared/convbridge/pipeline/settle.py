@@ -7,10 +7,9 @@ only for the job the bridge created for it, and a duplicate callback writes noth
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 from convbridge import records
 from convbridge.bridge import Bridge
@@ -33,6 +32,7 @@ from convbridge.names import unsafe_filename_reason
 from convbridge.pipeline.record_io import read_record, write_failure
 from convbridge.pipeline.relay import relay_output, relay_policy
 from convbridge.providers.base import TOKEN_PARAMETER
+from convbridge.records import ResultRecord
 from convbridge.rules import Rule
 from convbridge.storage.base import Storage, source_tag
 from convbridge.telemetry import record as record_metric
@@ -164,18 +164,17 @@ class _Recorded:
     job_id: str | None = None
 
 
-def _recorded_job(record: Mapping[str, Any] | None, nonce: str) -> _Recorded:
+def _recorded_job(record: ResultRecord | None, nonce: str) -> _Recorded:
     if record is None:
         return _Recorded("unbound")
-    job_id = record.get("job_id") if isinstance(record.get("job_id"), str) else None
-    final = record.get("status") in records.FINAL_STATUSES
-    if "context_nonce" not in record:
+    job_id = record.job_id
+    if not record.names_context:
         # written before records named their context: the job id is all it tells
-        return _Recorded("settled" if final else "bound", job_id) if job_id else _Recorded(
-            "unbound")
-    if record["context_nonce"] != nonce:
+        return _Recorded("settled" if record.final else "bound", job_id) if job_id else (
+            _Recorded("unbound"))
+    if record.context_nonce != nonce:
         return _Recorded("other")
-    if final:
+    if record.final:
         return _Recorded("settled", job_id)
     return _Recorded("bound", job_id) if job_id else _Recorded("unbound")
 
@@ -195,7 +194,7 @@ def _settle_claimed(bridge: Bridge, accepted: Accepted) -> Completion:
         raise CallbackSignatureError(f"job {outcome.job_id} is not the job the bridge created "
                                      "for this context")
     if recorded.state == "settled":
-        return Completion("duplicate", outcome.job_id, (previous or {}).get("status"),
+        return Completion("duplicate", outcome.job_id, previous.status if previous else None,
                           result_key)
     if recorded.job_id is None and bridge.provider(rule.provider).binds_before_start:
         # the bridge records these jobs before they can run: an unrecorded one is not ours
@@ -217,13 +216,13 @@ def _settle_claimed(bridge: Bridge, accepted: Accepted) -> Completion:
         logger.info("job %s: a newer submission of %s took its record while it settled; the "
                     "record is left to it", outcome.job_id, context.key)
         return superseded
-    document = records.outcome_record(source, rule, outcome, route=context.route,
-                                      outputs=outputs, context_nonce=context.nonce,
-                                      submitted_at=(previous or {}).get("submitted_at"))
+    settled = records.outcome_record(source, rule, outcome, route=context.route,
+                                     outputs=outputs, context_nonce=context.nonce,
+                                     submitted_at=previous.submitted_at if previous else None)
     if outcome.status == "failed":
-        write_failure(storage, rule, context.location, context.key, document)
+        write_failure(storage, rule, context.location, context.key, settled)
     else:
-        storage.write_json(context.location, result_key, document, marker=rule.name)
+        storage.write_json(context.location, result_key, settled.to_json(), marker=rule.name)
     storage.after_settle(context.location, context.key, outcome.status)
     logger.info("job %s for %s %s; record %s", outcome.job_id, source, outcome.status, result_key)
     record_metric("JobsFinished" if outcome.status == "finished" else "JobsFailed", 1,
