@@ -12,7 +12,11 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Literal
+from urllib.parse import parse_qs
+
+from convbridge.errors import CallbackSignatureError
 
 Route = Literal["native", "relay"]
 #: ``sftp_account`` hands over a dedicated account (only when a rule opts in); ``upload`` means
@@ -150,3 +154,32 @@ def output_metadata(rule: str, source: ObjectRef, *, azure_names: bool = False) 
     if azure_names:
         return {name.replace("-", "_"): value for name, value in metadata.items()}
     return metadata
+
+
+@dataclass(frozen=True)
+class CallbackRequest:
+    """A provider callback as it reached the webhook, built once from the HTTP event and
+    handed to the adapter (and through the completion queue) unchanged. ``body`` is the exact
+    bytes received, which signatures cover; header names are lower-cased here, so a lookup
+    never depends on how the caller spelled them; ``query`` is the callback URL's raw query
+    string, where dialects that sign nothing carry their per-job token."""
+
+    body: bytes = field(repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    query: str = field(default="", repr=False)
+    method: str = "POST"
+
+    def __post_init__(self) -> None:
+        lowered = {str(name).lower(): str(value) for name, value in self.headers.items()}
+        object.__setattr__(self, "headers", MappingProxyType(lowered))
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    def parameters(self) -> dict[str, str]:
+        """The query parameters. A repeated parameter is refused (CallbackSignatureError):
+        which copy a check reads and which one the rest of the code reads must never differ."""
+        parsed = parse_qs(self.query, keep_blank_values=True)
+        if any(len(values) > 1 for values in parsed.values()):
+            raise CallbackSignatureError("a callback query parameter is repeated")
+        return {name: values[0] for name, values in parsed.items()}

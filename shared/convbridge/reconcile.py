@@ -39,7 +39,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from convbridge import records
 from convbridge.bridge import Bridge
 from convbridge.claims import ClaimInProgress
 from convbridge.context import JobContext, sign_context, verify_context
@@ -47,6 +46,7 @@ from convbridge.errors import ConvbridgeError, ProviderJobUnknown, StorageError
 from convbridge.model import JobOutcome, ObjectRef
 from convbridge.pipeline import Accepted, settle
 from convbridge.providers import PROVIDERS
+from convbridge.records import ResultRecord
 from convbridge.rules import Rule
 from convbridge.storage.base import Storage
 from convbridge.telemetry import record as record_metric
@@ -171,16 +171,15 @@ def _read_cursor(storage: Storage, location: str, key: str) -> int:
 
 def _reconcile_record(bridge: Bridge, rule: Rule, storage: Storage, key: str, *,
                       deadline: int, now: datetime) -> Reconciled | None:
-    record = _read_json(storage, rule.location, key)
-    if not record or record.get("schema") != records.SCHEMA or record.get(
-            "status") not in OVERDUE_STATUSES or record.get("rule") != rule.name:
+    record = ResultRecord.from_json(_read_json(storage, rule.location, key))
+    if record is None or record.status not in OVERDUE_STATUSES or record.rule != rule.name:
         return None  # settled, or another rule's record (its own walk sees to it)
-    submitted_at = _time(record.get("submitted_at"))
+    submitted_at = _time(record.submitted_at)
     if submitted_at is None or (now - submitted_at).total_seconds() < deadline:
         return None
-    job_id = record.get("job_id")
-    context = _context(rule, key, record, submitted_at)
-    if context is not None and record["status"] == "submitting":
+    job_id = record.job_id
+    context = _context(rule, key, record.to_json(), submitted_at)
+    if context is not None and record.status == "submitting":
         try:
             return _reconcile_submitting(bridge, rule, key, context,
                                          age=(now - submitted_at).total_seconds())
@@ -189,7 +188,7 @@ def _reconcile_record(bridge: Bridge, rule: Rule, storage: Storage, key: str, *,
         except ConvbridgeError as exc:
             logger.warning("%s: interrupted submission not reconciled: %s", key, exc)
             return Reconciled(key, rule.name, None, "error", reason=str(exc))
-    if context is None or not isinstance(job_id, str) or not job_id:
+    if context is None or not job_id:
         logger.warning("%s: a submitted record that names no job context or job of rule %s",
                        key, rule.name)
         return Reconciled(key, rule.name, None, "skipped", reason="the record is not one of "

@@ -20,6 +20,7 @@ from convbridge.bridge import Bridge
 from convbridge.errors import CallbackError
 from convbridge.events import ParsedEvents
 from convbridge.http import deadline_from
+from convbridge.model import CallbackRequest
 from convbridge.pipeline import Submission, submit_all
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,15 @@ def request_headers(event: Mapping[str, Any]) -> dict[str, str]:
     if not isinstance(headers, Mapping):
         return {}
     return {str(name).lower(): str(value) for name, value in headers.items()}
+
+
+def callback_request(event: Mapping[str, Any]) -> CallbackRequest:
+    """The callback an HTTP event (payload 2.0) carries: its exact body bytes (CallbackError
+    when a body marked base64 is not), headers, raw query string and method."""
+    http = (event.get("requestContext") or {}).get("http") or {}
+    return CallbackRequest(body=raw_body(event), headers=request_headers(event),
+                           query=str(event.get("rawQueryString") or ""),
+                           method=str(http.get("method") or "POST"))
 
 
 def refusal(exc: CallbackError) -> tuple[int, str]:

@@ -31,6 +31,7 @@ from convbridge.errors import (
 )
 from convbridge.model import (
     SOURCE_TAG,
+    CallbackRequest,
     Grant,
     JobOutcome,
     JobSpec,
@@ -238,8 +239,8 @@ class ScriptedProvider(Provider):
         self.jobs[answer] = ScriptedJob(answer, spec)
         return answer
 
-    def verify_callback(self, headers: Mapping[str, str], body: bytes) -> None:
-        self._verify_hmac_hex(headers, SIGNATURE_HEADER, body)
+    def verify_callback(self, request: CallbackRequest) -> None:
+        self._verify_hmac_hex(request, SIGNATURE_HEADER)
 
     def parse_callback(self, body: bytes) -> JobOutcome | None:
         document = parse_json_object(body, "a scripted callback")
@@ -256,8 +257,8 @@ class ScriptedProvider(Provider):
     def callback(self, job_id: str, status: str = "finished", *,
                  outputs: Mapping[str, bytes] | None = None, code: str | None = None,
                  message: str | None = None, announced: Mapping[str, int] | None = None,
-                 ) -> tuple[dict[str, str], bytes]:
-        """Headers and body of the provider's signed callback for ``job_id``; its
+                 ) -> CallbackRequest:
+        """The provider's signed callback for ``job_id``; its
         ``outputs`` (filename -> bytes) are served at download URLs on the provider's host,
         announced at their sizes unless ``announced`` says otherwise."""
         job = self.jobs[job_id]
@@ -270,13 +271,12 @@ class ScriptedProvider(Provider):
                                     "outputs": listed}
         if status == "failed":
             document.update(failed_task="convert", code=code, message=message)
-        body = json.dumps(document).encode()
-        return self.signed(body), body
+        return self.signed(json.dumps(document).encode())
 
-    def signed(self, body: bytes) -> dict[str, str]:
-        """The headers of a callback of ``body`` the provider signed."""
+    def signed(self, body: bytes) -> CallbackRequest:
+        """A callback of ``body`` the provider signed."""
         signature = hmac.new((self._signing_secret or "").encode(), body, sha256).hexdigest()
-        return {SIGNATURE_HEADER.lower(): signature}
+        return CallbackRequest(body, {SIGNATURE_HEADER: signature})
 
     def transport(self) -> httpx.MockTransport:
         """The provider's download host: a job's outputs, or 404."""

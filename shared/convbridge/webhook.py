@@ -16,17 +16,17 @@ from typing import Any
 
 from convbridge.errors import CallbackError, ConvbridgeError
 from convbridge.http import deadline_from
+from convbridge.model import CallbackRequest
 from convbridge.pipeline import accept, complete, settle
-from convbridge.providers.base import CALLBACK_QUERY, parse_json_object
+from convbridge.providers.base import parse_json_object
 from convbridge.runtime import (
     RetryLater,
     bridge,
+    callback_request,
     internal_error,
     is_sqs_event,
     process_batch,
-    raw_body,
     refusal,
-    request_headers,
     strict_base64,
 )
 
@@ -60,39 +60,33 @@ def answer_http_callback(provider: str, event: Mapping[str, Any],
                          context: Any = None) -> tuple[int, str]:
     """(status code, JSON body) for one provider callback as an HTTP event."""
     try:
-        body = raw_body(event)
+        request = callback_request(event)
     except CallbackError as exc:
         logger.warning("callback from %s refused: %s", provider, exc)
         return refusal(exc)
-    return answer_callback(provider, request_headers(event), body, context,
-                           query=str(event.get("rawQueryString") or ""))
+    return answer_callback(provider, request, context)
 
 
-def answer_callback(provider: str, headers: Mapping[str, str], body: bytes,
-                    context: Any = None, query: str = "") -> tuple[int, str]:
+def answer_callback(provider: str, request: CallbackRequest,
+                    context: Any = None) -> tuple[int, str]:
     """(status code, JSON body) for one provider callback. Callbacks that pass the cheap
     checks (signature or token HMAC, context) are queued for confirming and settling when a
     completion queue is configured, so the provider gets its answer within its timeout
     whatever its own API or the relay take. Refusals say only what kind of refusal it
-    was: the caller may be hostile. ``query`` (the raw query string) travels on among the
-    headers under CALLBACK_QUERY, where unsigned dialects find their per-job token."""
-    headers = {name: value for name, value in headers.items()
-               if name.lower() != CALLBACK_QUERY} | ({CALLBACK_QUERY: query} if query else {})
+    was: the caller may be hostile. A queued callback travels whole (method, headers, query
+    and body), so it is verified on the queue side exactly as it arrived."""
     try:
         current = bridge()
         queue_url = current.settings.completion_queue_url
-        queued = bool(queue_url) and len(body) <= MAX_QUEUED_BODY
+        queued = bool(queue_url) and len(request.body) <= MAX_QUEUED_BODY
         # A queued callback is confirmed with the provider on the queue side, so the answer
         # never waits for the provider's API.
-        accepted = accept(current, provider, headers, body, confirm=not queued)
+        accepted = accept(current, provider, request, confirm=not queued)
         if accepted is None:
             return 200, json.dumps({"status": "ignored"})
         if queued:
-            current.sqs().send_message(QueueUrl=queue_url, MessageBody=json.dumps({
-                "provider": provider,
-                "headers": dict(headers),
-                "body": base64.b64encode(body).decode(),
-            }))
+            current.sqs().send_message(QueueUrl=queue_url,
+                                       MessageBody=queue_message(provider, request))
             return 202, json.dumps({"status": "queued", "job_id": accepted.outcome.job_id})
         current.claims.register_lambda_context(context)
         with deadline_from(getattr(context, "get_remaining_time_in_millis", None)):
@@ -113,9 +107,18 @@ class QueuedCallback:
     """One completion-queue message: a callback accepted earlier, as it arrived."""
 
     provider: str
-    headers: dict[str, str]
-    body: bytes
+    request: CallbackRequest
 
+
+def queue_message(provider: str, request: CallbackRequest) -> str:
+    """The completion-queue message for a callback: the request whole, its body in base64."""
+    return json.dumps({"provider": provider, "method": request.method,
+                       "headers": dict(request.headers), "query": request.query,
+                       "body": base64.b64encode(request.body).decode()})
+
+
+#: how messages queued by earlier releases carried the callback's query string
+LEGACY_QUERY_HEADER = ":query"
 
 
 def queued_callback(message: str) -> QueuedCallback:
@@ -124,12 +127,20 @@ def queued_callback(message: str) -> QueuedCallback:
     document = parse_json_object(message.encode("utf-8", errors="surrogatepass"),
                                  "a queued callback")
     provider, headers, body = (document.get(name) for name in ("provider", "headers", "body"))
-    if not isinstance(provider, str) or not isinstance(body, str) or not (
+    query, method = document.get("query", ""), document.get("method", "POST")
+    if not all(isinstance(v, str) for v in (provider, body, query, method)) or not (
             isinstance(headers, dict)
             and all(isinstance(v, str) for v in headers.values())):
-        raise CallbackError("provider, headers or body missing or of the wrong type")
-    return QueuedCallback(provider, {str(k): v for k, v in headers.items()},
-                          strict_base64(body, "the queued body"))
+        raise CallbackError("provider, method, headers, query or body missing or of the wrong "
+                            "type")
+    headers = {str(k): v for k, v in headers.items()}
+    if "query" not in document:
+        # queued before the query had a field of its own: it travelled as this header, and a
+        # callback still in the queue across an upgrade must settle as it would have
+        query = headers.pop(LEGACY_QUERY_HEADER, "")
+    request = CallbackRequest(body=strict_base64(str(body), "the queued body"),
+                              headers=headers, query=str(query), method=str(method))
+    return QueuedCallback(str(provider), request)
 
 
 def settle_queued_callbacks(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -141,7 +152,7 @@ def settle_queued_callbacks(event: dict[str, Any], context: Any) -> dict[str, An
     def settle_message(record: Any) -> None:
         try:
             queued = queued_callback(record.body)
-            complete(current, queued.provider, queued.headers, queued.body)
+            complete(current, queued.provider, queued.request)
         except CallbackError as exc:
             # it verified when queued; if it no longer does (rules changed), or it cannot be
             # read at all, retrying won't help

@@ -17,9 +17,16 @@ import pytest
 from PIL import Image
 
 from convbridge.errors import ProviderOutcomeUnknown, ProviderRejected
-from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget
+from convbridge.model import (
+    CallbackRequest,
+    ConversionSpec,
+    Grant,
+    JobSpec,
+    ObjectRef,
+    OutputTarget,
+)
 from convbridge.providers import PROVIDERS
-from convbridge.providers.base import CALLBACK_QUERY, Provider
+from convbridge.providers.base import Provider
 from convbridge.providers.cloudconvert import CloudConvert
 from convbridge.providers.cloudconvert_v1 import CloudConvertV1
 from convbridge.providers.freeconvert import FreeConvert, parse_job
@@ -78,11 +85,11 @@ def test_a_v1_process_answering_503_is_a_failure_read_once_not_retried(
         process_id = adapter.start(relay_spec(source_url(sandbox, tmp_path), adapter.name))
         sandbox.wait_idle()
         url = adapter.process_url(process_id).split(":", 1)[1]  # protocol-relative, as v1
-        headers = {CALLBACK_QUERY: urlencode({"token": TOKEN, "id": process_id, "url": url,
-                                              "step": "error"})}
-        accepted = adapter.accept_callback(headers, b"")
+        request = CallbackRequest(b"", method="GET", query=urlencode(
+            {"token": TOKEN, "id": process_id, "url": url, "step": "error"}))
+        accepted = adapter.accept_callback(request)
         assert accepted is not None
-        outcome = adapter.confirm(accepted, headers)
+        outcome = adapter.confirm(accepted, request)
         reads = [r for r in sandbox.requests() if r["method"] == "GET"]
     assert outcome is not None and outcome.status == "failed"
     assert (outcome.job_id, outcome.failed_task, outcome.code) == (process_id, "convert", "503")

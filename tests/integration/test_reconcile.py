@@ -253,7 +253,7 @@ def write_submitting(stack: DevStack, key: str) -> None:
                              version=None, output_key=rule.output_key(key), route="relay")
     bridge.storage("s3").write_json(ref.location, rule.result_key(key), records.submitting_record(
         ref, rule, context_nonce=context.nonce, route=context.route,
-        issued_at=context.issued_at), marker=rule.name)
+        issued_at=context.issued_at).to_json(), marker=rule.name)
 
 
 @pytest.mark.parametrize("provider", ["cloudconvert", "onlineconvert"])

@@ -23,6 +23,7 @@ from convbridge.errors import (
 )
 from convbridge.http import deadline_from
 from convbridge.model import (
+    CallbackRequest,
     ConversionSpec,
     Grant,
     JobSpec,
@@ -154,13 +155,14 @@ def fixture_bytes(name: str) -> bytes:
 
 def test_valid_signature_is_accepted_and_parsed() -> None:
     body = fixture_bytes("webhook_job_finished.json")
-    outcome = provider().accept_callback({"CloudConvert-Signature": sign(body)}, body)
+    outcome = provider().accept_callback(
+        CallbackRequest(body, {"CloudConvert-Signature": sign(body)}))
     assert outcome is not None and outcome.status == "finished"
 
 
 def test_header_name_is_case_insensitive() -> None:
     body = fixture_bytes("webhook_job_finished.json")
-    assert provider().accept_callback({"cloudconvert-signature": sign(body)}, body)
+    assert provider().accept_callback(CallbackRequest(body, {"cloudconvert-signature": sign(body)}))
 
 
 @pytest.mark.parametrize("case", ["tampered", "wrong-secret", "missing", "empty", "uppercase-junk"])
@@ -178,7 +180,7 @@ def test_bad_signatures_are_refused(case: str) -> None:
     else:
         headers = {"CloudConvert-Signature": "Z" * 64}
     with pytest.raises(CallbackSignatureError):
-        provider().accept_callback(headers, body)
+        provider().accept_callback(CallbackRequest(body, headers))
 
 
 def test_base64_encoded_event_bodies_are_verified_after_decoding() -> None:
@@ -186,7 +188,7 @@ def test_base64_encoded_event_bodies_are_verified_after_decoding() -> None:
     event = {"body": base64.b64encode(body).decode(), "isBase64Encoded": True}
     raw = raw_body(event)
     assert raw == body
-    assert provider().accept_callback({"CloudConvert-Signature": sign(body)}, raw)
+    assert provider().accept_callback(CallbackRequest(raw, {"CloudConvert-Signature": sign(body)}))
 
 
 def test_escaped_slashes_are_verified_as_sent_not_reserialised() -> None:
@@ -194,18 +196,20 @@ def test_escaped_slashes_are_verified_as_sent_not_reserialised() -> None:
             b'[{"name":"convert","operation":"convert","status":"error","code":"X",'
             b'"message":"bad \\/ path"}]}}')
     raw = raw_body({"body": body.decode(), "isBase64Encoded": False})
-    outcome = provider().accept_callback({"CloudConvert-Signature": sign(body)}, raw)
+    outcome = provider().accept_callback(
+        CallbackRequest(raw, {"CloudConvert-Signature": sign(body)}))
     assert outcome is not None and outcome.message == "bad / path"
     reserialised = json.dumps(json.loads(body)).encode()
     with pytest.raises(CallbackSignatureError):
-        provider().accept_callback({"CloudConvert-Signature": sign(body)}, reserialised)
+        provider().accept_callback(
+            CallbackRequest(reserialised, {"CloudConvert-Signature": sign(body)}))
 
 
 def test_no_configured_secret_refuses_everything() -> None:
     body = fixture_bytes("webhook_job_finished.json")
     bare = CloudConvert(api_key="k", signing_secret=None, base_url="https://x", http=httpx.Client())
     with pytest.raises(CallbackSignatureError):
-        bare.accept_callback({"CloudConvert-Signature": sign(body)}, body)
+        bare.accept_callback(CallbackRequest(body, {"CloudConvert-Signature": sign(body)}))
 
 
 # callback parsing

@@ -19,8 +19,14 @@ from convbridge.errors import (
     ProviderUnavailable,
     StaleWrite,
 )
-from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget
-from convbridge.providers.base import CALLBACK_QUERY
+from convbridge.model import (
+    CallbackRequest,
+    ConversionSpec,
+    Grant,
+    JobSpec,
+    ObjectRef,
+    OutputTarget,
+)
 from convbridge.providers.cloudconvert_v1 import CloudConvertV1
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "cloudconvert_v1"
@@ -56,8 +62,9 @@ def spec(kind: str = "presigned_url") -> JobSpec:
                    filename="a b.png")
 
 
-def callback(name: str = "callback_finished.json", **changes: str) -> dict[str, str]:
-    return {CALLBACK_QUERY: urlencode({"token": TOKEN, **fixture(name), **changes})}
+def callback(name: str = "callback_finished.json", **changes: str) -> CallbackRequest:
+    return CallbackRequest(b"", query=urlencode({"token": TOKEN, **fixture(name), **changes}),
+                           method="GET")
 
 
 def test_the_start_document_downloads_from_the_signed_url_and_calls_back_with_a_token() -> None:
@@ -188,16 +195,16 @@ def test_process_urls_are_followed_only_on_exactly_the_services_host(base: str, 
 
 def test_a_callback_without_a_token_or_with_a_bad_id_is_refused() -> None:
     with pytest.raises(CallbackSignatureError):
-        provider().accept_callback({CALLBACK_QUERY: "id=v4cw72hf3&step=finished"}, b"")
+        provider().accept_callback(CallbackRequest(b"", query="id=v4cw72hf3&step=finished"))
     with pytest.raises(CallbackError):
-        provider().accept_callback(callback(id="../../admin"), b"")
+        provider().accept_callback(callback(id="../../admin"))
 
 
 @pytest.mark.parametrize("process_id", ["v4cw72hf3\n", "v4cw72hf3\r", " v4cw72hf3", "",
                                         "a" * 65])
 def test_a_process_id_that_is_not_exactly_an_id_is_a_bad_request(process_id: str) -> None:
     with pytest.raises(CallbackError) as refused:
-        provider().accept_callback(callback(id=process_id), b"")
+        provider().accept_callback(callback(id=process_id))
     assert refused.value.status == 400
 
 
@@ -206,14 +213,14 @@ def test_a_callback_naming_a_sibling_host_is_refused_without_any_request() -> No
         raise AssertionError(f"no request may be made, got {request.url}")
 
     adapter = provider(handler, "https://conv.example-paas.com/v1")
-    headers = callback(url="//attacker.example-paas.com/process/v4cw72hf3")
+    request = callback(url="//attacker.example-paas.com/process/v4cw72hf3")
     # refused with the cheap checks, before the callback could be queued
     with pytest.raises(CallbackSignatureError):
-        adapter.accept_callback(headers, b"")
+        adapter.accept_callback(request)
 
 
 def test_a_callback_for_a_step_that_is_not_final_needs_no_action() -> None:
-    assert provider().accept_callback(callback(step="convert"), b"") is None
+    assert provider().accept_callback(callback(step="convert")) is None
 
 
 def test_confirm_reads_the_process_and_returns_what_it_says() -> None:
@@ -224,10 +231,10 @@ def test_confirm_reads_the_process_and_returns_what_it_says() -> None:
         return httpx.Response(200, json=fixture("process_finished.json"))
 
     adapter = provider(handler)
-    headers = callback()
-    outcome = adapter.accept_callback(headers, b"")
+    request = callback()
+    outcome = adapter.accept_callback(request)
     assert outcome is not None and outcome.context_token == TOKEN
-    confirmed = adapter.confirm(outcome, headers)
+    confirmed = adapter.confirm(outcome, request)
     assert confirmed is not None and confirmed.status == "finished"
     assert str(seen[0].url) == "https://srv01.cloudconvert.com/process/v4cw72hf3"
     assert "apikey" not in str(seen[0].url) and "authorization" not in seen[0].headers
@@ -240,10 +247,10 @@ def test_a_failed_conversion_carries_v1s_status_code_and_message() -> None:
         return httpx.Response(422, json=fixture("process_error.json"))
 
     adapter = provider(handler)
-    headers = callback("callback_error.json")
-    outcome = adapter.accept_callback(headers, b"")
+    request = callback("callback_error.json")
+    outcome = adapter.accept_callback(request)
     assert outcome is not None
-    confirmed = adapter.confirm(outcome, headers)
+    confirmed = adapter.confirm(outcome, request)
     assert confirmed is not None and confirmed.status == "failed"
     assert (confirmed.failed_task, confirmed.code, confirmed.message) == (
         "convert", "422", "The input file is not a valid PNG image")
@@ -257,7 +264,7 @@ def test_a_process_that_does_not_carry_the_callbacks_token_is_refused(change: st
         return httpx.Response(200, json=process)
 
     adapter = provider(handler)
-    outcome = adapter.accept_callback(callback(), b"")
+    outcome = adapter.accept_callback(callback())
     assert outcome is not None
     with pytest.raises(CallbackSignatureError):
         adapter.confirm(outcome, callback())
@@ -278,7 +285,7 @@ def test_a_callback_pointing_elsewhere_is_refused_without_any_request(url: str) 
 
     adapter = provider(handler)
     with pytest.raises(CallbackSignatureError):
-        adapter.accept_callback(callback(url=url), b"")
+        adapter.accept_callback(callback(url=url))
 
 
 def test_an_unknown_process_is_refused_and_a_broken_service_is_retried_later() -> None:
@@ -289,7 +296,7 @@ def test_an_unknown_process_is_refused_and_a_broken_service_is_retried_later() -
         return answers.pop(0)
 
     adapter = provider(handler)
-    outcome = adapter.accept_callback(callback(), b"")
+    outcome = adapter.accept_callback(callback())
     assert outcome is not None
     with pytest.raises(CallbackError):
         adapter.confirm(outcome, callback())

@@ -15,7 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from convbridge.errors import CallbackError, CallbackSignatureError, ProviderRejected
-from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget, source_tag
+from convbridge.model import (
+    CallbackRequest,
+    ConversionSpec,
+    Grant,
+    JobSpec,
+    ObjectRef,
+    OutputTarget,
+    source_tag,
+)
 from convbridge.planner import plan_route
 from convbridge.providers.freeconvert import FreeConvert
 from convbridge.storage.s3 import S3Storage
@@ -133,7 +141,8 @@ def test_a_400_is_rejected_with_freeconverts_message() -> None:
 
 def test_a_signed_webhook_is_accepted_and_parsed() -> None:
     body = (FIXTURES / "webhook_job_success.json").read_bytes()
-    outcome = provider().accept_callback({"freeconvert-signature": sign(body)}, body)
+    outcome = provider().accept_callback(
+        CallbackRequest(body, {"freeconvert-signature": sign(body)}))
     assert outcome is not None and outcome.status == "finished"
     assert outcome.context_token == "CONTEXT" and outcome.event == "job.success"
     assert outcome.outputs[0].url == ("https://server301.freeconvert.com/api/download/"
@@ -162,7 +171,7 @@ def test_bad_signatures_are_refused(case: str) -> None:
     else:
         adapter = provider(secret=None)
     with pytest.raises(CallbackSignatureError):
-        adapter.accept_callback(headers, body)
+        adapter.accept_callback(CallbackRequest(body, headers))
 
 
 def test_the_failed_webhook_names_the_task_that_really_failed() -> None:
@@ -198,7 +207,8 @@ def _success_job() -> dict[str, Any]:
 def test_a_job_finished_webhook_settles_the_job_by_its_status() -> None:
     """The seed registers webhooks for ``job.finished`` beside ``job.success``."""
     body = json.dumps({"event": "job.finished", "job": _success_job()}).encode()
-    outcome = provider().accept_callback({"FreeConvert-Signature": sign(body)}, body)
+    outcome = provider().accept_callback(
+        CallbackRequest(body, {"FreeConvert-Signature": sign(body)}))
     assert outcome is not None and outcome.status == "finished"
     assert outcome.event == "job.finished" and len(outcome.outputs) == 1
 

@@ -185,7 +185,7 @@ def test_an_unexpected_exception_becomes_a_logged_500(stack: DevStack,
     traceback and answered, never raised."""
     from convbridge.providers.onlineconvert import OnlineConvert
 
-    def broken(self: Any, headers: Any, body: Any) -> None:
+    def broken(self: Any, request: Any) -> None:
         raise httpx.LocalProtocolError("the client broke")
 
     monkeypatch.setattr(OnlineConvert, "accept_callback", broken)

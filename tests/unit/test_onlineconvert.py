@@ -14,8 +14,14 @@ import httpx
 import pytest
 
 from convbridge.errors import CallbackError, CallbackSignatureError, ProviderError, StaleWrite
-from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget
-from convbridge.providers.base import CALLBACK_QUERY
+from convbridge.model import (
+    CallbackRequest,
+    ConversionSpec,
+    Grant,
+    JobSpec,
+    ObjectRef,
+    OutputTarget,
+)
 from convbridge.providers.onlineconvert import OnlineConvert, parse_job
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "onlineconvert"
@@ -55,8 +61,9 @@ def spec(read_kind: str = "presigned_url", route: str = "relay") -> JobSpec:
                    filename="a b.png")
 
 
-def query(**params: str) -> dict[str, str]:
-    return {CALLBACK_QUERY: urlencode(params)}
+def called(body: bytes, **params: str) -> CallbackRequest:
+    """A callback of ``body`` to the URL with query ``params``."""
+    return CallbackRequest(body, query=urlencode(params))
 
 
 def test_a_signed_url_becomes_a_remote_input_and_outputs_come_back_by_uri() -> None:
@@ -136,32 +143,32 @@ def test_a_job_that_could_not_be_recorded_is_never_processed() -> None:
 def test_a_job_id_that_is_not_exactly_an_id_is_a_bad_request(job_id: str) -> None:
     body = json.dumps({**fixture("callback_job_completed.json"), "id": job_id})
     with pytest.raises(CallbackError) as refused:
-        provider().accept_callback(query(token=TOKEN), body.encode())
+        provider().accept_callback(called(body.encode(), token=TOKEN))
     assert refused.value.status == 400
 
 
 def test_a_callback_without_a_token_is_refused() -> None:
     body = (FIXTURES / "callback_job_completed.json").read_bytes()
     with pytest.raises(CallbackSignatureError):
-        provider().accept_callback({}, body)
+        provider().accept_callback(CallbackRequest(body))
     with pytest.raises(CallbackSignatureError):
-        provider().accept_callback(query(token=""), body)
+        provider().accept_callback(called(body, token=""))
     with pytest.raises(CallbackSignatureError):
-        provider().accept_callback({CALLBACK_QUERY: "token=a&token=b"}, body)
+        provider().accept_callback(CallbackRequest(body, query="token=a&token=b"))
 
 
 def test_the_posted_body_is_provisional_and_carries_the_urls_token() -> None:
     body = (FIXTURES / "callback_job_completed.json").read_bytes()
-    outcome = provider().accept_callback(query(token="FROM-URL"), body)
+    outcome = provider().accept_callback(called(body, token="FROM-URL"))
     assert outcome is not None and outcome.context_token == "FROM-URL"
     running = (FIXTURES / "job_processing.json").read_bytes()
-    assert provider().accept_callback(query(token="FROM-URL"), running) is None
+    assert provider().accept_callback(called(running, token="FROM-URL")) is None
 
 
 def test_a_job_id_that_could_leave_the_jobs_path_is_refused() -> None:
     body = json.dumps({**fixture("callback_job_completed.json"), "id": "../account"})
     with pytest.raises(CallbackError):
-        provider().accept_callback(query(token=TOKEN), body.encode())
+        provider().accept_callback(called(body.encode(), token=TOKEN))
 
 
 def test_confirm_acts_on_the_fetched_job_not_the_posted_one() -> None:
@@ -175,9 +182,9 @@ def test_confirm_acts_on_the_fetched_job_not_the_posted_one() -> None:
         return httpx.Response(200, json=real)
 
     adapter = provider(handler)
-    outcome = adapter.accept_callback(query(token=TOKEN), json.dumps(posted).encode())
+    outcome = adapter.accept_callback(called(json.dumps(posted).encode(), token=TOKEN))
     assert outcome is not None and outcome.status == "finished"
-    confirmed = adapter.confirm(outcome, query(token=TOKEN))
+    confirmed = adapter.confirm(outcome, called(b"", token=TOKEN))
     assert confirmed is not None and confirmed.status == "failed"
     assert (confirmed.code, confirmed.failed_task) == ("5016", "conversion")
     assert confirmed.outputs == ()
@@ -193,10 +200,10 @@ def test_a_token_from_another_jobs_callback_url_is_refused() -> None:
         return httpx.Response(200, json=other)
 
     adapter = provider(handler)
-    outcome = adapter.accept_callback(query(token=TOKEN), json.dumps(other).encode())
+    outcome = adapter.accept_callback(called(json.dumps(other).encode(), token=TOKEN))
     assert outcome is not None
     with pytest.raises(CallbackSignatureError):
-        adapter.confirm(outcome, query(token=TOKEN))
+        adapter.confirm(outcome, called(b"", token=TOKEN))
 
 
 def test_confirm_waits_for_a_job_still_running_and_refuses_a_different_job() -> None:
@@ -208,11 +215,11 @@ def test_confirm_waits_for_a_job_still_running_and_refuses_a_different_job() -> 
 
     adapter = provider(handler)
     finished = adapter.accept_callback(
-        query(token=TOKEN), (FIXTURES / "callback_job_completed.json").read_bytes())
+        called((FIXTURES / "callback_job_completed.json").read_bytes(), token=TOKEN))
     assert finished is not None
-    assert adapter.confirm(finished, query(token=TOKEN)) is None
+    assert adapter.confirm(finished, called(b"", token=TOKEN)) is None
     with pytest.raises(ProviderError):
-        adapter.confirm(finished, query(token=TOKEN))
+        adapter.confirm(finished, called(b"", token=TOKEN))
 
 
 @pytest.mark.parametrize(("code", "reported"), [

@@ -178,8 +178,8 @@ def submitted(bridge: Bridge, storage: MemoryStorage, key: str = "inbox/a.png") 
 def test_a_finished_job_is_relayed_and_recorded_with_the_source_it_was_made_from(
         bridge: Bridge, storage: MemoryStorage, provider: ScriptedProvider) -> None:
     job = submitted(bridge, storage)
-    headers, body = provider.callback(job, outputs={"a.pdf": b"%PDF converted"})
-    completion = complete(bridge, "cloudconvert", headers, body)
+    callback = provider.callback(job, outputs={"a.pdf": b"%PDF converted"})
+    completion = complete(bridge, "cloudconvert", callback)
     assert (completion.status, completion.outcome) == ("recorded", "finished")
     assert storage.objects[(BUCKET, "outbox/a.png.pdf")].data == b"%PDF converted"
     result = record(storage, "results/a.png.json")
@@ -193,8 +193,8 @@ def test_a_finished_job_is_relayed_and_recorded_with_the_source_it_was_made_from
 def test_a_failed_job_gets_a_failure_report_with_the_providers_code(
         bridge: Bridge, storage: MemoryStorage, provider: ScriptedProvider) -> None:
     job = submitted(bridge, storage)
-    headers, body = provider.callback(job, "failed", code="CORRUPT", message="not a PNG")
-    assert complete(bridge, "cloudconvert", headers, body).outcome == "failed"
+    callback = provider.callback(job, "failed", code="CORRUPT", message="not a PNG")
+    assert complete(bridge, "cloudconvert", callback).outcome == "failed"
     report = record(storage, "failures/a.png.json")
     assert report["error"] == {"task": "convert", "code": "CORRUPT", "message": "not a PNG"}
     assert record(storage, "results/a.png.json") == report
@@ -203,9 +203,9 @@ def test_a_failed_job_gets_a_failure_report_with_the_providers_code(
 def test_an_output_that_cannot_be_downloaded_is_reported_as_a_relay_failure(
         bridge: Bridge, storage: MemoryStorage, provider: ScriptedProvider) -> None:
     job = submitted(bridge, storage)
-    headers, body = provider.callback(job, outputs={"a.pdf": b"%PDF"})
+    callback = provider.callback(job, outputs={"a.pdf": b"%PDF"})
     provider.jobs[job].outputs.clear()  # the download answers 404
-    assert complete(bridge, "cloudconvert", headers, body).outcome == "failed"
+    assert complete(bridge, "cloudconvert", callback).outcome == "failed"
     report = record(storage, "failures/a.png.json")
     assert (report["error"]["task"], report["error"]["code"]) == ("relay", "OUTPUT_UNAVAILABLE")
     assert "outbox/a.png.pdf" not in storage.keys(BUCKET)
@@ -214,10 +214,10 @@ def test_an_output_that_cannot_be_downloaded_is_reported_as_a_relay_failure(
 def test_a_replayed_callback_writes_nothing_again(
         bridge: Bridge, storage: MemoryStorage, provider: ScriptedProvider) -> None:
     job = submitted(bridge, storage)
-    headers, body = provider.callback(job, outputs={"a.pdf": b"%PDF"})
-    complete(bridge, "cloudconvert", headers, body)
+    callback = provider.callback(job, outputs={"a.pdf": b"%PDF"})
+    complete(bridge, "cloudconvert", callback)
     revision = storage.objects[(BUCKET, "results/a.png.json")].revision
-    again = complete(bridge, "cloudconvert", headers, body)
+    again = complete(bridge, "cloudconvert", callback)
     assert (again.status, again.outcome) == ("duplicate", "finished")
     assert storage.objects[(BUCKET, "results/a.png.json")].revision == revision
 
@@ -227,11 +227,11 @@ def test_a_callback_replayed_after_its_claim_expired_is_stopped_by_the_record(
     claims = MemoryClaims()
     bridge = memory_bridge(RULES, storage=storage, provider=provider, claims=claims)
     job = submitted(bridge, storage)
-    headers, body = provider.callback(job, outputs={"a.pdf": b"%PDF"})
-    complete(bridge, "cloudconvert", headers, body)
+    callback = provider.callback(job, outputs={"a.pdf": b"%PDF"})
+    complete(bridge, "cloudconvert", callback)
     revision = storage.objects[(BUCKET, "results/a.png.json")].revision
     claims.forget()
-    assert complete(bridge, "cloudconvert", headers, body).status == "duplicate"
+    assert complete(bridge, "cloudconvert", callback).status == "duplicate"
     assert storage.objects[(BUCKET, "results/a.png.json")].revision == revision
 
 
@@ -239,9 +239,9 @@ def test_a_callback_for_another_job_than_the_recorded_one_is_refused(
         bridge: Bridge, storage: MemoryStorage, provider: ScriptedProvider) -> None:
     job = submitted(bridge, storage)
     provider.jobs["job-other"] = provider.jobs[job]
-    headers, body = provider.callback("job-other", outputs={"a.pdf": b"%PDF"})
+    callback = provider.callback("job-other", outputs={"a.pdf": b"%PDF"})
     with pytest.raises(CallbackSignatureError):
-        complete(bridge, "cloudconvert", headers, body)
+        complete(bridge, "cloudconvert", callback)
     assert record(storage, "results/a.png.json")["status"] == "submitted"
 
 
@@ -249,8 +249,8 @@ def test_a_callback_of_an_older_submission_leaves_the_newer_record_alone(
         bridge: Bridge, storage: MemoryStorage, provider: ScriptedProvider) -> None:
     first = submitted(bridge, storage)
     second = submitted(bridge, storage)  # the same key uploaded again
-    headers, body = provider.callback(first, outputs={"a.pdf": b"%PDF old"})
-    assert complete(bridge, "cloudconvert", headers, body).status == "ignored"
+    callback = provider.callback(first, outputs={"a.pdf": b"%PDF old"})
+    assert complete(bridge, "cloudconvert", callback).status == "ignored"
     result = record(storage, "results/a.png.json")
     assert (result["status"], result["job_id"]) == ("submitted", second)
     assert "outbox/a.png.pdf" not in storage.keys(BUCKET)
@@ -259,38 +259,39 @@ def test_a_callback_of_an_older_submission_leaves_the_newer_record_alone(
 def test_a_callback_whose_rule_changed_since_is_refused(
         bridge: Bridge, storage: MemoryStorage, provider: ScriptedProvider) -> None:
     job = submitted(bridge, storage)
-    headers, body = provider.callback(job, outputs={"a.pdf": b"%PDF"})
+    callback = provider.callback(job, outputs={"a.pdf": b"%PDF"})
     changed = memory_bridge(RULES.replace("outputs: outbox/", "outputs: elsewhere/"),
                             storage=storage, provider=provider)
     with pytest.raises(ContextError):
-        accept(changed, "cloudconvert", headers, body)
+        accept(changed, "cloudconvert", callback)
     assert record(storage, "results/a.png.json")["status"] == "submitted"
 
 
 def test_a_callback_with_a_wrong_signature_is_refused(
         bridge: Bridge, storage: MemoryStorage, provider: ScriptedProvider) -> None:
     job = submitted(bridge, storage)
-    headers, body = provider.callback(job, outputs={"a.pdf": b"%PDF"})
+    callback = provider.callback(job, outputs={"a.pdf": b"%PDF"})
     with pytest.raises(CallbackSignatureError):
-        accept(bridge, "cloudconvert", headers, body.replace(b"finished", b"failed"))
+        accept(bridge, "cloudconvert",
+               replace(callback, body=callback.body.replace(b"finished", b"failed")))
 
 
 def test_progress_events_are_accepted_as_nothing_to_do(
         bridge: Bridge, storage: MemoryStorage, provider: ScriptedProvider) -> None:
     job = submitted(bridge, storage)
-    _, body = provider.callback(job)
-    progress = body.replace(b'"event": "job.finished"', b'"event": "job.progress"')
-    headers = provider.signed(progress)
-    assert accept(bridge, "cloudconvert", headers, progress) is None
-    assert complete(bridge, "cloudconvert", headers, progress).status == "ignored"
+    finished = provider.callback(job).body
+    progress = provider.signed(finished.replace(b'"event": "job.finished"',
+                                                b'"event": "job.progress"'))
+    assert accept(bridge, "cloudconvert", progress) is None
+    assert complete(bridge, "cloudconvert", progress).status == "ignored"
     assert record(storage, "results/a.png.json")["status"] == "submitted"
 
 
 def test_settling_takes_the_source_size_from_the_context_not_the_record(
         bridge: Bridge, storage: MemoryStorage, provider: ScriptedProvider) -> None:
     job = submitted(bridge, storage)
-    headers, body = provider.callback(job, outputs={"a.pdf": b"%PDF"})
-    accepted = accept(bridge, "cloudconvert", headers, body)
+    callback = provider.callback(job, outputs={"a.pdf": b"%PDF"})
+    accepted = accept(bridge, "cloudconvert", callback)
     assert accepted is not None
     storage.put(BUCKET, "results/a.png.json",
                 storage.objects[(BUCKET, "results/a.png.json")].data.replace(

@@ -53,7 +53,7 @@ def test_the_context_rebuilt_from_a_submitted_record_is_the_one_the_submission_s
                             version=version, output_key=RULE.output_key(key), route=route,
                             source_size=ref.size)
     record = json.loads(json.dumps(records.submitted_record(
-        ref, RULE, job_id="job-1", route=route, context_nonce=signed.nonce)))
+        ref, RULE, job_id="job-1", route=route, context_nonce=signed.nonce).to_json()))
     submitted_at = datetime.fromisoformat(record["submitted_at"])
     rebuilt = _context(RULE, RULE.result_key(key), record, submitted_at)
     assert rebuilt == replace(signed, issued_at=int(submitted_at.timestamp()))

@@ -6,29 +6,29 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
-from typing import Any
 
+from convbridge.records import ResultRecord
 from convbridge.rules import Rule
 from convbridge.storage.base import Storage
 
 logger = logging.getLogger(__name__)
 
 
-def read_record(storage: Storage, location: str, key: str) -> dict[str, Any] | None:
-    """The JSON object stored at ``key``; None when there is none or it is not one."""
+def read_record(storage: Storage, location: str, key: str) -> ResultRecord | None:
+    """The record stored at ``key``; None when there is none or the object is not one."""
     if storage.stat(location, key) is None:
         return None
     try:
         document = json.loads(storage.read_bytes(location, key))
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    return document if isinstance(document, dict) else None
+    return ResultRecord.from_json(document)
 
 
 def write_failure(storage: Storage, rule: Rule, location: str, key: str,
-                   document: Mapping[str, Any]) -> None:
+                   record: ResultRecord) -> None:
     """Failure report, result record, then the rule's failure policy for the source."""
+    document = record.to_json()
     storage.write_json(location, rule.failure_key(key), document, marker=rule.name)
     storage.write_json(location, rule.result_key(key), document, marker=rule.name)
     if rule.on_failure in {"copy", "move"} and storage.stat(location, key) is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 
-from convbridge import records
 from convbridge.bridge import Bridge
 from convbridge.model import (
     ObjectRef,
@@ -28,9 +27,9 @@ def retry_failures(bridge: Bridge, rule_name: str | None = None) -> list[Submiss
         for report_key in list(storage.list_keys(rule.location, rule.failures_prefix)):
             report = read_record(storage, rule.location, report_key) if report_key.endswith(
                 ".json") else None
-            if not report or report.get("schema") != records.SCHEMA:
+            if report is None:
                 continue  # a source moved aside, not a report
-            key = str(report["source"]["key"])
+            key = report.source.key
             moved = rule.failed_source_key(key)
             if storage.stat(rule.location, moved) is not None:
                 storage.copy(rule.location, moved, key)
@@ -41,7 +40,7 @@ def retry_failures(bridge: Bridge, rule_name: str | None = None) -> list[Submiss
                                               "skipped", "the source is gone", rule.name))
                 continue
             submission = submit(bridge, ObjectRef(rule.storage, rule.location, key),
-                                attempt=str(report.get("recorded_at")))
+                                attempt=str(report.recorded_at))
             if submission.status == "submitted":
                 storage.delete(rule.location, report_key)
             submissions.append(submission)

@@ -7,10 +7,9 @@ only for the job the bridge created for it, and a duplicate callback writes noth
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 from convbridge import records
 from convbridge.bridge import Bridge
@@ -24,6 +23,7 @@ from convbridge.errors import (
     StorageError,
 )
 from convbridge.model import (
+    CallbackRequest,
     JobOutcome,
     ObjectRef,
     OutputFile,
@@ -32,7 +32,8 @@ from convbridge.model import (
 from convbridge.names import unsafe_filename_reason
 from convbridge.pipeline.record_io import read_record, write_failure
 from convbridge.pipeline.relay import relay_output, relay_policy
-from convbridge.providers.base import TOKEN_PARAMETER, callback_query
+from convbridge.providers.base import TOKEN_PARAMETER
+from convbridge.records import ResultRecord
 from convbridge.rules import Rule
 from convbridge.storage.base import Storage
 from convbridge.telemetry import record as record_metric
@@ -63,23 +64,22 @@ class Completion:
     record_key: str | None = None
 
 
-def complete(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
-             body: bytes) -> Completion:
-    accepted = accept(bridge, provider_name, headers, body)
+def complete(bridge: Bridge, provider_name: str, request: CallbackRequest) -> Completion:
+    accepted = accept(bridge, provider_name, request)
     if accepted is None:
         return Completion("ignored")
     return settle(bridge, accepted)
 
 
-def accept(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
-           body: bytes, *, confirm: bool = True) -> Accepted | None:
+def accept(bridge: Bridge, provider_name: str, request: CallbackRequest, *,
+           confirm: bool = True) -> Accepted | None:
     """Prove a callback genuine, fast and without writing anything. Raises CallbackError (with
     the HTTP status to answer); returns None for events that need no action. ``confirm=False``
     stops after the cheap checks, before unsigned dialects ask the provider what happened (a
     request that can outlast the provider's callback timeout, Online-Convert's 3 s): the
     callback is then queued, and confirmed where it is settled."""
-    if len(body) > bridge.settings.max_callback_bytes:
-        raise CallbackTooLarge(f"callback body of {len(body)} bytes is over the limit")
+    if len(request.body) > bridge.settings.max_callback_bytes:
+        raise CallbackTooLarge(f"callback body of {len(request.body)} bytes is over the limit")
     if provider_name not in {rule.provider for rule in bridge.rules.rules}:
         raise ContextError(f"no rule uses provider {provider_name!r}")
     provider = bridge.provider(provider_name)
@@ -87,11 +87,11 @@ def accept(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
     # The cheap checks come before any parsing: a token in the callback URL (how dialects
     # that sign nothing prove a callback ours) is verified with our HMAC here, and signed
     # dialects check the provider's HMAC over the raw bytes first thing in accept_callback.
-    url_token = callback_query(headers).get(TOKEN_PARAMETER)
+    url_token = request.parameters().get(TOKEN_PARAMETER)
     url_context = None if url_token is None else verify_context(
         url_token, bridge.context_key(), max_age_seconds=max_age)
     try:
-        outcome = provider.accept_callback(headers, body)
+        outcome = provider.accept_callback(request)
     except RecursionError as exc:  # a dialect's parser meeting absurd nesting
         raise CallbackError("callback body is nested too deeply") from exc
     if outcome is None:
@@ -107,7 +107,7 @@ def accept(bridge: Bridge, provider_name: str, headers: Mapping[str, str],
         # retried against a 404 until the queue gives up.
         return Accepted(outcome, context, rule)
     # Only once our own HMAC verified: unsigned dialects fetch the real outcome here.
-    confirmed = provider.confirm(outcome, headers)
+    confirmed = provider.confirm(outcome, request)
     if confirmed is None:
         return None
     if confirmed.context_token != outcome.context_token:
@@ -165,18 +165,17 @@ class _Recorded:
     job_id: str | None = None
 
 
-def _recorded_job(record: Mapping[str, Any] | None, nonce: str) -> _Recorded:
+def _recorded_job(record: ResultRecord | None, nonce: str) -> _Recorded:
     if record is None:
         return _Recorded("unbound")
-    job_id = record.get("job_id") if isinstance(record.get("job_id"), str) else None
-    final = record.get("status") in records.FINAL_STATUSES
-    if "context_nonce" not in record:
+    job_id = record.job_id
+    if not record.names_context:
         # written before records named their context: the job id is all it tells
-        return _Recorded("settled" if final else "bound", job_id) if job_id else _Recorded(
-            "unbound")
-    if record["context_nonce"] != nonce:
+        return _Recorded("settled" if record.final else "bound", job_id) if job_id else (
+            _Recorded("unbound"))
+    if record.context_nonce != nonce:
         return _Recorded("other")
-    if final:
+    if record.final:
         return _Recorded("settled", job_id)
     return _Recorded("bound", job_id) if job_id else _Recorded("unbound")
 
@@ -196,7 +195,7 @@ def _settle_claimed(bridge: Bridge, accepted: Accepted) -> Completion:
         raise CallbackSignatureError(f"job {outcome.job_id} is not the job the bridge created "
                                      "for this context")
     if recorded.state == "settled":
-        return Completion("duplicate", outcome.job_id, (previous or {}).get("status"),
+        return Completion("duplicate", outcome.job_id, previous.status if previous else None,
                           result_key)
     if (recorded.job_id is None and outcome.job_id
             and bridge.provider(rule.provider).binds_before_start):
@@ -220,13 +219,13 @@ def _settle_claimed(bridge: Bridge, accepted: Accepted) -> Completion:
         logger.info("job %s: a newer submission of %s took its record while it settled; the "
                     "record is left to it", outcome.job_id, context.key)
         return superseded
-    document = records.outcome_record(source, rule, outcome, route=context.route,
-                                      outputs=outputs, context_nonce=context.nonce,
-                                      submitted_at=(previous or {}).get("submitted_at"))
+    settled = records.outcome_record(source, rule, outcome, route=context.route,
+                                     outputs=outputs, context_nonce=context.nonce,
+                                     submitted_at=previous.submitted_at if previous else None)
     if outcome.status == "failed":
-        write_failure(storage, rule, context.location, context.key, document)
+        write_failure(storage, rule, context.location, context.key, settled)
     else:
-        storage.write_json(context.location, result_key, document, marker=rule.name)
+        storage.write_json(context.location, result_key, settled.to_json(), marker=rule.name)
     storage.after_settle(context.location, context.key, outcome.status)
     logger.info("job %s for %s %s; record %s", outcome.job_id, source, outcome.status, result_key)
     record_metric("JobsFinished" if outcome.status == "finished" else "JobsFailed", 1,

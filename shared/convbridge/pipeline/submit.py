@@ -192,7 +192,8 @@ class _SubmissionRecord:
         self.revision = self.storage.write_json(
             self.ref.location, self.rule.result_key(self.ref.key),
             records.submitting_record(self.ref, self.rule, context_nonce=context.nonce,
-                                      route=context.route, issued_at=context.issued_at),
+                                      route=context.route,
+                                      issued_at=context.issued_at).to_json(),
             marker=self.rule.name)
 
     def submitted(self, context: JobContext, job_id: str, *, before_start: bool) -> None:
@@ -200,7 +201,8 @@ class _SubmissionRecord:
             self.storage.write_json(
                 self.ref.location, self.rule.result_key(self.ref.key),
                 records.submitted_record(self.ref, self.rule, job_id=job_id,
-                                         route=context.route, context_nonce=context.nonce),
+                                         route=context.route,
+                                         context_nonce=context.nonce).to_json(),
                 marker=self.rule.name, if_revision=self.revision)
         except StaleWrite:
             if before_start:

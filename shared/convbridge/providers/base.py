@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from hashlib import sha256
 from typing import Any, ClassVar
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 import httpx
 
@@ -31,17 +31,13 @@ from convbridge.errors import (
     ProviderUnavailable,
 )
 from convbridge.http import GaveUp, RetryPolicy, seconds_left, send
-from convbridge.model import Grant, JobOutcome, JobSpec
+from convbridge.model import CallbackRequest, Grant, JobOutcome, JobSpec
 
 logger = logging.getLogger(__name__)
 #: create attempts whose answers were lost before giving up on a job
 MAX_CREATE_ATTEMPTS = 5
 #: the pause before looking for a job whose create answer was lost (at least Retry-After)
 CREATE_RETRY = RetryPolicy()
-#: Where the webhook puts the callback URL's raw query string among the request headers, so it
-#: reaches the adapter (and the completion queue) with them. ":" cannot start a real header name,
-#: and the webhook drops any incoming header of this name, so a caller cannot set it.
-CALLBACK_QUERY = ":query"
 #: the query parameter carrying the per-job token of dialects whose callbacks are not signed
 TOKEN_PARAMETER = "token"
 
@@ -101,7 +97,7 @@ class Provider(ABC):
         """Send the job document; return the provider's job id."""
 
     @abstractmethod
-    def verify_callback(self, headers: Mapping[str, str], body: bytes) -> None:
+    def verify_callback(self, request: CallbackRequest) -> None:
         """Raise CallbackSignatureError unless the callback is genuine."""
 
     @abstractmethod
@@ -168,11 +164,11 @@ class Provider(ABC):
         raise ProviderRejected(f"{self.name} cannot take an input uploaded by the bridge",
                                code="UPLOAD_UNSUPPORTED")
 
-    def accept_callback(self, headers: Mapping[str, str], body: bytes) -> JobOutcome | None:
-        self.verify_callback(headers, body)
-        return self.parse_callback(body)
+    def accept_callback(self, request: CallbackRequest) -> JobOutcome | None:
+        self.verify_callback(request)
+        return self.parse_callback(request.body)
 
-    def confirm(self, outcome: JobOutcome, headers: Mapping[str, str]) -> JobOutcome | None:
+    def confirm(self, outcome: JobOutcome, request: CallbackRequest) -> JobOutcome | None:
         """The outcome to act on for an accepted callback whose context verified. Signed
         dialects return ``outcome``; dialects whose callbacks are unsigned fetch the job from
         the provider with the API key and return what the provider says (None while the job
@@ -194,14 +190,15 @@ class Provider(ABC):
         except ValueError as exc:
             raise ProviderError(f"{self.name}: the job lookup answer is not JSON") from exc
 
-    def _verify_hmac_hex(self, headers: Mapping[str, str], header: str, body: bytes) -> None:
+    def _verify_hmac_hex(self, request: CallbackRequest, header: str) -> None:
         """Check a lowercase-hex HMAC-SHA256 of the exact raw body, in constant time."""
         if not self._signing_secret:
             raise CallbackSignatureError(f"{self.name}: no signing secret configured")
-        given = _header(headers, header)
+        given = request.header(header)
         if not given:
             raise CallbackSignatureError(f"missing {header} header")
-        expected = hmac.new(self._signing_secret.encode(), body, sha256).hexdigest().encode()
+        expected = hmac.new(self._signing_secret.encode(), request.body,
+                            sha256).hexdigest().encode()
         # bytes on both sides: a non-ASCII header value simply does not match
         if not hmac.compare_digest(expected, comparable_bytes(given.strip().lower())):
             raise CallbackSignatureError(f"{header} does not match the body")
@@ -212,9 +209,9 @@ class Provider(ABC):
         joiner = "&" if "?" in spec.webhook_url else "?"
         return f"{spec.webhook_url}{joiner}{urlencode({TOKEN_PARAMETER: spec.context_token})}"
 
-    def _callback_token(self, headers: Mapping[str, str]) -> str:
+    def _callback_token(self, request: CallbackRequest) -> str:
         """The token of an unsigned callback; its HMAC is checked by the pipeline next."""
-        token = callback_query(headers).get(TOKEN_PARAMETER)
+        token = request.parameters().get(TOKEN_PARAMETER)
         if not token:
             raise CallbackSignatureError(f"{self.name}: the callback URL carries no token")
         return token
@@ -245,16 +242,6 @@ class Provider(ABC):
         return response
 
 
-def callback_query(headers: Mapping[str, str]) -> dict[str, str]:
-    """The callback URL's query parameters. A repeated parameter is refused: which copy a
-    check reads and which one the rest of the code reads must never differ."""
-    raw = _header(headers, CALLBACK_QUERY) or ""
-    parsed = parse_qs(raw, keep_blank_values=True)
-    if any(len(values) > 1 for values in parsed.values()):
-        raise CallbackSignatureError("a callback query parameter is repeated")
-    return {name: values[0] for name, values in parsed.items()}
-
-
 def comparable_bytes(value: str) -> bytes:
     """A caller's text (a header value, a query parameter) as bytes for a constant-time
     comparison. Whatever the caller sent encodes (lone surrogates from a hostile event become
@@ -283,14 +270,6 @@ def parse_time(value: Any) -> datetime | None:
         return datetime.fromisoformat(value)
     except ValueError:
         return None
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    wanted = name.lower()
-    for key, value in headers.items():
-        if key.lower() == wanted:
-            return value
-    return None
 
 
 def _json_or_none(response: httpx.Response) -> Any:

@@ -50,7 +50,15 @@ from convbridge.errors import (
     StorageError,
 )
 from convbridge.http import GaveUp, send
-from convbridge.model import ConversionSpec, Grant, JobOutcome, JobSpec, OutputFile, output_metadata
+from convbridge.model import (
+    CallbackRequest,
+    ConversionSpec,
+    Grant,
+    JobOutcome,
+    JobSpec,
+    OutputFile,
+    output_metadata,
+)
 from convbridge.providers.base import Provider, native_task, parse_json_object
 
 SIGNATURE_HEADER = "CloudConvert-Signature"
@@ -194,8 +202,8 @@ class CloudConvert(Provider):
                 f"{scope} scope; create a key with {' and '.join(REQUIRED_SCOPES)}",
                 status=403, code="API_KEY_SCOPE") from exc
 
-    def verify_callback(self, headers: Mapping[str, str], body: bytes) -> None:
-        self._verify_hmac_hex(headers, SIGNATURE_HEADER, body)
+    def verify_callback(self, request: CallbackRequest) -> None:
+        self._verify_hmac_hex(request, SIGNATURE_HEADER)
 
     def parse_callback(self, body: bytes) -> JobOutcome | None:
         document = parse_json_object(body, "a CloudConvert webhook")

@@ -34,8 +34,8 @@ from convbridge.errors import (
     ProviderUnavailable,
 )
 from convbridge.http import GaveUp, RetryPolicy, send
-from convbridge.model import JobOutcome, JobSpec, OutputFile
-from convbridge.providers.base import Provider, callback_query, parse_time
+from convbridge.model import CallbackRequest, JobOutcome, JobSpec, OutputFile
+from convbridge.providers.base import Provider, parse_time
 
 #: callback steps that settle a process; the service calls back only for these
 FINAL_STEPS = {"finished": "finished", "error": "failed"}
@@ -142,13 +142,13 @@ class CloudConvertV1(Provider):
             return None
         return f"{base.scheme}://{base.netloc}{parts.path}"
 
-    def verify_callback(self, headers: Mapping[str, str], body: bytes) -> None:
-        self._callback_token(headers)
+    def verify_callback(self, request: CallbackRequest) -> None:
+        self._callback_token(request)
 
-    def accept_callback(self, headers: Mapping[str, str], body: bytes) -> JobOutcome | None:
+    def accept_callback(self, request: CallbackRequest) -> JobOutcome | None:
         """Provisional, from the GET query alone: :meth:`confirm` decides what happened."""
-        token = self._callback_token(headers)
-        query = callback_query(headers)
+        token = self._callback_token(request)
+        query = request.parameters()
         process_id, step = query.get("id", ""), query.get("step", "")
         if not _PROCESS_ID.fullmatch(process_id):
             raise CallbackError("callback names no valid process id")
@@ -170,7 +170,7 @@ class CloudConvertV1(Provider):
         except (ValueError, TypeError, AttributeError) as exc:
             raise CallbackError("not a CloudConvert v1 process document") from exc
 
-    def confirm(self, outcome: JobOutcome, headers: Mapping[str, str]) -> JobOutcome | None:
+    def confirm(self, outcome: JobOutcome, request: CallbackRequest) -> JobOutcome | None:
         # Read where the service shows the process the callback names, which is the URL the
         # create answer named (accept_callback refused a callback pointing anywhere else).
         url = self.process_url(outcome.job_id)

@@ -25,7 +25,14 @@ from typing import Any, ClassVar
 from urllib.parse import quote, unquote, urlsplit
 
 from convbridge.errors import CallbackError, ProviderError
-from convbridge.model import Grant, JobOutcome, JobSpec, OutputFile, output_metadata
+from convbridge.model import (
+    CallbackRequest,
+    Grant,
+    JobOutcome,
+    JobSpec,
+    OutputFile,
+    output_metadata,
+)
 from convbridge.providers.base import Provider, native_task, parse_json_object, parse_time
 from convbridge.providers.cloudconvert import may_give_several_files
 
@@ -118,9 +125,9 @@ class FreeConvert(Provider):
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"}
 
-    def verify_callback(self, headers: Mapping[str, str], body: bytes) -> None:
+    def verify_callback(self, request: CallbackRequest) -> None:
         # PHP's hash_hmac('sha256', $payload, $secret) in the seed: lowercase hex
-        self._verify_hmac_hex(headers, SIGNATURE_HEADER, body)
+        self._verify_hmac_hex(request, SIGNATURE_HEADER)
 
     def parse_callback(self, body: bytes) -> JobOutcome | None:
         document = parse_json_object(body, "a FreeConvert webhook")

@@ -34,7 +34,7 @@ from convbridge.errors import (
     CallbackSignatureError,
     ProviderError,
 )
-from convbridge.model import Grant, JobOutcome, JobSpec, OutputFile
+from convbridge.model import CallbackRequest, Grant, JobOutcome, JobSpec, OutputFile
 from convbridge.providers.base import TOKEN_PARAMETER, Provider, parse_time
 
 API_KEY_HEADER = "X-Oc-Api-Key"
@@ -105,13 +105,13 @@ class OnlineConvert(Provider):
     def _auth(self) -> dict[str, str]:
         return {API_KEY_HEADER: self._api_key}
 
-    def verify_callback(self, headers: Mapping[str, str], body: bytes) -> None:
-        self._callback_token(headers)
+    def verify_callback(self, request: CallbackRequest) -> None:
+        self._callback_token(request)
 
-    def accept_callback(self, headers: Mapping[str, str], body: bytes) -> JobOutcome | None:
+    def accept_callback(self, request: CallbackRequest) -> JobOutcome | None:
         """Provisional: only the job id and the URL's token are used, by :meth:`confirm`."""
-        token = self._callback_token(headers)
-        outcome = self.parse_callback(body)
+        token = self._callback_token(request)
+        outcome = self.parse_callback(request.body)
         return replace(outcome, context_token=token) if outcome else None
 
     def parse_callback(self, body: bytes) -> JobOutcome | None:
@@ -127,7 +127,7 @@ class OnlineConvert(Provider):
         except (ValueError, TypeError, AttributeError) as exc:
             raise CallbackError("callback body is not an Online-Convert job") from exc
 
-    def confirm(self, outcome: JobOutcome, headers: Mapping[str, str]) -> JobOutcome | None:
+    def confirm(self, outcome: JobOutcome, request: CallbackRequest) -> JobOutcome | None:
         response = self._send("GET", f"/jobs/{outcome.job_id}", headers=self._auth())
         try:
             job = response.json()
