@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from hashlib import sha256
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlencode
 
 import httpx
@@ -240,6 +240,71 @@ class Provider(ABC):
                 code=_error_code(response),
             )
         return response
+
+
+#: what the tagged-jobs flow asks of ``jobs_path``: create a job, or find one by its tag
+JobsRequest = Literal["create", "find"]
+
+
+class TaggedJobsProvider(Provider):
+    """A dialect whose jobs are created by posting the job document to ``jobs_path`` and
+    listed there by ``tag`` (the context token): the flow is here, an adapter names where
+    its answers keep the id and the list, and how it authenticates (:meth:`_jobs_request`)."""
+
+    #: jobs are listed by tag, so a lost create answer is looked up before a re-send
+    finds_jobs: ClassVar[bool] = True
+    jobs_path: ClassVar[str] = "/jobs"
+    #: the fields leading to the new job's id in the create answer
+    created_id_at: ClassVar[tuple[str, ...]] = ("id",)
+    #: the fields leading to the list of jobs in the list answer
+    listed_jobs_at: ClassVar[tuple[str, ...]] = ("data",)
+    #: the list query parameter that filters jobs by tag
+    tag_parameter: ClassVar[str] = "tag"
+
+    def create_job(self, document: Mapping[str, Any]) -> str:
+        response = self._jobs_request("create", "POST", json=document, idempotent=False)
+        try:
+            return str(_field(response.json(), self.created_id_at))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProviderError(f"{self.name}: job created but the answer has no "
+                                f"{'.'.join(self.created_id_at)}") from exc
+
+    def find_job(self, context_token: str) -> str | None:
+        # the context token is unique per submission, so at most one job carries it
+        response = self._jobs_request("find", "GET",
+                                      params={self.tag_parameter: context_token, "per_page": 1})
+        try:
+            jobs = _field(response.json(), self.listed_jobs_at)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProviderError(f"{self.name}: job list answer has no "
+                                f"{'.'.join(self.listed_jobs_at)}") from exc
+        matching = [j for j in jobs if isinstance(j, dict) and j.get("tag") == context_token]
+        return str(matching[0]["id"]) if matching else None
+
+    def _jobs_request(self, purpose: JobsRequest, method: str, **kwargs: Any) -> httpx.Response:
+        """The request to ``jobs_path`` for ``purpose``; a dialect whose API keys have scopes
+        names the one each purpose needs."""
+        return self._send(method, self.jobs_path, headers=self._auth(), **kwargs)
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}"}
+
+
+def _field(document: Any, path: tuple[str, ...]) -> Any:
+    """``document[path[0]][path[1]]...``; KeyError or TypeError where the answer lacks one."""
+    for name in path:
+        document = document[name]
+    return document
+
+
+def parse_size(value: Any) -> int | None:
+    """A byte count from a provider document (a number or its digits), or None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def comparable_bytes(value: str) -> bytes:

@@ -35,7 +35,7 @@ from convbridge.errors import (
     ProviderError,
 )
 from convbridge.model import CallbackRequest, Grant, JobOutcome, JobSpec, OutputFile
-from convbridge.providers.base import TOKEN_PARAMETER, Provider, parse_time
+from convbridge.providers.base import TOKEN_PARAMETER, Provider, parse_size, parse_time
 
 API_KEY_HEADER = "X-Oc-Api-Key"
 #: job status codes that settle a job; every other code means it is still on its way
@@ -177,7 +177,7 @@ def parse_job(job: Mapping[str, Any]) -> JobOutcome | None:
     errors = [e for e in job.get("errors") or [] if isinstance(e, dict)]
     first = errors[0] if errors else {}
     outputs = tuple(
-        OutputFile(filename=str(o.get("filename", "")), size=_int(o.get("size")),
+        OutputFile(filename=str(o.get("filename", "")), size=parse_size(o.get("size")),
                    url=o["uri"] if isinstance(o.get("uri"), str) else None)
         for o in job.get("output") or [] if isinstance(o, dict)
     )
@@ -233,10 +233,3 @@ def _s3_credentials(grant: Grant) -> dict[str, str]:
     return {"accesskeyid": grant.secret["access_key_id"],
             "secretaccesskey": grant.secret["secret_access_key"],
             "sessiontoken": grant.secret["session_token"]}
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
