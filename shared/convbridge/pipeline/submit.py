@@ -34,7 +34,7 @@ from convbridge.model import (
 )
 from convbridge.names import unsafe_key_reason
 from convbridge.pipeline.record_io import write_failure
-from convbridge.planner import plan_route
+from convbridge.planner import plan_route, refuse_unsent_input
 from convbridge.rules import Rule
 from convbridge.storage.base import Storage
 from convbridge.telemetry import record as record_metric
@@ -253,6 +253,7 @@ def _start_job(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef,
     except GrantError as exc:
         logger.info("%s: %s; importing from a presigned URL instead", ref, exc)
         read_grant = storage.grant_read(ref, settings.read_grant_seconds, kind="presigned_url")
+    refuse_unsent_input(type(provider), read_grant.kind)
     write_grant = None
     if plan.route == "native":
         try:

@@ -49,7 +49,8 @@ class Provider(ABC):
     #: the API's public base URL; ``CONVBRIDGE_<NAME>_URL`` overrides it (a sandbox, a region)
     default_base_url: ClassVar[str | None] = None
     #: :meth:`upload_input` takes an input the bridge pushes (``upload`` read grants, for
-    #: storages that cannot sign a URL); a provider without it is refused such a job
+    #: storages that cannot sign a URL); the planner refuses such a job to a provider without
+    #: it (UPLOAD_UNSUPPORTED) before any job is built
     takes_uploads: ClassVar[bool] = False
     #: storage name -> grant kinds the provider's import task accepts without widening scope
     native_imports: ClassVar[Mapping[str, frozenset[str]]] = {}
@@ -149,13 +150,6 @@ class Provider(ABC):
                 last = exc
         raise ProviderUnavailable(f"{self.name}: {last}; no job was created in "
                                   f"{MAX_CREATE_ATTEMPTS} attempts", status=last.status) from last
-
-    def refuse_unsent_input(self, spec: JobSpec) -> None:
-        """Called by :meth:`build_job` first: a job whose input only an upload could deliver
-        is refused (UPLOAD_UNSUPPORTED, a failure report) by a provider that takes none."""
-        if spec.read_grant.kind == "upload" and not self.takes_uploads:
-            raise ProviderRejected(f"{self.name} takes no input uploaded by the bridge",
-                                   code="UPLOAD_UNSUPPORTED")
 
     def upload_input(self, job_id: str, spec: JobSpec,
                      open_stream: Callable[[], Iterator[bytes]]) -> None:

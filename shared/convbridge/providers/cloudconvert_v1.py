@@ -65,7 +65,6 @@ class CloudConvertV1(Provider):
     settle_deadline_seconds: ClassVar[int] = 3600
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
-        self.refuse_unsent_input(spec)
         if spec.read_grant.kind != "presigned_url":
             raise ProviderError(f"cloudconvert_v1 imports only from a signed URL, not a "
                                 f"{spec.read_grant.storage} {spec.read_grant.kind} grant")

@@ -77,7 +77,6 @@ class FreeConvert(TaggedJobsProvider):
     listed_jobs_at: ClassVar[tuple[str, ...]] = ("docs",)
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
-        self.refuse_unsent_input(spec)
         convert: dict[str, Any] = {
             "operation": "convert",
             "input": IMPORT_TASK,

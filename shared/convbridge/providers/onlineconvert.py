@@ -62,7 +62,6 @@ class OnlineConvert(Provider):
     settle_deadline_seconds: ClassVar[int] = 3600
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
-        self.refuse_unsent_input(spec)
         conversion: dict[str, Any] = {"target": spec.conversion.output_format}
         if spec.conversion.options:
             conversion["options"] = dict(spec.conversion.options)
