@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from convbridge import records
 from convbridge.bridge import Bridge
@@ -59,6 +59,24 @@ class Submission:
     reason: str = ""
     rule: str | None = None
     job_id: str | None = None
+
+
+def summarize(submissions: Iterable[Submission], **tallies: Any) -> dict[str, Any]:
+    """A trigger's answer: how many objects ended in each status, the trigger's own
+    ``tallies`` (the SFTP sweep's waiting, deferred...), then every object."""
+    submissions = list(submissions)
+    counts: dict[str, int] = {}
+    for item in submissions:
+        counts[item.status] = counts.get(item.status, 0) + 1
+    return {
+        "counts": counts,
+        **tallies,
+        "objects": [
+            {"object": str(s.ref), "status": s.status, "reason": s.reason, "rule": s.rule,
+             "job_id": s.job_id}
+            for s in submissions
+        ],
+    }
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from convbridge.bridge import Bridge
 from convbridge.errors import ConfigError, StorageError
 from convbridge.model import CLAIM_PREFIX, DONE_PREFIX, FAILED_PREFIX, ObjectRef
 from convbridge.names import unsafe_key_reason
-from convbridge.pipeline import Submission, submit_all
+from convbridge.pipeline import Submission, submit_all, summarize
 from convbridge.pipeline.record_io import read_record
 from convbridge.records import ResultRecord
 from convbridge.rules import Rule
@@ -126,16 +126,9 @@ class SweepReport:
         return [s.ref.key for s in self.submissions]
 
     def summary(self) -> dict[str, Any]:
-        counts: dict[str, int] = {}
-        for item in self.submissions:
-            counts[item.status] = counts.get(item.status, 0) + 1
-        return {
-            "counts": counts, "waiting": self.waiting, "deferred": self.deferred,
-            "lost": self.lost, "returned": len(self.returned), "tidied": len(self.tidied),
-            "refused": len(self.refused), "errors": self.errors,
-            "objects": [{"object": str(s.ref), "status": s.status, "reason": s.reason,
-                         "rule": s.rule, "job_id": s.job_id} for s in self.submissions],
-        }
+        return summarize(self.submissions, waiting=self.waiting, deferred=self.deferred,
+                         lost=self.lost, returned=len(self.returned), tidied=len(self.tidied),
+                         refused=len(self.refused), errors=self.errors)
 
 
 @dataclass(frozen=True)
