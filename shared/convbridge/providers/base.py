@@ -31,7 +31,7 @@ from convbridge.errors import (
     ProviderUnavailable,
 )
 from convbridge.http import GaveUp, RetryPolicy, seconds_left, send
-from convbridge.model import CallbackRequest, Grant, JobOutcome, JobSpec
+from convbridge.model import CallbackRequest, Grant, GrantKind, JobOutcome, JobSpec
 
 logger = logging.getLogger(__name__)
 #: create attempts whose answers were lost before giving up on a job
@@ -53,9 +53,9 @@ class Provider(ABC):
     #: it (UPLOAD_UNSUPPORTED) before any job is built
     takes_uploads: ClassVar[bool] = False
     #: storage name -> grant kinds the provider's import task accepts without widening scope
-    native_imports: ClassVar[Mapping[str, frozenset[str]]] = {}
+    native_imports: ClassVar[Mapping[str, frozenset[GrantKind]]] = {}
     #: storage name -> grant kinds the provider's export task accepts without widening scope
-    native_exports: ClassVar[Mapping[str, frozenset[str]]] = {}
+    native_exports: ClassVar[Mapping[str, frozenset[GrantKind]]] = {}
     #: hosts the relay may download this dialect's outputs from, over https: exact hosts and
     #: ``*.domain`` patterns (see convbridge.http.HostPattern); the base URL's host is added
     download_hosts: ClassVar[tuple[str, ...]] = ()

@@ -53,6 +53,7 @@ from convbridge.model import (
     CallbackRequest,
     ConversionSpec,
     Grant,
+    GrantKind,
     JobOutcome,
     JobSpec,
     OutputFile,
@@ -94,12 +95,12 @@ class CloudConvert(TaggedJobsProvider):
     name: ClassVar[str] = "cloudconvert"
     default_base_url: ClassVar[str | None] = "https://api.cloudconvert.com/v2"
     takes_uploads: ClassVar[bool] = True
-    native_imports: ClassVar[Mapping[str, frozenset[str]]] = {
+    native_imports: ClassVar[Mapping[str, frozenset[GrantKind]]] = {
         "s3": frozenset({"presigned_url", "sts_session"}),
         "sftp": frozenset({"sftp_account"}),
         "azure_blob": frozenset({"sas", "presigned_url"}),
     }
-    native_exports: ClassVar[Mapping[str, frozenset[str]]] = {
+    native_exports: ClassVar[Mapping[str, frozenset[GrantKind]]] = {
         "s3": frozenset({"sts_session"}),
         "sftp": frozenset({"sftp_account"}),
         # no azure_blob: relayed, see the module docstring

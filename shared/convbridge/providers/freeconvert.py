@@ -28,6 +28,7 @@ from convbridge.errors import CallbackError, ProviderError
 from convbridge.model import (
     CallbackRequest,
     Grant,
+    GrantKind,
     JobOutcome,
     JobSpec,
     OutputFile,
@@ -61,11 +62,11 @@ FAILED_TASK_STATUSES = frozenset({"failed", "canceled", "deleted", "insufficiant
 class FreeConvert(TaggedJobsProvider):
     name: ClassVar[str] = "freeconvert"
     default_base_url: ClassVar[str | None] = "https://api.freeconvert.com/v1"
-    native_imports: ClassVar[Mapping[str, frozenset[str]]] = {
+    native_imports: ClassVar[Mapping[str, frozenset[GrantKind]]] = {
         "s3": frozenset({"presigned_url"}),
         "azure_blob": frozenset({"sas", "presigned_url"}),
     }
-    native_exports: ClassVar[Mapping[str, frozenset[str]]] = {
+    native_exports: ClassVar[Mapping[str, frozenset[GrantKind]]] = {
         "azure_blob": frozenset({"sas"}),
     }
     #: export/url results are served by the task's worker (``server301.freeconvert.com``)

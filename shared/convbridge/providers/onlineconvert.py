@@ -34,7 +34,7 @@ from convbridge.errors import (
     CallbackSignatureError,
     ProviderError,
 )
-from convbridge.model import CallbackRequest, Grant, JobOutcome, JobSpec, OutputFile
+from convbridge.model import CallbackRequest, Grant, GrantKind, JobOutcome, JobSpec, OutputFile
 from convbridge.providers.base import TOKEN_PARAMETER, Provider, parse_size, parse_time
 
 API_KEY_HEADER = "X-Oc-Api-Key"
@@ -48,10 +48,10 @@ _JOB_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 class OnlineConvert(Provider):
     name: ClassVar[str] = "onlineconvert"
     default_base_url: ClassVar[str | None] = "https://api.api2convert.com/v2"
-    native_imports: ClassVar[Mapping[str, frozenset[str]]] = {
+    native_imports: ClassVar[Mapping[str, frozenset[GrantKind]]] = {
         "s3": frozenset({"presigned_url", "sts_session"}),
     }
-    native_exports: ClassVar[Mapping[str, frozenset[str]]] = {
+    native_exports: ClassVar[Mapping[str, frozenset[GrantKind]]] = {
         "s3": frozenset({"sts_session"}),
     }
     #: output ``uri``s point at the job's server (``www13.api2convert.com``); the service

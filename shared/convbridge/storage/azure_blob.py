@@ -86,8 +86,8 @@ def _quoted(etag: str) -> str:
 
 class AzureBlobStorage(Storage):
     name: ClassVar[str] = "azure_blob"
-    write_grant_kinds: ClassVar[tuple[str, ...]] = ("sas",)
-    read_grant_kinds: ClassVar[frozenset[str]] = frozenset({"presigned_url", "sas"})
+    write_grant_kinds: ClassVar[tuple[GrantKind, ...]] = ("sas",)
+    read_grant_kinds: ClassVar[frozenset[GrantKind]] = frozenset({"presigned_url", "sas"})
     event_formats: ClassVar[tuple[str, ...]] = (
         "Event Grid BlobCreated (Event Grid schema or CloudEvents)",)
 
@@ -194,7 +194,8 @@ class AzureBlobStorage(Storage):
     def _protocols(self) -> str:
         return "HTTPS or HTTP (dev only)" if self.allow_http else "HTTPS only"
 
-    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *, kind: str = "presigned_url") -> Grant:
+    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *,
+                   kind: GrantKind = "presigned_url") -> Grant:
         """A service SAS reading the one blob. ``sas`` hands it to providers that take a SAS
         token; ``presigned_url`` is the same SAS as a URL any provider can download."""
         if kind not in {"sas", "presigned_url"}:

@@ -42,7 +42,7 @@ from convbridge.errors import (
     StorageError,
 )
 from convbridge.http import make_client
-from convbridge.model import SOURCE_TAG, Grant, ObjectRef, OutputTarget
+from convbridge.model import SOURCE_TAG, Grant, GrantKind, ObjectRef, OutputTarget
 from convbridge.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ def export_key(name: str, secret: SecretValue) -> ExportKey:
 class GcsStorage(Storage):
     name: ClassVar[str] = "gcs"
     #: only ever planned for rules with ``hand_over_account: true`` (see convbridge.planner)
-    write_grant_kinds: ClassVar[tuple[str, ...]] = ("gcs_service_account",)
+    write_grant_kinds: ClassVar[tuple[GrantKind, ...]] = ("gcs_service_account",)
     event_formats: ClassVar[tuple[str, ...]] = (
         "Pub/Sub push of an object notification", "CloudEvents object finalized")
 
@@ -179,7 +179,8 @@ class GcsStorage(Storage):
 
     # grants
 
-    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *, kind: str = "presigned_url") -> Grant:
+    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *,
+                   kind: GrantKind = "presigned_url") -> Grant:
         if kind != "presigned_url":
             raise GrantError(f"gcs cannot mint a read grant of kind {kind!r}")
         seconds = max(1, min(ttl_seconds, MAX_SIGNED_URL_SECONDS))

@@ -23,7 +23,7 @@ import botocore.exceptions
 from botocore.config import Config
 
 from convbridge.errors import GrantError, OutputCollision, StaleWrite, StorageError
-from convbridge.model import SOURCE_TAG, Grant, ObjectRef, OutputTarget
+from convbridge.model import SOURCE_TAG, Grant, GrantKind, ObjectRef, OutputTarget
 from convbridge.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -75,8 +75,8 @@ def session_name(purpose: str, bucket: str, key: str) -> str:
 
 class S3Storage(Storage):
     name: ClassVar[str] = "s3"
-    write_grant_kinds: ClassVar[tuple[str, ...]] = ("sts_session",)
-    read_grant_kinds: ClassVar[frozenset[str]] = frozenset({"presigned_url", "sts_session"})
+    write_grant_kinds: ClassVar[tuple[GrantKind, ...]] = ("sts_session",)
+    read_grant_kinds: ClassVar[frozenset[GrantKind]] = frozenset({"presigned_url", "sts_session"})
     event_formats: ClassVar[tuple[str, ...]] = (
         "S3 event notification", "EventBridge Object Created", "either through SQS or SNS")
     #: how this store's S3 client signs, addresses and pools
@@ -122,7 +122,8 @@ class S3Storage(Storage):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(region={self.region!r}, endpoint_url={self.endpoint_url!r})"
 
-    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *, kind: str = "presigned_url") -> Grant:
+    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *,
+                   kind: GrantKind = "presigned_url") -> Grant:
         expires = datetime.now(UTC) + timedelta(seconds=ttl_seconds)
         scope = f"s3:GetObject on s3://{ref.location}/{ref.key}"
         if kind == "presigned_url":

@@ -61,6 +61,7 @@ from convbridge.model import (
     FAILED_PREFIX,
     SOURCE_TAG,
     Grant,
+    GrantKind,
     ObjectRef,
     OutputTarget,
 )
@@ -222,9 +223,9 @@ class _Session:
 class SftpStorage(Storage):
     name: ClassVar[str] = "sftp"
     #: only ever planned for rules with ``hand_over_account: true`` (see convbridge.planner)
-    write_grant_kinds: ClassVar[tuple[str, ...]] = ("sftp_account",)
-    relay_read_kind: ClassVar[str] = "upload"
-    read_grant_kinds: ClassVar[frozenset[str]] = frozenset(
+    write_grant_kinds: ClassVar[tuple[GrantKind, ...]] = ("sftp_account",)
+    relay_read_kind: ClassVar[GrantKind] = "upload"
+    read_grant_kinds: ClassVar[frozenset[GrantKind]] = frozenset(
         {"sftp_account", "presigned_url", "upload"})
     swept: ClassVar[bool] = True
     event_formats: ClassVar[tuple[str, ...]] = ("scheduled sweep (EventBridge schedule)",)
@@ -376,7 +377,8 @@ class SftpStorage(Storage):
             expires_at=datetime.now(UTC) + timedelta(seconds=ttl_seconds), secret=secret,
         )
 
-    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *, kind: str = "presigned_url") -> Grant:
+    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *,
+                   kind: GrantKind = "presigned_url") -> Grant:
         """Refused when ``ref`` is a link, or lies in a folder that is one: the provider (or
         the bridge's own upload) would read whatever the link leads to. A missing file passes;
         reading it fails later, as on any storage."""
