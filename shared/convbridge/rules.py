@@ -392,11 +392,12 @@ def _parse_rule(raw: Any, where: str, problems: list[str]) -> Rule | None:
 
 
 def _swept(storage: str) -> bool:
-    """Whether ``storage`` is swept, from its adapter class: loading it imports its SDK, so
-    a function loads the SDKs of the storages its rules name, and no other. Where the SDK
-    is not installed (the S3 trigger's layer carries no Azure, Google or SFTP SDK), the
-    function does not serve that storage and cannot tell: the storage's own function, and
-    ``convbridge check-rules`` with the extras installed, check its rules in full."""
+    """Whether ``storage`` is swept, from its adapter class. Loading the class imports no
+    cloud SDK (adapters import theirs on first use, convbridge.storage._vendor), so a
+    function pays nothing for the storages its rules name but it never serves. Where the
+    SDK is not installed the adapter does not load and this cannot tell: the storage's own
+    function, and ``convbridge check-rules`` with the extras installed, check its rules in
+    full."""
     if storage not in STORAGES:
         return False
     try:
