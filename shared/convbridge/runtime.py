@@ -1,7 +1,10 @@
 """What the Lambda handlers share: the cold-start Bridge, event routing, raw request bodies,
 SQS batches and logging set-up. The webhook protocol is in :mod:`convbridge.webhook`.
 
-The handlers in ``functions/*/app.py`` hold wiring only; each calls one function here.
+The handlers in ``functions/*/app.py`` hold wiring only: the S3 trigger calls
+:func:`run_trigger` here, the others their module's entry point (:mod:`convbridge.webhook`,
+:mod:`convbridge.reconcile`, :mod:`convbridge.triggers`), and every one of them
+:func:`route_library_logs`.
 """
 
 from __future__ import annotations
