@@ -40,12 +40,12 @@ GRANT_KINDS: dict[GrantKind, GrantKindInfo] = {
         False, "dedicated GCS service-account key (not scoped)",
         "dedicated GCS service-account key (not scoped)"),
 }
-SCOPED_GRANT_KINDS: frozenset[str] = frozenset(k for k, i in GRANT_KINDS.items() if i.scoped)
+SCOPED_GRANT_KINDS: frozenset[GrantKind] = frozenset(k for k, i in GRANT_KINDS.items() if i.scoped)
 #: grant kinds that hand over a long-lived (dedicated) account instead of a scoped credential
-ACCOUNT_GRANT_KINDS: frozenset[str] = frozenset(
+ACCOUNT_GRANT_KINDS: frozenset[GrantKind] = frozenset(
     k for k, i in GRANT_KINDS.items() if not i.scoped)
 #: the kinds a rule's ``read_grant`` may name
-READ_GRANT_KINDS: frozenset[str] = frozenset(
+READ_GRANT_KINDS: frozenset[GrantKind] = frozenset(
     k for k, i in GRANT_KINDS.items() if i.rule_read_grant)
 _BY_NAME: dict[str, GrantKindInfo] = {kind: info for kind, info in GRANT_KINDS.items()}
 

@@ -33,8 +33,9 @@ OUTPUT_MARKER = "convbridge-output"
 #: earlier output of the same source (a re-upload converts again).
 SOURCE_TAG = "convbridge-source"
 
-#: Folders of a swept storage (see convbridge.sweep): a sweep claims a file by moving it under
-#: CLAIM_PREFIX (keeping its key) and, once settled, to DONE_PREFIX or FAILED_PREFIX.
+#: Folders of a swept storage (see convbridge.triggers.sftp_sweep): a sweep claims a file by
+#: moving it under CLAIM_PREFIX (keeping its key) and, once settled, to DONE_PREFIX or
+#: FAILED_PREFIX.
 CLAIM_PREFIX = "processing/"
 DONE_PREFIX = "done/"
 FAILED_PREFIX = "failed/"

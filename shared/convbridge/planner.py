@@ -11,22 +11,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from convbridge.errors import ProviderRejected
 from convbridge.grants import ACCOUNT_GRANT_KINDS
-from convbridge.model import Route
+from convbridge.model import GrantKind, Route
 from convbridge.providers.base import Provider
 from convbridge.storage.base import Storage
 
-__all__ = ["ACCOUNT_GRANT_KINDS", "Plan", "plan_route"]
+__all__ = ["ACCOUNT_GRANT_KINDS", "Plan", "plan_route", "refuse_unsent_input"]
 
 
 @dataclass(frozen=True)
 class Plan:
     route: Route
-    read_grant: str
-    write_grant: str | None
+    read_grant: GrantKind
+    write_grant: GrantKind | None
 
 
-def plan_route(storage: type[Storage], provider: type[Provider], read_grant: str, *,
+def plan_route(storage: type[Storage], provider: type[Provider], read_grant: GrantKind, *,
                hand_over_account: bool = False) -> Plan:
     """``read_grant`` is the rule's choice; a provider that cannot take it falls back to a
     presigned URL, which every provider can import from (or, for a storage that cannot sign
@@ -43,3 +44,11 @@ def plan_route(storage: type[Storage], provider: type[Provider], read_grant: str
     if write is None:
         return Plan(route="relay", read_grant=read_grant, write_grant=None)
     return Plan(route="native", read_grant=read_grant, write_grant=write)
+
+
+def refuse_unsent_input(provider: type[Provider], read_grant: GrantKind) -> None:
+    """Before a job is built: an input only an upload by the bridge could deliver is refused
+    (UPLOAD_UNSUPPORTED, a failure report) for a provider that takes no uploads."""
+    if read_grant == "upload" and not provider.takes_uploads:
+        raise ProviderRejected(f"{provider.name} takes no input uploaded by the bridge",
+                               code="UPLOAD_UNSUPPORTED")

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -178,7 +178,7 @@ def _reconcile_record(bridge: Bridge, rule: Rule, storage: Storage, key: str, *,
     if submitted_at is None or (now - submitted_at).total_seconds() < deadline:
         return None
     job_id = record.job_id
-    context = _context(rule, key, record.to_json(), submitted_at)
+    context = _context(rule, key, record, submitted_at)
     if context is not None and record.status == "submitting":
         try:
             return _reconcile_submitting(bridge, rule, key, context,
@@ -271,27 +271,22 @@ def _carries(bridge: Bridge, outcome: JobOutcome, context: JobContext) -> bool:
     return found.nonce == context.nonce and found.key == context.key
 
 
-def _context(rule: Rule, key: str, record: Mapping[str, Any],
+def _context(rule: Rule, key: str, record: ResultRecord,
              submitted_at: datetime) -> JobContext | None:
     """The job context of a submitted record of ``rule``, rebuilt from the record: the bridge
     wrote it, so it is trusted as the signed context was."""
-    source = record.get("source")
-    nonce, route = record.get("context_nonce"), record.get("route")
-    if not isinstance(source, dict) or not isinstance(nonce, str) or route not in {
-            "native", "relay"} or record.get("rule") != rule.name:
+    source, nonce, route = record.source, record.context_nonce, record.route
+    if nonce is None or route not in {"native", "relay"} or record.rule != rule.name:
         return None
-    ref = ObjectRef(storage=str(source.get("storage")), location=str(source.get("location")),
-                    key=str(source.get("key")))
-    version, size = source.get("version"), source.get("size")
+    ref = ObjectRef(storage=source.storage, location=source.location, key=source.key)
     # the record must be where this rule writes the record of that very source
     if (ref.storage, ref.location) != (rule.storage, rule.location) or not rule.covers(
             ref) or rule.result_key(ref.key) != key:
         return None
     return JobContext(rule=rule.name, storage=ref.storage, location=ref.location, key=ref.key,
-                      version=version if isinstance(version, str) else None,
-                      output_key=rule.output_key(ref.key), route=str(route),
-                      issued_at=int(submitted_at.timestamp()), nonce=nonce,
-                      source_size=size if type(size) is int else None)
+                      version=source.version, output_key=rule.output_key(ref.key),
+                      route=str(route), issued_at=int(submitted_at.timestamp()), nonce=nonce,
+                      source_size=source.size)
 
 
 def _read_json(storage: Storage, location: str, key: str) -> dict[str, Any] | None:

@@ -2,8 +2,9 @@
 
 Rules validation, settings (each provider's ``CONVBRIDGE_<NAME>_URL``), the planner,
 ``convbridge routes``, the contract suite and the dev stack all read their names from here.
-Only names live at this level; an adapter's module (and the cloud SDK it imports) loads when
-that adapter is first used, so a trigger loads only its own cloud SDK. Packages add adapters
+Only names live at this level; an adapter's module loads when that adapter is first asked
+for, and a storage adapter's cloud SDK only when it first talks to its cloud
+(convbridge.storage._vendor), so a trigger loads only its own cloud SDK. Packages add adapters
 through the entry-point groups ``convbridge.providers`` and ``convbridge.storages``.
 """
 

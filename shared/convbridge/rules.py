@@ -23,13 +23,20 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
 from convbridge.errors import ConfigError, RulesError
 from convbridge.grants import READ_GRANT_KINDS
-from convbridge.model import CLAIM_PREFIX, DONE_PREFIX, FAILED_PREFIX, OUTPUT_MARKER, ObjectRef
+from convbridge.model import (
+    CLAIM_PREFIX,
+    DONE_PREFIX,
+    FAILED_PREFIX,
+    OUTPUT_MARKER,
+    GrantKind,
+    ObjectRef,
+)
 from convbridge.registries import PROVIDERS, STORAGES
 
 #: Formats a rule may ask for. Providers convert far more pairs than any one list; this list
@@ -63,7 +70,7 @@ class Rule:
     results_prefix: str
     failures_prefix: str
     options: Mapping[str, Any] = field(default_factory=dict)
-    read_grant: str = "presigned_url"
+    read_grant: GrantKind = "presigned_url"
     max_size_bytes: int = DEFAULT_MAX_SIZE
     #: the relay stops (and reports OUTPUT_TOO_LARGE) once one output passes this many bytes
     max_output_bytes: int = DEFAULT_MAX_OUTPUT
@@ -377,7 +384,7 @@ def _parse_rule(raw: Any, where: str, problems: list[str]) -> Rule | None:
         name=name, storage=str(storage), location=str(location), prefix=prefix,
         suffixes=tuple(suffixes), output_format=output_format, options=dict(options),
         provider=str(provider), outputs_prefix=outputs, results_prefix=results,
-        failures_prefix=failures, read_grant=str(read_grant), max_size_bytes=max_size,
+        failures_prefix=failures, read_grant=cast(GrantKind, read_grant), max_size_bytes=max_size,
         max_output_bytes=max_output, on_failure=str(on_failure),
         hand_over_account=flags["hand_over_account"],
         recursive=flags["recursive"], ready_marker=flags["ready_marker"], swept=swept,
@@ -385,11 +392,12 @@ def _parse_rule(raw: Any, where: str, problems: list[str]) -> Rule | None:
 
 
 def _swept(storage: str) -> bool:
-    """Whether ``storage`` is swept, from its adapter class: loading it imports its SDK, so
-    a function loads the SDKs of the storages its rules name, and no other. Where the SDK
-    is not installed (the S3 trigger's layer carries no Azure, Google or SFTP SDK), the
-    function does not serve that storage and cannot tell: the storage's own function, and
-    ``convbridge check-rules`` with the extras installed, check its rules in full."""
+    """Whether ``storage`` is swept, from its adapter class. Loading the class imports no
+    cloud SDK (adapters import theirs on first use, convbridge.storage._vendor), so a
+    function pays nothing for the storages its rules name but it never serves. Where the
+    SDK is not installed the adapter does not load and this cannot tell: the storage's own
+    function, and ``convbridge check-rules`` with the extras installed, check its rules in
+    full."""
     if storage not in STORAGES:
         return False
     try:

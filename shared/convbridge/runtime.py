@@ -1,7 +1,10 @@
 """What the Lambda handlers share: the cold-start Bridge, event routing, raw request bodies,
 SQS batches and logging set-up. The webhook protocol is in :mod:`convbridge.webhook`.
 
-The handlers in ``functions/*/app.py`` hold wiring only; each calls one function here.
+The handlers in ``functions/*/app.py`` hold wiring only: the S3 trigger calls
+:func:`run_trigger` here, the others their module's entry point (:mod:`convbridge.webhook`,
+:mod:`convbridge.reconcile`, :mod:`convbridge.triggers`), and every one of them
+:func:`route_library_logs`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from convbridge.errors import CallbackError
 from convbridge.events import ParsedEvents
 from convbridge.http import deadline_from
 from convbridge.model import CallbackRequest
-from convbridge.pipeline import Submission, submit_all
+from convbridge.pipeline import submit_all, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -126,20 +129,6 @@ def is_sqs_event(event: object) -> bool:
     return bool(records) and isinstance(records, list) and all(
         isinstance(r, dict) and r.get("eventSource") == "aws:sqs"
         and isinstance(r.get("messageId"), str) for r in records)
-
-
-def summarize(submissions: list[Submission]) -> dict[str, Any]:
-    counts: dict[str, int] = {}
-    for item in submissions:
-        counts[item.status] = counts.get(item.status, 0) + 1
-    return {
-        "counts": counts,
-        "objects": [
-            {"object": str(s.ref), "status": s.status, "reason": s.reason, "rule": s.rule,
-             "job_id": s.job_id}
-            for s in submissions
-        ],
-    }
 
 
 def _log_ignored(parsed: ParsedEvents) -> None:

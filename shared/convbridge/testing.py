@@ -33,6 +33,7 @@ from convbridge.model import (
     SOURCE_TAG,
     CallbackRequest,
     Grant,
+    GrantKind,
     JobOutcome,
     JobSpec,
     ObjectRef,
@@ -91,7 +92,7 @@ class MemoryStorage(Storage):
         return {key for (where, key) in self.objects if where == location}
 
     def grant_read(self, ref: ObjectRef, ttl_seconds: int, *,
-                   kind: str = "presigned_url") -> Grant:
+                   kind: GrantKind = "presigned_url") -> Grant:
         return Grant(kind="presigned_url", storage=self.name, location=ref.location,
                      scope=f"read {ref.key}", key=ref.key, url=f"memory://{ref.location}/{ref.key}",
                      expires_at=datetime.now(UTC) + timedelta(seconds=ttl_seconds))

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+import convbridge
 from convbridge.model import source_tag
 from devstack.harness.azure import AzureHarness
 from devstack.servers_azure import AzuriteServer
@@ -237,8 +238,11 @@ for name in ("s3_trigger", "webhook"):
 import convbridge.providers.cloudconvert  # the webhook's provider, loaded on first callback
 print(sorted(m for m in sys.modules if m == "azure" or m.startswith("azure.")))
 """
+    # the convbridge under test, wherever it was imported from (an editable install, or
+    # PYTHONPATH)
+    package_root = Path(convbridge.__file__).resolve().parents[1]
     env = {"POWERTOOLS_SERVICE_NAME": "convbridge", "AWS_DEFAULT_REGION": "us-east-1",
-           "PATH": "/usr/bin:/bin"}
+           "PATH": "/usr/bin:/bin", "PYTHONPATH": str(package_root)}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                           text=True, check=False)
     assert done.returncode == 0, done.stderr

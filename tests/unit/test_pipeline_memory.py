@@ -20,7 +20,7 @@ from convbridge.errors import (
     ProviderRejected,
     ProviderUnavailable,
 )
-from convbridge.model import JobSpec, ObjectRef
+from convbridge.model import Grant, JobSpec, ObjectRef
 from convbridge.pipeline import accept, complete, settle, submit, submit_all
 from convbridge.testing import MemoryClaims, MemoryStorage, ScriptedProvider, memory_bridge
 
@@ -127,6 +127,27 @@ def test_a_job_the_provider_refuses_gets_a_failure_report_with_its_code(
     submission = submit(bridge, upload(storage, "inbox/a.png"))
     assert submission.status == "rejected"
     assert record(storage, "failures/a.png.json")["error"]["code"] == "INVALID_FILE"
+
+
+class _UnsignableStorage(MemoryStorage):
+    """A storage that cannot sign a URL (as SFTP): the bridge would have to push the input."""
+
+    relay_read_kind = "upload"
+
+    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *, kind: str = "presigned_url"
+                   ) -> Grant:
+        return replace(super().grant_read(ref, ttl_seconds), kind="upload", url=None)
+
+
+def test_an_input_only_an_upload_could_deliver_to_a_provider_taking_none_is_reported() -> None:
+    storage, provider = _UnsignableStorage(), ScriptedProvider()
+    bridge = memory_bridge(RULES, storage=storage, provider=provider)
+    submission = submit(bridge, upload(storage, "inbox/a.png"))
+    assert submission.status == "rejected"
+    report = record(storage, "failures/a.png.json")
+    assert report["error"] == {"code": "UPLOAD_UNSUPPORTED", "task": None,
+                               "message": "cloudconvert takes no input uploaded by the bridge"}
+    assert provider.jobs == {}
 
 
 def test_an_unavailable_provider_is_reported_on_the_final_delivery(

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from convbridge.model import JobOutcome
+from convbridge.providers.base import parse_size
 from convbridge.providers.cloudconvert import CloudConvert
 from convbridge.providers.cloudconvert_v1 import CloudConvertV1
 from convbridge.providers.freeconvert import FreeConvert
@@ -123,3 +124,11 @@ def test_a_v1_process_with_several_files_lists_each_file_url() -> None:
         ("multiple_pages-2.jpg",
          "https://srv01.cloudconvert.com/download/~us2tvnBpfE/multiple_pages-2.jpg"),
     ]
+
+
+@pytest.mark.parametrize(("reported", "size"), [
+    (10, 10), ("2048", 2048), (True, None), (None, None), ("ten", None), (float("inf"), None),
+])
+def test_an_output_size_is_read_alike_in_every_dialect(reported: object, size: int | None
+                                                       ) -> None:
+    assert parse_size(reported) == size

@@ -21,6 +21,7 @@ from convbridge.context import JobContext
 from convbridge.errors import StorageError
 from convbridge.model import ObjectRef
 from convbridge.reconcile import CURSOR_PREFIX, _context, reconcile
+from convbridge.records import ResultRecord
 from convbridge.rules import parse_rules
 
 RULES = parse_rules("""\
@@ -52,14 +53,15 @@ def test_the_context_rebuilt_from_a_submitted_record_is_the_one_the_submission_s
     signed = JobContext.new(rule=RULE.name, storage="s3", location="bucket", key=key,
                             version=version, output_key=RULE.output_key(key), route=route,
                             source_size=ref.size)
-    record = json.loads(json.dumps(records.submitted_record(
-        ref, RULE, job_id="job-1", route=route, context_nonce=signed.nonce).to_json()))
-    submitted_at = datetime.fromisoformat(record["submitted_at"])
+    record = ResultRecord.from_json(json.loads(json.dumps(records.submitted_record(
+        ref, RULE, job_id="job-1", route=route, context_nonce=signed.nonce).to_json())))
+    assert record is not None and record.submitted_at is not None
+    submitted_at = datetime.fromisoformat(record.submitted_at)
     rebuilt = _context(RULE, RULE.result_key(key), record, submitted_at)
     assert rebuilt == replace(signed, issued_at=int(submitted_at.timestamp()))
     # the same record found under another source's record key is not this rule's to settle
     assert _context(RULE, RULE.result_key(key + "x.png"), record, submitted_at) is None
-    moved = {**record, "source": {**record["source"], "location": "other-bucket"}}
+    moved = replace(record, source=replace(record.source, location="other-bucket"))
     assert _context(RULE, RULE.result_key(key), moved, submitted_at) is None
 
 

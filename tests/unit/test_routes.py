@@ -3,16 +3,12 @@ handed a long-lived key unless the rule opts in."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-import httpx
 import pytest
 
 from convbridge import routes
 from convbridge.cli import main
 from convbridge.errors import ConfigError, ProviderRejected
-from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget
-from convbridge.planner import ACCOUNT_GRANT_KINDS, plan_route
+from convbridge.planner import ACCOUNT_GRANT_KINDS, plan_route, refuse_unsent_input
 from convbridge.providers import PROVIDERS
 from convbridge.rules import READ_GRANT_KINDS
 from convbridge.storage import STORAGES
@@ -94,18 +90,11 @@ def test_every_grant_kind_a_provider_takes_is_classified() -> None:
 
 @pytest.mark.parametrize("name", ["freeconvert", "onlineconvert", "cloudconvert_v1"])
 def test_providers_listed_as_taking_no_upload_answer_with_a_failure_report(name: str) -> None:
-    now = datetime(2026, 11, 23, tzinfo=UTC)
-    grant = Grant(kind="upload", storage="sftp", location="host", key="in/a.png",
-                  scope="none", expires_at=now)
-    spec = JobSpec(source=ObjectRef("sftp", "host", "in/a.png"), rule="r",
-                   conversion=ConversionSpec("png", "pdf"), route="relay", read_grant=grant,
-                   write_grant=None, output=OutputTarget("sftp", "host", "out/a.pdf"),
-                   context_token="CTX", webhook_url="https://hooks.example/x")
-    provider = PROVIDERS.load(name)(api_key="k", signing_secret="s", base_url="https://x",
-                                    http=httpx.Client())
+    provider = PROVIDERS.load(name)
     with pytest.raises(ProviderRejected) as refused:
-        provider.build_job(spec)
+        refuse_unsent_input(provider, "upload")
     assert refused.value.code == "UPLOAD_UNSUPPORTED"
+    assert refused.value.message == f"{name} takes no input uploaded by the bridge"
     assert not next(r for r in routes.capability_table() if r.provider == name).takes_uploads
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
+import convbridge
 from convbridge.errors import RulesError
 from convbridge.model import ObjectRef
 from convbridge.rules import load_rules, parse_rules
@@ -225,3 +229,33 @@ def test_moving_sources_that_may_be_json_is_refused(suffixes: str) -> None:
         ", suffixes: [.png, .JPG]", suffixes) + "    on_failure: move\n"
     with pytest.raises(RulesError, match="exclude '.json'"):
         parse_rules(text)
+
+
+def test_parsing_rules_that_name_every_storage_imports_no_cloud_sdk() -> None:
+    """A function parses every rule at cold start; the storages its rules name but it never
+    talks to cost it no SDK import (``swept`` is read from the adapter class)."""
+    code = """
+import sys
+from convbridge.rules import parse_rules
+rules = parse_rules('''
+version: 1
+rules:
+''' + ''.join(f'''
+  - name: from-{storage}
+    match: {{storage: {storage}, location: drop, prefix: inbox/, suffixes: [.png]}}
+    convert: {{to: pdf}}
+    provider: cloudconvert
+    outputs: outbox/
+    results: results/
+    failures: failures/
+''' for storage in ("azure_blob", "gcs", "sftp")))
+assert [r.storage for r in rules.rules] == ["azure_blob", "gcs", "sftp"]
+print(sorted(m for m in sys.modules
+             if m.split(".")[0] in {"azure", "google", "paramiko", "botocore", "boto3"}))
+"""
+    package_root = Path(convbridge.__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(package_root)},
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

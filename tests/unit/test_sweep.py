@@ -18,6 +18,7 @@ from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTa
 from convbridge.pipeline import Submission
 from convbridge.planner import plan_route
 from convbridge.providers.cloudconvert import CloudConvert, _UploadForm
+from convbridge.records import RecordSource, RecordStatus, ResultRecord
 from convbridge.rules import parse_rules
 from convbridge.storage.s3 import S3Storage
 from convbridge.storage.sftp import Entry, PinnedHostKeys, SftpStorage, key_problem
@@ -212,9 +213,10 @@ def test_a_claim_lost_to_another_sweep_is_counted_not_submitted() -> None:
     assert run.drop.files["processing/inbox/a.png"].data == b"earlier upload of the same name"
 
 
-def record(key: str, status: str, version: str, job_id: str | None = None) -> bytes:
-    return json.dumps({"status": status, "job_id": job_id,
-                       "source": {"key": key, "version": version}}).encode()
+def record(key: str, status: RecordStatus, version: str, job_id: str | None = None) -> bytes:
+    return json.dumps(ResultRecord(status=status, source=RecordSource("sftp", "drop", key, version),
+                                   rule="r", provider="cloudconvert", job_id=job_id).to_json()
+                      ).encode()
 
 
 def test_old_claims_are_tidied_or_returned_young_ones_left_alone() -> None:

@@ -5,7 +5,8 @@ reason for each record it did not turn into an object (test messages, deletes, m
 Parsers never raise on bad input, because one broken record must not sink the rest of a batch;
 the caller decides what to log, acknowledge or retry. This package imports only the standard
 library and ``convbridge.model``, and does not import its parser modules, so a trigger loads only
-the parser it uses (``convbridge.events.s3`` and, later, Azure and GCS ones).
+the parser it uses (``convbridge.events.s3``, ``convbridge.events.event_grid`` for Azure,
+``convbridge.events.pubsub`` for GCS).
 """
 
 from __future__ import annotations

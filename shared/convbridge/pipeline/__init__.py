@@ -19,7 +19,7 @@ from convbridge.pipeline.relay import (
 )
 from convbridge.pipeline.retry import retry_failures
 from convbridge.pipeline.settle import Accepted, Completion, accept, complete, output_keys, settle
-from convbridge.pipeline.submit import CALLBACK_PATH, Submission, submit, submit_all
+from convbridge.pipeline.submit import CALLBACK_PATH, Submission, submit, submit_all, summarize
 
 __all__ = [
     "CALLBACK_PATH",
@@ -39,4 +39,5 @@ __all__ = [
     "settle",
     "submit",
     "submit_all",
+    "summarize",
 ]

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Protocol
 
+from convbridge.model import ObjectRef
 from convbridge.records import ResultRecord
 from convbridge.rules import Rule
 from convbridge.storage.base import Storage
@@ -14,7 +16,15 @@ from convbridge.storage.base import Storage
 logger = logging.getLogger(__name__)
 
 
-def read_record(storage: Storage, location: str, key: str) -> ResultRecord | None:
+class RecordReader(Protocol):
+    """What reading a record takes of a storage (a Storage, or the SFTP sweep's drop)."""
+
+    def stat(self, location: str, key: str) -> ObjectRef | None: ...
+
+    def read_bytes(self, location: str, key: str) -> bytes: ...
+
+
+def read_record(storage: RecordReader, location: str, key: str) -> ResultRecord | None:
     """The record stored at ``key``; None when there is none or the object is not one."""
     if storage.stat(location, key) is None:
         return None

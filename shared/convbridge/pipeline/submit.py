@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from convbridge import records
 from convbridge.bridge import Bridge
@@ -34,7 +34,7 @@ from convbridge.model import (
 )
 from convbridge.names import unsafe_key_reason
 from convbridge.pipeline.record_io import write_failure
-from convbridge.planner import plan_route
+from convbridge.planner import plan_route, refuse_unsent_input
 from convbridge.rules import Rule
 from convbridge.storage.base import Storage
 from convbridge.telemetry import record as record_metric
@@ -59,6 +59,24 @@ class Submission:
     reason: str = ""
     rule: str | None = None
     job_id: str | None = None
+
+
+def summarize(submissions: Iterable[Submission], **tallies: Any) -> dict[str, Any]:
+    """A trigger's answer: how many objects ended in each status, the trigger's own
+    ``tallies`` (the SFTP sweep's waiting, deferred...), then every object."""
+    submissions = list(submissions)
+    counts: dict[str, int] = {}
+    for item in submissions:
+        counts[item.status] = counts.get(item.status, 0) + 1
+    return {
+        "counts": counts,
+        **tallies,
+        "objects": [
+            {"object": str(s.ref), "status": s.status, "reason": s.reason, "rule": s.rule,
+             "job_id": s.job_id}
+            for s in submissions
+        ],
+    }
 
 
 @dataclass(frozen=True)
@@ -253,6 +271,7 @@ def _start_job(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef,
     except GrantError as exc:
         logger.info("%s: %s; importing from a presigned URL instead", ref, exc)
         read_grant = storage.grant_read(ref, settings.read_grant_seconds, kind="presigned_url")
+    refuse_unsent_input(type(provider), read_grant.kind)
     write_grant = None
     if plan.route == "native":
         try:

@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from hashlib import sha256
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlencode
 
 import httpx
@@ -31,7 +31,7 @@ from convbridge.errors import (
     ProviderUnavailable,
 )
 from convbridge.http import GaveUp, RetryPolicy, seconds_left, send
-from convbridge.model import CallbackRequest, Grant, JobOutcome, JobSpec
+from convbridge.model import CallbackRequest, Grant, GrantKind, JobOutcome, JobSpec
 
 logger = logging.getLogger(__name__)
 #: create attempts whose answers were lost before giving up on a job
@@ -49,12 +49,13 @@ class Provider(ABC):
     #: the API's public base URL; ``CONVBRIDGE_<NAME>_URL`` overrides it (a sandbox, a region)
     default_base_url: ClassVar[str | None] = None
     #: :meth:`upload_input` takes an input the bridge pushes (``upload`` read grants, for
-    #: storages that cannot sign a URL); a provider without it is refused such a job
+    #: storages that cannot sign a URL); the planner refuses such a job to a provider without
+    #: it (UPLOAD_UNSUPPORTED) before any job is built
     takes_uploads: ClassVar[bool] = False
     #: storage name -> grant kinds the provider's import task accepts without widening scope
-    native_imports: ClassVar[Mapping[str, frozenset[str]]] = {}
+    native_imports: ClassVar[Mapping[str, frozenset[GrantKind]]] = {}
     #: storage name -> grant kinds the provider's export task accepts without widening scope
-    native_exports: ClassVar[Mapping[str, frozenset[str]]] = {}
+    native_exports: ClassVar[Mapping[str, frozenset[GrantKind]]] = {}
     #: hosts the relay may download this dialect's outputs from, over https: exact hosts and
     #: ``*.domain`` patterns (see convbridge.http.HostPattern); the base URL's host is added
     download_hosts: ClassVar[tuple[str, ...]] = ()
@@ -150,13 +151,6 @@ class Provider(ABC):
         raise ProviderUnavailable(f"{self.name}: {last}; no job was created in "
                                   f"{MAX_CREATE_ATTEMPTS} attempts", status=last.status) from last
 
-    def refuse_unsent_input(self, spec: JobSpec) -> None:
-        """Called by :meth:`build_job` first: a job whose input only an upload could deliver
-        is refused (UPLOAD_UNSUPPORTED, a failure report) by a provider that takes none."""
-        if spec.read_grant.kind == "upload" and not self.takes_uploads:
-            raise ProviderRejected(f"{self.name} takes no input uploaded by the bridge",
-                                   code="UPLOAD_UNSUPPORTED")
-
     def upload_input(self, job_id: str, spec: JobSpec,
                      open_stream: Callable[[], Iterator[bytes]]) -> None:
         """Push the input of ``job_id`` (created for an ``upload`` read grant) to the provider.
@@ -240,6 +234,71 @@ class Provider(ABC):
                 code=_error_code(response),
             )
         return response
+
+
+#: what the tagged-jobs flow asks of ``jobs_path``: create a job, or find one by its tag
+JobsRequest = Literal["create", "find"]
+
+
+class TaggedJobsProvider(Provider):
+    """A dialect whose jobs are created by posting the job document to ``jobs_path`` and
+    listed there by ``tag`` (the context token): the flow is here, an adapter names where
+    its answers keep the id and the list, and how it authenticates (:meth:`_jobs_request`)."""
+
+    #: jobs are listed by tag, so a lost create answer is looked up before a re-send
+    finds_jobs: ClassVar[bool] = True
+    jobs_path: ClassVar[str] = "/jobs"
+    #: the fields leading to the new job's id in the create answer
+    created_id_at: ClassVar[tuple[str, ...]] = ("id",)
+    #: the fields leading to the list of jobs in the list answer
+    listed_jobs_at: ClassVar[tuple[str, ...]] = ("data",)
+    #: the list query parameter that filters jobs by tag
+    tag_parameter: ClassVar[str] = "tag"
+
+    def create_job(self, document: Mapping[str, Any]) -> str:
+        response = self._jobs_request("create", "POST", json=document, idempotent=False)
+        try:
+            return str(_field(response.json(), self.created_id_at))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProviderError(f"{self.name}: job created but the answer has no "
+                                f"{'.'.join(self.created_id_at)}") from exc
+
+    def find_job(self, context_token: str) -> str | None:
+        # the context token is unique per submission, so at most one job carries it
+        response = self._jobs_request("find", "GET",
+                                      params={self.tag_parameter: context_token, "per_page": 1})
+        try:
+            jobs = _field(response.json(), self.listed_jobs_at)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProviderError(f"{self.name}: job list answer has no "
+                                f"{'.'.join(self.listed_jobs_at)}") from exc
+        matching = [j for j in jobs if isinstance(j, dict) and j.get("tag") == context_token]
+        return str(matching[0]["id"]) if matching else None
+
+    def _jobs_request(self, purpose: JobsRequest, method: str, **kwargs: Any) -> httpx.Response:
+        """The request to ``jobs_path`` for ``purpose``; a dialect whose API keys have scopes
+        names the one each purpose needs."""
+        return self._send(method, self.jobs_path, headers=self._auth(), **kwargs)
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}"}
+
+
+def _field(document: Any, path: tuple[str, ...]) -> Any:
+    """``document[path[0]][path[1]]...``; KeyError or TypeError where the answer lacks one."""
+    for name in path:
+        document = document[name]
+    return document
+
+
+def parse_size(value: Any) -> int | None:
+    """A byte count from a provider document (a number or its digits), or None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def comparable_bytes(value: str) -> bytes:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -54,12 +53,20 @@ from convbridge.model import (
     CallbackRequest,
     ConversionSpec,
     Grant,
+    GrantKind,
     JobOutcome,
     JobSpec,
     OutputFile,
     output_metadata,
 )
-from convbridge.providers.base import Provider, native_task, parse_json_object
+from convbridge.providers.base import (
+    JobsRequest,
+    TaggedJobsProvider,
+    native_task,
+    parse_json_object,
+    parse_size,
+    parse_time,
+)
 
 SIGNATURE_HEADER = "CloudConvert-Signature"
 IMPORT_TASK = "import-source"
@@ -70,6 +77,11 @@ FINAL_EVENTS = {"job.finished": "finished", "job.failed": "failed"}
 #: The API key scopes the bridge needs (seed 003): task.write creates jobs, task.read finds a
 #: job whose create answer was lost and reads the upload form of SFTP inputs.
 REQUIRED_SCOPES = ("task.read", "task.write")
+#: the scope each request of the tagged-jobs flow needs, and what it is doing
+JOBS_REQUEST_SCOPES: dict[JobsRequest, tuple[str, str]] = {
+    "create": ("task.write", "creating a job"),
+    "find": ("task.read", "finding a job whose create answer was lost"),
+}
 #: inputs CloudConvert may turn into one image per page
 PAGED_INPUTS = frozenset({"pdf", "tif", "tiff", "gif", "webp", "ps", "eps", "ai", "psd", "xps",
                           "djvu", "doc", "docx", "odt", "rtf", "ppt", "pptx", "odp", "xls",
@@ -79,16 +91,16 @@ ONE_PAGE_OUTPUTS = frozenset({"png", "jpg", "jpeg", "bmp", "svg", "ico", "webp",
                               "heic"})
 
 
-class CloudConvert(Provider):
+class CloudConvert(TaggedJobsProvider):
     name: ClassVar[str] = "cloudconvert"
     default_base_url: ClassVar[str | None] = "https://api.cloudconvert.com/v2"
     takes_uploads: ClassVar[bool] = True
-    native_imports: ClassVar[Mapping[str, frozenset[str]]] = {
+    native_imports: ClassVar[Mapping[str, frozenset[GrantKind]]] = {
         "s3": frozenset({"presigned_url", "sts_session"}),
         "sftp": frozenset({"sftp_account"}),
         "azure_blob": frozenset({"sas", "presigned_url"}),
     }
-    native_exports: ClassVar[Mapping[str, frozenset[str]]] = {
+    native_exports: ClassVar[Mapping[str, frozenset[GrantKind]]] = {
         "s3": frozenset({"sts_session"}),
         "sftp": frozenset({"sftp_account"}),
         # no azure_blob: relayed, see the module docstring
@@ -100,8 +112,9 @@ class CloudConvert(Provider):
     download_hosts: ClassVar[tuple[str, ...]] = ("*.cloudconvert.com",)
     #: export/url files and the job itself are kept for 24 h; webhook retries end long before
     settle_deadline_seconds: ClassVar[int] = 6 * 3600
-    #: jobs are listed by tag, so a lost create answer is looked up before a re-send
-    finds_jobs: ClassVar[bool] = True
+    created_id_at: ClassVar[tuple[str, ...]] = ("data", "id")
+    listed_jobs_at: ClassVar[tuple[str, ...]] = ("data",)
+    tag_parameter: ClassVar[str] = "filter[tag]"
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
         convert: dict[str, Any] = {
@@ -123,26 +136,6 @@ class CloudConvert(Provider):
             "tag": spec.context_token,
             "webhook_url": spec.webhook_url,
         }
-
-    def create_job(self, document: Mapping[str, Any]) -> str:
-        response = self._scoped("task.write", "creating a job", "POST", "/jobs", json=document,
-                                idempotent=False)
-        try:
-            return str(response.json()["data"]["id"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ProviderError(f"{self.name}: job created but the answer has no data.id") from exc
-
-    def find_job(self, context_token: str) -> str | None:
-        # the context token is unique per submission, so at most one job carries it
-        response = self._scoped("task.read", "finding a job whose create answer was lost",
-                                "GET", "/jobs",
-                                params={"filter[tag]": context_token, "per_page": 1})
-        try:
-            jobs = response.json()["data"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ProviderError(f"{self.name}: job list answer has no data") from exc
-        matching = [j for j in jobs if isinstance(j, dict) and j.get("tag") == context_token]
-        return str(matching[0]["id"]) if matching else None
 
     def fetch_job(self, job_id: str) -> JobOutcome | None:
         document = self._job_document(f"/jobs/{quote(job_id, safe='')}", headers=self._auth())
@@ -185,8 +178,9 @@ class CloudConvert(Provider):
             raise ProviderRejected(f"{self.name}: upload refused: {answer.text[:300]}",
                                    status=answer.status_code, code="UPLOAD_REFUSED")
 
-    def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._api_key}"}
+    def _jobs_request(self, purpose: JobsRequest, method: str, **kwargs: Any) -> httpx.Response:
+        scope, doing = JOBS_REQUEST_SCOPES[purpose]
+        return self._scoped(scope, doing, method, self.jobs_path, **kwargs)
 
     def _scoped(self, scope: str, doing: str, method: str, path: str,
                 **kwargs: Any) -> httpx.Response:
@@ -238,7 +232,7 @@ def parse_job(job: Mapping[str, Any], *, event: str = "", provider: str = "cloud
         if exported and task.get("status") == "finished":
             for file in (task.get("result") or {}).get("files") or []:
                 outputs.append(OutputFile(filename=str(file.get("filename", "")),
-                                          size=_int(file.get("size")), url=file.get("url")))
+                                          size=parse_size(file.get("size")), url=file.get("url")))
     return JobOutcome(
         provider=provider,
         job_id=str(job.get("id", "")),
@@ -249,8 +243,8 @@ def parse_job(job: Mapping[str, Any], *, event: str = "", provider: str = "cloud
         failed_task=(root.get("name") or root.get("operation")) if root else None,
         code=root.get("code") if root else None,
         message=root.get("message") if root else None,
-        started_at=_time(job.get("started_at")),
-        ended_at=_time(job.get("ended_at")),
+        started_at=parse_time(job.get("started_at")),
+        ended_at=parse_time(job.get("ended_at")),
     )
 
 
@@ -391,19 +385,3 @@ def _s3_credentials(grant: Grant) -> dict[str, str]:
         "secret_access_key": grant.secret["secret_access_key"],
         "session_token": grant.secret["session_token"],
     }
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None

@@ -35,7 +35,7 @@ from convbridge.errors import (
 )
 from convbridge.http import GaveUp, RetryPolicy, send
 from convbridge.model import CallbackRequest, JobOutcome, JobSpec, OutputFile
-from convbridge.providers.base import Provider, parse_time
+from convbridge.providers.base import Provider, parse_size, parse_time
 
 #: callback steps that settle a process; the service calls back only for these
 FINAL_STEPS = {"finished": "finished", "error": "failed"}
@@ -65,7 +65,6 @@ class CloudConvertV1(Provider):
     settle_deadline_seconds: ClassVar[int] = 3600
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
-        self.refuse_unsent_input(spec)
         if spec.read_grant.kind != "presigned_url":
             raise ProviderError(f"cloudconvert_v1 imports only from a signed URL, not a "
                                 f"{spec.read_grant.storage} {spec.read_grant.kind} grant")
@@ -240,8 +239,8 @@ class CloudConvertV1(Provider):
             # several files come as one zip at url, each file alone at url/<file>
             files = [str(f) for f in output.get("files") or []]
             outputs = [OutputFile(filename=f, url=f"{absolute}/{quote(f)}") for f in files] or [
-                OutputFile(filename=str(output.get("filename", "")), size=_int(output.get("size")),
-                           url=absolute)]
+                OutputFile(filename=str(output.get("filename", "")),
+                           size=parse_size(output.get("size")), url=absolute)]
         tag = process.get("tag")
         return JobOutcome(
             provider=self.name,
@@ -263,10 +262,3 @@ def _time(value: Any) -> datetime | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return datetime.fromtimestamp(value, UTC)
     return parse_time(value)
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None

@@ -28,12 +28,19 @@ from convbridge.errors import CallbackError, ProviderError
 from convbridge.model import (
     CallbackRequest,
     Grant,
+    GrantKind,
     JobOutcome,
     JobSpec,
     OutputFile,
     output_metadata,
 )
-from convbridge.providers.base import Provider, native_task, parse_json_object, parse_time
+from convbridge.providers.base import (
+    TaggedJobsProvider,
+    native_task,
+    parse_json_object,
+    parse_size,
+    parse_time,
+)
 from convbridge.providers.cloudconvert import may_give_several_files
 
 SIGNATURE_HEADER = "FreeConvert-Signature"
@@ -52,14 +59,14 @@ EVENT_FOR_STATUS = {"completed": "job.success", "failed": "job.failed"}
 FAILED_TASK_STATUSES = frozenset({"failed", "canceled", "deleted", "insufficiant_minute"})
 
 
-class FreeConvert(Provider):
+class FreeConvert(TaggedJobsProvider):
     name: ClassVar[str] = "freeconvert"
     default_base_url: ClassVar[str | None] = "https://api.freeconvert.com/v1"
-    native_imports: ClassVar[Mapping[str, frozenset[str]]] = {
+    native_imports: ClassVar[Mapping[str, frozenset[GrantKind]]] = {
         "s3": frozenset({"presigned_url"}),
         "azure_blob": frozenset({"sas", "presigned_url"}),
     }
-    native_exports: ClassVar[Mapping[str, frozenset[str]]] = {
+    native_exports: ClassVar[Mapping[str, frozenset[GrantKind]]] = {
         "azure_blob": frozenset({"sas"}),
     }
     #: export/url results are served by the task's worker (``server301.freeconvert.com``)
@@ -67,11 +74,10 @@ class FreeConvert(Provider):
     #: a task's files are deleted 4 h after it was created (jobs after 24 h): ask in time to
     #: relay them
     settle_deadline_seconds: ClassVar[int] = 2 * 3600
-    #: jobs are listed by tag, so a lost create answer is looked up before a re-send
-    finds_jobs: ClassVar[bool] = True
+    jobs_path: ClassVar[str] = "/process/jobs"
+    listed_jobs_at: ClassVar[tuple[str, ...]] = ("docs",)
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
-        self.refuse_unsent_input(spec)
         convert: dict[str, Any] = {
             "operation": "convert",
             "input": IMPORT_TASK,
@@ -90,25 +96,6 @@ class FreeConvert(Provider):
             },
         }
 
-    def create_job(self, document: Mapping[str, Any]) -> str:
-        response = self._send("POST", "/process/jobs", json=document, headers=self._auth(),
-                              idempotent=False)
-        try:
-            return str(response.json()["id"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ProviderError(f"{self.name}: job created but the answer has no id") from exc
-
-    def find_job(self, context_token: str) -> str | None:
-        # the context token is unique per submission, so at most one job carries it
-        response = self._send("GET", "/process/jobs", headers=self._auth(),
-                              params={"tag": context_token, "per_page": 1})
-        try:
-            jobs = response.json()["docs"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ProviderError(f"{self.name}: job list answer has no docs") from exc
-        matching = [j for j in jobs if isinstance(j, dict) and j.get("tag") == context_token]
-        return str(matching[0]["id"]) if matching else None
-
     def fetch_job(self, job_id: str) -> JobOutcome | None:
         job = self._job_document(f"/process/jobs/{quote(job_id, safe='')}",
                                  headers=self._auth())
@@ -121,9 +108,6 @@ class FreeConvert(Provider):
             return parse_job(job, event=event)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ProviderError(f"{self.name}: job {job_id} is malformed") from exc
-
-    def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._api_key}"}
 
     def verify_callback(self, request: CallbackRequest) -> None:
         # PHP's hash_hmac('sha256', $payload, $secret) in the seed: lowercase hex
@@ -197,16 +181,12 @@ def _result_files(result: Any) -> list[OutputFile]:
     if not entries and result.get("url"):
         entries = [result]
     return [OutputFile(filename=str(f.get("filename") or _filename(str(f["url"]))),
-                       size=_int(f.get("size")), url=str(f["url"]))
+                       size=parse_size(f.get("size")), url=str(f["url"]))
             for f in entries if f.get("url")]
 
 
 def _filename(url: str) -> str:
     return unquote(urlsplit(url).path.rsplit("/", 1)[-1])
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _import_task(grant: Grant, filename: str) -> dict[str, Any]:

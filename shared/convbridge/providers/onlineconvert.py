@@ -34,8 +34,8 @@ from convbridge.errors import (
     CallbackSignatureError,
     ProviderError,
 )
-from convbridge.model import CallbackRequest, Grant, JobOutcome, JobSpec, OutputFile
-from convbridge.providers.base import TOKEN_PARAMETER, Provider, parse_time
+from convbridge.model import CallbackRequest, Grant, GrantKind, JobOutcome, JobSpec, OutputFile
+from convbridge.providers.base import TOKEN_PARAMETER, Provider, parse_size, parse_time
 
 API_KEY_HEADER = "X-Oc-Api-Key"
 #: job status codes that settle a job; every other code means it is still on its way
@@ -48,10 +48,10 @@ _JOB_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 class OnlineConvert(Provider):
     name: ClassVar[str] = "onlineconvert"
     default_base_url: ClassVar[str | None] = "https://api.api2convert.com/v2"
-    native_imports: ClassVar[Mapping[str, frozenset[str]]] = {
+    native_imports: ClassVar[Mapping[str, frozenset[GrantKind]]] = {
         "s3": frozenset({"presigned_url", "sts_session"}),
     }
-    native_exports: ClassVar[Mapping[str, frozenset[str]]] = {
+    native_exports: ClassVar[Mapping[str, frozenset[GrantKind]]] = {
         "s3": frozenset({"sts_session"}),
     }
     #: output ``uri``s point at the job's server (``www13.api2convert.com``); the service
@@ -62,7 +62,6 @@ class OnlineConvert(Provider):
     settle_deadline_seconds: ClassVar[int] = 3600
 
     def build_job(self, spec: JobSpec) -> dict[str, Any]:
-        self.refuse_unsent_input(spec)
         conversion: dict[str, Any] = {"target": spec.conversion.output_format}
         if spec.conversion.options:
             conversion["options"] = dict(spec.conversion.options)
@@ -177,7 +176,7 @@ def parse_job(job: Mapping[str, Any]) -> JobOutcome | None:
     errors = [e for e in job.get("errors") or [] if isinstance(e, dict)]
     first = errors[0] if errors else {}
     outputs = tuple(
-        OutputFile(filename=str(o.get("filename", "")), size=_int(o.get("size")),
+        OutputFile(filename=str(o.get("filename", "")), size=parse_size(o.get("size")),
                    url=o["uri"] if isinstance(o.get("uri"), str) else None)
         for o in job.get("output") or [] if isinstance(o, dict)
     )
@@ -233,10 +232,3 @@ def _s3_credentials(grant: Grant) -> dict[str, str]:
     return {"accesskeyid": grant.secret["access_key_id"],
             "secretaccesskey": grant.secret["secret_access_key"],
             "sessiontoken": grant.secret["session_token"]}
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None

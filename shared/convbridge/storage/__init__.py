@@ -1,5 +1,6 @@
-"""Storage adapters by name, imported on first use so a trigger loads only its own cloud SDK
-(the table is in convbridge.registries)."""
+"""Storage adapters by name, imported on first use (the table is in convbridge.registries);
+each imports its cloud SDK only when it first talks to its cloud, so a trigger loads only its
+own cloud SDK."""
 
 from convbridge.registries import STORAGES
 

@@ -26,31 +26,23 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
-from azure.core import MatchConditions
-from azure.core.exceptions import (
-    AzureError,
-    HttpResponseError,
-    ResourceExistsError,
-    ResourceModifiedError,
-    ResourceNotFoundError,
-)
-from azure.storage.blob import (
-    BlobBlock,
-    BlobClient,
-    BlobSasPermissions,
-    BlobServiceClient,
-    ContentSettings,
-    ExponentialRetry,
-    generate_blob_sas,
-)
-
 from convbridge.errors import ConfigError, GrantError, OutputCollision, StaleWrite, StorageError
 from convbridge.model import OUTPUT_MARKER, SOURCE_TAG, Grant, GrantKind, ObjectRef, OutputTarget
+from convbridge.storage._vendor import VendorModule
 from convbridge.storage.base import Storage
 
 if TYPE_CHECKING:
+    import azure.core as _azure
+    import azure.core.exceptions as _azure_errors
+    import azure.storage.blob as _blob_sdk
+    from azure.storage.blob import BlobSasPermissions
+
     from convbridge.clients import CloudClients
     from convbridge.settings import Settings
+else:
+    _azure = VendorModule("azure.core")
+    _azure_errors = VendorModule("azure.core.exceptions")
+    _blob_sdk = VendorModule("azure.storage.blob")
 
 #: Staged block size: the most the relay holds in memory per upload.
 BLOCK_SIZE = 8 * 1024 * 1024
@@ -76,8 +68,8 @@ def output_condition(replacing: str | None) -> dict[str, Any]:
     """Create-only (``If-None-Match: *``), or replace exactly the revision of the same source's
     earlier output."""
     if replacing is None:  # the SDK sends If-None-Match: * itself and takes no etag with it
-        return {"match_condition": MatchConditions.IfMissing}
-    return {"etag": _quoted(replacing), "match_condition": MatchConditions.IfNotModified}
+        return {"match_condition": _azure.MatchConditions.IfMissing}
+    return {"etag": _quoted(replacing), "match_condition": _azure.MatchConditions.IfNotModified}
 
 
 def _quoted(etag: str) -> str:
@@ -86,8 +78,8 @@ def _quoted(etag: str) -> str:
 
 class AzureBlobStorage(Storage):
     name: ClassVar[str] = "azure_blob"
-    write_grant_kinds: ClassVar[tuple[str, ...]] = ("sas",)
-    read_grant_kinds: ClassVar[frozenset[str]] = frozenset({"presigned_url", "sas"})
+    write_grant_kinds: ClassVar[tuple[GrantKind, ...]] = ("sas",)
+    read_grant_kinds: ClassVar[frozenset[GrantKind]] = frozenset({"presigned_url", "sas"})
     event_formats: ClassVar[tuple[str, ...]] = (
         "Event Grid BlobCreated (Event Grid schema or CloudEvents)",)
 
@@ -126,25 +118,25 @@ class AzureBlobStorage(Storage):
         self._account_key = account_key
         self._client_options: dict[str, Any] = {
             # The SDK's default backoff starts at 15 s: longer than a delivery can wait.
-            "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=2,
-                                             random_jitter_range=1),
+            "retry_policy": _blob_sdk.ExponentialRetry(initial_backoff=1, increment_base=2,
+                                                   retry_total=2, random_jitter_range=1),
             "connection_timeout": 10,
             "read_timeout": 60,
             "max_single_get_size": READ_CHUNK,
             "max_chunk_get_size": READ_CHUNK,
         }
-        self._service: tuple[str, BlobServiceClient] | None = None
+        self._service: tuple[str, _blob_sdk.BlobServiceClient] | None = None
 
     def __repr__(self) -> str:
         return f"AzureBlobStorage(account={self.account_name!r}, endpoint={self.endpoint!r})"
 
     # -- clients -------------------------------------------------------------------------------
 
-    def _client(self) -> BlobServiceClient:
+    def _client(self) -> _blob_sdk.BlobServiceClient:
         key = self._account_key()
         if self._service is None or self._service[0] != key:
             credential = {"account_name": self.account_name, "account_key": key}
-            self._service = (key, BlobServiceClient(self.endpoint, credential=credential,
+            self._service = (key, _blob_sdk.BlobServiceClient(self.endpoint, credential=credential,
                                                     **self._client_options))
         return self._service[1]
 
@@ -158,13 +150,13 @@ class AzureBlobStorage(Storage):
                                "for")
         return container
 
-    def _blob(self, location: str, key: str) -> BlobClient:
+    def _blob(self, location: str, key: str) -> _blob_sdk.BlobClient:
         return self._client().get_blob_client(self._container(location), key)
 
     def blob_url(self, location: str, key: str) -> str:
         """The blob's URL, percent-encoded as RFC 3987 requires (no credentials in it)."""
         container = self._container(location)
-        return BlobClient(self.endpoint, container, key).url
+        return _blob_sdk.BlobClient(self.endpoint, container, key).url
 
     # -- grants --------------------------------------------------------------------------------
 
@@ -172,7 +164,7 @@ class AzureBlobStorage(Storage):
              ttl_seconds: int) -> tuple[str, datetime]:
         expires = datetime.now(UTC) + timedelta(seconds=ttl_seconds)
         try:
-            token = generate_blob_sas(
+            token = _blob_sdk.generate_blob_sas(
                 self.account_name, self._container(location), key,
                 account_key=self._account_key(), permission=permission, expiry=expires,
                 protocol="https,http" if self.allow_http else "https",
@@ -194,12 +186,13 @@ class AzureBlobStorage(Storage):
     def _protocols(self) -> str:
         return "HTTPS or HTTP (dev only)" if self.allow_http else "HTTPS only"
 
-    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *, kind: str = "presigned_url") -> Grant:
+    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *,
+                   kind: GrantKind = "presigned_url") -> Grant:
         """A service SAS reading the one blob. ``sas`` hands it to providers that take a SAS
         token; ``presigned_url`` is the same SAS as a URL any provider can download."""
         if kind not in {"sas", "presigned_url"}:
             raise GrantError(f"azure_blob cannot mint a read grant of kind {kind!r}")
-        token, expires = self._sas(ref.location, ref.key, BlobSasPermissions(read=True),
+        token, expires = self._sas(ref.location, ref.key, _blob_sdk.BlobSasPermissions(read=True),
                                    ttl_seconds)
         scope = (f"read (sp=r, sr=b) of azure_blob://{ref.location}/{ref.key}, "
                  f"{self._protocols()}")
@@ -210,8 +203,8 @@ class AzureBlobStorage(Storage):
         if self.stat(target.location, target.key) is not None:
             raise GrantError(f"{target.location}/{target.key} exists and a create-only SAS "
                              "cannot replace it")
-        token, expires = self._sas(target.location, target.key, BlobSasPermissions(create=True),
-                                   ttl_seconds)
+        token, expires = self._sas(target.location, target.key,
+                                   _blob_sdk.BlobSasPermissions(create=True), ttl_seconds)
         scope = (f"create once (sp=c, sr=b) of azure_blob://{target.location}/{target.key}: "
                  f"no read, overwrite, delete or list; {self._protocols()}")
         return self._grant(target.location, target.key, token, expires, scope, "sas")
@@ -221,7 +214,7 @@ class AzureBlobStorage(Storage):
     def read_stream(self, location: str, key: str) -> Iterator[bytes]:
         try:
             yield from self._blob(location, key).download_blob().chunks()
-        except AzureError as exc:
+        except _azure_errors.AzureError as exc:
             raise StorageError(f"cannot read {self._where(location, key)}: "
                                f"{_describe(exc)}") from exc
 
@@ -254,7 +247,7 @@ class AzureBlobStorage(Storage):
                      if output else {})
         blob = self._blob(location, key)
         prefix = uuid.uuid4().hex
-        blocks: list[BlobBlock] = []
+        blocks: list[_blob_sdk.BlobBlock] = []
         total = 0
 
         def stage(data: bytes) -> None:
@@ -262,7 +255,7 @@ class AzureBlobStorage(Storage):
             # concurrent writers of one key from committing each other's blocks
             block_id = base64.b64encode(f"{prefix}{len(blocks):08d}".encode()).decode()
             blob.stage_block(block_id, data, length=len(data))
-            blocks.append(BlobBlock(block_id=block_id))
+            blocks.append(_blob_sdk.BlobBlock(block_id=block_id))
 
         try:
             while True:
@@ -278,22 +271,22 @@ class AzureBlobStorage(Storage):
                 stage(bytes(buffer))
                 total += len(buffer)
             _check_size(self._where(location, key), total, expected_size)
-            blob.commit_block_list(blocks, content_settings=ContentSettings(
+            blob.commit_block_list(blocks, content_settings=_blob_sdk.ContentSettings(
                 content_type=content_type), metadata=azure_metadata(metadata or {}),
                 **condition)
-        except AzureError as exc:
+        except _azure_errors.AzureError as exc:
             if output and self._taken(location, key, exc, metadata or {}):
                 raise _collision(self._where(location, key)) from exc
             raise StorageError(f"cannot write {self._where(location, key)}: "
                                f"{_describe(exc)}") from exc
         return total
 
-    def _taken(self, location: str, key: str, exc: AzureError,
+    def _taken(self, location: str, key: str, exc: _azure_errors.AzureError,
                metadata: Mapping[str, str]) -> bool:
         """Whether a failed output write lost its name to another blob. Put Blob onto the name
         meanwhile also discards the blocks staged for it, so the commit can fail as a missing
         block list rather than a failed condition; the blob now there tells."""
-        if isinstance(exc, ResourceExistsError | ResourceModifiedError):
+        if isinstance(exc, _azure_errors.ResourceExistsError | _azure_errors.ResourceModifiedError):
             return True
         found = self.stat(location, key)
         return found is not None and found.metadata.get(SOURCE_TAG) != metadata.get(SOURCE_TAG)
@@ -314,25 +307,25 @@ class AzureBlobStorage(Storage):
             condition = output_condition(self.output_precondition(location, key, metadata))
         elif if_revision:
             condition = {"etag": _quoted(if_revision),
-                         "match_condition": MatchConditions.IfNotModified}
+                         "match_condition": _azure.MatchConditions.IfNotModified}
         try:
             answer = self._blob(location, key).upload_blob(
                 data, overwrite=True, length=len(data),
-                content_settings=ContentSettings(content_type=content_type),
+                content_settings=_blob_sdk.ContentSettings(content_type=content_type),
                 metadata=azure_metadata(metadata), **condition)
-        except (ResourceExistsError, ResourceModifiedError) as exc:
+        except (_azure_errors.ResourceExistsError, _azure_errors.ResourceModifiedError) as exc:
             if output:
                 raise _collision(self._where(location, key)) from exc
-            if isinstance(exc, ResourceExistsError):
+            if isinstance(exc, _azure_errors.ResourceExistsError):
                 raise StorageError(f"cannot write {self._where(location, key)}: "
                                    f"{_describe(exc)}") from exc
             raise StaleWrite(f"{self._where(location, key)} changed since {if_revision}") from exc
-        except ResourceNotFoundError as exc:
+        except _azure_errors.ResourceNotFoundError as exc:
             if if_revision:  # the record was removed since: also not the revision expected
                 raise StaleWrite(f"{self._where(location, key)} is gone") from exc
             raise StorageError(f"cannot write {self._where(location, key)}: "
                                f"{_describe(exc)}") from exc
-        except AzureError as exc:
+        except _azure_errors.AzureError as exc:
             raise StorageError(f"cannot write {self._where(location, key)}: "
                                f"{_describe(exc)}") from exc
         return str(answer.get("etag", ""))
@@ -340,9 +333,9 @@ class AzureBlobStorage(Storage):
     def stat(self, location: str, key: str) -> ObjectRef | None:
         try:
             props = self._blob(location, key).get_blob_properties()
-        except ResourceNotFoundError:
+        except _azure_errors.ResourceNotFoundError:
             return None
-        except AzureError as exc:
+        except _azure_errors.AzureError as exc:
             raise StorageError(f"cannot stat {self._where(location, key)}: "
                                f"{_describe(exc)}") from exc
         if props.copy is not None and props.copy.status == "pending":
@@ -358,9 +351,9 @@ class AzureBlobStorage(Storage):
     def delete(self, location: str, key: str) -> None:
         try:
             self._blob(location, key).delete_blob(delete_snapshots="include")
-        except ResourceNotFoundError:
+        except _azure_errors.ResourceNotFoundError:
             return
-        except AzureError as exc:
+        except _azure_errors.AzureError as exc:
             raise StorageError(f"cannot delete {self._where(location, key)}: "
                                f"{_describe(exc)}") from exc
 
@@ -371,7 +364,7 @@ class AzureBlobStorage(Storage):
                 name_starts_with=prefix or None)
             for name in names:
                 yield str(name)
-        except AzureError as exc:
+        except _azure_errors.AzureError as exc:
             raise StorageError(f"cannot list {self._where(location, prefix)}: "
                                f"{_describe(exc)}") from exc
 
@@ -391,7 +384,7 @@ class AzureBlobStorage(Storage):
                 time.sleep(0.5)
                 copy = target.get_blob_properties().copy
                 status = copy.status if copy is not None else None
-        except AzureError as exc:
+        except _azure_errors.AzureError as exc:
             raise StorageError(f"cannot copy {self._where(location, source_key)}: "
                                f"{_describe(exc)}") from exc
         if status != "success":
@@ -414,9 +407,9 @@ def _check_size(where: str, written: int, expected: int | None) -> None:
                            "written")
 
 
-def _describe(exc: AzureError) -> str:
+def _describe(exc: _azure_errors.AzureError) -> str:
     """The error code and status only: SDK messages can quote request URLs and headers."""
-    if isinstance(exc, HttpResponseError):
+    if isinstance(exc, _azure_errors.HttpResponseError):
         # the storage SDK sets error_code on the exceptions it raises; azure-core does not
         code = getattr(exc, "error_code", None) or getattr(exc.response, "reason", None) or "Error"
         return f"{code} (HTTP {exc.status_code})"

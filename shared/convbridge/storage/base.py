@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from convbridge.errors import OutputCollision, StorageError
-from convbridge.model import OUTPUT_MARKER, SOURCE_TAG, Grant, ObjectRef, OutputTarget
+from convbridge.model import OUTPUT_MARKER, SOURCE_TAG, Grant, GrantKind, ObjectRef, OutputTarget
 
 if TYPE_CHECKING:
     from convbridge.clients import CloudClients
@@ -26,12 +26,12 @@ class Storage(ABC):
     #: longest key the storage accepts, in UTF-8 bytes (S3 and GCS: 1024)
     max_key_bytes: ClassVar[int] = 1024
     #: write grant kinds this storage can mint, narrowest first; empty: outputs are relayed
-    write_grant_kinds: ClassVar[tuple[str, ...]] = ()
+    write_grant_kinds: ClassVar[tuple[GrantKind, ...]] = ()
     #: the read grant the relay route uses; "upload" for storages that cannot sign a URL, whose
     #: bytes the bridge pushes to the provider itself
-    relay_read_kind: ClassVar[str] = "presigned_url"
+    relay_read_kind: ClassVar[GrantKind] = "presigned_url"
     #: read grant kinds :meth:`grant_read` can mint
-    read_grant_kinds: ClassVar[frozenset[str]] = frozenset({"presigned_url"})
+    read_grant_kinds: ClassVar[frozenset[GrantKind]] = frozenset({"presigned_url"})
     #: files are found by a scheduled sweep, which claims each by moving it under
     #: ``processing/`` (see convbridge.triggers.sftp_sweep), rather than announced by events
     swept: ClassVar[bool] = False
@@ -45,7 +45,8 @@ class Storage(ABC):
         Secrets Manager through ``clients``, never from the environment."""
 
     @abstractmethod
-    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *, kind: str = "presigned_url") -> Grant:
+    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *,
+                   kind: GrantKind = "presigned_url") -> Grant:
         """A credential that can read ``ref`` and nothing else, for ``ttl_seconds``."""
 
     @abstractmethod

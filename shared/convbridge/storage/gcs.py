@@ -26,12 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlparse
 
-import google.api_core.exceptions
-import google.auth.exceptions
 import httpx
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
-from google.oauth2 import service_account
 
 from convbridge.errors import (
     ConfigError,
@@ -42,13 +37,26 @@ from convbridge.errors import (
     StorageError,
 )
 from convbridge.http import make_client
-from convbridge.model import SOURCE_TAG, Grant, ObjectRef, OutputTarget
+from convbridge.model import SOURCE_TAG, Grant, GrantKind, ObjectRef, OutputTarget
+from convbridge.storage._vendor import VendorModule
 from convbridge.storage.base import Storage
 
 if TYPE_CHECKING:
+    import google.api_core.exceptions as _api_errors
+    import google.auth.credentials as _auth_credentials
+    import google.auth.exceptions as _auth_errors
+    import google.cloud.storage as _gcs_sdk
+    from google.oauth2 import service_account
+
     from convbridge.clients import CloudClients
     from convbridge.secrets import SecretValue
     from convbridge.settings import Settings
+else:
+    _api_errors = VendorModule("google.api_core.exceptions")
+    _auth_credentials = VendorModule("google.auth.credentials")
+    _auth_errors = VendorModule("google.auth.exceptions")
+    _gcs_sdk = VendorModule("google.cloud.storage")
+    service_account = VendorModule("google.oauth2.service_account")
 
 #: GCS refuses V4 signatures valid for longer than this.
 MAX_SIGNED_URL_SECONDS = 7 * 24 * 3600
@@ -67,8 +75,11 @@ RETRY_BINDING_SECONDS = 60.0
 KEY_REQUIRED = ("client_email", "private_key", "token_uri")
 KEY_OPTIONAL = ("type", "project_id", "private_key_id", "client_id", "universe_domain")
 
-_VENDOR_ERRORS = (google.api_core.exceptions.GoogleAPIError,
-                  google.auth.exceptions.GoogleAuthError, httpx.HTTPError)
+
+
+def _vendor_errors() -> tuple[type[Exception], ...]:
+    """What the Google SDKs raise for a failed request (read when one is being handled)."""
+    return (_api_errors.GoogleAPIError, _auth_errors.GoogleAuthError, httpx.HTTPError)
 
 
 def signing_credentials(name: str, secret: SecretValue) -> service_account.Credentials:
@@ -79,7 +90,7 @@ def signing_credentials(name: str, secret: SecretValue) -> service_account.Crede
         from_info = service_account.Credentials.from_service_account_info
         # google-auth ships type hints but leaves this constructor unannotated
         credentials: service_account.Credentials = from_info(info)  # type: ignore[no-untyped-call]
-    except (ValueError, google.auth.exceptions.GoogleAuthError) as exc:
+    except (ValueError, _auth_errors.GoogleAuthError) as exc:
         # the parser's message may quote the key; the type is enough to act on
         raise SecretError(f"secret {name} is not a usable service-account key: "
                           f"{type(exc).__name__}") from exc
@@ -98,11 +109,11 @@ def storage_client(credentials: service_account.Credentials, endpoint: str | Non
             raise ConfigError(f"CONVBRIDGE_GCS_ENDPOINT={endpoint!r} is not an http(s) URL")
         options["api_endpoint"] = endpoint.rstrip("/")
         if scheme == "http":
-            sent = AnonymousCredentials()  # type: ignore[no-untyped-call]
+            sent = _auth_credentials.AnonymousCredentials()  # type: ignore[no-untyped-call]
     try:
-        return storage.Client(project=credentials.project_id, credentials=sent,
+        return _gcs_sdk.Client(project=credentials.project_id, credentials=sent,
                               client_options=options or None)
-    except (ValueError, google.auth.exceptions.GoogleAuthError) as exc:
+    except (ValueError, _auth_errors.GoogleAuthError) as exc:
         # e.g. a key from another universe domain than the endpoint's
         raise ConfigError(f"cannot build a GCS client: {exc}") from exc
 
@@ -130,7 +141,7 @@ def export_key(name: str, secret: SecretValue) -> ExportKey:
 class GcsStorage(Storage):
     name: ClassVar[str] = "gcs"
     #: only ever planned for rules with ``hand_over_account: true`` (see convbridge.planner)
-    write_grant_kinds: ClassVar[tuple[str, ...]] = ("gcs_service_account",)
+    write_grant_kinds: ClassVar[tuple[GrantKind, ...]] = ("gcs_service_account",)
     event_formats: ClassVar[tuple[str, ...]] = (
         "Pub/Sub push of an object notification", "CloudEvents object finalized")
 
@@ -179,7 +190,8 @@ class GcsStorage(Storage):
 
     # grants
 
-    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *, kind: str = "presigned_url") -> Grant:
+    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *,
+                   kind: GrantKind = "presigned_url") -> Grant:
         if kind != "presigned_url":
             raise GrantError(f"gcs cannot mint a read grant of kind {kind!r}")
         seconds = max(1, min(ttl_seconds, MAX_SIGNED_URL_SECONDS))
@@ -193,7 +205,7 @@ class GcsStorage(Storage):
                                            expiration=timedelta(seconds=seconds),
                                            credentials=self._signer, generation=generation)
         except (ValueError, TypeError, AttributeError,
-                google.auth.exceptions.GoogleAuthError) as exc:
+                _auth_errors.GoogleAuthError) as exc:
             raise GrantError(f"cannot sign a read of {ref}: {type(exc).__name__}") from exc
         pinned = f" generation {generation}" if generation is not None else ""
         return Grant(
@@ -230,7 +242,7 @@ class GcsStorage(Storage):
     def stat(self, location: str, key: str) -> ObjectRef | None:
         try:
             blob = self._client.bucket(location).get_blob(key)
-        except _VENDOR_ERRORS as exc:
+        except _vendor_errors() as exc:
             raise StorageError(f"cannot stat gs://{location}/{key}: {_describe(exc)}") from exc
         if blob is None:
             return None
@@ -243,22 +255,22 @@ class GcsStorage(Storage):
         if found is None:
             raise StorageError(f"cannot read gs://{location}/{key}: it does not exist")
         # every range names the generation stat saw: a read never splices two uploads
-        blob = storage.Blob(key, self._client.bucket(location), generation=int(found.version or 0))
+        blob = _gcs_sdk.Blob(key, self._client.bucket(location), generation=int(found.version or 0))
         size = found.size or 0
         for start in range(0, size, READ_CHUNK):
             end = min(start + READ_CHUNK, size) - 1
             try:
                 yield bytes(blob.download_as_bytes(start=start, end=end, raw_download=True))
-            except google.api_core.exceptions.NotFound as exc:
+            except _api_errors.NotFound as exc:
                 raise StorageError(f"gs://{location}/{key} was replaced while being read") from exc
-            except _VENDOR_ERRORS as exc:
+            except _vendor_errors() as exc:
                 raise StorageError(f"cannot read gs://{location}/{key}: {_describe(exc)}") from exc
 
     def list_keys(self, location: str, prefix: str) -> Iterator[str]:
         try:
             for blob in self._client.list_blobs(location, prefix=prefix):
                 yield str(blob.name)
-        except _VENDOR_ERRORS as exc:
+        except _vendor_errors() as exc:
             raise StorageError(f"cannot list gs://{location}/{prefix}: {_describe(exc)}") from exc
 
     # writes
@@ -358,7 +370,7 @@ class GcsStorage(Storage):
             session = str(blob.create_resumable_upload_session(
                 content_type=content_type, size=expected_size, checksum=None,
                 if_generation_match=generation))
-        except _VENDOR_ERRORS as exc:
+        except _vendor_errors() as exc:
             raise _write_error(location, key, exc) from exc
         offset = 0
         try:
@@ -419,19 +431,19 @@ class GcsStorage(Storage):
         try:
             blob.upload_from_string(data, content_type=content_type,
                                     if_generation_match=generation)
-        except google.api_core.exceptions.PreconditionFailed as exc:
+        except _api_errors.PreconditionFailed as exc:
             raise StaleWrite(f"gs://{location}/{key} is no longer at generation {generation}; "
                              "it was left as it is") from exc
-        except _VENDOR_ERRORS as exc:
+        except _vendor_errors() as exc:
             raise _write_error(location, key, exc) from exc
         return str(blob.generation)
 
     def delete(self, location: str, key: str) -> None:
         try:
             self._client.bucket(location).blob(key).delete()
-        except google.api_core.exceptions.NotFound:
+        except _api_errors.NotFound:
             return
-        except _VENDOR_ERRORS as exc:
+        except _vendor_errors() as exc:
             raise StorageError(f"cannot delete gs://{location}/{key}: {_describe(exc)}") from exc
 
     def copy(self, location: str, source_key: str, target_key: str) -> int:
@@ -443,10 +455,10 @@ class GcsStorage(Storage):
             token, _, total = target.rewrite(source)
             while token is not None:
                 token, _, total = target.rewrite(source, token=token)
-        except google.api_core.exceptions.NotFound as exc:
+        except _api_errors.NotFound as exc:
             raise StorageError(f"cannot copy gs://{location}/{source_key}: "
                                "it does not exist") from exc
-        except _VENDOR_ERRORS as exc:
+        except _vendor_errors() as exc:
             raise StorageError(f"cannot copy gs://{location}/{source_key}: "
                                f"{_describe(exc)}") from exc
         return int(total)
@@ -486,6 +498,6 @@ def _write_error(location: str, key: str, exc: BaseException) -> StorageError:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, google.api_core.exceptions.GoogleAPICallError):
+    if isinstance(exc, _api_errors.GoogleAPICallError):
         return f"HTTP {exc.code}: {exc.message}"
     return type(exc).__name__

@@ -23,7 +23,7 @@ import botocore.exceptions
 from botocore.config import Config
 
 from convbridge.errors import GrantError, OutputCollision, StaleWrite, StorageError
-from convbridge.model import SOURCE_TAG, Grant, ObjectRef, OutputTarget
+from convbridge.model import SOURCE_TAG, Grant, GrantKind, ObjectRef, OutputTarget
 from convbridge.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -75,8 +75,8 @@ def session_name(purpose: str, bucket: str, key: str) -> str:
 
 class S3Storage(Storage):
     name: ClassVar[str] = "s3"
-    write_grant_kinds: ClassVar[tuple[str, ...]] = ("sts_session",)
-    read_grant_kinds: ClassVar[frozenset[str]] = frozenset({"presigned_url", "sts_session"})
+    write_grant_kinds: ClassVar[tuple[GrantKind, ...]] = ("sts_session",)
+    read_grant_kinds: ClassVar[frozenset[GrantKind]] = frozenset({"presigned_url", "sts_session"})
     event_formats: ClassVar[tuple[str, ...]] = (
         "S3 event notification", "EventBridge Object Created", "either through SQS or SNS")
     #: how this store's S3 client signs, addresses and pools
@@ -122,7 +122,8 @@ class S3Storage(Storage):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(region={self.region!r}, endpoint_url={self.endpoint_url!r})"
 
-    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *, kind: str = "presigned_url") -> Grant:
+    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *,
+                   kind: GrantKind = "presigned_url") -> Grant:
         expires = datetime.now(UTC) + timedelta(seconds=ttl_seconds)
         scope = f"s3:GetObject on s3://{ref.location}/{ref.key}"
         if kind == "presigned_url":
@@ -178,7 +179,7 @@ class S3Storage(Storage):
                 f"session policy is {len(policy)} characters, over the STS limit of "
                 f"{MAX_SESSION_POLICY}; the key is too long for an STS grant"
             )
-        try:
+        with _aws_errors("AssumeRole on the grant role failed", GrantError):
             answer = self._sts.assume_role(
                 RoleArn=self._grant_role_arn,
                 RoleSessionName=name,
@@ -186,8 +187,6 @@ class S3Storage(Storage):
                 # STS refuses less than 15 minutes; role chaining caps it at one hour.
                 DurationSeconds=min(max(ttl_seconds, 900), 3600),
             )
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise GrantError(f"AssumeRole on the grant role failed: {_describe(exc)}") from exc
         creds = answer["Credentials"]
         secret = {
             "access_key_id": creds["AccessKeyId"],
@@ -200,10 +199,8 @@ class S3Storage(Storage):
         return secret, expiration
 
     def read_stream(self, location: str, key: str) -> Iterator[bytes]:
-        try:
+        with _aws_errors(f"cannot read s3://{location}/{key}"):
             body = self._s3.get_object(Bucket=location, Key=key)["Body"]
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise StorageError(f"cannot read s3://{location}/{key}: {_describe(exc)}") from exc
         try:
             yield from body.iter_chunks(READ_CHUNK)
         finally:
@@ -239,10 +236,8 @@ class S3Storage(Storage):
         bucket is versioned, and conditional writes match ETags)."""
         if super().output_precondition(location, key, metadata) is None:
             return None
-        try:
+        with _aws_errors(f"cannot stat s3://{location}/{key}"):
             return str(self._s3.head_object(Bucket=location, Key=key)["ETag"])
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise StorageError(f"cannot stat s3://{location}/{key}: {_describe(exc)}") from exc
 
     def _output_condition(self, location: str, key: str,
                           metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -300,7 +295,7 @@ class S3Storage(Storage):
             self._s3.abort_multipart_upload(Bucket=location, Key=key, UploadId=upload_id)
             if condition and _error_code(exc) in _PRECONDITION_CODES:
                 raise _collision(location, key) from exc
-            if isinstance(exc, botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError):
+            if isinstance(exc, _AWS_ERRORS):
                 raise StorageError(f"cannot write s3://{location}/{key}: {_describe(exc)}") from exc
             raise
         finally:
@@ -335,20 +330,16 @@ class S3Storage(Storage):
         return str(answer.get("ETag", ""))
 
     def delete(self, location: str, key: str) -> None:
-        try:
+        with _aws_errors(f"cannot delete s3://{location}/{key}"):
             self._s3.delete_object(Bucket=location, Key=key)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise StorageError(f"cannot delete s3://{location}/{key}: {_describe(exc)}") from exc
 
     def list_keys(self, location: str, prefix: str) -> Iterator[str]:
-        try:
+        with _aws_errors(f"cannot list s3://{location}/{prefix}"):
             pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=location,
                                                                        Prefix=prefix)
             for page in pages:
                 for item in page.get("Contents", []):
                     yield str(item["Key"])
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise StorageError(f"cannot list s3://{location}/{prefix}: {_describe(exc)}") from exc
 
     def copy(self, location: str, source_key: str, target_key: str) -> int:
         found = self.stat(location, source_key)
@@ -356,12 +347,9 @@ class S3Storage(Storage):
             raise StorageError(f"cannot copy s3://{location}/{source_key}: it does not exist")
         if (found.size or 0) > 5 * 1024**3:
             return super().copy(location, source_key, target_key)  # CopyObject stops at 5 GiB
-        try:
+        with _aws_errors(f"cannot copy s3://{location}/{source_key}"):
             self._s3.copy_object(Bucket=location, Key=target_key,
                                  CopySource={"Bucket": location, "Key": source_key})
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise StorageError(f"cannot copy s3://{location}/{source_key}: "
-                               f"{_describe(exc)}") from exc
         return found.size or 0
 
     def stat(self, location: str, key: str) -> ObjectRef | None:
@@ -470,6 +458,20 @@ def _error_code(exc: BaseException) -> str | None:
 def _collision(location: str, key: str) -> OutputCollision:
     return OutputCollision(f"s3://{location}/{key} was taken by another object while the "
                            "output was written; it was left as it is")
+
+
+#: what botocore raises for a request that failed: no answer (BotoCoreError) or AWS's refusal
+#: (ClientError)
+_AWS_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
+
+
+@contextlib.contextmanager
+def _aws_errors(doing: str, error: type[StorageError] = StorageError) -> Iterator[None]:
+    """botocore's exceptions as ``error``: what was being done, then AWS's code and message."""
+    try:
+        yield
+    except _AWS_ERRORS as exc:
+        raise error(f"{doing}: {_describe(exc)}") from exc
 
 
 def _describe(exc: BaseException) -> str:

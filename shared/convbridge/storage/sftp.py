@@ -50,10 +50,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
-import paramiko
-from paramiko.hostkeys import HostKeyEntry
-from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR, CMD_STATUS
-
 from convbridge.errors import ConfigError, GrantError, OutputCollision, StaleWrite, StorageError
 from convbridge.model import (
     CLAIM_PREFIX,
@@ -61,14 +57,24 @@ from convbridge.model import (
     FAILED_PREFIX,
     SOURCE_TAG,
     Grant,
+    GrantKind,
     ObjectRef,
     OutputTarget,
 )
+from convbridge.storage._vendor import VendorModule
 from convbridge.storage.base import Storage
 
 if TYPE_CHECKING:
+    import paramiko
+    import paramiko.hostkeys as _hostkeys
+    import paramiko.sftp as _sftp_protocol
+
     from convbridge.clients import CloudClients
     from convbridge.settings import Settings
+else:
+    paramiko = VendorModule("paramiko")
+    _hostkeys = VendorModule("paramiko.hostkeys")
+    _sftp_protocol = VendorModule("paramiko.sftp")
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +152,7 @@ class PinnedHostKeys:
                     blob = base64.b64decode(rest.split()[0], validate=True)
                     self._any.append(paramiko.PKey.from_type_string(kind, blob))
                     continue
-                entry = HostKeyEntry.from_line(line, number)
+                entry = _hostkeys.HostKeyEntry.from_line(line, number)
             except (ValueError, IndexError, paramiko.SSHException) as exc:
                 raise ConfigError(f"CONVBRIDGE_SFTP_HOST_KEY line {number} is not a host key "
                                   f"or known_hosts line: {exc}") from exc
@@ -222,9 +228,9 @@ class _Session:
 class SftpStorage(Storage):
     name: ClassVar[str] = "sftp"
     #: only ever planned for rules with ``hand_over_account: true`` (see convbridge.planner)
-    write_grant_kinds: ClassVar[tuple[str, ...]] = ("sftp_account",)
-    relay_read_kind: ClassVar[str] = "upload"
-    read_grant_kinds: ClassVar[frozenset[str]] = frozenset(
+    write_grant_kinds: ClassVar[tuple[GrantKind, ...]] = ("sftp_account",)
+    relay_read_kind: ClassVar[GrantKind] = "upload"
+    read_grant_kinds: ClassVar[frozenset[GrantKind]] = frozenset(
         {"sftp_account", "presigned_url", "upload"})
     swept: ClassVar[bool] = True
     event_formats: ClassVar[tuple[str, ...]] = ("scheduled sweep (EventBridge schedule)",)
@@ -376,7 +382,8 @@ class SftpStorage(Storage):
             expires_at=datetime.now(UTC) + timedelta(seconds=ttl_seconds), secret=secret,
         )
 
-    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *, kind: str = "presigned_url") -> Grant:
+    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *,
+                   kind: GrantKind = "presigned_url") -> Grant:
         """Refused when ``ref`` is a link, or lies in a folder that is one: the provider (or
         the bridge's own upload) would read whatever the link leads to. A missing file passes;
         reading it fails later, as on any storage."""
@@ -806,14 +813,14 @@ def _read_folder(sftp: paramiko.SFTPClient, path: str
     the whole folder; this is its ``listdir_iter`` with the decoding left to the caller, on the
     same request primitives: READ_AHEAD requests in flight, answers taken by request number
     (a server may answer out of order)."""
-    kind, message = sftp._request(CMD_OPENDIR, path)
-    if kind != CMD_HANDLE:
+    kind, message = sftp._request(_sftp_protocol.CMD_OPENDIR, path)
+    if kind != _sftp_protocol.CMD_HANDLE:
         raise paramiko.SFTPError("expected a folder handle")
     handle = message.get_binary()
     answers = _Answers()
     entries: list[tuple[bytes, paramiko.SFTPAttributes]] = []
     try:
-        waiting = collections.deque(sftp._async_request(answers, CMD_READDIR, handle)
+        waiting = collections.deque(sftp._async_request(answers, _sftp_protocol.CMD_READDIR, handle)
                                     for _ in range(READ_AHEAD))
         ended = False
         while waiting:
@@ -821,13 +828,13 @@ def _read_folder(sftp: paramiko.SFTPClient, path: str
             while number not in answers.received:
                 sftp._read_response()  # one packet, handed to its request's receiver
             kind, message = answers.received.pop(number)
-            if kind == CMD_STATUS:
+            if kind == _sftp_protocol.CMD_STATUS:
                 try:
                     sftp._convert_status(message)
                 except EOFError:  # the end of the folder; later requests end the same way
                     ended = True
                     continue
-            if kind != CMD_NAME:
+            if kind != _sftp_protocol.CMD_NAME:
                 raise paramiko.SFTPError("expected a list of names")
             for _ in range(message.get_int()):
                 name = message.get_binary()
@@ -836,10 +843,10 @@ def _read_folder(sftp: paramiko.SFTPClient, path: str
                 if name not in {b".", b".."}:
                     entries.append((name, attributes))
             if not ended:
-                waiting.append(sftp._async_request(answers, CMD_READDIR, handle))
+                waiting.append(sftp._async_request(answers, _sftp_protocol.CMD_READDIR, handle))
         return entries
     finally:
-        sftp._request(CMD_CLOSE, handle)
+        sftp._request(_sftp_protocol.CMD_CLOSE, handle)
 
 
 class _Answers:

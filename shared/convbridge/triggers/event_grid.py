@@ -31,7 +31,7 @@ from urllib.parse import parse_qs
 from convbridge.errors import CallbackError, ConfigError, ConvbridgeError
 from convbridge.events.event_grid import parse_event_grid, subscription_validation_code
 from convbridge.http import deadline_from
-from convbridge.pipeline import submit_all
+from convbridge.pipeline import submit_all, summarize
 from convbridge.providers.base import comparable_bytes
 from convbridge.runtime import (
     MAX_RECEIVES,
@@ -40,7 +40,6 @@ from convbridge.runtime import (
     raw_body,
     receive_count,
     request_headers,
-    summarize,
 )
 from convbridge.secrets import SecretStore
 

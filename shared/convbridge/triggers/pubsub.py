@@ -33,14 +33,13 @@ from convbridge.errors import (
 )
 from convbridge.events.pubsub import parse_push_request
 from convbridge.http import deadline_from
-from convbridge.pipeline import submit_all
+from convbridge.pipeline import submit_all, summarize
 from convbridge.runtime import (
     bridge,
     internal_error,
     raw_body,
     refusal,
     request_headers,
-    summarize,
 )
 
 logger = logging.getLogger(__name__)

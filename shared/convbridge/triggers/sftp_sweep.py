@@ -37,7 +37,9 @@ from convbridge.bridge import Bridge
 from convbridge.errors import ConfigError, StorageError
 from convbridge.model import CLAIM_PREFIX, DONE_PREFIX, FAILED_PREFIX, ObjectRef
 from convbridge.names import unsafe_key_reason
-from convbridge.pipeline import Submission, submit_all
+from convbridge.pipeline import Submission, submit_all, summarize
+from convbridge.pipeline.record_io import read_record
+from convbridge.records import ResultRecord
 from convbridge.rules import Rule
 from convbridge.storage.sftp import printable
 
@@ -124,16 +126,9 @@ class SweepReport:
         return [s.ref.key for s in self.submissions]
 
     def summary(self) -> dict[str, Any]:
-        counts: dict[str, int] = {}
-        for item in self.submissions:
-            counts[item.status] = counts.get(item.status, 0) + 1
-        return {
-            "counts": counts, "waiting": self.waiting, "deferred": self.deferred,
-            "lost": self.lost, "returned": len(self.returned), "tidied": len(self.tidied),
-            "refused": len(self.refused), "errors": self.errors,
-            "objects": [{"object": str(s.ref), "status": s.status, "reason": s.reason,
-                         "rule": s.rule, "job_id": s.job_id} for s in self.submissions],
-        }
+        return summarize(self.submissions, waiting=self.waiting, deferred=self.deferred,
+                         lost=self.lost, returned=len(self.returned), tidied=len(self.tidied),
+                         refused=len(self.refused), errors=self.errors)
 
 
 @dataclass(frozen=True)
@@ -365,9 +360,9 @@ def _tidy_claims(bridge: Bridge, storage: Drop, storage_name: str, location: str
             if status in SETTLED:
                 storage.after_settle(location, entry.key, _outcome(status))
                 report.tidied.append(entry.key)
-            elif status == "submitted" and record and record.get("job_id"):
+            elif status == "submitted" and record and record.job_id:
                 logger.info("sftp://%s/%s: job %s still running", location, entry.key,
-                            record["job_id"])
+                            record.job_id)
             else:
                 dropped = entry.key[len(CLAIM_PREFIX):]
                 if storage.move(location, entry.key, dropped, replace=False):
@@ -379,26 +374,18 @@ def _tidy_claims(bridge: Bridge, storage: Drop, storage_name: str, location: str
 
 
 def _recorded(storage: Drop, location: str, rule: Rule, key: str, version: str
-              ) -> tuple[str | None, dict[str, Any] | None]:
+              ) -> tuple[str | None, ResultRecord | None]:
     """The status in the result record of exactly this file (key and version), and the
-    record; a record of an earlier file of the same name counts as none."""
-    record = _record(storage, location, rule.result_key(key))
-    source = (record or {}).get("source") or {}
-    if record is None or source.get("key") != key or source.get("version") != version:
+    record; a record of an earlier file of the same name, or one unreadable now, counts as
+    none."""
+    try:
+        record = read_record(storage, location, rule.result_key(key))
+    except StorageError:
         return None, None
-    status = record.get("status")
-    return (status if isinstance(status, str) else None), record
+    if record is None or record.source.key != key or record.source.version != version:
+        return None, None
+    return record.status, record
 
 
 def _outcome(status: str) -> str:
     return "finished" if status == "finished" else "failed"
-
-
-def _record(storage: Drop, location: str, key: str) -> dict[str, Any] | None:
-    try:
-        if storage.stat(location, key) is None:
-            return None
-        document = json.loads(storage.read_bytes(location, key))
-    except (StorageError, ValueError):
-        return None
-    return document if isinstance(document, dict) else None
