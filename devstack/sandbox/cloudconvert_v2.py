@@ -28,18 +28,18 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from .azure_io import AzureAccess
+from .backend import Backend
+from .faults import Faults
 from .gcs_io import GcsAccess
 from .models import (
     ApiRequest,
     ApiResponse,
-    Backend,
     Callback,
     Convert,
     ExportAzureBlob,
     ExportGcs,
     ExportS3,
     ExportUrl,
-    Faults,
     ImportAzureBlob,
     ImportS3,
     ImportUrl,
