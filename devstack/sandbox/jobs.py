@@ -1,9 +1,11 @@
 """The sandbox's job store: every job of every dialect with its tasks, looked up by id, by task
-id and by tag, until it is forgotten. Task state itself changes in the executor, under the same
-lock, so a dialect rendering a job under it sees one consistent state."""
+id and by tag, until it is forgotten, and the API keys each dialect accepts with their scopes.
+Task state itself changes in the executor, under the same lock, so a dialect rendering a job
+under it sees one consistent state."""
 
 from __future__ import annotations
 
+import hmac
 import threading
 import uuid
 
@@ -11,13 +13,15 @@ from .models import Job, Task, TaskSpec, now
 
 
 class JobStore:
-    """Jobs in creation order, their tasks by id, and jobs by tag."""
+    """Jobs in creation order, their tasks by id, jobs by tag, and API keys by dialect."""
 
     def __init__(self, lock: threading.RLock) -> None:
         self._lock = lock
         self._jobs: dict[str, Job] = {}  # in creation order
         self._by_tag: dict[str, list[Job]] = {}
         self._tasks: dict[str, Task] = {}
+        # dialect -> API key -> its scopes
+        self._keys: dict[str, dict[bytes, frozenset[str]]] = {}
 
     def create_job(
         self, dialect: str, specs: list[TaskSpec], tag: str | None, webhook_url: str | None
@@ -75,3 +79,19 @@ class JobStore:
             for task in job.tasks:
                 self._tasks.pop(task.id, None)
             return True
+
+    def add_key(self, dialect: str, key: str, scopes: frozenset[str]) -> None:
+        """Let `key` call the dialect's API with exactly `scopes`."""
+        with self._lock:
+            self._keys.setdefault(dialect, {})[key.encode()] = scopes
+
+    def key_scopes(self, dialect: str, given: str) -> frozenset[str] | None:
+        """The scopes of the dialect's key `given`; None when it is no key of the dialect."""
+        with self._lock:
+            keys = list(self._keys.get(dialect, {}).items())
+        # compare with every key, so the time taken does not say which one nearly matched
+        found = None
+        for key, scopes in keys:
+            if hmac.compare_digest(given.encode(), key):
+                found = scopes
+        return found
