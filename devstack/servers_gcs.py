@@ -58,7 +58,8 @@ class FakeGcsServer(ProcessServer):
     def find_binary(self) -> Path:
         return find_fake_gcs_server()
 
-    def command(self, binary: Path, port: int) -> list[str]:
+    def command(self, binary: Path, ports: dict[str, int], workdir: Path) -> list[str]:
+        port = ports["http"]
         host = f"{LOCALHOST}:{port}"
         return [str(binary), "-scheme", "http", "-backend", "memory", "-host", LOCALHOST,
                 "-port", str(port), "-external-url", f"http://{host}", "-public-host", host,

@@ -5,7 +5,8 @@ foreground (`python -m devstack.sandbox`)."""
 
 from __future__ import annotations
 
-from .models import CallbackTiming, Faults
+from .faults import Faults
+from .models import CallbackTiming
 from .server import Sandbox, serve
 
 __all__ = ["CallbackTiming", "Faults", "Sandbox", "serve"]

@@ -8,7 +8,7 @@ conversion answers 400 for bad input and 422 for a conversion error, ``message``
 When the process ends the ``callback`` URL gets a ``GET ?id=&url=&step=`` (network errors and
 5xx retried). Not emulated, and refused with a message saying so: other input methods
 (upload, s3, azure, ...), output storages, ``wait``/``download``, modes other than convert.
-Execution is in models.py."""
+Execution is in executor.py."""
 
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from .backend import Backend
 from .models import (
     IMPORT_FAILED,
     INPUT_TASK_FAILED,
     ApiRequest,
     ApiResponse,
-    Backend,
     Callback,
     Convert,
     ExportUrl,

@@ -28,18 +28,18 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from .azure_io import AzureAccess
+from .backend import Backend
+from .faults import Faults
 from .gcs_io import GcsAccess
 from .models import (
     ApiRequest,
     ApiResponse,
-    Backend,
     Callback,
     Convert,
     ExportAzureBlob,
     ExportGcs,
     ExportS3,
     ExportUrl,
-    Faults,
     ImportAzureBlob,
     ImportS3,
     ImportUrl,
@@ -399,8 +399,8 @@ class CloudConvertV2:
     ) -> None:
         self.prefix = prefix
         self._backend = backend
-        # API key -> its scopes; the sandbox's own key has every scope
-        self._keys: dict[bytes, frozenset[str]] = {api_key.encode(): SCOPES}
+        # the sandbox's own key has every scope
+        backend.store.add_key(DIALECT, api_key, SCOPES)
         self._signing_secret = signing_secret.encode()
         self._base_url = base_url
         self._account_webhook: tuple[str, bytes] | None = None
@@ -427,8 +427,7 @@ class CloudConvertV2:
         if unknown:
             raise ValueError(f"unknown CloudConvert scopes: {sorted(unknown)}")
         key = secrets.token_urlsafe(32)
-        with self._backend.lock:
-            self._keys[key.encode()] = frozenset(scopes)
+        self._backend.store.add_key(DIALECT, key, frozenset(scopes))
         return key
 
     def _scopes(self, request: ApiRequest) -> frozenset[str] | None:
@@ -436,15 +435,7 @@ class CloudConvertV2:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer":
             return None
-        given = token.strip().encode()
-        with self._backend.lock:
-            keys = list(self._keys.items())
-        # compare with every key, so the time taken does not say which one nearly matched
-        found = None
-        for key, scopes in keys:
-            if hmac.compare_digest(given, key):
-                found = scopes
-        return found
+        return self._backend.store.key_scopes(DIALECT, token.strip())
 
     # -- HTTP ----------------------------------------------------------------------------------
 

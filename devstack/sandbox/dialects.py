@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
-from .models import Backend, Dialect, Job
+from .backend import Backend
+from .models import Dialect, Job
 
 ENTRY_POINT_GROUP = "convbridge.sandbox_dialects"
 

@@ -8,7 +8,7 @@ created|processing|completed|failed; ``result.url`` on finished exports, ``resul
 HMAC-SHA256 of the raw body. FreeConvert webhooks belong to the account, not to a job, so the
 sandbox has one, set with ``Sandbox.set_freeconvert_webhook``. ``import/s3`` and ``export/s3``
 take no session token, exactly as documented, so temporary credentials fail here too. Field and
-operation names follow the FreeConvert document in shared/seeds; execution is in models.py."""
+operation names follow the FreeConvert document in shared/seeds; execution is in executor.py."""
 
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from .azure_io import AzureAccess
+from .backend import Backend
 from .cloudconvert_v2 import retry_after
 from .models import (
     INPUT_TASK_FAILED,
     ApiRequest,
     ApiResponse,
-    Backend,
     Callback,
     Convert,
     ExportAzureBlob,

@@ -20,7 +20,7 @@ takes one local file, POSTed as the multipart field ``file`` to
 ``{server}/upload-file/{job_id}`` with the job's token in ``X-Api2convert-Token`` (the official
 SDK's upload). Not emulated, and refused with a message saying so: adding inputs or
 conversions to a held job (``/jobs/{id}/input``, ``/jobs/{id}/conversions``), and Azure,
-Google Cloud and FTP inputs or output targets. Execution is in models.py."""
+Google Cloud and FTP inputs or output targets. Execution is in executor.py."""
 
 from __future__ import annotations
 
@@ -31,12 +31,12 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .backend import Backend
 from .cloudconvert_v2 import retry_after
 from .models import (
     INPUT_TASK_FAILED,
     ApiRequest,
     ApiResponse,
-    Backend,
     Callback,
     CallbackTiming,
     Convert,

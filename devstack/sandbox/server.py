@@ -22,10 +22,12 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from . import cloudconvert_v1, freeconvert, onlineconvert
+from .backend import Backend
 from .cloudconvert_v2 import DIALECT as CLOUDCONVERT_V2
 from .cloudconvert_v2 import CloudConvertV2, CloudConvertV2Sync
 from .dialects import DialectParts, ProviderDialect, plugin_dialects
-from .models import ApiRequest, ApiResponse, Backend, CallbackTiming, Dialect, Faults
+from .faults import Faults
+from .models import ApiRequest, ApiResponse, CallbackTiming, Dialect
 from .storage_io import FileBlob, FileStore
 
 log = logging.getLogger("devstack.sandbox")
