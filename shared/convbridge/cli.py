@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=formatter)
     parser.add_argument("--version", action="version", version=f"convbridge {__version__}",
                         help="print the version and exit")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     help="'convbridge COMMAND --help' lists its options")
     check = commands.add_parser(
         "check-rules", epilog=EPILOG, formatter_class=formatter,
         help="validate a rules file and check that every rule can work",

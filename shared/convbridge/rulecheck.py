@@ -34,9 +34,9 @@ def _each(words: str, family: FormatFamily) -> dict[str, FormatFamily]:
 #: judged, since providers convert far more than any table knows
 FORMAT_FAMILIES: Mapping[str, FormatFamily] = {
     **_each("png jpg jpeg webp gif tiff tif bmp ico avif heic heif svg eps psd raw "
-                    "cr2 nef dng", "image"),
+            "cr2 nef dng", "image"),
     **_each("pdf docx doc odt rtf txt html htm md epub xlsx xls ods csv pptx ppt odp "
-                    "pages key numbers xps djvu", "document"),
+            "pages key numbers xps djvu", "document"),
     **_each("mp3 wav ogg flac m4a aac opus wma aiff", "audio"),
     **_each("mp4 mov webm mkv avi wmv flv m4v mpeg mpg 3gp", "video"),
     **_each("zip rar 7z tar gz tgz bz2 xz", "archive"),
