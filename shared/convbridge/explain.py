@@ -30,7 +30,8 @@ from convbridge.storage import STORAGES
 
 REDACTED = "<redacted>"
 #: what every credential field the adapters read from ``Grant.secret`` holds in the placeholder
-#: grants (``port`` must stay a number, the SFTP tasks parse it)
+#: grants (``port`` must stay a number, the SFTP tasks parse it); the Azure account and the
+#: SFTP host are named, taken from the location
 PLACEHOLDER_SECRET = {
     **dict.fromkeys(("access_key_id", "secret_access_key", "session_token", "sas_token",
                      "account_key", "password", "private_key", "private_key_id",
@@ -186,10 +187,12 @@ def _writes(kind: GrantKind) -> str:
 
 def _placeholder(kind: GrantKind, storage: str, location: str, key: str, prefix: str | None,
                  expires_at: datetime) -> Grant:
+    host, _, port = location.partition(":")
     return Grant(kind=kind, storage=storage, location=location, key=key, prefix=prefix,
                  scope="placeholder", expires_at=expires_at, region="<region>",
                  url=f"https://<signed URL for {key}, {REDACTED}>",
-                 secret=PLACEHOLDER_SECRET)
+                 secret={**PLACEHOLDER_SECRET, "account_name": location.partition("/")[0],
+                         "host": host, "port": port or PLACEHOLDER_SECRET["port"]})
 
 
 #: field names whose values are credentials, whatever an adapter put there

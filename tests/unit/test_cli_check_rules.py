@@ -136,7 +136,8 @@ def test_rules_in_ssm_are_read(aws: Any, capsys: pytest.CaptureFixture[str]) -> 
 def test_rules_in_s3_are_read(aws: Any, capsys: pytest.CaptureFixture[str]) -> None:
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="rules-config")
-    s3.put_object(Bucket="rules-config", Key="rules/prod.yaml", Body=GOOD.encode() + SAS_ON_S3.encode())
+    s3.put_object(Bucket="rules-config", Key="rules/prod.yaml",
+                  Body=(GOOD + SAS_ON_S3).encode())
     code, out, err = check(capsys, "s3://rules-config/rules/prod.yaml")
     assert code == 1
     assert "photos: s3://my-bucket/inbox/*" in out
