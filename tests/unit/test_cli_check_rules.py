@@ -277,3 +277,8 @@ def test_help_documents_exit_codes_and_every_option(capsys: pytest.CaptureFixtur
     for name, sub in commands.choices.items():  # type: ignore[union-attr]
         for action in sub._actions:
             assert action.help, (name, action.dest)
+
+
+def test_the_example_rules_pass_offline(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = check(capsys, str(TEMPLATE.parent / "rules.example.yaml"))
+    assert code == 0, err
