@@ -55,7 +55,7 @@ class Bridge:
         settings = Settings.from_env(env)
         aws = CloudClients(settings)
         rules = load_rules(settings.rules_location, read_ssm=aws.read_ssm,
-                           read_s3=_s3_reader(settings, aws))
+                           read_s3=s3_rules_reader(settings, aws))
         return cls(settings, rules, aws.secrets, clients=aws)
 
     def storage(self, name: str) -> Storage:
@@ -98,7 +98,7 @@ class Bridge:
         return key.encode()
 
 
-def _s3_reader(settings: Settings, clients: CloudClients) -> Callable[[str, str], str]:
+def s3_rules_reader(settings: Settings, clients: CloudClients) -> Callable[[str, str], str]:
     """Reads a rules file kept in S3 through the S3 storage's own client (its endpoint and
     signing configuration)."""
 

@@ -3,57 +3,228 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 from convbridge import __version__
 
+if TYPE_CHECKING:
+    from convbridge.rulecheck import Problem
+    from convbridge.rules import RuleSet
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="convbridge")
-    parser.add_argument("--version", action="version", version=f"convbridge {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check-rules", help="validate a rules file and list its rules")
-    check.add_argument("path")
+
+#: exit codes, the same for every subcommand
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_USAGE = 2
+EXIT_UNREADABLE = 3
+EPILOG = """exit codes:
+  0  ok
+  1  problems found (invalid or unworkable rules, failed resubmissions, no rule for the object)
+  2  usage error (unknown option, missing argument)
+  3  an input could not be read (rules location, template, stack, AWS credentials)"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="convbridge", description="Local tools around the deployed convbridge functions.",
+        epilog=EPILOG, formatter_class=formatter)
+    parser.add_argument("--version", action="version", version=f"convbridge {__version__}",
+                        help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     help="'convbridge COMMAND --help' lists its options")
+    check = commands.add_parser(
+        "check-rules", epilog=EPILOG, formatter_class=formatter,
+        help="validate a rules file and check that every rule can work",
+        description="Validate a rules file and check, offline, that each rule's provider can "
+        "reach its storage, its read grant can be minted and its output format can be made "
+        "from its suffixes. With --template or --stack, also check the rules against the "
+        "deployment: watched bucket and prefix, enabled triggers, provider secrets. Every "
+        "problem is printed, each with its rule.")
+    check.add_argument("location", metavar="RULES",
+                       help="the rules file: a path, ssm:NAME or s3://bucket/key (read as the "
+                            "functions read it, with the AWS credentials of the environment)")
+    where = check.add_mutually_exclusive_group()
+    where.add_argument("--template", metavar="FILE",
+                       help="check against the stack this SAM template would create")
+    where.add_argument("--stack", metavar="NAME",
+                       help="check against a deployed stack: its template and parameters "
+                            "(CloudFormation), and that the provider secrets exist")
+    check.add_argument("--parameter-overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                       help="template parameters, as for sam deploy (on top of the stack's "
+                            "with --stack; any parameter the template declares)")
+    explain = commands.add_parser(
+        "explain", epilog=EPILOG, formatter_class=formatter,
+        help="show what the bridge would do with one object, offline",
+        description="Show the rule that takes an object (or why each rule does not), its "
+        "output, record and failure keys, the grants that would be minted, the route and the "
+        "job document the provider would get, credentials redacted. Creates nothing and "
+        "sends no request.")
+    explain.add_argument("uri", metavar="URI",
+                         help="s3://bucket/key, azure://account/container/key, "
+                              "gs://bucket/key or sftp://host[:port]/path")
+    explain.add_argument("--rules", required=True, metavar="RULES",
+                         help="the rules file: a path, ssm:NAME or s3://bucket/key")
     retry = commands.add_parser(
-        "retry", help="resubmit the sources listed in failure reports (uses the deployed "
+        "retry", epilog=EPILOG, formatter_class=formatter,
+        help="resubmit the sources listed in failure reports (uses the deployed "
         "function's CONVBRIDGE_* environment)")
     retry.add_argument("--rule", help="only this rule's failure reports")
     reconcile = commands.add_parser(
-        "reconcile", help="settle jobs whose callbacks never came by asking their provider "
+        "reconcile", epilog=EPILOG, formatter_class=formatter,
+        help="settle jobs whose callbacks never came by asking their provider "
         "(uses the deployed function's CONVBRIDGE_* environment)")
     reconcile.add_argument("--rule", help="only this rule's result records")
     reconcile.add_argument("--older-than", type=int, metavar="SECONDS",
                            help="ask about jobs submitted at least this long ago, instead of "
                                 "after each provider's deadline")
-    commands.add_parser("routes", help="what each provider is handed per storage: scoped "
-                        "grants, or the relay")
+    commands.add_parser("routes", epilog=EPILOG, formatter_class=formatter,
+                        help="what each provider is handed per storage: scoped grants, or "
+                        "the relay")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "routes":
         from convbridge.routes import capability_table, render
 
         print(render(capability_table()))
-        return 0
+        return EXIT_OK
     if args.command == "retry":
         return _retry(args.rule)
     if args.command == "reconcile":
         return _reconcile(args.rule, args.older_than)
+    if args.command == "explain":
+        return _explain(parser, args.uri, args.rules)
     if args.command == "check-rules":
-        from convbridge.errors import ConfigError
-        from convbridge.rules import load_rules
+        return _check_rules(parser, args.location, args.template, args.stack,
+                            args.parameter_overrides)
+    return EXIT_USAGE
 
+
+def _load(location: str) -> tuple[RuleSet | None, int]:
+    """The rules at ``location`` read the way the functions read them, or None and the exit
+    code after printing why not."""
+    from convbridge.bridge import s3_rules_reader
+    from convbridge.clients import CloudClients
+    from convbridge.errors import ConfigError, RulesError
+    from convbridge.rules import load_rules
+    from convbridge.settings import Settings
+
+    settings = Settings(
+        rules_location=location, context_secret_name="", idempotency_table="",
+        s3_endpoint_url=os.environ.get("CONVBRIDGE_S3_ENDPOINT_URL") or None,
+        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        or "us-east-1")
+    clients = CloudClients(settings)
+    try:
+        return load_rules(location, read_ssm=clients.read_ssm,
+                          read_s3=s3_rules_reader(settings, clients)), EXIT_OK
+    except RulesError as exc:
+        print(exc, file=sys.stderr)
+        return None, EXIT_PROBLEMS
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None, EXIT_UNREADABLE
+    except Exception as exc:  # noqa: BLE001 (botocore's errors: credentials, access, missing)
+        print(f"cannot read rules from {location}: {exc}", file=sys.stderr)
+        return None, EXIT_UNREADABLE
+
+
+def _check_rules(parser: argparse.ArgumentParser, location: str, template: str | None,
+                 stack: str | None, overrides: list[str]) -> int:
+    from convbridge.errors import ConfigError
+    from convbridge.rulecheck import (
+        Deployment,
+        deployment_problems,
+        offline_problems,
+        parse_overrides,
+        parse_template,
+    )
+
+    try:
+        parameters = parse_overrides(overrides)
+    except ValueError as exc:
+        parser.error(f"--parameter-overrides: {exc}")
+    if parameters and not (template or stack):
+        parser.error("--parameter-overrides needs --template or --stack")
+    rules, code = _load(location)
+    if rules is None:
+        return code
+    for rule in rules.rules:
+        print(f"{rule.name}: {rule.storage}://{rule.location}/{rule.prefix}* "
+              f"-> {rule.output_format} via {rule.provider} into {rule.outputs_prefix}")
+    problems = offline_problems(rules)
+    try:
+        if template:
+            deployment = Deployment.of(parse_template(Path(template).read_text("utf-8")),
+                                       parameters)
+            found, notes = deployment_problems(rules, deployment)
+        elif stack:
+            found, notes = _stack_problems(rules, stack, parameters)
+        else:
+            found, notes = [], []
+    except (OSError, ConfigError) as exc:
+        print(f"cannot read the deployment: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    for note in notes:
+        print(note)
+    order = {rule.name: index for index, rule in enumerate(rules.rules)}
+    # grouped by rule, in file order; problems of the deployment itself last
+    problems = sorted([*problems, *found], key=lambda p: order.get(p.rule or "", len(order)))
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+        return EXIT_PROBLEMS
+    return EXIT_OK
+
+
+def _stack_problems(rules: RuleSet, stack: str,
+                    parameters: dict[str, str]) -> tuple[list[Problem], list[str]]:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from convbridge.errors import ConfigError
+    from convbridge.rulecheck import deployment_problems, stack_deployment
+
+    secrets = boto3.client("secretsmanager")
+
+    def secret_exists(name: str) -> bool:
         try:
-            rules = load_rules(args.path)
-        except ConfigError as exc:
-            print(exc, file=sys.stderr)
-            return 1
-        for rule in rules.rules:
-            print(f"{rule.name}: {rule.storage}://{rule.location}/{rule.prefix}* "
-                  f"-> {rule.output_format} via {rule.provider} into {rule.outputs_prefix}")
-        return 0
-    return 2
+            secrets.describe_secret(SecretId=name)
+        except secrets.exceptions.ResourceNotFoundException:
+            return False
+        return True
+
+    try:
+        deployment = stack_deployment(boto3.client("cloudformation"), stack, parameters)
+        return deployment_problems(rules, deployment, secret_exists=secret_exists)
+    except (BotoCoreError, ClientError) as exc:
+        raise ConfigError(f"stack {stack}: {exc}") from exc
+
+
+def _explain(parser: argparse.ArgumentParser, uri: str, location: str) -> int:
+    from convbridge.explain import GrantLifetimes, explain, parse_uri
+
+    try:
+        ref = parse_uri(uri)
+    except ValueError as exc:
+        parser.error(str(exc))
+    rules, code = _load(location)
+    if rules is None:
+        return code
+    taken, lines = explain(rules, ref, GrantLifetimes.from_env())
+    print("\n".join(lines))
+    return EXIT_OK if taken else EXIT_PROBLEMS
 
 
 def _budget() -> Callable[[], int]:
@@ -79,15 +250,16 @@ def _retry(rule: str | None) -> int:
             submissions = retry_failures(bridge, rule)
     except ConvbridgeError as exc:
         print(f"retry failed: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_PROBLEMS
     if not submissions:
         print("nothing to retry: no failure reports found")
-        return 0
+        return EXIT_OK
     for item in submissions:
         detail = f" as job {item.job_id}" if item.job_id else (
             f" ({item.reason})" if item.reason else "")
         print(f"{item.ref}: {item.status}{detail}")
-    return 0 if all(s.status in {"submitted", "duplicate"} for s in submissions) else 1
+    return EXIT_OK if all(s.status in {"submitted", "duplicate"} for s in submissions) \
+        else EXIT_PROBLEMS
 
 
 def _reconcile(rule: str | None, older_than: int | None) -> int:
@@ -106,7 +278,7 @@ def _reconcile(rule: str | None, older_than: int | None) -> int:
                                remaining_ms=remaining_ms)
     except ConvbridgeError as exc:
         print(f"reconcile failed: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_PROBLEMS
     for item in report.items:
         detail = f" as {item.outcome}" if item.outcome else (
             f" ({item.reason})" if item.reason else "")
@@ -114,7 +286,7 @@ def _reconcile(rule: str | None, older_than: int | None) -> int:
     print(f"{report.examined} records read, {len(report.items)} overdue"
           + (f"; continues next run for {', '.join(report.resumed_later)}"
              if report.resumed_later else ""))
-    return 1 if any(item.status == "error" for item in report.items) else 0
+    return EXIT_PROBLEMS if any(item.status == "error" for item in report.items) else EXIT_OK
 
 
 if __name__ == "__main__":
