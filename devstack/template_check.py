@@ -74,6 +74,7 @@ EVERY_OPTION_ON: Mapping[str, str | int] = {
     "SftpHostKey":
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
     "AlarmTopicArn": "arn:aws:sns:us-east-1:123456789012:convbridge-alarms",
+    "CloudConvertSandbox": "true",
     "S3TriggerConcurrency": 20,
     "WebhookConcurrency": 20,
     "AzureTriggerConcurrency": 5,

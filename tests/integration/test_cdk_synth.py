@@ -75,6 +75,7 @@ def _cdk_config(values: dict[str, Any]) -> dict[str, Any]:
         "providerSecretsPrefix": values["ProviderSecretsPrefix"],
         "secretsKmsKeyArn": values["SecretsKmsKeyArn"],
         "alarmTopicArn": values["AlarmTopicArn"],
+        "cloudConvertSandbox": values["CloudConvertSandbox"] == "true",
         "reservedConcurrency": {
             "s3Trigger": values["S3TriggerConcurrency"], "webhook": values["WebhookConcurrency"],
             "azureTrigger": values["AzureTriggerConcurrency"],

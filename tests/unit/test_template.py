@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from convbridge.settings import Settings
 from devstack.template_check import (
     EVERY_OPTION_ON,
     REQUIRED_EXAMPLES,
@@ -709,12 +710,15 @@ COMMON_ENVIRONMENT = {
     "CONVBRIDGE_IDEMPOTENCY_TABLE": "${IdempotencyTable}",
 }
 WEBHOOK_URL = "${WebhookFunctionUrl.FunctionUrl}"
+#: The sandbox's base URL, as CloudConvert's API v2 documentation gives it (plus /v2).
+CLOUDCONVERT_SANDBOX = "https://api.sandbox.cloudconvert.com/v2"
 
 
 def test_environment_with_every_option_on(
     deployed_all: dict[str, Any], params_all: dict[str, str]
 ) -> None:
-    common = COMMON_ENVIRONMENT | {"CONVBRIDGE_PROVIDER_SECRETS_PREFIX": ALL_ON_PREFIX}
+    common = COMMON_ENVIRONMENT | {"CONVBRIDGE_PROVIDER_SECRETS_PREFIX": ALL_ON_PREFIX,
+                                   "CONVBRIDGE_CLOUDCONVERT_URL": CLOUDCONVERT_SANDBOX}
     azure = {
         "CONVBRIDGE_AZURE_ACCOUNT_SECRET": SECRET.format("azure-account"),
         "CONVBRIDGE_AZURE_BLOB_ENDPOINT": "https://convbridgedemo.blob.core.windows.net",
@@ -752,6 +756,28 @@ def test_environment_by_default_names_no_unset_secret(deployed: dict[str, Any]) 
         "CONVBRIDGE_COMPLETION_QUEUE_URL": "${CompletionQueue}",
     }
     assert _environment(deployed, "ReconcilerFunction", params) == COMMON_ENVIRONMENT
+
+
+@pytest.mark.parametrize(("sandbox", "expected"), [("true", CLOUDCONVERT_SANDBOX),
+                                                    ("false", None)])
+def test_cloudconvert_sandbox_switches_every_function_to_the_sandbox_api(
+    sandbox: str, expected: str | None,
+) -> None:
+    # Unset, the adapter's live default (https://api.cloudconvert.com/v2) applies.
+    values = {**ALL_ON, "CloudConvertSandbox": sandbox}
+    template = _deployed(values)
+    params = parameter_values(template, values)
+    for function_id in FUNCTIONS:
+        env = _environment(template, function_id, params)
+        assert env.get("CONVBRIDGE_CLOUDCONVERT_URL") == expected, function_id
+
+
+def test_the_sandbox_url_is_the_one_the_settings_read() -> None:
+    settings = Settings.from_env({
+        "CONVBRIDGE_RULES": "/opt/rules.yaml", "CONVBRIDGE_CONTEXT_SECRET": "context",
+        "CONVBRIDGE_IDEMPOTENCY_TABLE": "claims",
+        "CONVBRIDGE_CLOUDCONVERT_URL": CLOUDCONVERT_SANDBOX})
+    assert settings.base_url("cloudconvert") == CLOUDCONVERT_SANDBOX
 
 
 def test_azure_endpoint_is_only_set_when_given() -> None:

@@ -73,6 +73,9 @@ __version__ = _convbridge_version()
 DEFAULT_PROVIDER_SECRETS_PREFIX = "convbridge/providers/"
 PROVIDER_SECRETS_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_+=.@-]+/([A-Za-z0-9_+=.@-]+/)*")
 
+#: template.yaml's CloudConvertSandbox=true: the sandbox API's base URL (seeds: API v2 docs).
+CLOUDCONVERT_SANDBOX_URL = "https://api.sandbox.cloudconvert.com/v2"
+
 #: Powertools Metrics namespace and the metrics the dashboard and the alarm read.
 METRICS_NAMESPACE = "convbridge"
 JOB_METRICS = ("JobsSubmitted", "JobsFinished", "JobsFailed")
@@ -129,6 +132,8 @@ class ConvBridgeProps:
     rules_location: str = "/opt/rules.yaml"
     python_runtime: str = "python3.12"
     secrets_kms_key_arn: str | None = None
+    #: CloudConvert jobs go to its sandbox API instead of the live one
+    cloudconvert_sandbox: bool = False
     azure: AzureOptions | None = None
     gcs: GcsOptions | None = None
     sftp: SftpOptions | None = None
@@ -449,6 +454,8 @@ class ConvBridge(Construct):
             "CONVBRIDGE_RULES": props.rules_location,
             "CONVBRIDGE_CONTEXT_SECRET": props.context_secret_arn,
             "CONVBRIDGE_PROVIDER_SECRETS_PREFIX": props.provider_secrets_prefix,
+            **({"CONVBRIDGE_CLOUDCONVERT_URL": CLOUDCONVERT_SANDBOX_URL}
+               if props.cloudconvert_sandbox else {}),
             "CONVBRIDGE_READ_GRANT_SECONDS": "900",
             "CONVBRIDGE_WRITE_GRANT_SECONDS": "3600",
             "CONVBRIDGE_IDEMPOTENCY_TABLE": self.table.table_name,
@@ -866,6 +873,11 @@ class ConvBridge(Construct):
                      "CloudWatch dashboard.")
 
 
+def _flag(value: Any) -> bool:
+    """A JSON or -c context flag: true/false, or their spellings as text."""
+    return str(value).lower() not in {"false", "0", "no", ""}
+
+
 def props_from_config(config: Mapping[str, Any], code_root: Path = REPO_ROOT) -> ConvBridgeProps:
     """Props from plain JSON (cdk.json context "convbridge", or ``-c convbridge='{...}'``):
     camelCase keys as in the README."""
@@ -892,6 +904,7 @@ def props_from_config(config: Mapping[str, Any], code_root: Path = REPO_ROOT) ->
         rules_location=config.get("rulesLocation", "/opt/rules.yaml"),
         python_runtime=config.get("pythonRuntime", "python3.12"),
         secrets_kms_key_arn=config.get("secretsKmsKeyArn") or None,
+        cloudconvert_sandbox=_flag(config.get("cloudConvertSandbox", False)),
         azure=optional("azure", AzureOptions, {
             "accountSecretArn": "account_secret_arn", "blobEndpoint": "blob_endpoint",
             "eventGridSecretArn": "event_grid_secret_arn"}),
@@ -911,6 +924,6 @@ def props_from_config(config: Mapping[str, Any], code_root: Path = REPO_ROOT) ->
                 "s3Trigger": "s3_trigger", "webhook": "webhook",
                 "azureTrigger": "azure_trigger", "gcsTrigger": "gcs_trigger",
                 "sftpSweep": "sftp_sweep", "reconciler": "reconciler"}.items()}),
-        bundle_layers=str(config.get("bundleLayers", True)).lower() not in {"false", "0", "no"},
+        bundle_layers=_flag(config.get("bundleLayers", True)),
         code_root=code_root,
     )
