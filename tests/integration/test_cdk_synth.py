@@ -76,8 +76,9 @@ def _cdk_config(values: dict[str, Any]) -> dict[str, Any]:
         "secretsKmsKeyArn": values["SecretsKmsKeyArn"],
         "alarmTopicArn": values["AlarmTopicArn"],
         "cloudConvertSandbox": values["CloudConvertSandbox"] == "true",
+        "maxConcurrency": {"s3Events": values["S3EventsMaxConcurrency"],
+                           "completions": values["CompletionMaxConcurrency"]},
         "reservedConcurrency": {
-            "s3Trigger": values["S3TriggerConcurrency"], "webhook": values["WebhookConcurrency"],
             "azureTrigger": values["AzureTriggerConcurrency"],
             "gcsTrigger": values["GcsTriggerConcurrency"],
             "sftpSweep": values["SftpSweepConcurrency"],

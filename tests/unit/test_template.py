@@ -923,7 +923,9 @@ def test_log_groups_and_reserved_concurrency(
         assert log_group["RetentionInDays"] == {"Ref": "LogRetentionDays"}
         assert render(log_group["LogGroupName"], params_all).startswith(
             "/aws/lambda/${AWS::StackName}/")
-        assert "ReservedConcurrentExecutions" in properties, function_id
+        # The SQS consumers are capped on their event source (below), never by reservation.
+        reserved = "ReservedConcurrentExecutions" in properties
+        assert reserved == (function_id not in SQS_CONSUMERS), function_id
     # -1 (the default) leaves every function unreserved.
     for function in _resources(deployed, "AWS::Lambda::Function").values():
         assert "ReservedConcurrentExecutions" not in function["Properties"]
@@ -973,6 +975,43 @@ def test_functions_consume_their_queues_with_partial_batch_failures(
     assert webhook["BatchSize"] == 5
     for mapping in (trigger, webhook):
         assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+SQS_CONSUMERS = {"S3TriggerFunction": "S3EventsMaxConcurrency",
+                 "WebhookFunction": "CompletionMaxConcurrency"}
+
+
+@pytest.mark.parametrize("which", ["deployed", "deployed_all"])
+def test_queue_consumers_are_capped_by_maximum_concurrency_not_reservation(
+    request: pytest.FixtureRequest, which: str,
+) -> None:
+    # Reserved concurrency throttles the SQS poller's invocations; throttled receives count
+    # toward maxReceiveCount and push messages that never ran into the dead-letter queue.
+    template = request.getfixturevalue(which)
+    values = ALL_ON if which == "deployed_all" else DEFAULTS
+    params = parameter_values(template, values)
+    mappings = _event_source_mappings(template)
+    for function_id, parameter in SQS_CONSUMERS.items():
+        assert "ReservedConcurrentExecutions" not in (
+            template["Resources"][function_id]["Properties"]), function_id
+        scaling = render(mappings[function_id]["ScalingConfig"], params)
+        assert scaling == {"MaximumConcurrency": params[parameter]}, function_id
+        assert 2 <= int(params[parameter]) <= 1000
+    if which == "deployed":
+        assert (params["S3EventsMaxConcurrency"], params["CompletionMaxConcurrency"]) == (
+            "10", "5")
+
+
+@pytest.mark.parametrize("parameter", sorted(SQS_CONSUMERS.values()))
+@pytest.mark.parametrize("value", [1, 1001])
+def test_maximum_concurrency_outside_the_aws_range_is_refused(
+    tmp_path: Path, parameter: str, value: int,
+) -> None:
+    template = with_defaults(_source(), {parameter: value})
+    variant = tmp_path / "template.json"
+    variant.write_text(json.dumps(template))
+    problems = check_template(variant)
+    assert any(parameter in problem for problem in problems), problems
 
 
 def test_s3_never_invokes_a_function_directly(deployed_all: dict[str, Any]) -> None:

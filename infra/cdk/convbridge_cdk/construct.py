@@ -111,14 +111,26 @@ class SftpOptions:
 
 @dataclass(frozen=True)
 class Concurrency:
-    """Reserved concurrency per function; None leaves it unreserved, 0 pauses it."""
+    """Reserved concurrency of the functions no queue feeds; None leaves it unreserved, 0
+    pauses it. The SQS consumers are capped by :class:`QueueConcurrency` instead."""
 
-    s3_trigger: int | None = None
-    webhook: int | None = None
     azure_trigger: int | None = None
     gcs_trigger: int | None = None
     sftp_sweep: int | None = None
     reconciler: int | None = None
+
+
+#: AWS's range for an SQS event source's MaximumConcurrency.
+MAX_CONCURRENCY_RANGE = range(2, 1001)
+
+
+@dataclass(frozen=True)
+class QueueConcurrency:
+    """Most invocations at once per SQS event source (ScalingConfig.MaximumConcurrency): a cap
+    that, unlike reserved concurrency, never throttles messages into the dead-letter queue."""
+
+    s3_events: int = 10
+    completions: int = 5
 
 
 @dataclass(frozen=True)
@@ -145,6 +157,7 @@ class ConvBridgeProps:
     failure_rate_alarm_percent: float = 5
     job_failure_alarm_threshold: float = 5
     concurrency: Concurrency = field(default_factory=Concurrency)
+    queue_concurrency: QueueConcurrency = field(default_factory=QueueConcurrency)
     #: Build the layers with shared/Makefile (locally, or in the SAM build image when make
     #: fails). False packages shared/ as it is: enough to synthesize and compare offline.
     bundle_layers: bool = True
@@ -225,6 +238,9 @@ class ConvBridge(Construct):
         if not PROVIDER_SECRETS_PREFIX_PATTERN.fullmatch(props.provider_secrets_prefix):
             raise ValueError("provider_secrets_prefix must be whole path segments ending in "
                              f"'/', without * or ?: {props.provider_secrets_prefix!r}")
+        for name, value in vars(props.queue_concurrency).items():
+            if value not in MAX_CONCURRENCY_RANGE:
+                raise ValueError(f"queue_concurrency.{name} must be 2..1000: {value!r}")
         if not props.watched_prefix or any(c in props.watched_prefix for c in "*?"):
             raise ValueError("watched_prefix must be non-empty, without * or ?")
         if props.azure:
@@ -566,13 +582,14 @@ class ConvBridge(Construct):
             description="Verifies provider callbacks and writes outputs, result records and "
                         "failure reports.",
             role=role, layer=layer, log_group=self._log_group("WebhookLogGroup", "webhook"),
-            environment=environment, concurrency=props.concurrency.webhook,
+            environment=environment, concurrency=None,
             timeout_seconds=900)
         self.webhook_url = lambda_.FunctionUrl(self, "WebhookFunctionUrl", function=function,
                                                auth_type=lambda_.FunctionUrlAuthType.NONE)
         lambda_.EventSourceMapping(
             self, "WebhookFunctionCompletion", target=function,
             event_source_arn=self.completion_queue.queue_arn, batch_size=5,
+            max_concurrency=props.queue_concurrency.completions,
             report_batch_item_failures=True)
 
     def _s3_trigger(self) -> None:
@@ -619,12 +636,13 @@ class ConvBridge(Construct):
             log_group=self._log_group("S3TriggerLogGroup", "s3-trigger"),
             environment={"CONVBRIDGE_WEBHOOK_URL": self.webhook_url.url,
                          "CONVBRIDGE_GRANT_ROLE_ARN": grant_role.role_arn},
-            concurrency=props.concurrency.s3_trigger)
+            concurrency=None)
         function.node.add_dependency(assume)
         lambda_.EventSourceMapping(
             self, "S3TriggerFunctionObjectCreated", target=function,
             event_source_arn=self.s3_events_queue.queue_arn, batch_size=10,
-            max_batching_window=Duration.seconds(2), report_batch_item_failures=True)
+            max_batching_window=Duration.seconds(2),
+            max_concurrency=props.queue_concurrency.s3_events, report_batch_item_failures=True)
 
     def _azure_trigger(self, azure: AzureOptions) -> None:
         assert self.storage_sdk_layer is not None
@@ -895,6 +913,11 @@ def props_from_config(config: Mapping[str, Any], code_root: Path = REPO_ROOT) ->
         raise ValueError("providerSecretArns is replaced by providerSecretsPrefix: store each "
                          "provider's secret as <prefix><provider> (infra/cdk/README.md)")
     concurrency = config.get("reservedConcurrency") or {}
+    if {"s3Trigger", "webhook"} & set(concurrency):
+        # Reserving them would throttle queue deliveries into the dead-letter queues.
+        raise ValueError("reservedConcurrency.s3Trigger and .webhook are replaced by "
+                         "maxConcurrency.s3Events and .completions (infra/cdk/README.md)")
+    queue_concurrency = config.get("maxConcurrency") or {}
     return ConvBridgeProps(
         source_bucket_name=config["sourceBucketName"],
         context_secret_arn=config["contextSecretArn"],
@@ -919,9 +942,12 @@ def props_from_config(config: Mapping[str, Any], code_root: Path = REPO_ROOT) ->
         alarm_topic_arn=config.get("alarmTopicArn") or None,
         failure_rate_alarm_percent=float(config.get("failureRateAlarmPercent", 5)),
         job_failure_alarm_threshold=float(config.get("jobFailureAlarmThreshold", 5)),
+        queue_concurrency=QueueConcurrency(**{
+            attr: int(queue_concurrency[name]) for name, attr in {
+                "s3Events": "s3_events", "completions": "completions"}.items()
+            if name in queue_concurrency}),
         concurrency=Concurrency(**{
             attr: concurrency.get(name) for name, attr in {
-                "s3Trigger": "s3_trigger", "webhook": "webhook",
                 "azureTrigger": "azure_trigger", "gcsTrigger": "gcs_trigger",
                 "sftpSweep": "sftp_sweep", "reconciler": "reconciler"}.items()}),
         bundle_layers=_flag(config.get("bundleLayers", True)),
