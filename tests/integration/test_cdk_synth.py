@@ -22,6 +22,7 @@ import pytest
 import convbridge
 from devstack.template_check import (
     EVERY_OPTION_ON,
+    EXISTING_BUCKET,
     REQUIRED_EXAMPLES,
     load_template,
     parameter_values,
@@ -57,9 +58,11 @@ def _missing_storages() -> set[str]:
             if not (ROOT / "functions" / directory / "app.py").is_file()}
 
 
-def _values() -> dict[str, Any]:
+def _values(bucket_mode: str = "create") -> dict[str, Any]:
     """SAM parameter values: every option on, except storages whose handler is not there."""
     values: dict[str, Any] = {**EVERY_OPTION_ON, **REQUIRED_EXAMPLES}
+    if bucket_mode == "existing":
+        values |= EXISTING_BUCKET
     for name in _missing_storages():
         for parameter in STORAGES[name][1]:
             values[parameter] = ""
@@ -71,6 +74,7 @@ def _cdk_config(values: dict[str, Any]) -> dict[str, Any]:
     config: dict[str, Any] = {
         "stackName": "convbridge",
         "sourceBucketName": values["SourceBucketName"],
+        "sourceBucketMode": values.get("SourceBucketMode", "create"),
         "contextSecretArn": values["ContextSecretArn"],
         "providerSecretsPrefix": values["ProviderSecretsPrefix"],
         "secretsKmsKeyArn": values["SecretsKmsKeyArn"],
@@ -99,9 +103,10 @@ def _cdk_config(values: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-@pytest.fixture(scope="module")
-def values() -> dict[str, Any]:
-    return _values()
+# Both ways to deploy the S3 side: a bucket the stack creates, or one it only watches.
+@pytest.fixture(scope="module", params=["create", "existing"])
+def values(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return _values(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +237,10 @@ def test_same_properties(cdk: dict[str, Any], sam: dict[str, Any], sam_params: d
                          type_: str) -> None:
     cdk_resources, sam_resources = _by_name(cdk, cdk_name), _by_name(sam, sam_name)
     names = [k for k, v in sam_resources.items() if v["Type"] == type_]
-    assert names or type_ == "AWS::Lambda::EventInvokeConfig"
+    optional = {"AWS::Lambda::EventInvokeConfig"}
+    if sam_params["SourceBucketMode"] == "existing":
+        optional |= {"AWS::S3::Bucket", "AWS::S3::BucketPolicy"}
+    assert names or type_ in optional
     for name in names:
         cdk_properties = _rendered(cdk_resources[name], sam_params, cdk_name)
         sam_properties = _rendered(sam_resources[name], sam_params, sam_name)
@@ -261,13 +269,26 @@ def test_schedule_matches(cdk: dict[str, Any], sam: dict[str, Any],
     def rules(template: dict[str, Any], rename: Any) -> list[tuple[str, str]]:
         found = []
         for resource in template["Resources"].values():
-            if resource["Type"] == "AWS::Events::Rule":
+            if (resource["Type"] == "AWS::Events::Rule"
+                    and "ScheduleExpression" in resource["Properties"]):
                 properties = render(resource["Properties"], sam_params, rename)
                 (target,) = properties["Targets"]
                 found.append((properties["ScheduleExpression"], target["Arn"]))
         return found
 
     assert rules(cdk, cdk_name) == rules(sam, sam_name)
+
+
+def test_existing_bucket_rule_matches(cdk: dict[str, Any], sam: dict[str, Any],
+                                      sam_params: dict[str, str]) -> None:
+    def rules(template: dict[str, Any], rename: Any) -> dict[str, Any]:
+        return {rename(k): render(v["Properties"], sam_params, rename)
+                for k, v in template["Resources"].items()
+                if v["Type"] == "AWS::Events::Rule" and "EventPattern" in v["Properties"]}
+
+    found = rules(cdk, cdk_name)
+    assert found == rules(sam, sam_name)
+    assert len(found) == (sam_params["SourceBucketMode"] == "existing")
 
 
 def _alarm_shape(resource: dict[str, Any], params: dict[str, str], rename: Any) -> Any:

@@ -133,10 +133,15 @@ class QueueConcurrency:
     completions: int = 5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ConvBridgeProps:
-    source_bucket_name: str
     context_secret_arn: str
+    #: the bucket the construct creates and watches (template.yaml's SourceBucketMode create)...
+    source_bucket_name: str | None = None
+    #: ...or one that exists already (SourceBucketMode existing): watched through an
+    #: EventBridge rule, left as it is. Either this or ``existing_bucket_name``, which names it.
+    source_bucket: s3.IBucket | None = None
+    existing_bucket_name: str | None = None
     #: provider <name>'s secret is <prefix><name> in the stack's account and region
     #: (convbridge/providers/cloudconvert, ...); the functions may read only under the prefix
     provider_secrets_prefix: str = DEFAULT_PROVIDER_SECRETS_PREFIX
@@ -169,17 +174,18 @@ class ConvBridgeProps:
 class _MakeLayer:
     """Builds a layer with the same shared/Makefile target ``sam build`` runs."""
 
-    def __init__(self, makefile: Path, target: str, python_version: str,
+    def __init__(self, makefile: Path, target: str, runtime: str,
                  settings: list[str]) -> None:
         self._makefile = makefile
         self._target = target
-        self._python_version = python_version
+        self._runtime = runtime
         self._settings = settings
 
     def try_bundle(self, output_dir: str, *args: Any, **kwargs: Any) -> bool:
         if shutil.which("make") is None:
             return False
-        environment = dict(os.environ, PIP_PYTHON_VERSION=self._python_version)
+        environment = dict(os.environ, PYTHON_RUNTIME=self._runtime)
+        environment.pop("PIP_PYTHON_VERSION", None)  # derived from the runtime
         completed = subprocess.run(
             ["make", "-s", "-f", str(self._makefile), self._target,
              f"ARTIFACTS_DIR={output_dir}", *self._settings],
@@ -205,7 +211,8 @@ class ConvBridge(Construct):
         self.functions: dict[str, lambda_.Function] = {}
         self.roles: dict[str, iam.Role] = {}
 
-        bucket = props.source_bucket_name
+        self._existing = props.source_bucket is not None or props.existing_bucket_name is not None
+        bucket = self._bucket_name(props)
         self._object_arn = f"arn:{Aws.PARTITION}:s3:::{bucket}/*"
         self._watched_arn = f"arn:{Aws.PARTITION}:s3:::{bucket}/{props.watched_prefix}*"
         self._bucket_arn = f"arn:{Aws.PARTITION}:s3:::{bucket}"
@@ -230,6 +237,16 @@ class ConvBridge(Construct):
         self._outputs()
 
     # --- checks --------------------------------------------------------------------------
+
+    @staticmethod
+    def _bucket_name(props: ConvBridgeProps) -> str:
+        given = [n for n in (props.source_bucket_name, props.existing_bucket_name) if n]
+        if props.source_bucket is not None:
+            given.append(props.source_bucket.bucket_name)
+        if len(given) != 1:
+            raise ValueError("give exactly one of source_bucket_name (a bucket to create), "
+                             "source_bucket or existing_bucket_name (a bucket to watch)")
+        return given[0]
 
     @staticmethod
     def _validate(props: ConvBridgeProps) -> None:
@@ -259,7 +276,7 @@ class ConvBridge(Construct):
     def _layer(self, construct_id: str, target: str, description: str,
                name: str) -> lambda_.LayerVersion:
         shared = self._root / "shared"
-        python_version = self.props.python_runtime.removeprefix("python")
+        runtime = self.props.python_runtime
         # shared/rules.yaml becomes /opt/rules.yaml; rules kept in SSM or S3 need none there
         settings = (["RULES_FILE=none"]
                     if self.props.rules_location.startswith(("ssm:", "s3://")) else [])
@@ -268,10 +285,10 @@ class ConvBridge(Construct):
             bundling = BundlingOptions(
                 image=DockerImage.from_registry(
                     f"public.ecr.aws/sam/build-{self.props.python_runtime}"),
-                local=_MakeLayer(shared / "Makefile", target, python_version, settings),
+                local=_MakeLayer(shared / "Makefile", target, runtime, settings),
                 command=["bash", "-c",
                          " ".join([f"make -f Makefile {target} ARTIFACTS_DIR=/asset-output "
-                                   f"PIP_PYTHON_VERSION={python_version}", *settings])],
+                                   f"PYTHON_RUNTIME={runtime}", *settings])],
             )
         return lambda_.LayerVersion(
             self, construct_id,
@@ -279,8 +296,8 @@ class ConvBridge(Construct):
                                          exclude=["**/__pycache__", "*.pyc"]),
             description=description,
             layer_version_name=f"{Aws.STACK_NAME}-{name}",
-            compatible_runtimes=[lambda_.Runtime(v, lambda_.RuntimeFamily.PYTHON)
-                                 for v in ("python3.11", "python3.12", "python3.13")],
+            # built for this one runtime: its binary wheels load on no other
+            compatible_runtimes=[self._runtime],
             compatible_architectures=[lambda_.Architecture.ARM_64],
             removal_policy=RemovalPolicy.RETAIN,
         )
@@ -325,27 +342,53 @@ class ConvBridge(Construct):
                                                                      Duration.seconds(300))
         self.completion_queue, self.completion_dlq = self._queue_pair("Completion",
                                                                        Duration.seconds(5400))
+        if self._existing:
+            # The existing bucket's notification configuration stays its owner's: its
+            # EventBridge "Object Created" events under the watched prefix feed the queue.
+            rule = events.CfnRule(
+                self, "SourceBucketObjectCreatedRule",
+                description="convbridge uploads under the watched prefix of the existing "
+                            "source bucket",
+                event_pattern={
+                    "source": ["aws.s3"],
+                    "detail-type": ["Object Created"],
+                    "detail": {"bucket": {"name": [self._bucket_name(self.props)]},
+                               "object": {"key": [{"prefix": self.props.watched_prefix}]}},
+                },
+                targets=[events.CfnRule.TargetProperty(
+                    id="S3EventsQueue", arn=self.s3_events_queue.queue_arn)])
+            statement: dict[str, Any] = {
+                "Sid": "AllowSourceBucketEvents",
+                "Effect": "Allow",
+                "Principal": {"Service": "events.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": self.s3_events_queue.queue_arn,
+                "Condition": {"ArnEquals": {"aws:SourceArn": rule.attr_arn}},
+            }
+        else:
+            statement = {
+                "Sid": "AllowSourceBucketNotifications",
+                "Effect": "Allow",
+                "Principal": {"Service": "s3.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": self.s3_events_queue.queue_arn,
+                "Condition": {
+                    "ArnEquals": {"aws:SourceArn": self._bucket_arn},
+                    "StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
+                },
+            }
         policy = sqs.CfnQueuePolicy(
             self, "S3EventsQueuePolicy",
             queues=[self.s3_events_queue.queue_url],
-            policy_document={
-                "Version": "2012-10-17",
-                "Statement": [{
-                    "Sid": "AllowSourceBucketNotifications",
-                    "Effect": "Allow",
-                    "Principal": {"Service": "s3.amazonaws.com"},
-                    "Action": "sqs:SendMessage",
-                    "Resource": self.s3_events_queue.queue_arn,
-                    "Condition": {
-                        "ArnEquals": {"aws:SourceArn": self._bucket_arn},
-                        "StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
-                    },
-                }],
-            },
+            policy_document={"Version": "2012-10-17", "Statement": [statement]},
         )
         self._queue_policy = policy
 
     def _bucket(self) -> None:
+        if self._existing:
+            # No bucket policy either: it would replace the owner's whole policy.
+            self.bucket_name = self._bucket_name(self.props)
+            return
         bucket = s3.CfnBucket(
             self, "SourceBucket",
             bucket_name=self.props.source_bucket_name,
@@ -382,7 +425,7 @@ class ConvBridge(Construct):
         bucket.cfn_options.deletion_policy = CfnDeletionPolicy.RETAIN
         bucket.cfn_options.update_replace_policy = CfnDeletionPolicy.RETAIN
         bucket.node.add_dependency(self._queue_policy)
-        self.bucket = bucket
+        self.bucket_name = bucket.ref
         s3.CfnBucketPolicy(
             self, "SourceBucketPolicy",
             bucket=bucket.ref,
@@ -875,7 +918,7 @@ class ConvBridge(Construct):
                          "The scheduled SFTP sweep; invoke it by hand to sweep now.")
         self._output("ReconcilerFunctionName", self.functions["reconciler"].function_name,
                      "The scheduled reconciler; invoke it by hand to settle overdue jobs now.")
-        self._output("SourceBucket", self.bucket.ref, "The watched bucket.")
+        self._output("SourceBucket", self.bucket_name, "The watched bucket.")
         self._output("GrantRoleArn", self.grant_role.role_arn,
                      "Role assumed (with a per-job session policy) to mint provider grants.")
         self._output("IdempotencyTableName", self.table.table_name, "Claims table.")
@@ -918,8 +961,12 @@ def props_from_config(config: Mapping[str, Any], code_root: Path = REPO_ROOT) ->
         raise ValueError("reservedConcurrency.s3Trigger and .webhook are replaced by "
                          "maxConcurrency.s3Events and .completions (infra/cdk/README.md)")
     queue_concurrency = config.get("maxConcurrency") or {}
+    mode = config.get("sourceBucketMode", "create")
+    if mode not in {"create", "existing"}:
+        raise ValueError(f"sourceBucketMode must be create or existing: {mode!r}")
     return ConvBridgeProps(
-        source_bucket_name=config["sourceBucketName"],
+        **{"source_bucket_name" if mode == "create" else "existing_bucket_name":
+           config["sourceBucketName"]},
         context_secret_arn=config["contextSecretArn"],
         provider_secrets_prefix=config.get("providerSecretsPrefix",
                                            DEFAULT_PROVIDER_SECRETS_PREFIX),
