@@ -384,3 +384,56 @@ def test_the_construct_carries_the_package_version() -> None:
         capture_output=True, text=True, timeout=120, check=False)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == convbridge.__version__
+
+
+_OUTSIDE_APP = """\
+import aws_cdk as cdk
+from aws_cdk import aws_s3 as s3
+from convbridge_cdk import ConvBridge, ConvBridgeProps
+app = cdk.App(); stack = cdk.Stack(app, "outside")
+ConvBridge(stack, "Bridge", ConvBridgeProps(
+    source_bucket=s3.Bucket.from_bucket_name(stack, "Inbox", "existing-inbox"),
+    context_secret_arn="arn:aws:secretsmanager:us-east-1:123456789012:secret:cb-AbCdEf",
+    bundle_layers=False))
+app.synth()
+"""
+
+
+def test_the_construct_installs_as_a_wheel_and_synthesizes_outside_the_repository(
+    tmp_path: Path,
+) -> None:
+    # A fresh virtualenv (no system site-packages) that sees aws-cdk-lib through a .pth onto
+    # .venv-deploy (installing it again takes minutes), and convbridge_cdk only from the wheel.
+    wheels, venv, app = tmp_path / "wheels", tmp_path / "venv", tmp_path / "app"
+
+    def run(*command: str | Path, cwd: Path = tmp_path) -> None:
+        done = subprocess.run([str(c) for c in command], cwd=cwd, capture_output=True,
+                              text=True, timeout=300, check=False,
+                              env=dict(os.environ, CDK_DISABLE_VERSION_CHECK="1", PYTHONPATH="",
+                                       JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION="20"))
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    run(DEPLOY_PYTHON, "-m", "pip", "wheel", "--no-deps", "-q", "-w", wheels,
+        ROOT / "infra" / "cdk")
+    (wheel,) = wheels.glob("convbridge_cdk-*.whl")
+    assert wheel.name.startswith(f"convbridge_cdk-{convbridge.__version__}-")
+    run(DEPLOY_PYTHON, "-m", "venv", "--without-pip", venv)
+    python = venv / "bin" / "python"
+    (site,) = (venv / "lib").glob("python3*/site-packages")
+    (deploy_site,) = (ROOT / ".venv-deploy" / "lib").glob("python3*/site-packages")
+    (site / "deploy_tools.pth").write_text(f"{deploy_site}\n")
+    run(python, "-m", "pip", "install", "--no-deps", "-q", "--target", site, wheel)
+    app.mkdir()
+    (app / "app.py").write_text(_OUTSIDE_APP)
+    run(CDK, "synth", "-q", "--no-notices", "--app", f"{python} app.py", "-o", app / "out",
+        cwd=app)
+
+    template = json.loads((app / "out" / "outside.template.json").read_text())
+    types = Counter(v["Type"] for v in template["Resources"].values())
+    assert types["AWS::S3::Bucket"] == 0 and types["AWS::Lambda::Function"] == 3
+    (rule,) = [v["Properties"] for v in template["Resources"].values()
+               if v["Type"] == "AWS::Events::Rule" and "EventPattern" in v["Properties"]]
+    assert rule["EventPattern"]["detail"]["bucket"]["name"] == ["existing-inbox"]
+    # The handlers and the package came from the wheel into the cloud assembly's assets.
+    assets = {p.relative_to(app / "out").parts[1:] for p in (app / "out").rglob("*.py")}
+    assert ("app.py",) in assets and ("convbridge", "bridge.py") in assets

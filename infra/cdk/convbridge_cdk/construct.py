@@ -50,8 +50,10 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-#: The repository root (infra/cdk/convbridge_cdk/construct.py -> ../../..).
-REPO_ROOT = Path(__file__).resolve().parents[3]
+#: Where functions/ and shared/ are: bundled in the installed wheel (infra/cdk/pyproject.toml),
+#: else the repository this file sits in (infra/cdk/convbridge_cdk/construct.py -> ../../..).
+_BUNDLE = Path(__file__).resolve().parent / "bundle"
+REPO_ROOT = _BUNDLE if (_BUNDLE / "shared").is_dir() else Path(__file__).resolve().parents[3]
 
 
 def _convbridge_version() -> str:
