@@ -22,6 +22,7 @@ import pytest
 import convbridge
 from devstack.template_check import (
     EVERY_OPTION_ON,
+    EXISTING_BUCKET,
     REQUIRED_EXAMPLES,
     load_template,
     parameter_values,
@@ -57,9 +58,11 @@ def _missing_storages() -> set[str]:
             if not (ROOT / "functions" / directory / "app.py").is_file()}
 
 
-def _values() -> dict[str, Any]:
+def _values(bucket_mode: str = "create") -> dict[str, Any]:
     """SAM parameter values: every option on, except storages whose handler is not there."""
     values: dict[str, Any] = {**EVERY_OPTION_ON, **REQUIRED_EXAMPLES}
+    if bucket_mode == "existing":
+        values |= EXISTING_BUCKET
     for name in _missing_storages():
         for parameter in STORAGES[name][1]:
             values[parameter] = ""
@@ -71,12 +74,15 @@ def _cdk_config(values: dict[str, Any]) -> dict[str, Any]:
     config: dict[str, Any] = {
         "stackName": "convbridge",
         "sourceBucketName": values["SourceBucketName"],
+        "sourceBucketMode": values.get("SourceBucketMode", "create"),
         "contextSecretArn": values["ContextSecretArn"],
         "providerSecretsPrefix": values["ProviderSecretsPrefix"],
         "secretsKmsKeyArn": values["SecretsKmsKeyArn"],
         "alarmTopicArn": values["AlarmTopicArn"],
+        "cloudConvertSandbox": values["CloudConvertSandbox"] == "true",
+        "maxConcurrency": {"s3Events": values["S3EventsMaxConcurrency"],
+                           "completions": values["CompletionMaxConcurrency"]},
         "reservedConcurrency": {
-            "s3Trigger": values["S3TriggerConcurrency"], "webhook": values["WebhookConcurrency"],
             "azureTrigger": values["AzureTriggerConcurrency"],
             "gcsTrigger": values["GcsTriggerConcurrency"],
             "sftpSweep": values["SftpSweepConcurrency"],
@@ -97,9 +103,10 @@ def _cdk_config(values: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-@pytest.fixture(scope="module")
-def values() -> dict[str, Any]:
-    return _values()
+# Both ways to deploy the S3 side: a bucket the stack creates, or one it only watches.
+@pytest.fixture(scope="module", params=["create", "existing"])
+def values(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return _values(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +237,10 @@ def test_same_properties(cdk: dict[str, Any], sam: dict[str, Any], sam_params: d
                          type_: str) -> None:
     cdk_resources, sam_resources = _by_name(cdk, cdk_name), _by_name(sam, sam_name)
     names = [k for k, v in sam_resources.items() if v["Type"] == type_]
-    assert names or type_ == "AWS::Lambda::EventInvokeConfig"
+    optional = {"AWS::Lambda::EventInvokeConfig"}
+    if sam_params["SourceBucketMode"] == "existing":
+        optional |= {"AWS::S3::Bucket", "AWS::S3::BucketPolicy"}
+    assert names or type_ in optional
     for name in names:
         cdk_properties = _rendered(cdk_resources[name], sam_params, cdk_name)
         sam_properties = _rendered(sam_resources[name], sam_params, sam_name)
@@ -259,13 +269,26 @@ def test_schedule_matches(cdk: dict[str, Any], sam: dict[str, Any],
     def rules(template: dict[str, Any], rename: Any) -> list[tuple[str, str]]:
         found = []
         for resource in template["Resources"].values():
-            if resource["Type"] == "AWS::Events::Rule":
+            if (resource["Type"] == "AWS::Events::Rule"
+                    and "ScheduleExpression" in resource["Properties"]):
                 properties = render(resource["Properties"], sam_params, rename)
                 (target,) = properties["Targets"]
                 found.append((properties["ScheduleExpression"], target["Arn"]))
         return found
 
     assert rules(cdk, cdk_name) == rules(sam, sam_name)
+
+
+def test_existing_bucket_rule_matches(cdk: dict[str, Any], sam: dict[str, Any],
+                                      sam_params: dict[str, str]) -> None:
+    def rules(template: dict[str, Any], rename: Any) -> dict[str, Any]:
+        return {rename(k): render(v["Properties"], sam_params, rename)
+                for k, v in template["Resources"].items()
+                if v["Type"] == "AWS::Events::Rule" and "EventPattern" in v["Properties"]}
+
+    found = rules(cdk, cdk_name)
+    assert found == rules(sam, sam_name)
+    assert len(found) == (sam_params["SourceBucketMode"] == "existing")
 
 
 def _alarm_shape(resource: dict[str, Any], params: dict[str, str], rename: Any) -> Any:
@@ -361,3 +384,56 @@ def test_the_construct_carries_the_package_version() -> None:
         capture_output=True, text=True, timeout=120, check=False)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == convbridge.__version__
+
+
+_OUTSIDE_APP = """\
+import aws_cdk as cdk
+from aws_cdk import aws_s3 as s3
+from convbridge_cdk import ConvBridge, ConvBridgeProps
+app = cdk.App(); stack = cdk.Stack(app, "outside")
+ConvBridge(stack, "Bridge", ConvBridgeProps(
+    source_bucket=s3.Bucket.from_bucket_name(stack, "Inbox", "existing-inbox"),
+    context_secret_arn="arn:aws:secretsmanager:us-east-1:123456789012:secret:cb-AbCdEf",
+    bundle_layers=False))
+app.synth()
+"""
+
+
+def test_the_construct_installs_as_a_wheel_and_synthesizes_outside_the_repository(
+    tmp_path: Path,
+) -> None:
+    # A fresh virtualenv (no system site-packages) that sees aws-cdk-lib through a .pth onto
+    # .venv-deploy (installing it again takes minutes), and convbridge_cdk only from the wheel.
+    wheels, venv, app = tmp_path / "wheels", tmp_path / "venv", tmp_path / "app"
+
+    def run(*command: str | Path, cwd: Path = tmp_path) -> None:
+        done = subprocess.run([str(c) for c in command], cwd=cwd, capture_output=True,
+                              text=True, timeout=300, check=False,
+                              env=dict(os.environ, CDK_DISABLE_VERSION_CHECK="1", PYTHONPATH="",
+                                       JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION="20"))
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    run(DEPLOY_PYTHON, "-m", "pip", "wheel", "--no-deps", "-q", "-w", wheels,
+        ROOT / "infra" / "cdk")
+    (wheel,) = wheels.glob("convbridge_cdk-*.whl")
+    assert wheel.name.startswith(f"convbridge_cdk-{convbridge.__version__}-")
+    run(DEPLOY_PYTHON, "-m", "venv", "--without-pip", venv)
+    python = venv / "bin" / "python"
+    (site,) = (venv / "lib").glob("python3*/site-packages")
+    (deploy_site,) = (ROOT / ".venv-deploy" / "lib").glob("python3*/site-packages")
+    (site / "deploy_tools.pth").write_text(f"{deploy_site}\n")
+    run(python, "-m", "pip", "install", "--no-deps", "-q", "--target", site, wheel)
+    app.mkdir()
+    (app / "app.py").write_text(_OUTSIDE_APP)
+    run(CDK, "synth", "-q", "--no-notices", "--app", f"{python} app.py", "-o", app / "out",
+        cwd=app)
+
+    template = json.loads((app / "out" / "outside.template.json").read_text())
+    types = Counter(v["Type"] for v in template["Resources"].values())
+    assert types["AWS::S3::Bucket"] == 0 and types["AWS::Lambda::Function"] == 3
+    (rule,) = [v["Properties"] for v in template["Resources"].values()
+               if v["Type"] == "AWS::Events::Rule" and "EventPattern" in v["Properties"]]
+    assert rule["EventPattern"]["detail"]["bucket"]["name"] == ["existing-inbox"]
+    # The handlers and the package came from the wheel into the cloud assembly's assets.
+    assets = {p.relative_to(app / "out").parts[1:] for p in (app / "out").rglob("*.py")}
+    assert ("app.py",) in assets and ("convbridge", "bridge.py") in assets

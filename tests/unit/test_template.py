@@ -27,8 +27,10 @@ from typing import Any
 
 import pytest
 
+from convbridge.settings import Settings
 from devstack.template_check import (
     EVERY_OPTION_ON,
+    EXISTING_BUCKET,
     REQUIRED_EXAMPLES,
     check_template,
     evaluate_conditions,
@@ -170,10 +172,11 @@ def test_every_option_on_switches_every_optional_part_on() -> None:
     # Otherwise the second pass of the check would lint less than the whole template.
     truth = evaluate_conditions(_source(), ALL_ON)
     off = {name for name, value in truth.items() if not value}
-    # The rules file is in the layer by default; the two other places are tested below.
-    assert off == {"RulesInSsm", "RulesInS3"}
+    # The rules file is in the layer by default; the two other places are tested below, and
+    # the existing-bucket mode (which leaves the bucket out) has a pass of its own.
+    assert off == {"RulesInSsm", "RulesInS3", "ExistingBucket"}
     defaults = evaluate_conditions(_source(), DEFAULTS)
-    assert {name for name, value in defaults.items() if value} == set()
+    assert {name for name, value in defaults.items() if value} == {"CreateBucket"}
 
 
 @pytest.mark.parametrize(
@@ -685,6 +688,84 @@ def test_queue_policy_lets_only_the_source_bucket_send(deployed_all: dict[str, A
     }
 
 
+# --- an existing bucket ---------------------------------------------------------------------
+
+EXISTING_ON = {**ALL_ON, **EXISTING_BUCKET}
+
+
+@pytest.fixture(scope="module")
+def deployed_existing() -> dict[str, Any]:
+    """Every option on, watching a bucket the stack does not create."""
+    return _deployed(EXISTING_ON)
+
+
+def test_a_fault_in_the_existing_bucket_rule_is_reported(tmp_path: Path) -> None:
+    variant = _variant(tmp_path, "Arn: !GetAtt S3EventsQueue.Arn\n",
+                       "Arn: !GetAtt S3EventsQueues.Arn\n")
+    problems = check_template(variant)
+    assert any("SourceBucketObjectCreatedRule" in p and "S3EventsQueues" in p
+               for p in problems), problems
+
+
+def test_the_existing_bucket_deployment_is_clean(tmp_path: Path) -> None:
+    variant = tmp_path / "template.json"
+    variant.write_text(json.dumps(with_defaults(_source(), EXISTING_ON)))
+    assert check_template(variant) == []
+
+
+def test_existing_bucket_is_neither_created_nor_given_a_policy(
+    deployed_existing: dict[str, Any],
+) -> None:
+    # A bucket policy would replace the owner's whole policy; the bucket stays as it is.
+    assert not _resources(deployed_existing, "AWS::S3::Bucket")
+    assert not _resources(deployed_existing, "AWS::S3::BucketPolicy")
+    params = parameter_values(deployed_existing, EXISTING_ON)
+    assert render(deployed_existing["Outputs"]["SourceBucket"]["Value"], params) == (
+        "convbridge-demo-bucket")
+
+
+def test_existing_bucket_uploads_reach_the_queue_through_eventbridge(
+    deployed_existing: dict[str, Any],
+) -> None:
+    params = parameter_values(deployed_existing, EXISTING_ON)
+    rules = {k: v["Properties"] for k, v in
+             _resources(deployed_existing, "AWS::Events::Rule").items()
+             if "EventPattern" in v["Properties"]}
+    assert set(rules) == {"SourceBucketObjectCreatedRule"}
+    rule = rules["SourceBucketObjectCreatedRule"]
+    assert render(rule["EventPattern"], params) == {
+        "source": ["aws.s3"],
+        "detail-type": ["Object Created"],
+        "detail": {"bucket": {"name": ["convbridge-demo-bucket"]},
+                   "object": {"key": [{"prefix": "inbox/"}]}},
+    }
+    (target,) = rule["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["S3EventsQueue", "Arn"]}
+    # Only that rule may send, and the S3 trigger consumes the same queue as before (it parses
+    # SQS-wrapped EventBridge events: tests/unit/test_events_s3.py, sqs_eventbridge.json).
+    (statement,) = _statements(deployed_existing["Resources"]["S3EventsQueuePolicy"])
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert statement["Action"] == "sqs:SendMessage"
+    assert statement["Resource"] == {"Fn::GetAtt": ["S3EventsQueue", "Arn"]}
+    assert statement["Condition"] == {
+        "ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["SourceBucketObjectCreatedRule", "Arn"]}}
+    }
+    mapping = _event_source_mappings(deployed_existing)["S3TriggerFunction"]
+    assert mapping["EventSourceArn"] == {"Fn::GetAtt": ["S3EventsQueue", "Arn"]}
+
+
+@pytest.mark.parametrize("function_id", sorted(EXPECTED_ALL_ON))
+def test_roles_on_an_existing_bucket_hold_exactly_the_same_grants(
+    deployed_existing: dict[str, Any], function_id: str
+) -> None:
+    # The grants name the bucket by parameter, so they reach that bucket and nothing more.
+    params = parameter_values(deployed_existing, EXISTING_ON)
+    role = _role_of(deployed_existing, function_id)
+    assert permissions(deployed_existing, role, params) == EXPECTED_ALL_ON[function_id]
+    assert permissions(deployed_existing, "GrantRole", params) == {
+        ("s3:getobject", OBJECTS, ""), ("s3:putobject", OBJECTS, "")}
+
+
 # --- wiring the code depends on --------------------------------------------------------------
 
 
@@ -709,12 +790,15 @@ COMMON_ENVIRONMENT = {
     "CONVBRIDGE_IDEMPOTENCY_TABLE": "${IdempotencyTable}",
 }
 WEBHOOK_URL = "${WebhookFunctionUrl.FunctionUrl}"
+#: The sandbox's base URL, as CloudConvert's API v2 documentation gives it (plus /v2).
+CLOUDCONVERT_SANDBOX = "https://api.sandbox.cloudconvert.com/v2"
 
 
 def test_environment_with_every_option_on(
     deployed_all: dict[str, Any], params_all: dict[str, str]
 ) -> None:
-    common = COMMON_ENVIRONMENT | {"CONVBRIDGE_PROVIDER_SECRETS_PREFIX": ALL_ON_PREFIX}
+    common = COMMON_ENVIRONMENT | {"CONVBRIDGE_PROVIDER_SECRETS_PREFIX": ALL_ON_PREFIX,
+                                   "CONVBRIDGE_CLOUDCONVERT_URL": CLOUDCONVERT_SANDBOX}
     azure = {
         "CONVBRIDGE_AZURE_ACCOUNT_SECRET": SECRET.format("azure-account"),
         "CONVBRIDGE_AZURE_BLOB_ENDPOINT": "https://convbridgedemo.blob.core.windows.net",
@@ -752,6 +836,28 @@ def test_environment_by_default_names_no_unset_secret(deployed: dict[str, Any]) 
         "CONVBRIDGE_COMPLETION_QUEUE_URL": "${CompletionQueue}",
     }
     assert _environment(deployed, "ReconcilerFunction", params) == COMMON_ENVIRONMENT
+
+
+@pytest.mark.parametrize(("sandbox", "expected"), [("true", CLOUDCONVERT_SANDBOX),
+                                                    ("false", None)])
+def test_cloudconvert_sandbox_switches_every_function_to_the_sandbox_api(
+    sandbox: str, expected: str | None,
+) -> None:
+    # Unset, the adapter's live default (https://api.cloudconvert.com/v2) applies.
+    values = {**ALL_ON, "CloudConvertSandbox": sandbox}
+    template = _deployed(values)
+    params = parameter_values(template, values)
+    for function_id in FUNCTIONS:
+        env = _environment(template, function_id, params)
+        assert env.get("CONVBRIDGE_CLOUDCONVERT_URL") == expected, function_id
+
+
+def test_the_sandbox_url_is_the_one_the_settings_read() -> None:
+    settings = Settings.from_env({
+        "CONVBRIDGE_RULES": "/opt/rules.yaml", "CONVBRIDGE_CONTEXT_SECRET": "context",
+        "CONVBRIDGE_IDEMPOTENCY_TABLE": "claims",
+        "CONVBRIDGE_CLOUDCONVERT_URL": CLOUDCONVERT_SANDBOX})
+    assert settings.base_url("cloudconvert") == CLOUDCONVERT_SANDBOX
 
 
 def test_azure_endpoint_is_only_set_when_given() -> None:
@@ -897,7 +1003,9 @@ def test_log_groups_and_reserved_concurrency(
         assert log_group["RetentionInDays"] == {"Ref": "LogRetentionDays"}
         assert render(log_group["LogGroupName"], params_all).startswith(
             "/aws/lambda/${AWS::StackName}/")
-        assert "ReservedConcurrentExecutions" in properties, function_id
+        # The SQS consumers are capped on their event source (below), never by reservation.
+        reserved = "ReservedConcurrentExecutions" in properties
+        assert reserved == (function_id not in SQS_CONSUMERS), function_id
     # -1 (the default) leaves every function unreserved.
     for function in _resources(deployed, "AWS::Lambda::Function").values():
         assert "ReservedConcurrentExecutions" not in function["Properties"]
@@ -947,6 +1055,43 @@ def test_functions_consume_their_queues_with_partial_batch_failures(
     assert webhook["BatchSize"] == 5
     for mapping in (trigger, webhook):
         assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+SQS_CONSUMERS = {"S3TriggerFunction": "S3EventsMaxConcurrency",
+                 "WebhookFunction": "CompletionMaxConcurrency"}
+
+
+@pytest.mark.parametrize("which", ["deployed", "deployed_all"])
+def test_queue_consumers_are_capped_by_maximum_concurrency_not_reservation(
+    request: pytest.FixtureRequest, which: str,
+) -> None:
+    # Reserved concurrency throttles the SQS poller's invocations; throttled receives count
+    # toward maxReceiveCount and push messages that never ran into the dead-letter queue.
+    template = request.getfixturevalue(which)
+    values = ALL_ON if which == "deployed_all" else DEFAULTS
+    params = parameter_values(template, values)
+    mappings = _event_source_mappings(template)
+    for function_id, parameter in SQS_CONSUMERS.items():
+        assert "ReservedConcurrentExecutions" not in (
+            template["Resources"][function_id]["Properties"]), function_id
+        scaling = render(mappings[function_id]["ScalingConfig"], params)
+        assert scaling == {"MaximumConcurrency": params[parameter]}, function_id
+        assert 2 <= int(params[parameter]) <= 1000
+    if which == "deployed":
+        assert (params["S3EventsMaxConcurrency"], params["CompletionMaxConcurrency"]) == (
+            "10", "5")
+
+
+@pytest.mark.parametrize("parameter", sorted(SQS_CONSUMERS.values()))
+@pytest.mark.parametrize("value", [1, 1001])
+def test_maximum_concurrency_outside_the_aws_range_is_refused(
+    tmp_path: Path, parameter: str, value: int,
+) -> None:
+    template = with_defaults(_source(), {parameter: value})
+    variant = tmp_path / "template.json"
+    variant.write_text(json.dumps(template))
+    problems = check_template(variant)
+    assert any(parameter in problem for problem in problems), problems
 
 
 def test_s3_never_invokes_a_function_directly(deployed_all: dict[str, Any]) -> None:
@@ -1192,3 +1337,69 @@ def test_serverless_repo_metadata_is_publishable_and_matches_the_package() -> No
                for label in application["Labels"])
     assert all(application[url].startswith("https://")
                for url in ("HomePageUrl", "SourceCodeUrl"))
+
+
+# --- one runtime knob: the layers' wheels follow PythonRuntime ------------------------------
+
+SHARED = ROOT / "shared"
+
+
+def _layer_pip_command(tmp_path: Path, *settings: str) -> subprocess.CompletedProcess[str]:
+    # PIP="echo pip": the build runs, and prints the pip command instead of downloading
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in {"RULES_FILE", "PIP_PYTHON_VERSION", "PYTHON_RUNTIME"}}
+    return subprocess.run(
+        ["make", "-s", "-f", str(SHARED / "Makefile"), "build-SharedLayer",
+         f"ARTIFACTS_DIR={tmp_path / 'layer'}", "PIP=echo pip", "RULES_FILE=none", *settings],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def _allowed_runtimes() -> list[str]:
+    return list(_source()["Parameters"]["PythonRuntime"]["AllowedValues"])
+
+
+def test_the_allowed_runtimes_are_the_supported_ones() -> None:
+    assert _allowed_runtimes() == ["python3.12", "python3.13", "python3.14"]
+    # The layers say which runtime they were built for, the one the functions run on.
+    for layer in ("SharedLayer", "StorageSdkLayer"):
+        properties = _source()["Resources"][layer]["Properties"]
+        assert properties["CompatibleRuntimes"] == [{"Ref": "PythonRuntime"}]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize("runtime", _allowed_runtimes())
+def test_a_layer_built_for_a_runtime_gets_that_runtimes_wheels(
+    tmp_path: Path, runtime: str
+) -> None:
+    completed = _layer_pip_command(tmp_path, f"PYTHON_RUNTIME={runtime}")
+    assert completed.returncode == 0, completed.stderr
+    (pip,) = [line.split() for line in completed.stdout.splitlines()
+              if line.startswith("pip install")]
+    version = runtime.removeprefix("python")
+    assert pip[pip.index("--python-version") + 1] == version
+    assert pip[pip.index("--platform") + 1] == "manylinux2014_aarch64"
+    assert pip[pip.index("--implementation") + 1] == "cp"
+    assert "--only-binary=:all:" in pip
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_the_default_layer_matches_the_default_runtime(tmp_path: Path) -> None:
+    completed = _layer_pip_command(tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    default = str(_source()["Parameters"]["PythonRuntime"]["Default"]).removeprefix("python")
+    assert f"--python-version {default} " in completed.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize(("settings", "named"), [
+    (("PYTHON_RUNTIME=python3.13", "PIP_PYTHON_VERSION=3.12"), "disagrees"),
+    (("PYTHON_RUNTIME=python3.11",), "python3.12 python3.13 python3.14"),
+])
+def test_a_layer_for_another_runtime_is_refused_before_any_download(
+    tmp_path: Path, settings: tuple[str, ...], named: str
+) -> None:
+    completed = _layer_pip_command(tmp_path, *settings)
+    assert completed.returncode != 0
+    assert named in completed.stderr
+    assert "pip install" not in completed.stdout

@@ -6,6 +6,7 @@ from convbridge_cdk.construct import (
     ConvBridge,
     ConvBridgeProps,
     GcsOptions,
+    QueueConcurrency,
     SftpOptions,
     __version__,
     props_from_config,
@@ -18,6 +19,7 @@ __all__ = [
     "ConvBridge",
     "ConvBridgeProps",
     "GcsOptions",
+    "QueueConcurrency",
     "SftpOptions",
     "props_from_config",
 ]

@@ -50,8 +50,10 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-#: The repository root (infra/cdk/convbridge_cdk/construct.py -> ../../..).
-REPO_ROOT = Path(__file__).resolve().parents[3]
+#: Where functions/ and shared/ are: bundled in the installed wheel (infra/cdk/pyproject.toml),
+#: else the repository this file sits in (infra/cdk/convbridge_cdk/construct.py -> ../../..).
+_BUNDLE = Path(__file__).resolve().parent / "bundle"
+REPO_ROOT = _BUNDLE if (_BUNDLE / "shared").is_dir() else Path(__file__).resolve().parents[3]
 
 
 def _convbridge_version() -> str:
@@ -72,6 +74,9 @@ __version__ = _convbridge_version()
 #: segments ending in "/", no wildcard, since the grant is <prefix>*).
 DEFAULT_PROVIDER_SECRETS_PREFIX = "convbridge/providers/"
 PROVIDER_SECRETS_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_+=.@-]+/([A-Za-z0-9_+=.@-]+/)*")
+
+#: template.yaml's CloudConvertSandbox=true: the sandbox API's base URL (seeds: API v2 docs).
+CLOUDCONVERT_SANDBOX_URL = "https://api.sandbox.cloudconvert.com/v2"
 
 #: Powertools Metrics namespace and the metrics the dashboard and the alarm read.
 METRICS_NAMESPACE = "convbridge"
@@ -108,20 +113,37 @@ class SftpOptions:
 
 @dataclass(frozen=True)
 class Concurrency:
-    """Reserved concurrency per function; None leaves it unreserved, 0 pauses it."""
+    """Reserved concurrency of the functions no queue feeds; None leaves it unreserved, 0
+    pauses it. The SQS consumers are capped by :class:`QueueConcurrency` instead."""
 
-    s3_trigger: int | None = None
-    webhook: int | None = None
     azure_trigger: int | None = None
     gcs_trigger: int | None = None
     sftp_sweep: int | None = None
     reconciler: int | None = None
 
 
+#: AWS's range for an SQS event source's MaximumConcurrency.
+MAX_CONCURRENCY_RANGE = range(2, 1001)
+
+
 @dataclass(frozen=True)
+class QueueConcurrency:
+    """Most invocations at once per SQS event source (ScalingConfig.MaximumConcurrency): a cap
+    that, unlike reserved concurrency, never throttles messages into the dead-letter queue."""
+
+    s3_events: int = 10
+    completions: int = 5
+
+
+@dataclass(frozen=True, kw_only=True)
 class ConvBridgeProps:
-    source_bucket_name: str
     context_secret_arn: str
+    #: the bucket the construct creates and watches (template.yaml's SourceBucketMode create)...
+    source_bucket_name: str | None = None
+    #: ...or one that exists already (SourceBucketMode existing): watched through an
+    #: EventBridge rule, left as it is. Either this or ``existing_bucket_name``, which names it.
+    source_bucket: s3.IBucket | None = None
+    existing_bucket_name: str | None = None
     #: provider <name>'s secret is <prefix><name> in the stack's account and region
     #: (convbridge/providers/cloudconvert, ...); the functions may read only under the prefix
     provider_secrets_prefix: str = DEFAULT_PROVIDER_SECRETS_PREFIX
@@ -129,6 +151,8 @@ class ConvBridgeProps:
     rules_location: str = "/opt/rules.yaml"
     python_runtime: str = "python3.12"
     secrets_kms_key_arn: str | None = None
+    #: CloudConvert jobs go to its sandbox API instead of the live one
+    cloudconvert_sandbox: bool = False
     azure: AzureOptions | None = None
     gcs: GcsOptions | None = None
     sftp: SftpOptions | None = None
@@ -140,6 +164,7 @@ class ConvBridgeProps:
     failure_rate_alarm_percent: float = 5
     job_failure_alarm_threshold: float = 5
     concurrency: Concurrency = field(default_factory=Concurrency)
+    queue_concurrency: QueueConcurrency = field(default_factory=QueueConcurrency)
     #: Build the layers with shared/Makefile (locally, or in the SAM build image when make
     #: fails). False packages shared/ as it is: enough to synthesize and compare offline.
     bundle_layers: bool = True
@@ -151,17 +176,18 @@ class ConvBridgeProps:
 class _MakeLayer:
     """Builds a layer with the same shared/Makefile target ``sam build`` runs."""
 
-    def __init__(self, makefile: Path, target: str, python_version: str,
+    def __init__(self, makefile: Path, target: str, runtime: str,
                  settings: list[str]) -> None:
         self._makefile = makefile
         self._target = target
-        self._python_version = python_version
+        self._runtime = runtime
         self._settings = settings
 
     def try_bundle(self, output_dir: str, *args: Any, **kwargs: Any) -> bool:
         if shutil.which("make") is None:
             return False
-        environment = dict(os.environ, PIP_PYTHON_VERSION=self._python_version)
+        environment = dict(os.environ, PYTHON_RUNTIME=self._runtime)
+        environment.pop("PIP_PYTHON_VERSION", None)  # derived from the runtime
         completed = subprocess.run(
             ["make", "-s", "-f", str(self._makefile), self._target,
              f"ARTIFACTS_DIR={output_dir}", *self._settings],
@@ -187,7 +213,8 @@ class ConvBridge(Construct):
         self.functions: dict[str, lambda_.Function] = {}
         self.roles: dict[str, iam.Role] = {}
 
-        bucket = props.source_bucket_name
+        self._existing = props.source_bucket is not None or props.existing_bucket_name is not None
+        bucket = self._bucket_name(props)
         self._object_arn = f"arn:{Aws.PARTITION}:s3:::{bucket}/*"
         self._watched_arn = f"arn:{Aws.PARTITION}:s3:::{bucket}/{props.watched_prefix}*"
         self._bucket_arn = f"arn:{Aws.PARTITION}:s3:::{bucket}"
@@ -214,12 +241,25 @@ class ConvBridge(Construct):
     # --- checks --------------------------------------------------------------------------
 
     @staticmethod
+    def _bucket_name(props: ConvBridgeProps) -> str:
+        given = [n for n in (props.source_bucket_name, props.existing_bucket_name) if n]
+        if props.source_bucket is not None:
+            given.append(props.source_bucket.bucket_name)
+        if len(given) != 1:
+            raise ValueError("give exactly one of source_bucket_name (a bucket to create), "
+                             "source_bucket or existing_bucket_name (a bucket to watch)")
+        return given[0]
+
+    @staticmethod
     def _validate(props: ConvBridgeProps) -> None:
         """What template.yaml's parameter patterns and Rules refuse, refused at synth time."""
         _check_secret_arn("context_secret_arn", props.context_secret_arn)
         if not PROVIDER_SECRETS_PREFIX_PATTERN.fullmatch(props.provider_secrets_prefix):
             raise ValueError("provider_secrets_prefix must be whole path segments ending in "
                              f"'/', without * or ?: {props.provider_secrets_prefix!r}")
+        for name, value in vars(props.queue_concurrency).items():
+            if value not in MAX_CONCURRENCY_RANGE:
+                raise ValueError(f"queue_concurrency.{name} must be 2..1000: {value!r}")
         if not props.watched_prefix or any(c in props.watched_prefix for c in "*?"):
             raise ValueError("watched_prefix must be non-empty, without * or ?")
         if props.azure:
@@ -238,7 +278,7 @@ class ConvBridge(Construct):
     def _layer(self, construct_id: str, target: str, description: str,
                name: str) -> lambda_.LayerVersion:
         shared = self._root / "shared"
-        python_version = self.props.python_runtime.removeprefix("python")
+        runtime = self.props.python_runtime
         # shared/rules.yaml becomes /opt/rules.yaml; rules kept in SSM or S3 need none there
         settings = (["RULES_FILE=none"]
                     if self.props.rules_location.startswith(("ssm:", "s3://")) else [])
@@ -247,10 +287,10 @@ class ConvBridge(Construct):
             bundling = BundlingOptions(
                 image=DockerImage.from_registry(
                     f"public.ecr.aws/sam/build-{self.props.python_runtime}"),
-                local=_MakeLayer(shared / "Makefile", target, python_version, settings),
+                local=_MakeLayer(shared / "Makefile", target, runtime, settings),
                 command=["bash", "-c",
                          " ".join([f"make -f Makefile {target} ARTIFACTS_DIR=/asset-output "
-                                   f"PIP_PYTHON_VERSION={python_version}", *settings])],
+                                   f"PYTHON_RUNTIME={runtime}", *settings])],
             )
         return lambda_.LayerVersion(
             self, construct_id,
@@ -258,8 +298,8 @@ class ConvBridge(Construct):
                                          exclude=["**/__pycache__", "*.pyc"]),
             description=description,
             layer_version_name=f"{Aws.STACK_NAME}-{name}",
-            compatible_runtimes=[lambda_.Runtime(v, lambda_.RuntimeFamily.PYTHON)
-                                 for v in ("python3.11", "python3.12", "python3.13")],
+            # built for this one runtime: its binary wheels load on no other
+            compatible_runtimes=[self._runtime],
             compatible_architectures=[lambda_.Architecture.ARM_64],
             removal_policy=RemovalPolicy.RETAIN,
         )
@@ -304,27 +344,53 @@ class ConvBridge(Construct):
                                                                      Duration.seconds(300))
         self.completion_queue, self.completion_dlq = self._queue_pair("Completion",
                                                                        Duration.seconds(5400))
+        if self._existing:
+            # The existing bucket's notification configuration stays its owner's: its
+            # EventBridge "Object Created" events under the watched prefix feed the queue.
+            rule = events.CfnRule(
+                self, "SourceBucketObjectCreatedRule",
+                description="convbridge uploads under the watched prefix of the existing "
+                            "source bucket",
+                event_pattern={
+                    "source": ["aws.s3"],
+                    "detail-type": ["Object Created"],
+                    "detail": {"bucket": {"name": [self._bucket_name(self.props)]},
+                               "object": {"key": [{"prefix": self.props.watched_prefix}]}},
+                },
+                targets=[events.CfnRule.TargetProperty(
+                    id="S3EventsQueue", arn=self.s3_events_queue.queue_arn)])
+            statement: dict[str, Any] = {
+                "Sid": "AllowSourceBucketEvents",
+                "Effect": "Allow",
+                "Principal": {"Service": "events.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": self.s3_events_queue.queue_arn,
+                "Condition": {"ArnEquals": {"aws:SourceArn": rule.attr_arn}},
+            }
+        else:
+            statement = {
+                "Sid": "AllowSourceBucketNotifications",
+                "Effect": "Allow",
+                "Principal": {"Service": "s3.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": self.s3_events_queue.queue_arn,
+                "Condition": {
+                    "ArnEquals": {"aws:SourceArn": self._bucket_arn},
+                    "StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
+                },
+            }
         policy = sqs.CfnQueuePolicy(
             self, "S3EventsQueuePolicy",
             queues=[self.s3_events_queue.queue_url],
-            policy_document={
-                "Version": "2012-10-17",
-                "Statement": [{
-                    "Sid": "AllowSourceBucketNotifications",
-                    "Effect": "Allow",
-                    "Principal": {"Service": "s3.amazonaws.com"},
-                    "Action": "sqs:SendMessage",
-                    "Resource": self.s3_events_queue.queue_arn,
-                    "Condition": {
-                        "ArnEquals": {"aws:SourceArn": self._bucket_arn},
-                        "StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
-                    },
-                }],
-            },
+            policy_document={"Version": "2012-10-17", "Statement": [statement]},
         )
         self._queue_policy = policy
 
     def _bucket(self) -> None:
+        if self._existing:
+            # No bucket policy either: it would replace the owner's whole policy.
+            self.bucket_name = self._bucket_name(self.props)
+            return
         bucket = s3.CfnBucket(
             self, "SourceBucket",
             bucket_name=self.props.source_bucket_name,
@@ -361,7 +427,7 @@ class ConvBridge(Construct):
         bucket.cfn_options.deletion_policy = CfnDeletionPolicy.RETAIN
         bucket.cfn_options.update_replace_policy = CfnDeletionPolicy.RETAIN
         bucket.node.add_dependency(self._queue_policy)
-        self.bucket = bucket
+        self.bucket_name = bucket.ref
         s3.CfnBucketPolicy(
             self, "SourceBucketPolicy",
             bucket=bucket.ref,
@@ -449,6 +515,8 @@ class ConvBridge(Construct):
             "CONVBRIDGE_RULES": props.rules_location,
             "CONVBRIDGE_CONTEXT_SECRET": props.context_secret_arn,
             "CONVBRIDGE_PROVIDER_SECRETS_PREFIX": props.provider_secrets_prefix,
+            **({"CONVBRIDGE_CLOUDCONVERT_URL": CLOUDCONVERT_SANDBOX_URL}
+               if props.cloudconvert_sandbox else {}),
             "CONVBRIDGE_READ_GRANT_SECONDS": "900",
             "CONVBRIDGE_WRITE_GRANT_SECONDS": "3600",
             "CONVBRIDGE_IDEMPOTENCY_TABLE": self.table.table_name,
@@ -559,13 +627,14 @@ class ConvBridge(Construct):
             description="Verifies provider callbacks and writes outputs, result records and "
                         "failure reports.",
             role=role, layer=layer, log_group=self._log_group("WebhookLogGroup", "webhook"),
-            environment=environment, concurrency=props.concurrency.webhook,
+            environment=environment, concurrency=None,
             timeout_seconds=900)
         self.webhook_url = lambda_.FunctionUrl(self, "WebhookFunctionUrl", function=function,
                                                auth_type=lambda_.FunctionUrlAuthType.NONE)
         lambda_.EventSourceMapping(
             self, "WebhookFunctionCompletion", target=function,
             event_source_arn=self.completion_queue.queue_arn, batch_size=5,
+            max_concurrency=props.queue_concurrency.completions,
             report_batch_item_failures=True)
 
     def _s3_trigger(self) -> None:
@@ -612,12 +681,13 @@ class ConvBridge(Construct):
             log_group=self._log_group("S3TriggerLogGroup", "s3-trigger"),
             environment={"CONVBRIDGE_WEBHOOK_URL": self.webhook_url.url,
                          "CONVBRIDGE_GRANT_ROLE_ARN": grant_role.role_arn},
-            concurrency=props.concurrency.s3_trigger)
+            concurrency=None)
         function.node.add_dependency(assume)
         lambda_.EventSourceMapping(
             self, "S3TriggerFunctionObjectCreated", target=function,
             event_source_arn=self.s3_events_queue.queue_arn, batch_size=10,
-            max_batching_window=Duration.seconds(2), report_batch_item_failures=True)
+            max_batching_window=Duration.seconds(2),
+            max_concurrency=props.queue_concurrency.s3_events, report_batch_item_failures=True)
 
     def _azure_trigger(self, azure: AzureOptions) -> None:
         assert self.storage_sdk_layer is not None
@@ -850,7 +920,7 @@ class ConvBridge(Construct):
                          "The scheduled SFTP sweep; invoke it by hand to sweep now.")
         self._output("ReconcilerFunctionName", self.functions["reconciler"].function_name,
                      "The scheduled reconciler; invoke it by hand to settle overdue jobs now.")
-        self._output("SourceBucket", self.bucket.ref, "The watched bucket.")
+        self._output("SourceBucket", self.bucket_name, "The watched bucket.")
         self._output("GrantRoleArn", self.grant_role.role_arn,
                      "Role assumed (with a per-job session policy) to mint provider grants.")
         self._output("IdempotencyTableName", self.table.table_name, "Claims table.")
@@ -864,6 +934,11 @@ class ConvBridge(Construct):
                      f"https://{Aws.REGION}.console.aws.amazon.com/cloudwatch/home?region="
                      f"{Aws.REGION}#dashboards:name={self.dashboard.ref}",
                      "CloudWatch dashboard.")
+
+
+def _flag(value: Any) -> bool:
+    """A JSON or -c context flag: true/false, or their spellings as text."""
+    return str(value).lower() not in {"false", "0", "no", ""}
 
 
 def props_from_config(config: Mapping[str, Any], code_root: Path = REPO_ROOT) -> ConvBridgeProps:
@@ -883,8 +958,17 @@ def props_from_config(config: Mapping[str, Any], code_root: Path = REPO_ROOT) ->
         raise ValueError("providerSecretArns is replaced by providerSecretsPrefix: store each "
                          "provider's secret as <prefix><provider> (infra/cdk/README.md)")
     concurrency = config.get("reservedConcurrency") or {}
+    if {"s3Trigger", "webhook"} & set(concurrency):
+        # Reserving them would throttle queue deliveries into the dead-letter queues.
+        raise ValueError("reservedConcurrency.s3Trigger and .webhook are replaced by "
+                         "maxConcurrency.s3Events and .completions (infra/cdk/README.md)")
+    queue_concurrency = config.get("maxConcurrency") or {}
+    mode = config.get("sourceBucketMode", "create")
+    if mode not in {"create", "existing"}:
+        raise ValueError(f"sourceBucketMode must be create or existing: {mode!r}")
     return ConvBridgeProps(
-        source_bucket_name=config["sourceBucketName"],
+        **{"source_bucket_name" if mode == "create" else "existing_bucket_name":
+           config["sourceBucketName"]},
         context_secret_arn=config["contextSecretArn"],
         provider_secrets_prefix=config.get("providerSecretsPrefix",
                                            DEFAULT_PROVIDER_SECRETS_PREFIX),
@@ -892,6 +976,7 @@ def props_from_config(config: Mapping[str, Any], code_root: Path = REPO_ROOT) ->
         rules_location=config.get("rulesLocation", "/opt/rules.yaml"),
         python_runtime=config.get("pythonRuntime", "python3.12"),
         secrets_kms_key_arn=config.get("secretsKmsKeyArn") or None,
+        cloudconvert_sandbox=_flag(config.get("cloudConvertSandbox", False)),
         azure=optional("azure", AzureOptions, {
             "accountSecretArn": "account_secret_arn", "blobEndpoint": "blob_endpoint",
             "eventGridSecretArn": "event_grid_secret_arn"}),
@@ -906,11 +991,14 @@ def props_from_config(config: Mapping[str, Any], code_root: Path = REPO_ROOT) ->
         alarm_topic_arn=config.get("alarmTopicArn") or None,
         failure_rate_alarm_percent=float(config.get("failureRateAlarmPercent", 5)),
         job_failure_alarm_threshold=float(config.get("jobFailureAlarmThreshold", 5)),
+        queue_concurrency=QueueConcurrency(**{
+            attr: int(queue_concurrency[name]) for name, attr in {
+                "s3Events": "s3_events", "completions": "completions"}.items()
+            if name in queue_concurrency}),
         concurrency=Concurrency(**{
             attr: concurrency.get(name) for name, attr in {
-                "s3Trigger": "s3_trigger", "webhook": "webhook",
                 "azureTrigger": "azure_trigger", "gcsTrigger": "gcs_trigger",
                 "sftpSweep": "sftp_sweep", "reconciler": "reconciler"}.items()}),
-        bundle_layers=str(config.get("bundleLayers", True)).lower() not in {"false", "0", "no"},
+        bundle_layers=_flag(config.get("bundleLayers", True)),
         code_root=code_root,
     )
