@@ -58,7 +58,6 @@ TRIGGER_FUNCTIONS: Mapping[str, str] = {
     "sftp": "SftpSweepFunction",
 }
 #: the template parameter naming an existing bucket to watch instead of the one it creates
-EXISTING_BUCKET_PARAMETER = "ExistingBucketName"
 WATCHED_PREFIX_PARAMETER = "WatchedPrefix"
 SECRETS_PREFIX_VARIABLE = "CONVBRIDGE_PROVIDER_SECRETS_PREFIX"
 
@@ -289,10 +288,11 @@ class Deployment:
 
     def watched(self) -> list[WatchedPlace]:
         """Buckets and prefixes whose new objects reach the S3 trigger: buckets the template
-        creates with a notification (and its key filter), and an existing bucket named by
-        parameter, watched under the watched prefix."""
+        creates with a notification (and its key filter), and buckets whose events the
+        template's EventBridge rules send on (an existing bucket the stack did not create)."""
         places = []
         for _, resource in self._resources():
+            places.extend(self._routed(resource))
             if resource.get("Type") != "AWS::S3::Bucket" or self._created(resource) is False:
                 continue
             properties = resource.get("Properties") or {}
@@ -305,10 +305,26 @@ class Deployment:
                     places.append(self._filtered(bucket, item.get("Filter") or {}))
             if notifications.get("EventBridgeConfiguration"):
                 places.append(WatchedPlace(bucket, self._watched_prefix()))
-        existing = self.parameters.get(EXISTING_BUCKET_PARAMETER, "")
-        if existing:
-            places.append(WatchedPlace(existing, self._watched_prefix()))
         return places
+
+    def _routed(self, resource: Mapping[str, Any]) -> list[WatchedPlace]:
+        """An EventBridge rule of the template (created, not switched off) that sends a
+        bucket's "Object Created" events on: the way a bucket the stack did not create is
+        watched. Its pattern names the buckets and, optionally, key prefixes."""
+        if resource.get("Type") != "AWS::Events::Rule" or self._created(resource) is False:
+            return []
+        pattern = (resource.get("Properties") or {}).get("EventPattern") or {}
+        if "aws.s3" not in (pattern.get("source") or []) or "Object Created" not in (
+                pattern.get("detail-type") or []):
+            return []
+        detail = pattern.get("detail") or {}
+        buckets = [self.value(name) for name in (detail.get("bucket") or {}).get("name") or []]
+        keys = (detail.get("object") or {}).get("key") or [{"prefix": ""}]
+        prefixes = [self.value(item.get("prefix", "")) for item in keys
+                    if isinstance(item, dict)]
+        return [WatchedPlace(bucket, prefix if isinstance(prefix, str) else "")
+                for bucket in buckets if isinstance(bucket, str)
+                for prefix in prefixes]
 
     def _watched_prefix(self) -> str:
         return self.parameters.get(WATCHED_PREFIX_PARAMETER, "")

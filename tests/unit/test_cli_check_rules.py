@@ -211,18 +211,21 @@ def test_missing_and_unknown_parameters_are_problems(
     assert "parameters without a value or default: SourceBucketName, ContextSecretArn" in err
 
 
-def test_an_existing_bucket_parameter_is_watched(tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    """A template that watches a bucket it did not create, named by ExistingBucketName."""
-    text = TEMPLATE.read_text(encoding="utf-8").replace(
-        "Parameters:\n", "Parameters:\n  ExistingBucketName:\n    Type: String\n"
-        "    Default: \"\"\n", 1)
-    template = tmp_path / "template.yaml"
-    template.write_text(text, encoding="utf-8")
+def test_an_existing_bucket_is_watched_through_the_templates_eventbridge_rule(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SourceBucketMode existing: the stack creates no bucket; its EventBridge rule sends the
+    named bucket's uploads under the watched prefix, and nothing else is watched."""
     rules = "version: 1\nrules:" + rule("theirs", location="their-bucket")
-    code, _, err = check(capsys, write(tmp_path, rules), "--template", str(template),
-                         "--parameter-overrides", *REQUIRED, "ExistingBucketName=their-bucket")
+    overrides = [item for item in REQUIRED if not item.startswith("SourceBucketName=")]
+    code, _, err = check(capsys, write(tmp_path, rules), "--template", str(TEMPLATE),
+                         "--parameter-overrides", *overrides, "SourceBucketName=their-bucket",
+                         "SourceBucketMode=existing")
     assert code == 0, err
+    other = "version: 1\nrules:" + rule("elsewhere", location="another-bucket")
+    code, _, err = check(capsys, write(tmp_path, other), "--template", str(TEMPLATE),
+                         "--parameter-overrides", *overrides, "SourceBucketName=their-bucket",
+                         "SourceBucketMode=existing")
+    assert code == 1 and "another-bucket" in err
 
 
 def test_parameter_overrides_need_a_deployment(tmp_path: Path,
