@@ -22,13 +22,22 @@
         └── ContextError            our job context is missing, forged, or matches no rule now
 
 Vendor exceptions (botocore, httpx, yaml) are wrapped at the adapter boundary with
-``raise ... from exc`` so nothing above the adapters needs to know which SDK was used.
+``raise ... from exc`` so nothing above the adapters needs to know which SDK was used. An
+adapter keeps one table of :class:`VendorError` rows (vendor exception -> ours) and applies
+it with :func:`vendor_errors` around each call into its SDK.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Generic, TypeVar
+
+#: what the adapter was doing when its SDK raised: the words of our message, the conditions
+#: a write carried; each adapter has its own
+Call = TypeVar("Call")
+ExceptionTypes = type[BaseException] | tuple[type[BaseException], ...]
 
 
 class ConvbridgeError(Exception):
@@ -151,3 +160,37 @@ class CallbackSignatureError(CallbackError):
 
 class ContextError(CallbackError):
     status = 401
+
+
+def _always(call: object, exc: BaseException) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class VendorError(Generic[Call]):
+    """One row of an adapter's table: an exception of ``vendor`` for which ``when`` holds
+    becomes what ``ours`` builds from the call and the vendor's exception, raised from it.
+    ``vendor`` is a function so that an SDK imported on first use is read only when one of
+    its errors is being mapped. ``ours`` None: not a failure here (a stat of an absent object
+    answers None); the block's remaining statements are skipped and the exception dropped."""
+
+    vendor: Callable[[], ExceptionTypes]
+    ours: Callable[[Call, BaseException], ConvbridgeError] | None
+    when: Callable[[Call, BaseException], bool] = _always
+
+
+@contextlib.contextmanager
+def vendor_errors(table: Sequence[VendorError[Call]], call: Call) -> Iterator[None]:
+    """The exceptions raised in the block as the first row of ``table`` that matches maps
+    them; ours pass unchanged, and so does anything no row matches."""
+    try:
+        yield
+    except ConvbridgeError:
+        raise
+    except Exception as exc:
+        for row in table:
+            if isinstance(exc, row.vendor()) and row.when(call, exc):
+                if row.ours is None:
+                    return
+                raise row.ours(call, exc) from exc
+        raise

@@ -14,7 +14,7 @@ from typing import Any
 
 import botocore.exceptions
 
-from convbridge.errors import SecretError
+from convbridge.errors import SecretError, VendorError, vendor_errors
 
 CACHE_SECONDS = 300.0
 
@@ -56,16 +56,24 @@ class SecretStore:
             cached = self._cache.get(name)
             if cached and now - cached[0] < self._cache_seconds:
                 return cached[1]
-        try:
+        with vendor_errors(_AWS_ERRORS, name):
             raw = self._client.get_secret_value(SecretId=name)["SecretString"]
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise SecretError(f"cannot read secret {name}: {type(exc).__name__}") from exc
-        except KeyError:
-            raise SecretError(f"secret {name} has no SecretString") from None
         value = SecretValue(name, _fields(raw))
         with self._lock:
             self._cache[name] = (now, value)
         return value
+
+
+#: what reading the secret ``name`` (the call) raises, as ours: botocore's errors by their type
+#: only, since AWS's refusals can name the caller's role, the account and the secret's ARN
+_AWS_ERRORS: tuple[VendorError[str], ...] = (
+    VendorError(lambda: (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError),
+                lambda name, exc: SecretError(f"cannot read secret {name}: "
+                                              f"{type(exc).__name__}")),
+    # a binary secret answers SecretBinary instead
+    VendorError(lambda: KeyError, lambda name, _: SecretError(f"secret {name} has no "
+                                                              "SecretString")),
+)
 
 
 def _fields(raw: str) -> dict[str, str]:

@@ -19,21 +19,31 @@ is stored as ``_`` and read back as ``-``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
-from convbridge.errors import ConfigError, GrantError, OutputCollision, StaleWrite, StorageError
+from convbridge.errors import (
+    ConfigError,
+    GrantError,
+    OutputCollision,
+    StaleWrite,
+    StorageError,
+    VendorError,
+    vendor_errors,
+)
 from convbridge.model import OUTPUT_MARKER, SOURCE_TAG, Grant, GrantKind, ObjectRef, OutputTarget
 from convbridge.storage._vendor import VendorModule
 from convbridge.storage.base import Storage
 
 if TYPE_CHECKING:
     import azure.core as _azure
-    import azure.core.exceptions as _azure_errors
+    import azure.core.exceptions as _azure_vendor
     import azure.storage.blob as _blob_sdk
     from azure.storage.blob import BlobSasPermissions
 
@@ -41,7 +51,7 @@ if TYPE_CHECKING:
     from convbridge.settings import Settings
 else:
     _azure = VendorModule("azure.core")
-    _azure_errors = VendorModule("azure.core.exceptions")
+    _azure_vendor = VendorModule("azure.core.exceptions")
     _blob_sdk = VendorModule("azure.storage.blob")
 
 #: Staged block size: the most the relay holds in memory per upload.
@@ -163,15 +173,13 @@ class AzureBlobStorage(Storage):
     def _sas(self, location: str, key: str, permission: BlobSasPermissions,
              ttl_seconds: int) -> tuple[str, datetime]:
         expires = datetime.now(UTC) + timedelta(seconds=ttl_seconds)
-        try:
+        container = self._container(location)
+        with _azure_errors(_Call("sign a SAS for", f"{location}/{key}", signing=True)):
             token = _blob_sdk.generate_blob_sas(
-                self.account_name, self._container(location), key,
+                self.account_name, container, key,
                 account_key=self._account_key(), permission=permission, expiry=expires,
                 protocol="https,http" if self.allow_http else "https",
             )
-        except (ValueError, TypeError) as exc:
-            raise GrantError(f"cannot sign a SAS for {location}/{key}: "
-                             f"{type(exc).__name__}") from exc
         return token, expires
 
     def _grant(self, location: str, key: str, token: str, expires: datetime, scope: str,
@@ -212,11 +220,8 @@ class AzureBlobStorage(Storage):
     # -- I/O -----------------------------------------------------------------------------------
 
     def read_stream(self, location: str, key: str) -> Iterator[bytes]:
-        try:
+        with _azure_errors(_Call("read", self._where(location, key))):
             yield from self._blob(location, key).download_blob().chunks()
-        except _azure_errors.AzureError as exc:
-            raise StorageError(f"cannot read {self._where(location, key)}: "
-                               f"{_describe(exc)}") from exc
 
     def write_stream(
         self,
@@ -257,7 +262,13 @@ class AzureBlobStorage(Storage):
             blob.stage_block(block_id, data, length=len(data))
             blocks.append(_blob_sdk.BlobBlock(block_id=block_id))
 
-        try:
+        where = self._where(location, key)
+        # Put Blob onto the name meanwhile also discards the blocks staged for it, so the
+        # commit can fail as a missing block list rather than a failed condition: the blob
+        # now there tells whether the name was taken
+        call = _Call("write", where, output=output,
+                     taken=lambda: self._taken(location, key, metadata or {}))
+        with _azure_errors(call):
             while True:
                 while len(buffer) >= BLOCK_SIZE:
                     stage(bytes(buffer[:BLOCK_SIZE]))
@@ -270,24 +281,14 @@ class AzureBlobStorage(Storage):
             if buffer:
                 stage(bytes(buffer))
                 total += len(buffer)
-            _check_size(self._where(location, key), total, expected_size)
+            _check_size(where, total, expected_size)
             blob.commit_block_list(blocks, content_settings=_blob_sdk.ContentSettings(
                 content_type=content_type), metadata=azure_metadata(metadata or {}),
                 **condition)
-        except _azure_errors.AzureError as exc:
-            if output and self._taken(location, key, exc, metadata or {}):
-                raise _collision(self._where(location, key)) from exc
-            raise StorageError(f"cannot write {self._where(location, key)}: "
-                               f"{_describe(exc)}") from exc
         return total
 
-    def _taken(self, location: str, key: str, exc: _azure_errors.AzureError,
-               metadata: Mapping[str, str]) -> bool:
-        """Whether a failed output write lost its name to another blob. Put Blob onto the name
-        meanwhile also discards the blocks staged for it, so the commit can fail as a missing
-        block list rather than a failed condition; the blob now there tells."""
-        if isinstance(exc, _azure_errors.ResourceExistsError | _azure_errors.ResourceModifiedError):
-            return True
+    def _taken(self, location: str, key: str, metadata: Mapping[str, str]) -> bool:
+        """Whether the name of a failed output write holds another source's blob now."""
         found = self.stat(location, key)
         return found is not None and found.metadata.get(SOURCE_TAG) != metadata.get(SOURCE_TAG)
 
@@ -308,36 +309,21 @@ class AzureBlobStorage(Storage):
         elif if_revision:
             condition = {"etag": _quoted(if_revision),
                          "match_condition": _azure.MatchConditions.IfNotModified}
-        try:
+        call = _Call("write", self._where(location, key), output=output,
+                     revision=if_revision or None)
+        with _azure_errors(call):
             answer = self._blob(location, key).upload_blob(
                 data, overwrite=True, length=len(data),
                 content_settings=_blob_sdk.ContentSettings(content_type=content_type),
                 metadata=azure_metadata(metadata), **condition)
-        except (_azure_errors.ResourceExistsError, _azure_errors.ResourceModifiedError) as exc:
-            if output:
-                raise _collision(self._where(location, key)) from exc
-            if isinstance(exc, _azure_errors.ResourceExistsError):
-                raise StorageError(f"cannot write {self._where(location, key)}: "
-                                   f"{_describe(exc)}") from exc
-            raise StaleWrite(f"{self._where(location, key)} changed since {if_revision}") from exc
-        except _azure_errors.ResourceNotFoundError as exc:
-            if if_revision:  # the record was removed since: also not the revision expected
-                raise StaleWrite(f"{self._where(location, key)} is gone") from exc
-            raise StorageError(f"cannot write {self._where(location, key)}: "
-                               f"{_describe(exc)}") from exc
-        except _azure_errors.AzureError as exc:
-            raise StorageError(f"cannot write {self._where(location, key)}: "
-                               f"{_describe(exc)}") from exc
         return str(answer.get("etag", ""))
 
     def stat(self, location: str, key: str) -> ObjectRef | None:
-        try:
+        props: _blob_sdk.BlobProperties | None = None
+        with _azure_errors(_Call("stat", self._where(location, key), absent_is_answer=True)):
             props = self._blob(location, key).get_blob_properties()
-        except _azure_errors.ResourceNotFoundError:
+        if props is None:
             return None
-        except _azure_errors.AzureError as exc:
-            raise StorageError(f"cannot stat {self._where(location, key)}: "
-                               f"{_describe(exc)}") from exc
         if props.copy is not None and props.copy.status == "pending":
             # a copy announces the blob before its bytes are all there (hierarchical
             # namespace accounts); a provider must not read it half-copied
@@ -349,24 +335,16 @@ class AzureBlobStorage(Storage):
         )
 
     def delete(self, location: str, key: str) -> None:
-        try:
+        with _azure_errors(_Call("delete", self._where(location, key), absent_is_answer=True)):
             self._blob(location, key).delete_blob(delete_snapshots="include")
-        except _azure_errors.ResourceNotFoundError:
-            return
-        except _azure_errors.AzureError as exc:
-            raise StorageError(f"cannot delete {self._where(location, key)}: "
-                               f"{_describe(exc)}") from exc
 
     def list_keys(self, location: str, prefix: str) -> Iterator[str]:
         container = self._container(location)
-        try:
+        with _azure_errors(_Call("list", self._where(location, prefix))):
             names = self._client().get_container_client(container).list_blob_names(
                 name_starts_with=prefix or None)
             for name in names:
                 yield str(name)
-        except _azure_errors.AzureError as exc:
-            raise StorageError(f"cannot list {self._where(location, prefix)}: "
-                               f"{_describe(exc)}") from exc
 
     def copy(self, location: str, source_key: str, target_key: str) -> int:
         """Server-side Copy Blob within the account (the source authorised by the same shared
@@ -377,16 +355,13 @@ class AzureBlobStorage(Storage):
                                "it does not exist")
         target = self._blob(location, target_key)
         deadline = time.monotonic() + COPY_WAIT_SECONDS
-        try:
+        with _azure_errors(_Call("copy", self._where(location, source_key))):
             status = target.start_copy_from_url(self.blob_url(location, source_key)).get(
                 "copy_status")
             while status == "pending" and time.monotonic() < deadline:
                 time.sleep(0.5)
                 copy = target.get_blob_properties().copy
                 status = copy.status if copy is not None else None
-        except _azure_errors.AzureError as exc:
-            raise StorageError(f"cannot copy {self._where(location, source_key)}: "
-                               f"{_describe(exc)}") from exc
         if status != "success":
             raise StorageError(f"copy of {self._where(location, source_key)} to {target_key} "
                                f"ended {status}")
@@ -407,9 +382,62 @@ def _check_size(where: str, written: int, expected: int | None) -> None:
                            "written")
 
 
-def _describe(exc: _azure_errors.AzureError) -> str:
+@dataclass(frozen=True)
+class _Call:
+    """What the adapter asked of the SDK, as the table below reads it."""
+
+    #: the verb of the message: "cannot <action> <where>: ..."
+    action: str
+    where: str
+    #: an output write: create-only, or replacing the same source's earlier output
+    output: bool = False
+    #: the revision (ETag) a conditional write expected
+    revision: str | None = None
+    #: for a staged output write: whether another source's blob holds the name now
+    taken: Callable[[], bool] | None = None
+    #: not-found is an answer here (stat: None; delete: already done), not a failure
+    absent_is_answer: bool = False
+    #: a SAS signed locally with the account key: the SDK's ValueError or TypeError means the
+    #: key is unusable
+    signing: bool = False
+
+
+def _failed(call: _Call, exc: BaseException) -> StorageError:
+    return StorageError(f"cannot {call.action} {call.where}: {_describe(exc)}")
+
+
+#: azure-core's exceptions as ours, first match first
+_AZURE_ERRORS: tuple[VendorError[_Call], ...] = (
+    VendorError(lambda: _azure_vendor.ResourceNotFoundError, None,
+                when=lambda call, _: call.absent_is_answer),
+    # If-None-Match: * (409 BlobAlreadyExists) or If-Match (412) refused an output write
+    VendorError(lambda: (_azure_vendor.ResourceExistsError, _azure_vendor.ResourceModifiedError),
+                lambda call, _: _collision(call.where), when=lambda call, _: call.output),
+    VendorError(lambda: _azure_vendor.AzureError, lambda call, _: _collision(call.where),
+                when=lambda call, _: call.output and call.taken is not None and call.taken()),
+    VendorError(lambda: _azure_vendor.ResourceModifiedError,
+                lambda call, _: StaleWrite(f"{call.where} changed since {call.revision}"),
+                when=lambda call, _: call.revision is not None),
+    # the record was removed since: also not the revision expected
+    VendorError(lambda: _azure_vendor.ResourceNotFoundError,
+                lambda call, _: StaleWrite(f"{call.where} is gone"),
+                when=lambda call, _: call.revision is not None),
+    VendorError(lambda: _azure_vendor.AzureError, _failed),
+    # named by type only: the message may quote the key
+    VendorError(lambda: (ValueError, TypeError),
+                lambda call, exc: GrantError(f"cannot {call.action} {call.where}: "
+                                             f"{type(exc).__name__}"),
+                when=lambda call, _: call.signing),
+)
+
+
+def _azure_errors(call: _Call) -> contextlib.AbstractContextManager[None]:
+    return vendor_errors(_AZURE_ERRORS, call)
+
+
+def _describe(exc: BaseException) -> str:
     """The error code and status only: SDK messages can quote request URLs and headers."""
-    if isinstance(exc, _azure_errors.HttpResponseError):
+    if isinstance(exc, _azure_vendor.HttpResponseError):
         # the storage SDK sets error_code on the exceptions it raises; azure-core does not
         code = getattr(exc, "error_code", None) or getattr(exc.response, "reason", None) or "Error"
         return f"{code} (HTTP {exc.status_code})"

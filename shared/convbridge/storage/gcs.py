@@ -23,18 +23,21 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlparse
 
 import httpx
 
 from convbridge.errors import (
     ConfigError,
+    ConvbridgeError,
     GrantError,
     OutputCollision,
     SecretError,
     StaleWrite,
     StorageError,
+    VendorError,
+    vendor_errors,
 )
 from convbridge.http import make_client
 from convbridge.model import SOURCE_TAG, Grant, GrantKind, ObjectRef, OutputTarget
@@ -77,23 +80,14 @@ KEY_OPTIONAL = ("type", "project_id", "private_key_id", "client_id", "universe_d
 
 
 
-def _vendor_errors() -> tuple[type[Exception], ...]:
-    """What the Google SDKs raise for a failed request (read when one is being handled)."""
-    return (_api_errors.GoogleAPIError, _auth_errors.GoogleAuthError, httpx.HTTPError)
-
-
 def signing_credentials(name: str, secret: SecretValue) -> service_account.Credentials:
     """The service account in secret ``name``: the JSON key file as Google issues it."""
     info = {field: secret.field(field) for field in KEY_REQUIRED}
     info.update({field: value for field in KEY_OPTIONAL if (value := secret.optional(field))})
-    try:
+    with _google_errors(_Call(f"secret {name} is not a usable service-account key", "key")):
         from_info = service_account.Credentials.from_service_account_info
         # google-auth ships type hints but leaves this constructor unannotated
         credentials: service_account.Credentials = from_info(info)  # type: ignore[no-untyped-call]
-    except (ValueError, _auth_errors.GoogleAuthError) as exc:
-        # the parser's message may quote the key; the type is enough to act on
-        raise SecretError(f"secret {name} is not a usable service-account key: "
-                          f"{type(exc).__name__}") from exc
     return credentials
 
 
@@ -110,12 +104,11 @@ def storage_client(credentials: service_account.Credentials, endpoint: str | Non
         options["api_endpoint"] = endpoint.rstrip("/")
         if scheme == "http":
             sent = _auth_credentials.AnonymousCredentials()  # type: ignore[no-untyped-call]
-    try:
-        return _gcs_sdk.Client(project=credentials.project_id, credentials=sent,
-                              client_options=options or None)
-    except (ValueError, _auth_errors.GoogleAuthError) as exc:
-        # e.g. a key from another universe domain than the endpoint's
-        raise ConfigError(f"cannot build a GCS client: {exc}") from exc
+    # fails e.g. for a key from another universe domain than the endpoint's
+    with _google_errors(_Call("cannot build a GCS client", "client")):
+        client = _gcs_sdk.Client(project=credentials.project_id, credentials=sent,
+                                 client_options=options or None)
+    return client
 
 
 @dataclass(frozen=True)
@@ -197,16 +190,13 @@ class GcsStorage(Storage):
         seconds = max(1, min(ttl_seconds, MAX_SIGNED_URL_SECONDS))
         generation = int(ref.version) if ref.version and ref.version.isdigit() else None
         blob = self._client.bucket(ref.location).blob(ref.key)
-        try:
+        with _google_errors(_Call(f"cannot sign a read of {ref}", "sign")):
             # The signature covers the method, the object path, the expiry, the host and the
             # generation, and nothing else is granted; pinning the generation means the job
             # converts exactly the upload that started it, even if the object is replaced.
             url = blob.generate_signed_url(version="v4", method="GET",
                                            expiration=timedelta(seconds=seconds),
                                            credentials=self._signer, generation=generation)
-        except (ValueError, TypeError, AttributeError,
-                _auth_errors.GoogleAuthError) as exc:
-            raise GrantError(f"cannot sign a read of {ref}: {type(exc).__name__}") from exc
         pinned = f" generation {generation}" if generation is not None else ""
         return Grant(
             kind="presigned_url", storage=self.name, location=ref.location, key=ref.key,
@@ -240,10 +230,8 @@ class GcsStorage(Storage):
     # reads
 
     def stat(self, location: str, key: str) -> ObjectRef | None:
-        try:
+        with _google_errors(_Call(f"cannot stat gs://{location}/{key}")):
             blob = self._client.bucket(location).get_blob(key)
-        except _vendor_errors() as exc:
-            raise StorageError(f"cannot stat gs://{location}/{key}: {_describe(exc)}") from exc
         if blob is None:
             return None
         return ObjectRef(storage=self.name, location=location, key=key,
@@ -257,21 +245,18 @@ class GcsStorage(Storage):
         # every range names the generation stat saw: a read never splices two uploads
         blob = _gcs_sdk.Blob(key, self._client.bucket(location), generation=int(found.version or 0))
         size = found.size or 0
+        call = _Call(f"cannot read gs://{location}/{key}",
+                     absent=f"gs://{location}/{key} was replaced while being read")
         for start in range(0, size, READ_CHUNK):
             end = min(start + READ_CHUNK, size) - 1
-            try:
-                yield bytes(blob.download_as_bytes(start=start, end=end, raw_download=True))
-            except _api_errors.NotFound as exc:
-                raise StorageError(f"gs://{location}/{key} was replaced while being read") from exc
-            except _vendor_errors() as exc:
-                raise StorageError(f"cannot read gs://{location}/{key}: {_describe(exc)}") from exc
+            with _google_errors(call):
+                piece = bytes(blob.download_as_bytes(start=start, end=end, raw_download=True))
+            yield piece
 
     def list_keys(self, location: str, prefix: str) -> Iterator[str]:
-        try:
+        with _google_errors(_Call(f"cannot list gs://{location}/{prefix}")):
             for blob in self._client.list_blobs(location, prefix=prefix):
                 yield str(blob.name)
-        except _vendor_errors() as exc:
-            raise StorageError(f"cannot list gs://{location}/{prefix}: {_describe(exc)}") from exc
 
     # writes
 
@@ -366,12 +351,10 @@ class GcsStorage(Storage):
             return len(piece)
         blob = self._client.bucket(location).blob(key)
         blob.metadata = metadata
-        try:
+        with _google_errors(_Call(f"cannot write gs://{location}/{key}")):
             session = str(blob.create_resumable_upload_session(
                 content_type=content_type, size=expected_size, checksum=None,
                 if_generation_match=generation))
-        except _vendor_errors() as exc:
-            raise _write_error(location, key, exc) from exc
         offset = 0
         try:
             while True:
@@ -401,11 +384,10 @@ class GcsStorage(Storage):
                    final: bool) -> None:
         total = str(offset + len(piece)) if final else "*"
         headers = {"Content-Range": f"bytes {offset}-{offset + len(piece) - 1}/{total}"}
-        try:
+        # httpx's errors are named by type only: the session URL they carry authorises
+        # writing this upload
+        with _google_errors(_Call(f"cannot write gs://{location}/{key}")):
             answer = self._http.put(session, content=piece, headers=headers)
-        except httpx.HTTPError as exc:
-            # named by type only: the session URL it carries authorises writing this upload
-            raise _write_error(location, key, exc) from exc
         status = answer.status_code
         # httpx responses sit in a reference cycle (response <-> its bound stream) that holds
         # the request and so this 8 MiB piece; without a prompt collection every piece of a
@@ -428,39 +410,27 @@ class GcsStorage(Storage):
                       metadata: Mapping[str, str], generation: int | None) -> str:
         blob = self._client.bucket(location).blob(key)
         blob.metadata = dict(metadata)
-        try:
+        stale = (f"gs://{location}/{key} is no longer at generation {generation}; it was left "
+                 "as it is") if generation is not None else None
+        with _google_errors(_Call(f"cannot write gs://{location}/{key}", stale=stale)):
             blob.upload_from_string(data, content_type=content_type,
                                     if_generation_match=generation)
-        except _api_errors.PreconditionFailed as exc:
-            raise StaleWrite(f"gs://{location}/{key} is no longer at generation {generation}; "
-                             "it was left as it is") from exc
-        except _vendor_errors() as exc:
-            raise _write_error(location, key, exc) from exc
         return str(blob.generation)
 
     def delete(self, location: str, key: str) -> None:
-        try:
+        with _google_errors(_Call(f"cannot delete gs://{location}/{key}", absent_is_answer=True)):
             self._client.bucket(location).blob(key).delete()
-        except _api_errors.NotFound:
-            return
-        except _vendor_errors() as exc:
-            raise StorageError(f"cannot delete gs://{location}/{key}: {_describe(exc)}") from exc
 
     def copy(self, location: str, source_key: str, target_key: str) -> int:
         """Server-side rewrite, in as many calls as GCS needs for a large object; the copy
         keeps the source's metadata."""
         bucket = self._client.bucket(location)
         source, target = bucket.blob(source_key), bucket.blob(target_key)
-        try:
+        doing = f"cannot copy gs://{location}/{source_key}"
+        with _google_errors(_Call(doing, absent=f"{doing}: it does not exist")):
             token, _, total = target.rewrite(source)
             while token is not None:
                 token, _, total = target.rewrite(source, token=token)
-        except _api_errors.NotFound as exc:
-            raise StorageError(f"cannot copy gs://{location}/{source_key}: "
-                               "it does not exist") from exc
-        except _vendor_errors() as exc:
-            raise StorageError(f"cannot copy gs://{location}/{source_key}: "
-                               f"{_describe(exc)}") from exc
         return int(total)
 
 
@@ -493,8 +463,59 @@ def _collision(location: str, key: str) -> OutputCollision:
                            "was written; it was left as it is")
 
 
-def _write_error(location: str, key: str, exc: BaseException) -> StorageError:
-    return StorageError(f"cannot write gs://{location}/{key}: {_describe(exc)}")
+#: where in the adapter the SDK raised: a storage request, signing a URL with the service
+#: account, loading its key from the secret, building the client
+_Step = Literal["request", "sign", "key", "client"]
+
+
+@dataclass(frozen=True)
+class _Call:
+    """What the adapter asked of the SDKs, as the table below reads it."""
+
+    #: the head of our message: "cannot read gs://bucket/key"
+    doing: str
+    step: _Step = "request"
+    #: our message when the object is not found (NotFound), None: a failure like any other
+    absent: str | None = None
+    #: not-found is the answer (delete: nothing left to do), not a failure
+    absent_is_answer: bool = False
+    #: our message when the generation the write named no longer holds (PreconditionFailed)
+    stale: str | None = None
+
+
+def _failed(call: _Call, exc: BaseException) -> StorageError:
+    return StorageError(f"{call.doing}: {_describe(exc)}")
+
+
+def _refused_key(call: _Call, exc: BaseException) -> ConvbridgeError:
+    """The type only: google-auth's parser messages may quote the key."""
+    error = GrantError if call.step == "sign" else SecretError
+    return error(f"{call.doing}: {type(exc).__name__}")
+
+
+#: the Google SDKs' exceptions (and httpx's, which uploads the pieces) as ours, first match first
+_GOOGLE_ERRORS: tuple[VendorError[_Call], ...] = (
+    VendorError(lambda: _api_errors.NotFound, None, when=lambda call, _: call.absent_is_answer),
+    VendorError(lambda: _api_errors.NotFound, lambda call, _: StorageError(call.absent or ""),
+                when=lambda call, _: call.absent is not None),
+    VendorError(lambda: _api_errors.PreconditionFailed,
+                lambda call, _: StaleWrite(call.stale or ""),
+                when=lambda call, _: call.stale is not None),
+    VendorError(lambda: (_api_errors.GoogleAPIError, _auth_errors.GoogleAuthError,
+                         httpx.HTTPError),
+                _failed, when=lambda call, _: call.step == "request"),
+    VendorError(lambda: (ValueError, TypeError, AttributeError, _auth_errors.GoogleAuthError),
+                _refused_key, when=lambda call, _: call.step == "sign"),
+    VendorError(lambda: (ValueError, _auth_errors.GoogleAuthError), _refused_key,
+                when=lambda call, _: call.step == "key"),
+    VendorError(lambda: (ValueError, _auth_errors.GoogleAuthError),
+                lambda call, exc: ConfigError(f"{call.doing}: {exc}"),
+                when=lambda call, _: call.step == "client"),
+)
+
+
+def _google_errors(call: _Call) -> contextlib.AbstractContextManager[None]:
+    return vendor_errors(_GOOGLE_ERRORS, call)
 
 
 def _describe(exc: BaseException) -> str:

@@ -48,9 +48,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
 
-from convbridge.errors import ConfigError, GrantError, OutputCollision, StaleWrite, StorageError
+from convbridge.errors import (
+    ConfigError,
+    GrantError,
+    OutputCollision,
+    StaleWrite,
+    StorageError,
+    VendorError,
+    vendor_errors,
+)
 from convbridge.model import (
     CLAIM_PREFIX,
     DONE_PREFIX,
@@ -288,42 +296,28 @@ class SftpStorage(Storage):
         if not types:
             raise HostKeyMismatch(f"no host key is pinned for sftp://{host}:{port}; refusing "
                                   "to connect (set CONVBRIDGE_SFTP_HOST_KEY)")
-        try:
+        where = f"sftp://{host}:{port}"
+        with _sftp_errors(_Call(f"cannot reach {where}", "reach")):
             sock = socket.create_connection((host, port), timeout=self._timeout)
-        except OSError as exc:
-            raise StorageError(f"cannot reach sftp://{host}:{port}: {exc}") from exc
         transport = paramiko.Transport(sock)
         try:
-            options = transport.get_security_options()
-            # offer only the pinned key types, so a server with several host keys presents
-            # the one we can check
-            options.key_types = tuple(t for t in dict.fromkeys(types)
-                                      if t in paramiko.Transport._key_info)
-            transport.start_client(timeout=self._timeout)
-            self._pins.check(host, port, transport.get_remote_server_key())
-            account = self._account()
-            if account.private_key:
-                transport.auth_publickey(account.username, account.pkey())
-            else:
-                transport.auth_password(account.username, account.password or "")
-            sftp = paramiko.SFTPClient.from_transport(transport)
+            with _sftp_errors(_Call(where, "handshake", pinned=tuple(types))):
+                options = transport.get_security_options()
+                # offer only the pinned key types, so a server with several host keys presents
+                # the one we can check
+                options.key_types = tuple(t for t in dict.fromkeys(types)
+                                          if t in paramiko.Transport._key_info)
+                transport.start_client(timeout=self._timeout)
+                self._pins.check(host, port, transport.get_remote_server_key())
+                account = self._account()
+                if account.private_key:
+                    transport.auth_publickey(account.username, account.pkey())
+                else:
+                    transport.auth_password(account.username, account.password or "")
+                sftp = paramiko.SFTPClient.from_transport(transport)
             if sftp is None:
-                raise StorageError(f"sftp://{host}:{port} opened no SFTP channel")
-        except HostKeyMismatch:
-            transport.close()
-            raise
-        except paramiko.AuthenticationException as exc:
-            transport.close()
-            raise StorageError(f"sftp://{host}:{port} refused the account's credentials") \
-                from exc
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            transport.close()
-            if "host key" in str(exc).lower():
-                raise HostKeyMismatch(f"sftp://{host}:{port} offers none of the pinned host "
-                                      f"key types ({', '.join(types)}); refusing") from exc
-            raise StorageError(f"SSH session to sftp://{host}:{port} failed: "
-                               f"{type(exc).__name__}: {exc}") from exc
-        except BaseException:  # a secret that cannot be read, an interrupt: no socket left
+                raise StorageError(f"{where} opened no SFTP channel")
+        except BaseException:  # ours, a secret that cannot be read, an interrupt: no socket left
             transport.close()
             raise
         return _Session(transport, sftp)
@@ -338,16 +332,9 @@ class SftpStorage(Storage):
     def _run(self, location: str, key: str, action: str,
              work: Callable[[paramiko.SFTPClient, _Session], T]) -> T:
         session = self._session(location)
-        try:
-            return work(session.sftp, session)
-        except StorageError:
-            raise
-        except UnicodeDecodeError as exc:
-            raise StorageError(f"cannot {action} sftp://{location}/{key}: a file name there is "
-                               "not UTF-8") from exc
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise StorageError(f"cannot {action} sftp://{location}/{key}: "
-                               f"{type(exc).__name__}: {exc}") from exc
+        with _sftp_errors(_Call(f"cannot {action} sftp://{location}/{key}")):
+            answer = work(session.sftp, session)
+        return answer
 
     def path(self, key: str) -> str:
         """The remote path of ``key``, as the account sees it."""
@@ -496,13 +483,11 @@ class SftpStorage(Storage):
             return handle
 
         handle = self._run(location, key, "read", open_checked)
+        broke_off = _Call(f"read of sftp://{location}/{key} broke off")
         try:
             while True:
-                try:
+                with _sftp_errors(broke_off):
                     chunk = handle.read(READ_CHUNK)
-                except (OSError, EOFError, paramiko.SSHException) as exc:
-                    raise StorageError(f"read of sftp://{location}/{key} broke off: "
-                                       f"{type(exc).__name__}: {exc}") from exc
                 if not chunk:
                     return
                 yield chunk
@@ -654,41 +639,37 @@ class SftpStorage(Storage):
             self._makedirs(location, key)
             return session.sftp.open(partial, "wbx")
 
-        try:
+        call = _Call(f"cannot write sftp://{location}/{key}")
+        with _sftp_errors(call):
             handle = _again_if_folder_gone(create)
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise StorageError(f"cannot write sftp://{location}/{key}: "
-                               f"{type(exc).__name__}: {exc}") from exc
         written = 0
         digest = hashlib.sha256()
-        try:
-            with handle:
-                handle.set_pipelined(True)
-                for chunk in chunks:
-                    handle.write(chunk)
-                    written += len(chunk)
-                    if create_only:
-                        digest.update(chunk)
-            if expected_size is not None and written != expected_size:
-                raise StorageError(f"sftp://{location}/{key}: got {written} bytes, expected "
-                                   f"{expected_size}; nothing was written")
-            self._folder_resolves(session.sftp, session, location, key)
-            if not create_only:
-                session.sftp.posix_rename(partial, path)
-            elif not self._rename_if_absent(session, location, key, partial, digest.digest()):
-                raise OutputCollision(f"sftp://{location}/{key} already exists and holds other "
-                                      "bytes; it was left as it is")
-        except BaseException as exc:
+        with _sftp_errors(call):
             try:
-                session.sftp.remove(partial)
-            except FileNotFoundError:
-                pass  # renamed into place before the trouble, or never made
-            except (OSError, EOFError, paramiko.SSHException):
-                logger.warning("could not remove the partial write %s", partial)
-            if isinstance(exc, OSError | EOFError | paramiko.SSHException):
-                raise StorageError(f"cannot write sftp://{location}/{key}: "
-                                   f"{type(exc).__name__}: {exc}") from exc
-            raise
+                with handle:
+                    handle.set_pipelined(True)
+                    for chunk in chunks:
+                        handle.write(chunk)
+                        written += len(chunk)
+                        if create_only:
+                            digest.update(chunk)
+                if expected_size is not None and written != expected_size:
+                    raise StorageError(f"sftp://{location}/{key}: got {written} bytes, expected "
+                                       f"{expected_size}; nothing was written")
+                self._folder_resolves(session.sftp, session, location, key)
+                if not create_only:
+                    session.sftp.posix_rename(partial, path)
+                elif not self._rename_if_absent(session, location, key, partial, digest.digest()):
+                    raise OutputCollision(f"sftp://{location}/{key} already exists and holds other "
+                                          "bytes; it was left as it is")
+            except BaseException:
+                try:
+                    session.sftp.remove(partial)
+                except FileNotFoundError:
+                    pass  # renamed into place before the trouble, or never made
+                except (OSError, EOFError, paramiko.SSHException):
+                    logger.warning("could not remove the partial write %s", partial)
+                raise
         return written
 
     def _rename_if_absent(self, session: _Session, location: str, key: str, partial: str,
@@ -858,6 +839,61 @@ class _Answers:
 
     def _async_response(self, kind: int, message: paramiko.Message, number: int) -> None:
         self.received[number] = (kind, message)
+
+
+#: where in the adapter paramiko raised: opening the socket, the SSH handshake and login, or
+#: an SFTP request of an open session
+_Step = Literal["reach", "handshake", "request"]
+
+
+@dataclass(frozen=True)
+class _Call:
+    """What the adapter asked of the server, as the table below reads it."""
+
+    #: the head of our message: "cannot read sftp://host:22/key", or the server for a
+    #: handshake
+    doing: str
+    step: _Step = "request"
+    #: the host key types offered in a handshake, named when the server has none of them
+    pinned: tuple[str, ...] = ()
+
+
+def _host_key_refused(call: _Call, exc: BaseException) -> bool:
+    return call.step == "handshake" and "host key" in str(exc).lower()
+
+
+def _paramiko_failure() -> tuple[type[BaseException], ...]:
+    """What paramiko and the socket under it raise for a failed exchange."""
+    return (OSError, EOFError, paramiko.SSHException)
+
+
+#: paramiko's exceptions (and the socket's) as ours, first match first
+_SFTP_ERRORS: tuple[VendorError[_Call], ...] = (
+    VendorError(lambda: OSError, lambda call, exc: StorageError(f"{call.doing}: {exc}"),
+                when=lambda call, _: call.step == "reach"),
+    VendorError(lambda: paramiko.AuthenticationException,
+                lambda call, _: StorageError(f"{call.doing} refused the account's credentials"),
+                when=lambda call, _: call.step == "handshake"),
+    VendorError(_paramiko_failure,
+                lambda call, _: HostKeyMismatch(
+                    f"{call.doing} offers none of the pinned host key types "
+                    f"({', '.join(call.pinned)}); refusing"),
+                when=_host_key_refused),
+    VendorError(_paramiko_failure,
+                lambda call, exc: StorageError(f"SSH session to {call.doing} failed: "
+                                               f"{type(exc).__name__}: {exc}"),
+                when=lambda call, _: call.step == "handshake"),
+    VendorError(lambda: UnicodeDecodeError,
+                lambda call, _: StorageError(f"{call.doing}: a file name there is not UTF-8"),
+                when=lambda call, _: call.step == "request"),
+    VendorError(_paramiko_failure,
+                lambda call, exc: StorageError(f"{call.doing}: {type(exc).__name__}: {exc}"),
+                when=lambda call, _: call.step == "request"),
+)
+
+
+def _sftp_errors(call: _Call) -> contextlib.AbstractContextManager[None]:
+    return vendor_errors(_SFTP_ERRORS, call)
 
 
 def _through_a_link(location: str, key: str, folder: str, target: str | None) -> str:
