@@ -228,3 +228,13 @@ def test_since_reads_durations_and_iso_times() -> None:
 def test_latency_p95_is_the_nearest_rank() -> None:
     assert Latency.of(range(1, 101)) == Latency(100, 50.5, 95, 100)
     assert Latency.of([7.0]) == Latency(1, 7.0, 7.0, 7.0)
+
+
+def test_help_names_every_option_and_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["status", "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--rule", "--since", "--failed", "--html", "--max-records", "--progress"):
+        assert option in out
+    assert "exit codes:" in out and "failure reports listed by status" in out
