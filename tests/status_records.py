@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from convbridge.bridge import Bridge
-from convbridge.model import JobOutcome, ObjectRef, OutputFile
+from convbridge.model import JobOutcome, ObjectRef, OutcomeStatus, OutputFile
 from convbridge.pipeline.record_io import write_failure
 from convbridge.records import (
     ResultRecord,
@@ -56,11 +56,12 @@ def ref(key: str) -> ObjectRef:
     return ObjectRef("s3", BUCKET, key, version="v1", size=10)
 
 
-def finished(rule: Rule, key: str, seconds: int, *, status: str = "finished") -> ResultRecord:
+def finished(rule: Rule, key: str, seconds: int, *,
+             status: OutcomeStatus = "finished") -> ResultRecord:
     ended = SUBMITTED_AT + timedelta(seconds=seconds)
     outputs = [OutputFile(filename="out.pdf", size=5, key=rule.output_key(key))] \
         if status == "finished" else []
-    outcome = JobOutcome(provider=rule.provider, job_id=f"job-{key}", status=status,  # type: ignore[arg-type]
+    outcome = JobOutcome(provider=rule.provider, job_id=f"job-{key}", status=status,
                          failed_task="convert" if status == "failed" else None,
                          code=FAILURE_CODE if status == "failed" else None,
                          message=FAILURE_MESSAGE if status == "failed" else None,
