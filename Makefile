@@ -8,12 +8,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint unit clean servers bench deploy-tools check-template cdk-synth docs
 
-# Azurite (npm) and, when root, Debian's OpenSSH server and shellcheck: the local servers the
-# Azure and SFTP flows run against, and the infra script check. All are installed by the
-# project, never assumed present; without root the SFTP server is asyncssh (a dev extra).
+# Azurite (npm) and, when root, Debian's OpenSSH server, shellcheck and Chromium: the local
+# servers the Azure and SFTP flows run against, the infra script check, and the headless
+# browser the status page is checked in. All are installed by the project, never assumed
+# present; without root the SFTP server is asyncssh (a dev extra).
 NODE_STAMP := node_modules/.installed
 SSHD_STAMP := $(VENV)/.sshd
 SHELLCHECK_STAMP := $(VENV)/.shellcheck
+CHROMIUM_STAMP := $(VENV)/.chromium
 
 # $(1): the Debian packages, $(2): a command that succeeds when they are there, $(3): why.
 define apt_install
@@ -44,8 +46,12 @@ $(SHELLCHECK_STAMP): $(STAMP)
 	$(call apt_install,shellcheck,command -v shellcheck >/dev/null,the infra script check)
 	@touch $(SHELLCHECK_STAMP)
 
+$(CHROMIUM_STAMP): $(STAMP)
+	$(call apt_install,chromium,command -v chromium >/dev/null,the status page check)
+	@touch $(CHROMIUM_STAMP)
+
 # Everything the tests and benchmarks run against.
-servers: $(NODE_STAMP) $(SSHD_STAMP) $(SHELLCHECK_STAMP)
+servers: $(NODE_STAMP) $(SSHD_STAMP) $(SHELLCHECK_STAMP) $(CHROMIUM_STAMP)
 
 # The demo needs only its storage's server: S3 (the default) and GCS run from the virtualenv.
 DEMO_SERVERS_azure_blob := $(NODE_STAMP)

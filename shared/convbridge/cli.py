@@ -25,9 +25,11 @@ EXIT_USAGE = 2
 EXIT_UNREADABLE = 3
 EPILOG = """exit codes:
   0  ok
-  1  problems found (invalid or unworkable rules, failed resubmissions, no rule for the object)
+  1  problems found (invalid or unworkable rules, failed resubmissions, no rule for the object,
+     failure reports listed by status)
   2  usage error (unknown option, missing argument)
-  3  an input could not be read (rules location, template, stack, AWS credentials)"""
+  3  an input could not be read (rules location, template, stack, AWS credentials, records),
+     or the --html page could not be written"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,10 +86,49 @@ def _parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--older-than", type=int, metavar="SECONDS",
                            help="ask about jobs submitted at least this long ago, instead of "
                                 "after each provider's deadline")
+    _status_parser(commands.add_parser(
+        "status", epilog=EPILOG, formatter_class=formatter,
+        help="counts, job latency and failures from the result records and failure reports "
+        "(uses the deployed function's CONVBRIDGE_* environment)",
+        description="Read each rule's result records and failure reports, with bounded, "
+        "paginated listings, and print the records per rule, provider and status, the job "
+        "latency (median, p95, max) and the failures with their code and message. With "
+        "--html, also write them as one self-contained HTML page, outputs linked."))
     commands.add_parser("routes", epilog=EPILOG, formatter_class=formatter,
                         help="what each provider is handed per storage: scoped grants, or "
                         "the relay")
     return parser
+
+
+def _status_parser(status: argparse.ArgumentParser) -> None:
+    from convbridge.status import DEFAULT_MAX_RECORDS, PROGRESS_EVERY
+
+    status.add_argument("--rule", help="only this rule's records")
+    status.add_argument("--since", metavar="WHEN",
+                        help="only records written since then: a duration back from now "
+                             "(90s, 30m, 24h, 7d, 2w) or an ISO 8601 time (UTC if no zone)")
+    status.add_argument("--failed", action="store_true",
+                        help="only failed and rejected records")
+    status.add_argument("--html", metavar="FILE",
+                        help="also write the status as a self-contained HTML page to FILE")
+    status.add_argument("--max-records", type=_positive, default=DEFAULT_MAX_RECORDS,
+                        metavar="N",
+                        help="read at most N records per rule from its results and from its "
+                             f"failures (default {DEFAULT_MAX_RECORDS}); the output says when "
+                             "a listing stopped there")
+    status.add_argument("--progress", action="store_true",
+                        help=f"show the progress line on stderr (every {PROGRESS_EVERY} "
+                             "records) even when stderr is not a terminal")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         return _retry(args.rule)
     if args.command == "reconcile":
         return _reconcile(args.rule, args.older_than)
+    if args.command == "status":
+        return _status(parser, args)
     if args.command == "explain":
         return _explain(parser, args.uri, args.rules)
     if args.command == "check-rules":
@@ -225,6 +268,51 @@ def _explain(parser: argparse.ArgumentParser, uri: str, location: str) -> int:
     taken, lines = explain(rules, ref, GrantLifetimes.from_env())
     print("\n".join(lines))
     return EXIT_OK if taken else EXIT_PROBLEMS
+
+
+def _status(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from convbridge.bridge import Bridge
+    from convbridge.status import (
+        Filters,
+        ProgressLine,
+        collect,
+        parse_since,
+        render_html,
+        render_text,
+    )
+
+    now = datetime.now(UTC)
+    try:
+        since = parse_since(args.since, now) if args.since else None
+    except ValueError as exc:
+        parser.error(f"--since: {exc}")
+    filters = Filters(rule=args.rule, since=since, failed_only=args.failed)
+    progress = ProgressLine(sys.stderr, args.max_records) \
+        if args.progress or sys.stderr.isatty() else None
+    try:
+        bridge = Bridge.from_env()
+        if args.rule and args.rule not in {rule.name for rule in bridge.rules.rules}:
+            print(f"no rule named {args.rule!r}", file=sys.stderr)
+            return EXIT_USAGE
+        status = collect(bridge, filters, max_records=args.max_records, progress=progress)
+    except Exception as exc:  # noqa: BLE001 (ConfigError, StorageError, botocore's errors)
+        print(f"cannot read the records: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    finally:
+        if progress is not None:
+            progress.close()
+    print(render_text(status, args.max_records))
+    if args.html:
+        try:
+            Path(args.html).write_text(render_html(status, filters, args.max_records, now),
+                                       encoding="utf-8")
+        except OSError as exc:
+            print(f"cannot write {args.html}: {exc}", file=sys.stderr)
+            return EXIT_UNREADABLE
+        print(f"written to {args.html}")
+    return EXIT_PROBLEMS if status.failures else EXIT_OK
 
 
 def _budget() -> Callable[[], int]:

@@ -78,7 +78,8 @@ def _apt_packages_installed_by(*make_arguments: str) -> set[str]:
                                cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
     commands = re.sub(r"\\\n\s*", " ", completed.stdout).splitlines()
     lines = [line for line in commands if "apt-get install" in line]
-    return {package for line in lines for package in ("openssh-server", "shellcheck", "graphviz")
+    return {package for line in lines for package in ("openssh-server", "shellcheck", "graphviz",
+                                                         "chromium")
             if package in line.split("apt-get install", 1)[1]}
 
 
@@ -88,7 +89,7 @@ def _apt_packages_installed_by(*make_arguments: str) -> set[str]:
     (("demo", "STORAGE=gcs"), set()),
     (("demo", "STORAGE=azure_blob"), set()),
     (("demo", "STORAGE=sftp"), {"openssh-server"}),
-    (("test",), {"openssh-server", "shellcheck"}),
+    (("test",), {"openssh-server", "shellcheck", "chromium"}),
 ])
 def test_make_apt_installs_only_what_the_target_runs(
     arguments: tuple[str, ...], packages: set[str]
