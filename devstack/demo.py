@@ -14,12 +14,16 @@ import logging
 import os
 import sys
 import time
+from typing import Any
 
 from devstack.harness import HARNESSES, load_harness
 from devstack.stack import DevStack
 
 GOOD_KEY = "inbox/photos/sunset beach.png"
 BAD_KEY = "inbox/photos/broken.png"
+# where the demo's rule (the harness's DEFAULT_RULES) records each file's outcome
+GOOD_RECORD = "results/photos/sunset beach.png.json"
+BAD_RECORD = "failures/photos/broken.png.json"
 
 
 def sample_png() -> bytes:
@@ -61,16 +65,34 @@ def run(storage: str) -> int:
         say(f"  {harness.delivery} -> CloudConvert jobs -> signed callbacks -> webhook"
             " -> completion queue -> records")
         stack.wait(timeout=60)
-        for job in stack.sandbox.jobs():
-            say(f"  job {job['id']}: {job['status']}")
+        records = [r for r in map(stack.read_json, (GOOD_RECORD, BAD_RECORD)) if r]
+        for line in job_lines([job["id"] for job in stack.sandbox.jobs()], records):
+            say(line)
         ok = report(stack)
     say(f"\ndemo {'succeeded' if ok else 'FAILED'} in {time.monotonic() - started:.1f} s")
     return 0 if ok else 1
 
 
+def job_lines(job_ids: list[str], records: list[dict[str, Any]]) -> list[str]:
+    """One line per provider job: the source file it converted and the outcome its record
+    states (the record, not the provider's job status, is what the bridge reports)."""
+    by_job = {record["job_id"]: record for record in records}
+    lines = []
+    for job_id in job_ids:
+        record = by_job.get(job_id)
+        if record is None:
+            lines.append(f"  job {job_id}: no record")
+            continue
+        outcome = record["status"]
+        if outcome == "failed":
+            outcome = f"failed ({(record.get('error') or {}).get('code', 'no code')})"
+        lines.append(f"  job {job_id}  {record['source']['key']}: {outcome}")
+    return lines
+
+
 def report(stack: DevStack) -> bool:
     ok = True
-    good = stack.read_json("results/photos/sunset beach.png.json")
+    good = stack.read_json(GOOD_RECORD)
     say("\nconverted objects:")
     describe = stack.harness.describe
     for key, size in sorted(stack.objects("outbox/").items()):
@@ -79,20 +101,20 @@ def report(stack: DevStack) -> bool:
         say(f"  expected a finished result record for {GOOD_KEY}, got {good}")
         ok = False
     else:
-        say(f"result record: {describe('results/photos/sunset beach.png.json')}")
+        say(f"result record: {describe(GOOD_RECORD)}")
         say(f"  status {good['status']}, job {good['job_id']}, route {good['route']}, "
             f"outputs {[o['key'] for o in good['outputs']]}")
         pdf = stack.harness.read_bytes(good["outputs"][0]["key"]) or b""
         if not pdf.startswith(b"%PDF"):
             say("  the output is not a PDF")
             ok = False
-    bad = stack.read_json("failures/photos/broken.png.json")
+    bad = stack.read_json(BAD_RECORD)
     if not bad or bad.get("status") != "failed" or not (bad.get("error") or {}).get("code"):
         say(f"  expected a failure report for {BAD_KEY}, got {bad}")
         ok = False
     else:
         error = bad["error"]
-        say(f"failure report: {describe('failures/photos/broken.png.json')}")
+        say(f"failure report: {describe(BAD_RECORD)}")
         say(f"  job {bad['job_id']}: task {error['task']!r} failed with {error['code']}: "
             f"{error['message']}")
     return ok
