@@ -1,5 +1,6 @@
 """``make bench``: run every benchmark and write BENCHMARKS.md (figures, baselines from the
-same run, ratios, targets, the command and the machine) and bench/scaling.png."""
+same run, ratios, targets, the command and the machine), bench/scaling.json and
+bench/scaling.png."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import cold_start, grants, relay, submit
+from bench import cold_start, grants, plot, relay, submit
 from bench.common import ROOT, Row, say
 
 COMMAND = "make bench"
@@ -51,31 +52,6 @@ def table(rows: list[Row]) -> list[str]:
     return lines
 
 
-def plot(scaling: dict[str, dict[Any, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(name, data) for name, data in scaling.items() if data]
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
-    axes = axes if len(panels) > 1 else [axes]
-    for axis, (name, data) in zip(axes, panels, strict=True):
-        xs = sorted(data)
-        series = data[xs[0]]
-        if isinstance(series, dict):
-            for key in series:
-                axis.plot(xs, [data[x][key] for x in xs], marker="o", label=key)
-            axis.legend(fontsize=8)
-        else:
-            axis.plot(xs, [data[x] for x in xs], marker="o")
-        axis.set_xscale("log")
-        axis.set_title(name, fontsize=10)
-        axis.grid(True, alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
@@ -105,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             found = result
         rows += found
-    picture = ROOT / "bench" / "scaling.png"
-    plot(scaling, picture)
+    picture = plot.SCALING_PICTURE
+    plot.save(scaling)
+    plot.render(plot.panels(scaling), picture)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()
     lines = [
@@ -122,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "![scaling](bench/scaling.png)",
         "",
+        "The figures below are kept in bench/scaling.json; `python -m bench.plot` redraws the",
+        "picture from them.",
+        "",
     ]
     for title, data in scaling.items():
         lines += [f"### {title}", "", "| size | figures |", "| --- | --- |"]
@@ -135,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if notes.exists():
         lines += [notes.read_text().strip(), ""]
     Path(args.output).write_text("\n".join(lines))
-    say(f"wrote {args.output} and {picture}")
+    say(f"wrote {args.output}, {plot.SCALING_DATA} and {picture}")
     return 0
 
 
