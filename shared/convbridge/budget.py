@@ -7,10 +7,15 @@ authority and is met with backpressure (:mod:`convbridge.backpressure`); this bu
 keeps one environment from bursting into those answers. A create that would wait past the
 budget's patience is not sent: it raises :class:`~convbridge.errors.ProviderBusy`, like the
 provider's own "not now", so the event is deferred instead of the invocation spinning.
+
+Failing fast only helps where the event can wait somewhere else: the SQS-fed trigger marks
+its records with :func:`deferring`. Elsewhere (a direct invocation, an HTTP delivery) a busy
+answer is retried inside the invocation as before, up to its deadline.
 """
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,10 +23,29 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from convbridge.errors import ProviderBusy
+from convbridge.http import seconds_left
 
 #: the longest a request waits for a slot or a token inside an invocation before it is
 #: deferred instead; long enough to smooth a batch, short enough not to burn the invocation
 PATIENCE_SECONDS = 5.0
+
+
+_deferring: contextvars.ContextVar[bool] = contextvars.ContextVar("deferring", default=False)
+
+
+@contextmanager
+def deferring() -> Iterator[None]:
+    """Inside the block a busy provider raises ProviderBusy at once: the caller defers."""
+    token = _deferring.set(True)
+    try:
+        yield
+    finally:
+        _deferring.reset(token)
+
+
+def can_defer() -> bool:
+    """Whether the event being handled can wait outside this invocation."""
+    return _deferring.get()
 
 
 @dataclass(frozen=True)
@@ -53,6 +77,9 @@ class ProviderBudget:
         self._tokens = self._capacity
         self._filled_at = clock()
 
+    def _patience_now(self) -> float:
+        return self._patience if can_defer() else seconds_left()
+
     def pace(self) -> None:
         """Wait for a request token; ProviderBusy when the wait would pass the patience."""
         with self._lock:
@@ -61,7 +88,7 @@ class ProviderBudget:
                                * self.limits.requests_per_second)
             self._filled_at = now
             wait = (1.0 - self._tokens) / self.limits.requests_per_second
-            if wait > self._patience:
+            if wait > self._patience_now():
                 raise ProviderBusy(f"{self.name}: over the bridge's budget of "
                                    f"{self.limits.requests_per_second:g} requests per second",
                                    retry_after=wait)
@@ -74,7 +101,7 @@ class ProviderBudget:
     def job_slot(self) -> Iterator[None]:
         """Hold one of ``max_concurrent_jobs`` creation slots; ProviderBusy when none frees
         within the patience."""
-        if not self._jobs.acquire(timeout=self._patience):
+        if not self._jobs.acquire(timeout=max(0.0, self._patience_now())):
             raise ProviderBusy(f"{self.name}: {self.limits.max_concurrent_jobs} job creations "
                                "already in flight (the bridge's budget)")
         try:

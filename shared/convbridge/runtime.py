@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from convbridge import backpressure
 from convbridge.bridge import Bridge
+from convbridge.budget import deferring
 from convbridge.errors import CallbackError
 from convbridge.events import ParsedEvents
 from convbridge.http import deadline_from
@@ -160,7 +161,8 @@ def _submit_message(current: Bridge, record: Any,
     _log_ignored(parsed)
     final = (receive_count(record.attributes.approximate_receive_count) >= MAX_RECEIVES
              or backpressure.budget_spent(current, record.message_attributes))
-    submissions = submit_all(current, parsed.objects, final_attempt=final)
+    with deferring():
+        submissions = submit_all(current, parsed.objects, final_attempt=final)
     again = [s for s in submissions if s.status in {"retry", "error"}]
     busy = [s for s in again if s.busy_wait is not None]
     # only "not now" answers: the event waits in the queue (convbridge.backpressure);

@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 
 import httpx
 
-from convbridge.budget import ProviderBudget, ProviderLimits
+from convbridge.budget import ProviderBudget, ProviderLimits, can_defer
 from convbridge.errors import (
     CallbackError,
     CallbackSignatureError,
@@ -81,9 +81,10 @@ class Provider(ABC):
     #: a create whose answer was lost is looked up before it is sent again; without it such a
     #: create is reported (ProviderOutcomeUnknown), never sent twice
     finds_jobs: ClassVar[bool] = False
-    #: Answers meaning "not now" (a rate or concurrent-jobs limit): a job create meeting one
-    #: is not retried inside the invocation but raises ProviderBusy, and the event is
-    #: deferred (convbridge.backpressure). Every dialect documents 429.
+    #: Answers meaning "not now" (a rate or concurrent-jobs limit): they raise ProviderBusy.
+    #: Where the event can wait elsewhere (convbridge.budget.can_defer) a job create meeting
+    #: one is not retried inside the invocation, and the event is deferred
+    #: (convbridge.backpressure). Every dialect documents 429.
     busy_statuses: ClassVar[frozenset[int]] = frozenset({429})
     #: The bridge's default budget per execution environment (CONVBRIDGE_<NAME>_MAX_CONCURRENT_
     #: JOBS and _REQUESTS_PER_SECOND override it). The seeds document no numbers for any
@@ -239,13 +240,13 @@ class Provider(ABC):
               **kwargs: Any) -> httpx.Response:
         """One request with retries; provider answers become ProviderRejected (4xx) or
         ProviderUnavailable (retries exhausted). An absolute URL (a CloudConvert v1 process
-        URL) is sent as it is. A request that is not idempotent (a create) is sent once
-        into a "not now" answer (``busy_statuses``): it raises ProviderBusy at once, so the
-        event waits outside the invocation instead of retrying inside it."""
+        URL) is sent as it is. A "not now" answer (``busy_statuses``) to a create raises
+        ProviderBusy; where the event can be deferred it does so at once, so the event waits
+        outside the invocation instead of retrying inside it."""
         url = path if "://" in path else f"{self.base_url}{path}"
         if self._budget is not None:
             self._budget.pace()
-        if not idempotent:
+        if not idempotent and can_defer():
             kwargs.setdefault("retry_statuses", RETRY_STATUSES - self.busy_statuses)
         try:
             response = send(self._http, method, url, idempotent=idempotent, **kwargs)
