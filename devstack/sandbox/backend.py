@@ -88,6 +88,19 @@ class Backend:
         """429 or 503 for the configured share of job creations, else None."""
         return self._faults.draw_rejection(faults)
 
+    def over_rate(self, api_key: str) -> bool:
+        """Count a request of `api_key`; True when it is over max_requests_per_second."""
+        return self._faults.over_rate(api_key)
+
+    def over_job_cap(self, dialect: str) -> bool:
+        """True when the dialect already runs max_concurrent_jobs jobs (checked and made under
+        separate locks: a burst may pass the cap by the creations in flight at once)."""
+        cap = self.faults.max_concurrent_jobs
+        if cap is None:
+            return False
+        with self.lock:
+            return sum(1 for job in self.store.jobs(dialect) if job.ended_at is None) >= cap
+
     # -- jobs --------------------------------------------------------------------------------
 
     def create_job(

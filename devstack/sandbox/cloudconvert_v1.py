@@ -115,6 +115,11 @@ class CloudConvertV1:
                                                       "code": rejection}).encode(),
                                {"Content-Type": "application/json",
                                 "Retry-After": str(faults.retry_after_seconds)})
+        if self._backend.over_job_cap(DIALECT):
+            return ApiResponse(429, json.dumps({"error": "Try again later.",
+                                                "code": 429}).encode(),
+                               {"Content-Type": "application/json",
+                                "Retry-After": str(faults.retry_after_seconds)})
         missing = [name for name in ("inputformat", "outputformat") if not params.get(name)]
         if missing:
             return _error(400, f"{' and '.join(missing)} required.")

@@ -522,6 +522,10 @@ class CloudConvertV2:
                              {**wait, "X-RateLimit-Remaining": "0"})
             return _json(503, {"message": "Service Unavailable.", "code": "SERVICE_UNAVAILABLE"},
                          wait)
+        if self._backend.over_job_cap(DIALECT):
+            # what CloudConvert answers a plan's concurrent-jobs cap with (DESIGN.md)
+            return _json(402, {"message": "Too many jobs at once.", "code": "TOO_MANY_JOBS"},
+                         {"Retry-After": retry_after(faults)})
         try:
             body = json.loads(raw or b"null")
         except (UnicodeDecodeError, json.JSONDecodeError):

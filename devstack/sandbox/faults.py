@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -44,6 +46,13 @@ class Faults:
         provider's retries; Sandbox.deliver_dropped() sends the lost ones late.
     host_unavailable_failures: CloudConvert v1 answers a failed process's URL with 503 and
         a Retry-After (no conversion host was available) instead of 400/422.
+    max_concurrent_jobs: jobs of one dialect (the sandbox's account) that may run at once;
+        a job creation beyond it is refused as the provider does (CloudConvert v2: 402 "too
+        many jobs at once"; the others: 429 with Retry-After `retry_after_seconds`). None:
+        no cap.
+    max_requests_per_second: API requests per API key within any one second; more are
+        answered 429 with Retry-After 1 and X-RateLimit-Limit / -Remaining, as FreeConvert
+        documents. None: no limit.
     seed: makes the random draws repeatable (re-seeds when set with Sandbox.set_faults)."""
 
     latency_seconds: float = 0.0
@@ -64,6 +73,8 @@ class Faults:
     omit_export_url_size: bool = True
     drop_callbacks: bool = False
     host_unavailable_failures: bool = False
+    max_concurrent_jobs: int | None = None
+    max_requests_per_second: float | None = None
     seed: int | None = None
 
 
@@ -75,6 +86,8 @@ class FaultState:
         self._faults = faults
         self._lock = lock
         self._rng = random.Random(faults.seed)
+        # API key -> monotonic times of its requests within the last second
+        self._recent: dict[str, deque[float]] = {}
 
     @property
     def faults(self) -> Faults:
@@ -122,3 +135,17 @@ class FaultState:
         if roll < faults.fail_rate_429 + faults.fail_rate_503:
             return 503
         return None
+
+    def over_rate(self, api_key: str) -> bool:
+        """Count a request of `api_key`; True when it is over max_requests_per_second (the
+        refused request counts too, as a provider's window does)."""
+        limit = self.faults.max_requests_per_second
+        if limit is None:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            window = self._recent.setdefault(api_key, deque())
+            while window and window[0] <= now - 1.0:
+                window.popleft()
+            window.append(now)
+            return len(window) > limit

@@ -213,6 +213,9 @@ class FreeConvertV1:
         if rejection is not None:
             return _json(rejection, {"message": "Service Unavailable"},
                          {"Retry-After": retry_after(faults)})
+        if self._backend.over_job_cap(DIALECT):
+            return _json(429, {"message": "Too Many Requests"},
+                         {"Retry-After": retry_after(faults), "X-RateLimit-Remaining": "0"})
         try:
             body = json.loads(raw or b"null")
             specs = validate_job(body)

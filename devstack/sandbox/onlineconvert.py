@@ -190,6 +190,9 @@ class OnlineConvertV2:
         if rejection is not None:
             message = "Too many requests." if rejection == 429 else "Service unavailable."
             return _json(rejection, {"message": message}, {"Retry-After": retry_after(faults)})
+        if self._backend.over_job_cap(DIALECT):
+            return _json(429, {"message": "Too many requests."},
+                         {"Retry-After": retry_after(faults)})
         try:
             body = json.loads(raw or b"null")
             specs = self._specs(body)

@@ -131,6 +131,15 @@ class _Handler(BaseHTTPRequestHandler):
                 latency = self.server.backend.faults.latency_seconds
                 if latency:
                     time.sleep(latency)
+                limit = self.server.backend.faults.max_requests_per_second
+                api_key = (self.headers.get("Authorization") or self.headers.get("X-Oc-Api-Key")
+                           or "")
+                if limit is not None and self.server.backend.over_rate(api_key):
+                    self._answer(started, parts.path, ApiResponse(
+                        429, b'{"message": "Too Many Requests"}',
+                        {"Content-Type": "application/json", "Retry-After": "1",
+                         "X-RateLimit-Limit": f"{limit:g}", "X-RateLimit-Remaining": "0"}))
+                    return
                 request = ApiRequest(
                     method=self.command,
                     path=parts.path,

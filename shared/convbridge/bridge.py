@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from convbridge.budget import ProviderBudget
 from convbridge.claims import Claims, ClaimStore
 from convbridge.clients import CloudClients
 from convbridge.errors import ConfigError
@@ -87,6 +88,7 @@ class Bridge:
                     signing_secret=secret.optional("signing_secret"),
                     base_url=self.settings.base_url(name),
                     http=self.http,
+                    budget=ProviderBudget(name, self.settings.provider_limits(name)),
                 )
             return self._providers[name]
 

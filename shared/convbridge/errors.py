@@ -15,6 +15,7 @@
     ├── ProviderError               the conversion provider refused or failed a call
     │   ├── ProviderRejected        4xx other than 429: retrying will not help
     │   └── ProviderUnavailable     429/5xx/connection errors that outlived the retry budget
+    │       ├── ProviderBusy        "not now": a rate or concurrent-jobs limit; wait, then again
     │       └── ProviderOutcomeUnknown  a create request's answer was lost; it may have worked
     └── CallbackError               a provider callback that must not be trusted
         ├── CallbackTooLarge        body over the configured limit
@@ -131,6 +132,18 @@ class ProviderJobUnknown(ProviderRejected):
 
 class ProviderUnavailable(ProviderError):
     """Throttling, server errors or network failures outlasted the retry budget."""
+
+
+class ProviderBusy(ProviderUnavailable):
+    """The provider (or the bridge's own budget for it) says "not now": too many requests
+    (429) or too many jobs at once (CloudConvert's 402). Nothing was created; the same
+    request succeeds later, so the event is deferred instead of retried or reported.
+    ``retry_after`` is the wait asked for (seconds), if any."""
+
+    def __init__(self, message: str, *, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
 
 
 class ProviderOutcomeUnknown(ProviderUnavailable):

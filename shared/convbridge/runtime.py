@@ -19,7 +19,9 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from convbridge import backpressure
 from convbridge.bridge import Bridge
+from convbridge.budget import deferring
 from convbridge.errors import CallbackError
 from convbridge.events import ParsedEvents
 from convbridge.http import deadline_from
@@ -157,9 +159,16 @@ def _submit_message(current: Bridge, record: Any,
                     parse_message: Callable[[str], ParsedEvents]) -> dict[str, Any]:
     parsed = parse_message(record.body)
     _log_ignored(parsed)
-    final = receive_count(record.attributes.approximate_receive_count) >= MAX_RECEIVES
-    submissions = submit_all(current, parsed.objects, final_attempt=final)
+    final = (receive_count(record.attributes.approximate_receive_count) >= MAX_RECEIVES
+             or backpressure.budget_spent(current, record.message_attributes))
+    with deferring():
+        submissions = submit_all(current, parsed.objects, final_attempt=final)
     again = [s for s in submissions if s.status in {"retry", "error"}]
+    busy = [s for s in again if s.busy_wait is not None]
+    # only "not now" answers: the event waits in the queue (convbridge.backpressure);
+    # anything else is delivered again by SQS and counts toward the redrive policy
+    if busy and len(busy) == len(again) and backpressure.defer(current, record, busy):
+        return summarize(submissions)
     if again:
         raise RetryLater("; ".join(f"{s.ref}: {s.reason}" for s in again))
     return summarize(submissions)

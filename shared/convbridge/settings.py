@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
+from convbridge.budget import ProviderLimits
 from convbridge.errors import ConfigError
 from convbridge.http import HostPattern
 from convbridge.registries import PROVIDERS
@@ -40,6 +41,15 @@ class Settings:
     #: hosts the relay may download from besides the ones each provider declares; only the
     #: dev stack sets it (``http://127.0.0.1`` for its sandbox), no deployed template does
     relay_extra_hosts: tuple[HostPattern, ...] = ()
+    #: CONVBRIDGE_<PROVIDER>_MAX_CONCURRENT_JOBS / _REQUESTS_PER_SECOND as set; a provider
+    #: missing here, or a value left out, takes the adapter's ``default_limits``
+    provider_limit_overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: an event whose provider says "not now" is sent again after base * 2^(n-1) seconds
+    #: (its n-th deferral, at most the max; SQS delays stop at 900 s), and reported as a
+    #: failure only after ``backpressure_max_deferrals`` deferrals
+    backpressure_base_seconds: int = 30
+    backpressure_max_seconds: int = 900
+    backpressure_max_deferrals: int = 100
     #: the CONVBRIDGE_* variables as read, for adapters that validate their own
     #: (e.g. CONVBRIDGE_AZURE_ACCOUNT_SECRET); never holds secret values, only names
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -78,6 +88,17 @@ class Settings:
                               f"{PREFIX}PROVIDER_SECRETS_PREFIX or "
                               f"{PREFIX}SECRET_{provider.upper()}")
         return prefix + provider
+
+    def provider_limits(self, provider: str) -> ProviderLimits:
+        """The bridge's budget for ``provider``: the settings' overrides over the adapter's
+        ``default_limits``."""
+        default = PROVIDERS.load(provider).default_limits
+        found = self.provider_limit_overrides.get(provider, {})
+        return ProviderLimits(
+            max_concurrent_jobs=int(found.get("max_concurrent_jobs",
+                                              default.max_concurrent_jobs)),
+            requests_per_second=float(found.get("requests_per_second",
+                                                default.requests_per_second)))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -120,6 +141,26 @@ class Settings:
             if found:
                 base_urls[provider] = found
 
+        limit_overrides: dict[str, dict[str, float]] = {}
+        for provider in PROVIDERS.names():
+            found_limits: dict[str, float] = {}
+            jobs_name = f"{provider.upper()}_MAX_CONCURRENT_JOBS"
+            if env.get(PREFIX + jobs_name, "").strip():
+                found_limits["max_concurrent_jobs"] = integer(jobs_name, 1, 1, 10000)
+            rate_name = f"{provider.upper()}_REQUESTS_PER_SECOND"
+            rate_raw = env.get(PREFIX + rate_name, "").strip()
+            if rate_raw:
+                try:
+                    rate = float(rate_raw)
+                except ValueError:
+                    rate = 0.0
+                if not 0.1 <= rate <= 10000:
+                    problems.append(f"{PREFIX}{rate_name}={rate_raw!r} is not a number in "
+                                    "0.1..10000")
+                found_limits["requests_per_second"] = rate
+            if found_limits:
+                limit_overrides[provider] = found_limits
+
         timeout_raw = env.get(PREFIX + "HTTP_TIMEOUT_SECONDS", "10")
         try:
             timeout = float(timeout_raw)
@@ -155,6 +196,10 @@ class Settings:
             context_max_age_seconds=integer("CONTEXT_MAX_AGE_SECONDS", 7 * 24 * 3600, 60,
                                             30 * 24 * 3600),
             relay_extra_hosts=tuple(relay_extra_hosts),
+            provider_limit_overrides=limit_overrides,
+            backpressure_base_seconds=integer("BACKPRESSURE_BASE_SECONDS", 30, 1, 900),
+            backpressure_max_seconds=integer("BACKPRESSURE_MAX_SECONDS", 900, 1, 900),
+            backpressure_max_deferrals=integer("BACKPRESSURE_MAX_DEFERRALS", 100, 0, 10000),
             environ={k: v for k, v in env.items() if k.startswith(PREFIX)},
         )
         if settings.claim_expiry_seconds < settings.context_max_age_seconds:

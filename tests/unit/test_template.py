@@ -342,13 +342,16 @@ def _s3_trigger() -> set[tuple[str, str, str]]:
     """storage/s3.py on the submit path: head_object and presigned get_object on the source
     (GetObject, and ListBucket so a vanished source reads as 404), put_object for records,
     copy_object + delete_object for failure policy "move" on rejects, assume_role for grants;
-    the event source mapping consumes the S3 events queue."""
+    the event source mapping consumes the S3 events queue; backpressure.py re-sends a deferred
+    event to it (get_queue_url, send_message)."""
     return {
         ("s3:getobject", WATCHED, ""),
         ("s3:listbucket", BUCKET, ""),
         ("s3:putobject", OBJECTS, ""),
         ("s3:deleteobject", WATCHED, ""),
         ("sts:assumerole", "${GrantRole.Arn}", ""),
+        ("sqs:getqueueurl", "${S3EventsQueue.Arn}", ""),
+        ("sqs:sendmessage", "${S3EventsQueue.Arn}", ""),
     } | {(action, "${S3EventsQueue.Arn}", "") for action in SQS_CONSUME}
 
 

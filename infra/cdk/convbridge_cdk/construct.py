@@ -654,6 +654,10 @@ class ConvBridge(Construct):
                                     actions=["sqs:ReceiveMessage", "sqs:DeleteMessage",
                                              "sqs:GetQueueAttributes"],
                                     resources=[self.s3_events_queue.queue_arn]),
+                # a provider's "not now" re-sends the event, delayed (convbridge.backpressure)
+                iam.PolicyStatement(sid="DeferS3Events",
+                                    actions=["sqs:GetQueueUrl", "sqs:SendMessage"],
+                                    resources=[self.s3_events_queue.queue_arn]),
             ],
             "convbridge-trigger")
         grant_role = iam.Role(

@@ -18,6 +18,7 @@ from convbridge.context import JobContext, sign_context
 from convbridge.errors import (
     ConvbridgeError,
     GrantError,
+    ProviderBusy,
     ProviderOutcomeUnknown,
     ProviderRejected,
     ProviderUnavailable,
@@ -52,13 +53,16 @@ SubmissionStatus = Literal["submitted", "duplicate", "rejected", "skipped", "ret
 class Submission:
     """What ``submit`` did with one object: ``submitted``, ``duplicate`` (an earlier delivery
     already handled it), ``rejected`` (failure report written), ``skipped`` (logged only),
-    ``retry`` (transient trouble: deliver again) or ``error``."""
+    ``retry`` (transient trouble: deliver again) or ``error``. ``busy_wait`` is set on a
+    ``retry`` when the provider (or the bridge's budget for it) said "not now": the seconds it
+    asked to wait, 0.0 when it named none; the trigger defers such an event with backoff."""
 
     ref: ObjectRef
     status: SubmissionStatus
     reason: str = ""
     rule: str | None = None
     job_id: str | None = None
+    busy_wait: float | None = None
 
 
 def summarize(submissions: Iterable[Submission], **tallies: Any) -> dict[str, Any]:
@@ -98,6 +102,9 @@ def submit_all(bridge: Bridge, refs: Iterable[ObjectRef], *,
         except ClaimInProgress as exc:
             logger.info("%s: %s", ref, exc)
             results.append(Submission(ref, "retry", str(exc)))
+        except ProviderBusy as exc:
+            logger.info("%s: provider busy, the event will wait: %s", ref, exc)
+            results.append(Submission(ref, "retry", str(exc), busy_wait=exc.retry_after or 0.0))
         except ProviderUnavailable as exc:
             logger.warning("%s: provider unavailable, will be delivered again: %s", ref, exc)
             results.append(Submission(ref, "retry", str(exc)))
@@ -174,6 +181,10 @@ def _submit_claimed(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef
         # could convert twice, so this is reported, not delivered again.
         return _reject(storage, ref, rule, RejectedObject("PROVIDER_OUTCOME_UNKNOWN",
                                                           exc.message))
+    except ProviderBusy as exc:
+        if not final_attempt:
+            raise
+        return _reject(storage, ref, rule, RejectedObject("PROVIDER_BUSY", exc.message))
     except ProviderUnavailable as exc:
         if not final_attempt:
             raise

@@ -21,16 +21,25 @@ from urllib.parse import urlencode
 
 import httpx
 
+from convbridge.budget import ProviderBudget, ProviderLimits, can_defer
 from convbridge.errors import (
     CallbackError,
     CallbackSignatureError,
+    ProviderBusy,
     ProviderError,
     ProviderJobUnknown,
     ProviderOutcomeUnknown,
     ProviderRejected,
     ProviderUnavailable,
 )
-from convbridge.http import GaveUp, RetryPolicy, seconds_left, send
+from convbridge.http import (
+    RETRY_STATUSES,
+    GaveUp,
+    RetryPolicy,
+    retry_after_seconds,
+    seconds_left,
+    send,
+)
 from convbridge.model import CallbackRequest, Grant, GrantKind, JobOutcome, JobSpec
 
 logger = logging.getLogger(__name__)
@@ -72,6 +81,16 @@ class Provider(ABC):
     #: a create whose answer was lost is looked up before it is sent again; without it such a
     #: create is reported (ProviderOutcomeUnknown), never sent twice
     finds_jobs: ClassVar[bool] = False
+    #: Answers meaning "not now" (a rate or concurrent-jobs limit): they raise ProviderBusy.
+    #: Where the event can wait elsewhere (convbridge.budget.can_defer) a job create meeting
+    #: one is not retried inside the invocation, and the event is deferred
+    #: (convbridge.backpressure). Every dialect documents 429.
+    busy_statuses: ClassVar[frozenset[int]] = frozenset({429})
+    #: The bridge's default budget per execution environment (CONVBRIDGE_<NAME>_MAX_CONCURRENT_
+    #: JOBS and _REQUESTS_PER_SECOND override it). The seeds document no numbers for any
+    #: provider: each adapter says where its default comes from.
+    default_limits: ClassVar[ProviderLimits] = ProviderLimits(max_concurrent_jobs=5,
+                                                              requests_per_second=5.0)
 
     def __init__(
         self,
@@ -80,11 +99,13 @@ class Provider(ABC):
         signing_secret: str | None,
         base_url: str,
         http: httpx.Client,
+        budget: ProviderBudget | None = None,
     ) -> None:
         self._api_key = api_key
         self._signing_secret = signing_secret
         self.base_url = base_url.rstrip("/")
         self._http = http
+        self._budget = budget
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
@@ -121,7 +142,12 @@ class Provider(ABC):
         """Create the job for ``spec`` and return its id, which ``on_created`` learns first:
         before the job can run in dialects that ``binds_before_start``, as soon as the create
         request answers in the others (whose job may already have called back)."""
-        job_id = self._create(self.build_job(spec), spec.context_token)
+        document = self.build_job(spec)
+        if self._budget is None:
+            job_id = self._create(document, spec.context_token)
+        else:
+            with self._budget.job_slot():
+                job_id = self._create(document, spec.context_token)
         if on_created is not None:
             on_created(job_id)
         return job_id
@@ -214,8 +240,14 @@ class Provider(ABC):
               **kwargs: Any) -> httpx.Response:
         """One request with retries; provider answers become ProviderRejected (4xx) or
         ProviderUnavailable (retries exhausted). An absolute URL (a CloudConvert v1 process
-        URL) is sent as it is."""
+        URL) is sent as it is. A "not now" answer (``busy_statuses``) to a create raises
+        ProviderBusy; where the event can be deferred it does so at once, so the event waits
+        outside the invocation instead of retrying inside it."""
         url = path if "://" in path else f"{self.base_url}{path}"
+        if self._budget is not None:
+            self._budget.pace()
+        if not idempotent and can_defer():
+            kwargs.setdefault("retry_statuses", RETRY_STATUSES - self.busy_statuses)
         try:
             response = send(self._http, method, url, idempotent=idempotent, **kwargs)
         except GaveUp as exc:
@@ -224,6 +256,11 @@ class Provider(ABC):
                 f"{self.name}: {exc}{detail}",
                 status=exc.response.status_code if exc.response is not None else None,
             ) from exc
+        if not idempotent and response.status_code in self.busy_statuses:
+            raise ProviderBusy(f"{self.name}: {_error_message(response)}",
+                               status=response.status_code,
+                               retry_after=retry_after_seconds(
+                                   response.headers.get("Retry-After")))
         if response.status_code >= 500:
             raise ProviderUnavailable(f"{self.name}: {_error_message(response)}",
                                       status=response.status_code)

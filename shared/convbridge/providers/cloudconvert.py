@@ -41,6 +41,7 @@ from urllib.parse import quote
 
 import httpx
 
+from convbridge.budget import ProviderLimits
 from convbridge.errors import (
     CallbackError,
     ProviderError,
@@ -110,6 +111,14 @@ class CloudConvert(TaggedJobsProvider):
     #: export/url files come from storage.cloudconvert.com; regional and sandbox hosts are
     #: below the same domain
     download_hosts: ClassVar[tuple[str, ...]] = ("*.cloudconvert.com",)
+    #: "too many jobs at once" has been seen as 402 (DESIGN.md, provider facts); a 402 for
+    #: exhausted credits is deferred too, and becomes a failure report only once the event's
+    #: deferral budget is spent
+    busy_statuses: ClassVar[frozenset[int]] = frozenset({402, 429})
+    #: a guess: the seeds give no numbers; CloudConvert's smaller plans run a handful of jobs
+    #: at once and the API answers 429 with X-RateLimit-* headers above its rate
+    default_limits: ClassVar[ProviderLimits] = ProviderLimits(max_concurrent_jobs=5,
+                                                              requests_per_second=10.0)
     #: export/url files and the job itself are kept for 24 h; webhook retries end long before
     settle_deadline_seconds: ClassVar[int] = 6 * 3600
     created_id_at: ClassVar[tuple[str, ...]] = ("data", "id")

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
+from convbridge.budget import ProviderLimits
 from convbridge.errors import (
     CallbackError,
     CallbackSignatureError,
@@ -60,6 +61,10 @@ class CloudConvertV1(Provider):
     #: compatible service serves outputs from its base URL's host, which is always allowed
     download_hosts: ClassVar[tuple[str, ...]] = ("*.cloudconvert.com",)
     binds_before_start: ClassVar[bool] = True
+    #: a guess: the seed documents 429/503 with Retry-After and exponential backoff, no
+    #: numbers
+    default_limits: ClassVar[ProviderLimits] = ProviderLimits(max_concurrent_jobs=3,
+                                                              requests_per_second=5.0)
     #: the callback is retried 5 times, 5 s apart; a process still running (up to its
     #: ``maxtime``) is simply asked again at the next run
     settle_deadline_seconds: ClassVar[int] = 3600

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote, unquote, urlsplit
 
+from convbridge.budget import ProviderLimits
 from convbridge.errors import CallbackError, ProviderError
 from convbridge.model import (
     CallbackRequest,
@@ -71,6 +72,10 @@ class FreeConvert(TaggedJobsProvider):
     }
     #: export/url results are served by the task's worker (``server301.freeconvert.com``)
     download_hosts: ClassVar[tuple[str, ...]] = ("*.freeconvert.com",)
+    #: a guess: the seed documents 429 with Retry-After and X-RateLimit-Limit on "some
+    #: endpoints", no numbers
+    default_limits: ClassVar[ProviderLimits] = ProviderLimits(max_concurrent_jobs=5,
+                                                              requests_per_second=5.0)
     #: a task's files are deleted 4 h after it was created (jobs after 24 h): ask in time to
     #: relay them
     settle_deadline_seconds: ClassVar[int] = 2 * 3600

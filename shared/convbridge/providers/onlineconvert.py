@@ -29,6 +29,7 @@ from dataclasses import replace
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
+from convbridge.budget import ProviderLimits
 from convbridge.errors import (
     CallbackError,
     CallbackSignatureError,
@@ -58,6 +59,9 @@ class OnlineConvert(Provider):
     #: also serves files below its older online-convert.com domain
     download_hosts: ClassVar[tuple[str, ...]] = ("*.api2convert.com", "*.online-convert.com")
     binds_before_start: ClassVar[bool] = True
+    #: a guess: the seed documents no limits; each job takes three or more requests
+    default_limits: ClassVar[ProviderLimits] = ProviderLimits(max_concurrent_jobs=3,
+                                                              requests_per_second=5.0)
     #: callbacks are tried 10 times, 10 s apart: a job silent for an hour lost them all
     settle_deadline_seconds: ClassVar[int] = 3600
 

@@ -1,0 +1,110 @@
+"""The bridge's own budget per provider: how many job creations one execution environment has
+in flight at once, and how many requests per second it sends.
+
+Providers cap concurrent jobs and request rates per account. The bridge cannot see the
+account's other clients, so the provider's answer (429, CloudConvert's 402) stays the
+authority and is met with backpressure (:mod:`convbridge.backpressure`); this budget only
+keeps one environment from bursting into those answers. A create that would wait past the
+budget's patience is not sent: it raises :class:`~convbridge.errors.ProviderBusy`, like the
+provider's own "not now", so the event is deferred instead of the invocation spinning.
+
+Failing fast only helps where the event can wait somewhere else: the SQS-fed trigger marks
+its records with :func:`deferring`. Elsewhere (a direct invocation, an HTTP delivery) a busy
+answer is retried inside the invocation as before, up to its deadline.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from convbridge.errors import ProviderBusy
+from convbridge.http import seconds_left
+
+#: the longest a request waits for a slot or a token inside an invocation before it is
+#: deferred instead; long enough to smooth a batch, short enough not to burn the invocation
+PATIENCE_SECONDS = 5.0
+
+
+_deferring: contextvars.ContextVar[bool] = contextvars.ContextVar("deferring", default=False)
+
+
+@contextmanager
+def deferring() -> Iterator[None]:
+    """Inside the block a busy provider raises ProviderBusy at once: the caller defers."""
+    token = _deferring.set(True)
+    try:
+        yield
+    finally:
+        _deferring.reset(token)
+
+
+def can_defer() -> bool:
+    """Whether the event being handled can wait outside this invocation."""
+    return _deferring.get()
+
+
+@dataclass(frozen=True)
+class ProviderLimits:
+    """``max_concurrent_jobs``: job creations in flight at once; ``requests_per_second``:
+    requests of any kind, both per execution environment."""
+
+    max_concurrent_jobs: int
+    requests_per_second: float
+
+
+class ProviderBudget:
+    """A semaphore for job creations and a token bucket for requests, shared by the threads
+    of one environment (the batch's records run concurrently)."""
+
+    def __init__(self, name: str, limits: ProviderLimits, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep,
+                 patience_seconds: float = PATIENCE_SECONDS) -> None:
+        self.name = name
+        self.limits = limits
+        self._clock = clock
+        self._sleep = sleep
+        self._patience = patience_seconds
+        self._jobs = threading.BoundedSemaphore(limits.max_concurrent_jobs)
+        self._lock = threading.Lock()
+        # the bucket holds at most one second's worth of tokens: a burst is one second's rate
+        self._capacity = max(1.0, limits.requests_per_second)
+        self._tokens = self._capacity
+        self._filled_at = clock()
+
+    def _patience_now(self) -> float:
+        return self._patience if can_defer() else seconds_left()
+
+    def pace(self) -> None:
+        """Wait for a request token; ProviderBusy when the wait would pass the patience."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self._capacity, self._tokens + (now - self._filled_at)
+                               * self.limits.requests_per_second)
+            self._filled_at = now
+            wait = (1.0 - self._tokens) / self.limits.requests_per_second
+            if wait > self._patience_now():
+                raise ProviderBusy(f"{self.name}: over the bridge's budget of "
+                                   f"{self.limits.requests_per_second:g} requests per second",
+                                   retry_after=wait)
+            # the token is taken now; a negative balance makes later callers wait longer
+            self._tokens -= 1.0
+        if wait > 0:
+            self._sleep(wait)
+
+    @contextmanager
+    def job_slot(self) -> Iterator[None]:
+        """Hold one of ``max_concurrent_jobs`` creation slots; ProviderBusy when none frees
+        within the patience."""
+        if not self._jobs.acquire(timeout=max(0.0, self._patience_now())):
+            raise ProviderBusy(f"{self.name}: {self.limits.max_concurrent_jobs} job creations "
+                               "already in flight (the bridge's budget)")
+        try:
+            yield
+        finally:
+            self._jobs.release()
