@@ -102,6 +102,9 @@ class AzureBlobStorage(Storage):
     read_grant_kinds: ClassVar[frozenset[GrantKind]] = frozenset({"presigned_url", "sas"})
     event_formats: ClassVar[tuple[str, ...]] = (
         "Event Grid BlobCreated (Event Grid schema or CloudEvents)",)
+    grant_signing: ClassVar[str | None] = (
+        "a user delegation key got with an Entra ID token (no account key held); the account "
+        "key only for an account whose secret says \"signing\": \"account_key\"")
 
     @classmethod
     def from_settings(cls, settings: Settings, clients: CloudClients) -> AzureBlobStorage:
