@@ -106,7 +106,9 @@ class AzureHarness(StorageHarness):
     def seed(self, stack: DevStack) -> None:
         sm = boto3.client("secretsmanager", region_name=REGION)
         sm.create_secret(Name=ACCOUNT_SECRET, SecretString=json.dumps(
-            {"account_name": ACCOUNT_NAME, "account_key": self.server.account_key}))
+            # plain-HTTP Azurite serves no delegation keys: this account opts into its key
+            {"account_name": ACCOUNT_NAME, "signing": "account_key",
+             "account_key": self.server.account_key}))
         sm.create_secret(Name=EVENT_GRID_SECRET, SecretString=json.dumps(
             {"code": self.endpoint_code}))
 

@@ -142,8 +142,22 @@ def render(table: list[Route]) -> str:
         "",
         "How each storage announces a new file:",
         *announcements(),
+        *signers(),
     ]
     return "\n".join(line.rstrip() for line in lines + notes)
+
+
+def signers() -> list[str]:
+    """Who signs each storage's grants, for storages that say (``Storage.grant_signing``)."""
+    found = []
+    for name in STORAGES.names():
+        try:
+            signing = STORAGES.load(name).grant_signing
+        except ConfigError:
+            continue
+        if signing:
+            found.append(f"  {name}: {signing}")
+    return ["", "Who signs the grants:", *found] if found else []
 
 
 def announcements() -> list[str]:

@@ -122,3 +122,10 @@ def test_the_table_says_how_each_storage_announces_files(
         assert f"\n  {name}: " in out
     assert "  s3: S3 event notification; EventBridge Object Created" in out
     assert "  sftp: scheduled sweep" in out
+
+
+def test_routes_say_which_identity_signs_azure_grants() -> None:
+    text = routes.render(routes.capability_table())
+    line = next(line for line in text.splitlines() if line.startswith("  azure_blob: a user"))
+    assert "user delegation key" in line and "Entra ID" in line
+    assert '"signing": "account_key"' in line

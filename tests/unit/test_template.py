@@ -387,19 +387,26 @@ def _reconciler(storage_secrets: tuple[str, ...]) -> set[tuple[str, str, str]]:
     } | {(GET_SECRET, SECRET.format(name), "") for name in storage_secrets}
 
 
+#: storage/azure_identity.py: the web-identity token Entra takes as the client assertion, for
+#: Entra's audience and at most five minutes, by every function that touches Azure storage
+FEDERATE_TO_AZURE = ("sts:getwebidentitytoken", "*", json.dumps({
+    "ForAllValues:StringEquals": {"sts:IdentityTokenAudience": "api://AzureADTokenExchange"},
+    "NumericLessThanEquals": {"sts:DurationSeconds": "300"}}, sort_keys=True))
+
 EXPECTED_ALL_ON = {
     "S3TriggerFunction": _core(ALL_ON_PREFIX, kms=True) | _s3_trigger(),
     "WebhookFunction": _core(ALL_ON_PREFIX, kms=True)
-    | _webhook(("azure-account", "gcs-service-account", "sftp")),
-    # The other triggers touch no AWS storage: their grants are made from these secrets.
+    | _webhook(("azure-account", "gcs-service-account", "sftp")) | {FEDERATE_TO_AZURE},
+    # The other triggers touch no AWS storage: their grants are made from these secrets (and,
+    # for Azure, the federated token).
     "AzureTriggerFunction": _core(ALL_ON_PREFIX, kms=True)
     | {(GET_SECRET, SECRET.format("event-grid"), ""),
-       (GET_SECRET, SECRET.format("azure-account"), "")},
+       (GET_SECRET, SECRET.format("azure-account"), ""), FEDERATE_TO_AZURE},
     "GcsTriggerFunction": _core(ALL_ON_PREFIX, kms=True)
     | {(GET_SECRET, SECRET.format("gcs-service-account"), "")},
     "SftpSweepFunction": _core(ALL_ON_PREFIX, kms=True) | {(GET_SECRET, SECRET.format("sftp"), "")},
     "ReconcilerFunction": _core(ALL_ON_PREFIX, kms=True)
-    | _reconciler(("azure-account", "gcs-service-account", "sftp")),
+    | _reconciler(("azure-account", "gcs-service-account", "sftp")) | {FEDERATE_TO_AZURE},
 }
 
 
@@ -496,6 +503,12 @@ def _every_arm_statements(template: dict[str, Any]) -> list[tuple[str, dict[str,
     return _all_statements(template)
 
 
+def _audience_bound(statement: dict[str, Any]) -> bool:
+    """A web-identity token grant that only Entra's token exchange can use."""
+    audience = (statement.get("Condition") or {}).get("ForAllValues:StringEquals", {})
+    return bool(audience.get("sts:IdentityTokenAudience"))
+
+
 @pytest.mark.parametrize("which", ["translated", "deployed_all"])
 def test_no_wildcard_resource_for_sensitive_actions(
     request: pytest.FixtureRequest, which: str
@@ -512,6 +525,8 @@ def test_no_wildcard_resource_for_sensitive_actions(
         if not sensitive:
             continue
         resources = [str(r) for r in _as_list(statement.get("Resource", []))]
+        if actions == ["sts:getwebidentitytoken"] and _audience_bound(statement):
+            continue  # the action has no resource type: "*" is its only form; the audience binds it
         # A bare "*" or a resource that is all wildcard after the service part.
         if "NotResource" in statement or any(r == "*" or r.endswith(":*") for r in resources):
             offenders.append((logical_id, "wildcard resource", statement))
@@ -616,9 +631,13 @@ CALL_ACTIONS = {
     # list_objects_v2: `convbridge retry` (the CLI, run with the operator's credentials).
     ("s3", "get_paginator"): {"s3:listbucket"},
     ("sts", "assume_role"): {"sts:assumerole"},
+    # Azure user delegation: the web-identity token Entra takes as the client assertion
+    ("sts", "get_web_identity_token"): {"sts:getwebidentitytoken"},
     ("secretsmanager", "get_secret_value"): {"secretsmanager:getsecretvalue"},
     ("ssm", "get_parameter"): {"ssm:getparameter"},
     ("sqs", "send_message"): {"sqs:sendmessage"},
+    # backpressure.py: the deferring trigger's own queue URL, from its ARN
+    ("sqs", "get_queue_url"): {"sqs:getqueueurl"},
     ("dynamodb", "get_item"): {"dynamodb:getitem"},
     ("dynamodb", "put_item"): {"dynamodb:putitem"},
     ("dynamodb", "update_item"): {"dynamodb:updateitem"},
@@ -631,6 +650,7 @@ _CALL_PATTERNS = [
     (re.compile(r"self\._s3\.(\w+)\("), "s3"),
     (re.compile(r"self\._sts\.(\w+)\("), "sts"),
     (re.compile(r"\.sqs\(\)\.(\w+)\("), "sqs"),
+    (re.compile(r"(?<![\w.])sqs\.(\w+)\("), "sqs"),
     (re.compile(r"""client\(["'](\w+)["']\)\.(\w+)\("""), None),
 ]
 

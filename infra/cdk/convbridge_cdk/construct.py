@@ -83,6 +83,10 @@ METRICS_NAMESPACE = "convbridge"
 JOB_METRICS = ("JobsSubmitted", "JobsFinished", "JobsFailed")
 
 
+#: the audience Entra ID expects of a federated client assertion
+AZURE_FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
+
+
 @dataclass(frozen=True)
 class AzureOptions:
     """Event Grid -> Azure trigger. ``blob_endpoint`` only when it is not the account's
@@ -586,7 +590,21 @@ class ConvBridge(Construct):
             props.azure.account_secret_arn if props.azure else None,
             props.gcs.service_account_secret_arn if props.gcs else None,
             props.sftp.secret_arn if props.sftp else None) if arn]
-        return [self._storage_secret_statement(storage_secrets)] if storage_secrets else []
+        statements = [self._storage_secret_statement(storage_secrets)] if storage_secrets else []
+        if props.azure:
+            statements.append(self._federate_to_azure())
+        return statements
+
+    @staticmethod
+    def _federate_to_azure() -> iam.PolicyStatement:
+        """The web-identity token Entra exchanges for the bridge's Azure storage token
+        (user-delegation SAS and blob access, no account key), for Entra's audience only."""
+        return iam.PolicyStatement(
+            sid="FederateToAzure", actions=["sts:GetWebIdentityToken"], resources=["*"],
+            conditions={
+                "ForAllValues:StringEquals": {
+                    "sts:IdentityTokenAudience": AZURE_FEDERATION_AUDIENCE},
+                "NumericLessThanEquals": {"sts:DurationSeconds": 300}})
 
     def _write_back_environment(self) -> dict[str, str]:
         props = self.props
@@ -699,7 +717,8 @@ class ConvBridge(Construct):
             "AzureTriggerRole",
             "convbridge Azure trigger; Event Grid secret and storage account key only.",
             [self._storage_secret_statement([azure.event_grid_secret_arn,
-                                             azure.account_secret_arn])],
+                                             azure.account_secret_arn]),
+             self._federate_to_azure()],
             "convbridge-azure-trigger")
         function = self._function(
             "azure_trigger", "AzureTriggerFunction", directory="azure_trigger",

@@ -173,6 +173,10 @@ def _submit_claimed(bridge: Bridge, storage: Storage, rule: Rule, ref: ObjectRef
         job_id, route = _start_job(bridge, storage, rule, ref, conversion, record)
     except RejectedObject as rejected:
         return _reject(storage, ref, rule, rejected)
+    except GrantError as exc:
+        # no grant could be minted at all (e.g. the storage's identity federation failed):
+        # reported, never retried with a broader credential
+        return _reject(storage, ref, rule, RejectedObject("GRANT_FAILED", str(exc)))
     except ProviderRejected as exc:
         return _reject(storage, ref, rule, RejectedObject(
             exc.code or f"PROVIDER_HTTP_{exc.status}", exc.message))

@@ -5,11 +5,15 @@ it natively (``sas_token``) or as a plain signed URL. Write grants are a service
 ``sp=c`` (create only) on the one output blob: the provider can write that blob once and can
 neither read it back, overwrite it, nor touch any other blob. When the output blob already
 exists a create-only SAS could not replace it, so no write grant is minted and the pipeline
-relays the output instead. The account key comes from Secrets Manager (never the environment)
-and signs SAS tokens locally; it never leaves the bridge.
+relays the output instead. Grants are user-delegation SAS signed with a short-lived delegation
+key got with an Entra ID token (:mod:`convbridge.storage.azure_identity`); an account whose
+secret says ``"signing": "account_key"`` is signed with its account key instead, which then
+comes from Secrets Manager (never the environment) and never leaves the bridge.
 
 Settings (``CONVBRIDGE_`` + name): ``AZURE_ACCOUNT_SECRET`` names the secret holding
-``{"account_name", "account_key"}``; ``AZURE_BLOB_ENDPOINT`` overrides
+``{"account_name", "tenant_id", "client_id"}`` (or ``{"account_name", "signing":
+"account_key", "account_key"}``); ``AZURE_AUTHORITY_URL`` overrides Entra's
+``https://login.microsoftonline.com``; ``AZURE_BLOB_ENDPOINT`` overrides
 ``https://<account>.blob.core.windows.net`` (e.g. Azurite's ``http://127.0.0.1:10000/<account>``);
 ``AZURE_ALLOW_HTTP=1`` lets grants work over plain HTTP, for a local emulator only.
 Azure metadata names must be C# identifiers, so ``-`` in names (the bridge's output marker)
@@ -39,6 +43,12 @@ from convbridge.errors import (
 )
 from convbridge.model import OUTPUT_MARKER, SOURCE_TAG, Grant, GrantKind, ObjectRef, OutputTarget
 from convbridge.storage._vendor import VendorModule
+from convbridge.storage.azure_identity import (
+    ENTRA_AUTHORITY,
+    AccountKeySigning,
+    AzureCredentialSource,
+    credential_source,
+)
 from convbridge.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -92,6 +102,9 @@ class AzureBlobStorage(Storage):
     read_grant_kinds: ClassVar[frozenset[GrantKind]] = frozenset({"presigned_url", "sas"})
     event_formats: ClassVar[tuple[str, ...]] = (
         "Event Grid BlobCreated (Event Grid schema or CloudEvents)",)
+    grant_signing: ClassVar[str | None] = (
+        "a user delegation key got with an Entra ID token (no account key held); the account "
+        "key only for an account whose secret says \"signing\": \"account_key\"")
 
     @classmethod
     def from_settings(cls, settings: Settings, clients: CloudClients) -> AzureBlobStorage:
@@ -100,22 +113,32 @@ class AzureBlobStorage(Storage):
         secrets = clients.secrets
         account = secrets.get(secret_name).field("account_name")
         allow_http = settings.value("AZURE_ALLOW_HTTP", "0") == "1"
-        return cls(
-            account_name=account,
-            # read through the secret cache on each use, so a rotated key is picked up
-            account_key=lambda: secrets.get(secret_name).field("account_key"),
-            endpoint=settings.value("AZURE_BLOB_ENDPOINT"),
-            allow_http=allow_http,
-        )
+        # read through the secret cache on each use, so a rotated key is picked up
+        signing = credential_source(
+            lambda: secrets.get(secret_name), sts_client=lambda: clients.client("sts"),
+            authority=settings.value("AZURE_AUTHORITY_URL", ENTRA_AUTHORITY) or ENTRA_AUTHORITY)
+        return cls(account_name=account, signing=signing,
+                   endpoint=settings.value("AZURE_BLOB_ENDPOINT"), allow_http=allow_http)
 
     def __init__(
         self,
         *,
         account_name: str,
-        account_key: Callable[[], str],
+        signing: AzureCredentialSource | None = None,
+        account_key: Callable[[], str] | None = None,
         endpoint: str | None = None,
         allow_http: bool = False,
+        connection_verify: str | bool = True,
     ) -> None:
+        """``signing`` says which identity signs grants and authorises the bridge's I/O;
+        ``account_key`` alone is short for :class:`AccountKeySigning` with it.
+        ``connection_verify`` is the CA bundle to trust (a local emulator's own cert)."""
+        if signing is None and account_key is not None:
+            signing = AccountKeySigning(account_key=account_key)
+        elif signing is None or account_key is not None:
+            raise ConfigError("an Azure storage takes one signing identity: signing or "
+                              "account_key")
+        self.signing: AzureCredentialSource = signing
         self.account_name = account_name
         self.endpoint = (endpoint or f"https://{account_name}.blob.core.windows.net").rstrip("/")
         if urlsplit(self.endpoint).scheme not in {"http", "https"}:
@@ -125,8 +148,8 @@ class AzureBlobStorage(Storage):
                 f"the Azure blob endpoint {self.endpoint} is plain HTTP; grants are HTTPS-only "
                 "unless CONVBRIDGE_AZURE_ALLOW_HTTP=1 (local emulators only)")
         self.allow_http = allow_http
-        self._account_key = account_key
         self._client_options: dict[str, Any] = {
+            "connection_verify": connection_verify,
             # The SDK's default backoff starts at 15 s: longer than a delivery can wait.
             "retry_policy": _blob_sdk.ExponentialRetry(initial_backoff=1, increment_base=2,
                                                    retry_total=2, random_jitter_range=1),
@@ -135,7 +158,7 @@ class AzureBlobStorage(Storage):
             "max_single_get_size": READ_CHUNK,
             "max_chunk_get_size": READ_CHUNK,
         }
-        self._service: tuple[str, _blob_sdk.BlobServiceClient] | None = None
+        self._service: tuple[Any, _blob_sdk.BlobServiceClient] | None = None
 
     def __repr__(self) -> str:
         return f"AzureBlobStorage(account={self.account_name!r}, endpoint={self.endpoint!r})"
@@ -143,11 +166,10 @@ class AzureBlobStorage(Storage):
     # -- clients -------------------------------------------------------------------------------
 
     def _client(self) -> _blob_sdk.BlobServiceClient:
-        key = self._account_key()
-        if self._service is None or self._service[0] != key:
-            credential = {"account_name": self.account_name, "account_key": key}
-            self._service = (key, _blob_sdk.BlobServiceClient(self.endpoint, credential=credential,
-                                                    **self._client_options))
+        credential = self.signing.service_credential(self.account_name)
+        if self._service is None or self._service[0] != credential:
+            self._service = (credential, _blob_sdk.BlobServiceClient(
+                self.endpoint, credential=credential, **self._client_options))
         return self._service[1]
 
     def _container(self, location: str) -> str:
@@ -177,7 +199,8 @@ class AzureBlobStorage(Storage):
         with _azure_errors(_Call("sign a SAS for", f"{location}/{key}", signing=True)):
             token = _blob_sdk.generate_blob_sas(
                 self.account_name, container, key,
-                account_key=self._account_key(), permission=permission, expiry=expires,
+                **self.signing.sas_signing(self._client(), expires),
+                permission=permission, expiry=expires,
                 protocol="https,http" if self.allow_http else "https",
             )
         return token, expires
@@ -192,7 +215,8 @@ class AzureBlobStorage(Storage):
         )
 
     def _protocols(self) -> str:
-        return "HTTPS or HTTP (dev only)" if self.allow_http else "HTTPS only"
+        protocols = "HTTPS or HTTP (dev only)" if self.allow_http else "HTTPS only"
+        return f"{protocols}; signed with {self.signing.describes}"
 
     def grant_read(self, ref: ObjectRef, ttl_seconds: int, *,
                    kind: GrantKind = "presigned_url") -> Grant:
@@ -397,8 +421,8 @@ class _Call:
     taken: Callable[[], bool] | None = None
     #: not-found is an answer here (stat: None; delete: already done), not a failure
     absent_is_answer: bool = False
-    #: a SAS signed locally with the account key: the SDK's ValueError or TypeError means the
-    #: key is unusable
+    #: a SAS signed locally (account key or delegation key): the SDK's ValueError or TypeError
+    #: means the key is unusable
     signing: bool = False
 
 

@@ -37,6 +37,8 @@ class Storage(ABC):
     swept: ClassVar[bool] = False
     #: the trigger payloads that announce a new object, for ``convbridge routes``
     event_formats: ClassVar[tuple[str, ...]] = ()
+    #: which identity signs the grants, for ``convbridge routes`` (None: nothing to say)
+    grant_signing: ClassVar[str | None] = None
 
     @classmethod
     @abstractmethod
