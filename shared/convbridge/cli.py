@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -81,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
         "back first and removing each report resubmitted. With --stack NAME the deployed S3 "
         "trigger function does it (it alone may mint S3 write grants): the command invokes "
         "it, again for as long as it answers with a cursor, and prints what it did; this "
-        "needs lambda:InvokeFunction on it and cloudformation:DescribeStackResource. "
+        "needs lambda:InvokeFunction on it and cloudformation:DescribeStacks. "
         "Without --stack the command does it itself, with the CONVBRIDGE_* environment of "
         "the deployed functions.")
     retry.add_argument("--rule", help="only this rule's failure reports")
@@ -387,8 +388,23 @@ class _RetryTally:
         return EXIT_OK if set(self.counts) <= fine else EXIT_PROBLEMS
 
 
-#: the S3 trigger's logical id in template.yaml and the CDK construct
+#: the S3 trigger's logical id in template.yaml, for stacks deployed before its output
 TRIGGER_LOGICAL_ID = "S3TriggerFunction"
+#: the output naming the S3 trigger: the key itself in template.yaml; in a CDK stack, after
+#: the construct's path and before the hash CDK appends
+TRIGGER_OUTPUT = re.compile(r"(?:^|Outputs)S3TriggerFunctionName(?:[0-9A-F]{8})?$")
+
+
+def _trigger_function(cloudformation: Any, stack: str) -> str:
+    """The name of the stack's S3 trigger function: from its output (SAM and CDK stacks), else
+    from the SAM logical id."""
+    [described] = cloudformation.describe_stacks(StackName=stack)["Stacks"]
+    for output in described.get("Outputs") or []:
+        if TRIGGER_OUTPUT.search(str(output.get("OutputKey"))):
+            return str(output["OutputValue"])
+    return str(cloudformation.describe_stack_resource(
+        StackName=stack, LogicalResourceId=TRIGGER_LOGICAL_ID,
+    )["StackResourceDetail"]["PhysicalResourceId"])
 
 
 def _retry_in_stack(stack: str, rule: str | None, dry_run: bool) -> int:
@@ -402,9 +418,7 @@ def _retry_in_stack(stack: str, rule: str | None, dry_run: bool) -> int:
 
     tally = _RetryTally()
     try:
-        function = boto3.client("cloudformation").describe_stack_resource(
-            StackName=stack, LogicalResourceId=TRIGGER_LOGICAL_ID,
-        )["StackResourceDetail"]["PhysicalResourceId"]
+        function = _trigger_function(boto3.client("cloudformation"), stack)
         invoke = boto3.client("lambda").invoke
         cursor: RetryCursor | None = None
         while True:

@@ -46,7 +46,22 @@ class Aws:
         self.cfn_stub = Stubber(self.cloudformation)
         self.lambda_stub = Stubber(self.lambda_)
 
-    def stack_has_trigger(self, stack: str = "convbridge") -> None:
+    def stack_has_trigger(self, stack: str = "convbridge",
+                          output_key: str = "S3TriggerFunctionName") -> None:
+        """The trigger named by the stack's output (SAM's key, or CDK's with its path and
+        hash)."""
+        self.cfn_stub.add_response("describe_stacks", {"Stacks": [{
+            "StackName": stack, "CreationTime": "2024-01-01T00:00:00Z",
+            "StackStatus": "UPDATE_COMPLETE", "Outputs": [
+                {"OutputKey": "ReconcilerFunctionName", "OutputValue": "reconciler"},
+                {"OutputKey": output_key, "OutputValue": FUNCTION}]}]},
+            {"StackName": stack})
+
+    def stack_without_output(self, stack: str = "convbridge") -> None:
+        """A stack deployed before the output: the trigger is found by its logical id."""
+        self.cfn_stub.add_response("describe_stacks", {"Stacks": [{
+            "StackName": stack, "CreationTime": "2024-01-01T00:00:00Z",
+            "StackStatus": "UPDATE_COMPLETE"}]}, {"StackName": stack})
         self.cfn_stub.add_response("describe_stack_resource", {"StackResourceDetail": {
             "LogicalResourceId": "S3TriggerFunction", "PhysicalResourceId": FUNCTION,
             "ResourceType": "AWS::Lambda::Function", "ResourceStatus": "CREATE_COMPLETE",
@@ -119,8 +134,13 @@ def test_dry_run_asks_the_function_for_a_dry_run_and_lists_what_it_would_resubmi
     assert code == 0
 
 
-def test_nothing_to_retry(aws: Aws, capsys: pytest.CaptureFixture[str]) -> None:
-    aws.stack_has_trigger()
+@pytest.mark.parametrize("found", ["sam-output", "cdk-output", "logical-id"])
+def test_nothing_to_retry(aws: Aws, capsys: pytest.CaptureFixture[str], found: str) -> None:
+    if found == "logical-id":
+        aws.stack_without_output()
+    else:
+        aws.stack_has_trigger(output_key="S3TriggerFunctionName" if found == "sam-output"
+                              else "ConvBridgeOutputsS3TriggerFunctionName5A1B2C3D")
     aws.invoked(event(), answer())
     code, out, _ = retry(capsys)
     assert (code, out) == (0, "nothing to retry: no failure reports found\n")
@@ -157,12 +177,11 @@ def test_a_run_that_handled_nothing_is_not_invoked_again_for_ever(
 def test_a_stack_without_the_trigger_is_unreadable(
         aws: Aws, capsys: pytest.CaptureFixture[str]) -> None:
     aws.cfn_stub.add_client_error(
-        "describe_stack_resource", "ValidationError",
-        "Stack 'gone' does not exist", expected_params={
-            "StackName": "gone", "LogicalResourceId": "S3TriggerFunction"})
+        "describe_stacks", "ValidationError", "Stack with id gone does not exist",
+        expected_params={"StackName": "gone"})
     code = main(["retry", "--stack", "gone"])
     err = capsys.readouterr().err
-    assert code == 3 and "Stack 'gone' does not exist" in err
+    assert code == 3 and "Stack with id gone does not exist" in err
 
 
 def test_help_says_which_mode_is_which(capsys: pytest.CaptureFixture[str]) -> None:
