@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from convbridge import __version__
 
@@ -75,9 +76,20 @@ def _parser() -> argparse.ArgumentParser:
                          help="the rules file: a path, ssm:NAME or s3://bucket/key")
     retry = commands.add_parser(
         "retry", epilog=EPILOG, formatter_class=formatter,
-        help="resubmit the sources listed in failure reports (uses the deployed "
-        "function's CONVBRIDGE_* environment)")
+        help="resubmit the sources listed in failure reports (--stack: inside the deployed "
+        "S3 trigger function; otherwise here, with its CONVBRIDGE_* environment)",
+        description="Resubmit every source a failure report names, putting moved sources "
+        "back first and removing each report resubmitted. With --stack NAME the deployed S3 "
+        "trigger function does it (it alone may mint S3 write grants): the command invokes "
+        "it, again for as long as it answers with a cursor, and prints what it did; this "
+        "needs lambda:InvokeFunction on it and cloudformation:DescribeStacks. "
+        "Without --stack the command does it itself, with the CONVBRIDGE_* environment of "
+        "the deployed functions.")
     retry.add_argument("--rule", help="only this rule's failure reports")
+    retry.add_argument("--stack", metavar="NAME",
+                       help="run inside this deployed stack's S3 trigger function")
+    retry.add_argument("--dry-run", action="store_true",
+                       help="list what would be resubmitted; resubmit and change nothing")
     reconcile = commands.add_parser(
         "reconcile", epilog=EPILOG, formatter_class=formatter,
         help="settle jobs whose callbacks never came by asking their provider "
@@ -140,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         print(render(capability_table()))
         return EXIT_OK
     if args.command == "retry":
-        return _retry(args.rule)
+        if args.stack:
+            return _retry_in_stack(args.stack, args.rule, args.dry_run)
+        return _retry(args.rule, args.dry_run)
     if args.command == "reconcile":
         return _reconcile(args.rule, args.older_than)
     if args.command == "status":
@@ -322,9 +336,10 @@ def _budget() -> Callable[[], int]:
     return lambda: budget_ms - int((time.monotonic() - started) * 1000)
 
 
-def _retry(rule: str | None) -> int:
+def _retry(rule: str | None, dry_run: bool) -> int:
     from convbridge.bridge import Bridge
     from convbridge.errors import ConvbridgeError
+    from convbridge.events.retry import BadRetryEvent, RetryRequest
     from convbridge.http import deadline_from
     from convbridge.pipeline import retry_failures
 
@@ -335,19 +350,106 @@ def _retry(rule: str | None) -> int:
         bridge.claims.register_lambda_context(SimpleNamespace(
             get_remaining_time_in_millis=remaining_ms))
         with deadline_from(remaining_ms):
-            submissions = retry_failures(bridge, rule)
+            run = retry_failures(bridge, RetryRequest(rule=rule, dry_run=dry_run))
+    except BadRetryEvent as exc:
+        print(f"retry refused: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ConvbridgeError as exc:
         print(f"retry failed: {exc}", file=sys.stderr)
         return EXIT_PROBLEMS
-    if not submissions:
-        print("nothing to retry: no failure reports found")
-        return EXIT_OK
-    for item in submissions:
-        detail = f" as job {item.job_id}" if item.job_id else (
-            f" ({item.reason})" if item.reason else "")
-        print(f"{item.ref}: {item.status}{detail}")
-    return EXIT_OK if all(s.status in {"submitted", "duplicate"} for s in submissions) \
-        else EXIT_PROBLEMS
+    tally = _RetryTally()
+    tally.add(run.summary())
+    return tally.finish(dry_run)
+
+
+class _RetryTally:
+    """Prints each resubmission as it is answered and counts them over every invocation."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def add(self, summary: dict[str, Any]) -> None:
+        for item in summary.get("items") or []:
+            status = str(item.get("status"))
+            self.counts[status] = self.counts.get(status, 0) + 1
+            detail = f" as job {item['job_id']}" if item.get("job_id") else (
+                f" ({item['reason']})" if item.get("reason") else "")
+            label = "would resubmit" if status == "would_resubmit" else status
+            print(f"{item.get('object')}: {label}{detail}")
+
+    def finish(self, dry_run: bool) -> int:
+        if not self.counts:
+            print("nothing to retry: no failure reports found")
+            return EXIT_OK
+        print(("dry run, nothing changed: " if dry_run else "")
+              + ", ".join(f"{count} {status.replace('_', ' ')}"
+                          for status, count in sorted(self.counts.items())))
+        fine = {"would_resubmit"} if dry_run else {"submitted", "duplicate"}
+        return EXIT_OK if set(self.counts) <= fine else EXIT_PROBLEMS
+
+
+#: the S3 trigger's logical id in template.yaml, for stacks deployed before its output
+TRIGGER_LOGICAL_ID = "S3TriggerFunction"
+#: the output naming the S3 trigger: the key itself in template.yaml; in a CDK stack, after
+#: the construct's path and before the hash CDK appends
+TRIGGER_OUTPUT = re.compile(r"(?:^|Outputs)S3TriggerFunctionName(?:[0-9A-F]{8})?$")
+
+
+def _trigger_function(cloudformation: Any, stack: str) -> str:
+    """The name of the stack's S3 trigger function: from its output (SAM and CDK stacks), else
+    from the SAM logical id."""
+    [described] = cloudformation.describe_stacks(StackName=stack)["Stacks"]
+    for output in described.get("Outputs") or []:
+        if TRIGGER_OUTPUT.search(str(output.get("OutputKey"))):
+            return str(output["OutputValue"])
+    return str(cloudformation.describe_stack_resource(
+        StackName=stack, LogicalResourceId=TRIGGER_LOGICAL_ID,
+    )["StackResourceDetail"]["PhysicalResourceId"])
+
+
+def _retry_in_stack(stack: str, rule: str | None, dry_run: bool) -> int:
+    """Invoke the stack's S3 trigger with retry events until it answers without a cursor."""
+    import json
+
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from convbridge.events.retry import RetryCursor, RetryRequest
+
+    tally = _RetryTally()
+    try:
+        function = _trigger_function(boto3.client("cloudformation"), stack)
+        invoke = boto3.client("lambda").invoke
+        cursor: RetryCursor | None = None
+        while True:
+            request = RetryRequest(rule=rule, dry_run=dry_run, cursor=cursor)
+            answer = invoke(FunctionName=function, InvocationType="RequestResponse",
+                            Payload=json.dumps(request.to_json()).encode("utf-8"))
+            summary = json.loads(answer["Payload"].read() or b"null")
+            if answer.get("FunctionError") or not isinstance(summary, dict):
+                print(f"{function} failed: {summary}", file=sys.stderr)
+                return EXIT_PROBLEMS
+            if "error" in summary:
+                print(f"{function} refused the retry: {summary.get('message')}",
+                      file=sys.stderr)
+                return EXIT_USAGE if summary["error"] == "BadRetryEvent" else EXIT_PROBLEMS
+            tally.add(summary)
+            following = summary.get("cursor")
+            if not following:
+                return tally.finish(dry_run)
+            if not summary.get("items"):
+                # an invocation that handled nothing would be invoked again for ever
+                print(f"{function} stopped before any report: {summary.get('stopped')}",
+                      file=sys.stderr)
+                return EXIT_PROBLEMS
+            cursor = RetryCursor(rule=str(following["rule"]), start=str(following["start"]))
+            print(f"continuing from {cursor.start} ({summary.get('stopped')})")
+    except (BotoCoreError, ClientError) as exc:
+        print(f"cannot invoke the retry in stack {stack}: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    except (ValueError, KeyError, TypeError) as exc:
+        print(f"unreadable answer from stack {stack}: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
 
 
 def _reconcile(rule: str | None, older_than: int | None) -> int:

@@ -22,11 +22,12 @@ from typing import Any, TypeVar
 from convbridge import backpressure
 from convbridge.bridge import Bridge
 from convbridge.budget import deferring
-from convbridge.errors import CallbackError
+from convbridge.errors import CallbackError, ConvbridgeError
 from convbridge.events import ParsedEvents
+from convbridge.events.retry import BadRetryEvent, is_retry_event, parse_retry_event
 from convbridge.http import deadline_from
 from convbridge.model import CallbackRequest
-from convbridge.pipeline import submit_all, summarize
+from convbridge.pipeline import retry_failures, submit_all, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ CHATTY_VENDOR_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", 
 #: SQS delivers a message this many times before the redrive policy moves it to the DLQ; on
 #: the last delivery a transient failure is reported instead of retried (template.yaml).
 MAX_RECEIVES = 5
+#: failure reports one retry invocation handles; its answer's cursor carries the rest
+RETRY_REPORTS_PER_INVOCATION = 25
 #: records of one batch handled at once; SQS batches for the triggers are 10 at most
 RECORD_WORKERS = 16
 
@@ -142,10 +145,14 @@ def run_trigger(event: dict[str, Any], context: Any,
                 parse: Callable[[dict[str, Any]], ParsedEvents],
                 parse_message: Callable[[str], ParsedEvents]) -> dict[str, Any]:
     """Direct events are submitted object by object; SQS batches go through the Powertools
-    batch processor so one failing message is redelivered without the good ones."""
+    batch processor so one failing message is redelivered without the good ones; a retry
+    event (``convbridge retry --stack``) resubmits failures."""
     current = bridge()
     current.claims.register_lambda_context(context)
-    with deadline_from(getattr(context, "get_remaining_time_in_millis", None)):
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    with deadline_from(remaining):
+        if is_retry_event(event):
+            return answer_retry(current, event, remaining)
         if not is_sqs_event(event):
             parsed = parse(event) if isinstance(event, dict) else ParsedEvents.skip(
                 f"event: not a JSON object but {type(event).__name__}")
@@ -153,6 +160,29 @@ def run_trigger(event: dict[str, Any], context: Any,
             return summarize(submit_all(current, parsed.objects))
         return process_batch(event, context, lambda record: _submit_message(
             current, record, parse_message))
+
+
+def answer_retry(current: Bridge, event: dict[str, Any],
+                 remaining: Callable[[], int] | None) -> dict[str, Any]:
+    """The summary of a bounded retry run, or ``{"error", "message"}`` saying why none ran.
+    The caller was let in by IAM (lambda:InvokeFunction), so the message may name the field
+    it got wrong."""
+    try:
+        run = retry_failures(current, parse_retry_event(event),
+                             max_reports=RETRY_REPORTS_PER_INVOCATION, remaining_ms=remaining)
+    except BadRetryEvent as exc:
+        logger.warning("retry event refused: %s", exc)
+        return {"error": "BadRetryEvent", "message": str(exc)}
+    except ConvbridgeError as exc:
+        logger.error("retry failed: %s", exc)
+        return {"error": type(exc).__name__, "message": str(exc)}
+    except Exception:  # noqa: BLE001 (the answer must come back; the log has the traceback)
+        logger.exception("retry failed unexpectedly")
+        return {"error": "internal error", "message": "see the function's log"}
+    summary = run.summary()
+    logger.info("retry %s: %s", "dry run" if run.dry_run else "run", json.dumps(
+        {"counts": summary["counts"], "cursor": summary["cursor"]}))
+    return summary
 
 
 def _submit_message(current: Bridge, record: Any,

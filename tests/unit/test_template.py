@@ -343,12 +343,16 @@ def _s3_trigger() -> set[tuple[str, str, str]]:
     (GetObject, and ListBucket so a vanished source reads as 404), put_object for records,
     copy_object + delete_object for failure policy "move" on rejects, assume_role for grants;
     the event source mapping consumes the S3 events queue; backpressure.py re-sends a deferred
-    event to it (get_queue_url, send_message)."""
+    event to it (get_queue_url, send_message). Retry events (pipeline/retry.py) read failure
+    reports and moved sources, copy them back and delete them, wherever the rules put
+    failures."""
     return {
         ("s3:getobject", WATCHED, ""),
+        ("s3:getobject", OBJECTS, ""),
         ("s3:listbucket", BUCKET, ""),
         ("s3:putobject", OBJECTS, ""),
         ("s3:deleteobject", WATCHED, ""),
+        ("s3:deleteobject", OBJECTS, ""),
         ("sts:assumerole", "${GrantRole.Arn}", ""),
         ("sqs:getqueueurl", "${S3EventsQueue.Arn}", ""),
         ("sqs:sendmessage", "${S3EventsQueue.Arn}", ""),
@@ -608,9 +612,13 @@ def test_deletes_only_under_the_watched_prefix(
     deployed_all: dict[str, Any], params_all: dict[str, str]
 ) -> None:
     # s3:DeleteObject only (a delete marker on this versioned bucket); no DeleteObjectVersion.
+    # The one exception is the S3 trigger's retry (GrantRole trusts its role alone): it
+    # removes the failure reports it resubmitted and puts moved sources back, wherever the
+    # rules file put failures; still only delete markers.
+    retry = {("S3TriggerFunction", "s3:deleteobject", OBJECTS)}
     for function_id, role in FUNCTIONS.items():
         for action, resource, _ in permissions(deployed_all, role, params_all):
-            if action.startswith("s3:delete"):
+            if action.startswith("s3:delete") and (function_id, action, resource) not in retry:
                 assert (action, resource) == ("s3:deleteobject", WATCHED), function_id
 
 
@@ -960,6 +968,7 @@ def test_function_urls_are_public_and_output(
         "GcsPushEndpoint": "${GcsTriggerFunctionUrl.FunctionUrl}",
         "PubSubAudience": "convbridge-demo",
         "SftpSweepFunctionName": "${SftpSweepFunction}",
+        "S3TriggerFunctionName": "${S3TriggerFunction}",
         "ReconcilerFunctionName": "${ReconcilerFunction}",
         "SourceBucket": "${SourceBucket}",
         "GrantRoleArn": "${GrantRole.Arn}",
@@ -978,6 +987,7 @@ def test_default_outputs_are_the_s3_ones(deployed: dict[str, Any]) -> None:
         "WebhookUrl", "SourceBucket", "GrantRoleArn", "IdempotencyTableName",
         "S3EventsQueueUrl", "S3EventsDeadLetterQueueUrl", "CompletionQueueUrl",
         "CompletionDeadLetterQueueUrl", "DashboardUrl", "ReconcilerFunctionName",
+        "S3TriggerFunctionName",
     }
 
 

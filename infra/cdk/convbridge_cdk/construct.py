@@ -668,6 +668,11 @@ class ConvBridge(Construct):
                                     resources=[self._object_arn]),
                 iam.PolicyStatement(sid="MoveRejectedSources", actions=["s3:DeleteObject"],
                                     resources=[self._watched_arn]),
+                # `convbridge retry --stack` runs in this function (GrantRole trusts its role
+                # alone): failure reports and moved sources, under rule-chosen prefixes
+                iam.PolicyStatement(sid="RetryFailureReports",
+                                    actions=["s3:GetObject", "s3:DeleteObject"],
+                                    resources=[self._object_arn]),
                 iam.PolicyStatement(sid="ConsumeS3Events",
                                     actions=["sqs:ReceiveMessage", "sqs:DeleteMessage",
                                              "sqs:GetQueueAttributes"],
@@ -941,6 +946,8 @@ class ConvBridge(Construct):
         if self.props.sftp:
             self._output("SftpSweepFunctionName", self.functions["sftp_sweep"].function_name,
                          "The scheduled SFTP sweep; invoke it by hand to sweep now.")
+        self._output("S3TriggerFunctionName", self.functions["s3_trigger"].function_name,
+                     "The S3 trigger; convbridge retry --stack invokes it with a retry event.")
         self._output("ReconcilerFunctionName", self.functions["reconciler"].function_name,
                      "The scheduled reconciler; invoke it by hand to settle overdue jobs now.")
         self._output("SourceBucket", self.bucket_name, "The watched bucket.")

@@ -17,7 +17,7 @@ from convbridge.pipeline.relay import (
     relay_output,
     relay_policy,
 )
-from convbridge.pipeline.retry import retry_failures
+from convbridge.pipeline.retry import RetryItem, RetryRun, retry_failures
 from convbridge.pipeline.settle import Accepted, Completion, accept, complete, output_keys, settle
 from convbridge.pipeline.submit import CALLBACK_PATH, Submission, submit, submit_all, summarize
 
@@ -28,6 +28,8 @@ __all__ = [
     "Accepted",
     "Completion",
     "RelayPolicy",
+    "RetryItem",
+    "RetryRun",
     "Submission",
     "accept",
     "bounded_chunks",
