@@ -41,7 +41,9 @@ def test_a_burst_over_the_providers_limits_waits_and_every_upload_is_converted_o
         started = time.monotonic()
         for n in range(UPLOADS):
             stack.upload(f"inbox/burst/{n:03d}.png", PNG)
-        deadline = started + 55
+        # a guard against a hang, not a speed check (bench/ measures the drain time): the
+        # burst needs about a minute on two idle cores
+        deadline = started + 240
         while len(_finished(stack)) < UPLOADS and time.monotonic() < deadline:
             time.sleep(0.5)
         finished = _finished(stack)
@@ -49,7 +51,7 @@ def test_a_burst_over_the_providers_limits_waits_and_every_upload_is_converted_o
                    if r["method"] == "POST" and r["path"] == "/v2/jobs"]
         refused = [r for r in creates if r["status"] in (402, 429)]
 
-        assert len(finished) == UPLOADS, f"{len(finished)} of {UPLOADS} converted in time"
+        assert len(finished) == UPLOADS, f"{len(finished)} of {UPLOADS} converted in 240 s"
         assert stack.objects("failures/") == {}
         assert len(stack.objects("outbox/")) == UPLOADS
         assert stack.sandbox.job_count() == UPLOADS  # no duplicate jobs
