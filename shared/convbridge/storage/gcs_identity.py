@@ -119,9 +119,9 @@ class FederatedSigning:
 
 
 def _auth_reason(exc: BaseException) -> str:
-    """google-auth's RefreshError carries the STS answer (error code and description, never a
-    token); other errors are named by type only."""
-    if isinstance(exc, _auth_errors.RefreshError) and exc.args:
+    """google-auth's RefreshError and OAuthError carry the STS answer (error code and
+    description, never a token); other errors are named by type only."""
+    if isinstance(exc, (_auth_errors.RefreshError, _auth_errors.OAuthError)) and exc.args:
         return str(exc.args[0])[:300]
     return type(exc).__name__
 
@@ -180,8 +180,7 @@ def federated_credentials(name: str, info: dict[str, Any]) -> Any:
 
     kind = aws if "environment_id" in info["credential_source"] else identity_pool
     try:
-        # google-auth ships type hints but leaves these constructors unannotated
-        return kind.Credentials.from_info(  # type: ignore[no-untyped-call]
+        return kind.Credentials.from_info(
             info, scopes=["https://www.googleapis.com/auth/cloud-platform"])
     except (ValueError, _auth_errors.GoogleAuthError) as exc:
         raise ConfigError(f"secret {name} is not a usable external-account configuration: "
