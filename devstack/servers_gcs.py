@@ -8,11 +8,21 @@ generation preconditions on resumable uploads; see ../shared/EMULATORS.md. Like 
 
 from __future__ import annotations
 
+import base64
 import importlib.util
+import json
 import platform
+import secrets
+import threading
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qsl
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from devstack.servers import LOCALHOST, ProcessServer, ServerStartError
 
@@ -75,3 +85,116 @@ def _answers(url: str) -> bool:
             return int(answer.status) == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+class LocalGoogleFederation:
+    """A stand-in for the three Google endpoints of keyless signing, on loopback: Google STS
+    (``/v1/token``, the AWS-subject token exchange google-auth's ``token_url`` names), IAM
+    Credentials ``generateAccessToken`` (service-account impersonation) and ``signBlob``, which
+    signs with a local RSA key held here. It checks the bearer token each step hands the next,
+    records what it was asked, and each answer can be made to fail for a test:
+    ``sts_status``, ``token_lifetime`` (negative: an expired token), ``sign_status``. It does
+    not verify the AWS signature of the subject token (Google checks it with AWS)."""
+
+    def __init__(self, service_account_email: str) -> None:
+
+        self.service_account_email = service_account_email
+        self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.key_id = secrets.token_hex(20)
+        self.sts_status = 200
+        self.token_lifetime = 3600
+        self.sign_status = 200
+        #: the STS forms, impersonation bodies and signBlob payloads (decoded) received
+        self.exchanges: list[dict[str, str]] = []
+        self.impersonations: list[dict[str, object]] = []
+        self.signed: list[bytes] = []
+        self._federated = "federated-" + secrets.token_urlsafe(16)
+        self._access = "access-" + secrets.token_urlsafe(16)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, answer = outer.answer(self.path, self.headers.get("Authorization", ""),
+                                              body)
+                content = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((LOCALHOST, 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def external_account(self, *, region: str = "us-east-1") -> dict[str, object]:
+        """The configuration ``gcloud iam workload-identity-pools create-cred-config --aws``
+        writes, with the Google URLs pointed here."""
+        return {
+            "type": "external_account",
+            "audience": "//iam.googleapis.com/projects/123456789/locations/global/"
+                        "workloadIdentityPools/convbridge/providers/aws",
+            "subject_token_type": "urn:ietf:params:aws:token-type:aws4_request",
+            "token_url": f"{self.url}/v1/token",
+            "service_account_impersonation_url": (
+                f"{self.url}/v1/projects/-/serviceAccounts/{self.service_account_email}"
+                ":generateAccessToken"),
+            "credential_source": {
+                "environment_id": "aws1",
+                "region_url": "http://169.254.169.254/latest/meta-data/placement/"
+                              "availability-zone",
+                "url": "http://169.254.169.254/latest/meta-data/iam/security-credentials",
+                "regional_cred_verification_url": "https://sts.{region}.amazonaws.com?"
+                                                  "Action=GetCallerIdentity&Version=2011-06-15",
+            },
+        }
+
+    def answer(self, path: str, authorization: str, body: bytes) -> tuple[int, object]:
+
+        prefix = f"/v1/projects/-/serviceAccounts/{self.service_account_email}:"
+        if path == "/v1/token":
+            self.exchanges.append(dict(parse_qsl(body.decode())))
+            if self.sts_status != 200:
+                return self.sts_status, {"error": "invalid_grant",
+                                         "error_description": "the AWS identity is not "
+                                                              "trusted by the pool"}
+            return 200, {"access_token": self._federated, "expires_in": 3600,
+                         "token_type": "Bearer",
+                         "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}
+        if path == prefix + "generateAccessToken":
+            if authorization != f"Bearer {self._federated}":
+                return 401, {"error": {"code": 401, "status": "UNAUTHENTICATED"}}
+            self.impersonations.append(json.loads(body))
+            expires = datetime.now(UTC) + timedelta(seconds=self.token_lifetime)
+            return 200, {"accessToken": self._access,
+                         "expireTime": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        if path == prefix + "signBlob":
+            if authorization != f"Bearer {self._access}":
+                return 401, {"error": {"code": 401, "status": "UNAUTHENTICATED"}}
+            if self.sign_status != 200:
+                return self.sign_status, {"error": {
+                    "code": self.sign_status, "status": "PERMISSION_DENIED",
+                    "message": "Permission 'iam.serviceAccounts.signBlob' denied"}}
+            payload = base64.b64decode(json.loads(body)["payload"])
+            self.signed.append(payload)
+            signature = self.private_key.sign(payload, padding.PKCS1v15(), hashes.SHA256())
+            return 200, {"keyId": self.key_id,
+                         "signedBlob": base64.b64encode(signature).decode()}
+        return 404, {"error": {"code": 404, "status": "NOT_FOUND"}}
+
+    def start(self) -> LocalGoogleFederation:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -237,7 +237,9 @@ class GcsHarness(StorageHarness):
 
     def seed(self, stack: DevStack) -> None:
         secrets_manager = boto3.client("secretsmanager", region_name=REGION)
-        secrets_manager.create_secret(Name=SECRET_NAME, SecretString=json.dumps(self.key))
+        # the harness holds a throwaway JSON key, so it opts into key signing
+        secrets_manager.create_secret(Name=SECRET_NAME, SecretString=json.dumps(
+            {**self.key, "signing": "json_key"}))
         secrets_manager.create_secret(Name=EXPORT_SECRET_NAME,
                                       SecretString=json.dumps(self.export_key))
 

@@ -82,5 +82,7 @@ def _fields(raw: str) -> dict[str, str]:
     except ValueError:
         return {"value": raw}
     if isinstance(parsed, dict):
-        return {str(k): str(v) for k, v in parsed.items()}
+        # nested objects stay JSON (an external-account configuration's credential_source)
+        return {str(k): json.dumps(v) if isinstance(v, dict | list) else str(v)
+                for k, v in parsed.items()}
     return {"value": raw}

@@ -129,3 +129,11 @@ def test_routes_say_which_identity_signs_azure_grants() -> None:
     line = next(line for line in text.splitlines() if line.startswith("  azure_blob: a user"))
     assert "user delegation key" in line and "Entra ID" in line
     assert '"signing": "account_key"' in line
+
+
+def test_routes_say_which_identity_signs_gcs_grants() -> None:
+    text = routes.render(routes.capability_table())
+    signers = text.split("Who signs the grants:", 1)[1]
+    line = next(line for line in signers.splitlines() if line.startswith("  gcs: "))
+    assert "IAM Credentials signBlob" in line and "federated" in line
+    assert '"signing": "json_key" (opt-in)' in line

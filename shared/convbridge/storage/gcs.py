@@ -1,10 +1,13 @@
 """Google Cloud Storage: V4 signed reads, relayed writes, generation preconditions on every write.
 
 A read grant is a V4 signed URL for GET of the one object, pinned to the generation that
-started the job, valid for the configured read lifetime (never more than GCS's 7 days) and
-signed with the service-account key kept in Secrets Manager. GCS has no write credential a
-provider accepts that is narrower than a whole service-account key, so outputs are relayed
-through the bridge. The one exception is opt-in: a rule with ``hand_over_account: true`` gets
+started the job, valid for the configured read lifetime (never more than GCS's 7 days). By
+default it is signed through IAM Credentials ``signBlob`` by a service account the bridge
+reaches through Workload Identity Federation from its AWS role, holding no key; a service-account
+JSON key signs only when the secret opts in (see convbridge.storage.gcs_identity). GCS has no
+write credential a provider accepts that is narrower than a whole service-account key, so
+outputs are relayed through the bridge. The one exception is opt-in: a rule with
+``hand_over_account: true`` gets
 ``gcs_service_account`` write grants (see convbridge.planner), which hand the provider a
 dedicated export key read from the secret CONVBRIDGE_GCS_EXPORT_KEY_SECRET. That key is never
 the signing key, and it is not scoped: it reaches whatever its service account can, and does
@@ -43,6 +46,7 @@ from convbridge.http import make_client
 from convbridge.model import SOURCE_TAG, Grant, GrantKind, ObjectRef, OutputTarget
 from convbridge.storage._vendor import VendorModule
 from convbridge.storage.base import Storage
+from convbridge.storage.gcs_identity import IAM_CREDENTIALS_URL, gcs_identity
 
 if TYPE_CHECKING:
     import google.api_core.exceptions as _api_errors
@@ -91,10 +95,11 @@ def signing_credentials(name: str, secret: SecretValue) -> service_account.Crede
     return credentials
 
 
-def storage_client(credentials: service_account.Credentials, endpoint: str | None) -> Any:
-    """A client for GCS itself, or for ``endpoint``. An ``http://`` endpoint is an emulator and
-    gets no credentials: Google serves HTTPS only, and a bearer token must not travel in clear.
-    An ``https://`` endpoint (regional, Private Service Connect) gets the service account."""
+def storage_client(credentials: Any, endpoint: str | None, *, project: str | None = None) -> Any:
+    """A client for GCS itself, or for ``endpoint``, authorised by ``credentials`` (a JSON key's
+    service account or the federated one). An ``http://`` endpoint is an emulator and gets no
+    credentials: Google serves HTTPS only, and a bearer token must not travel in clear. An
+    ``https://`` endpoint (regional, Private Service Connect) gets the credentials."""
     options: dict[str, str] = {}
     sent: Any = credentials
     if endpoint is not None:
@@ -106,7 +111,8 @@ def storage_client(credentials: service_account.Credentials, endpoint: str | Non
             sent = _auth_credentials.AnonymousCredentials()  # type: ignore[no-untyped-call]
     # fails e.g. for a key from another universe domain than the endpoint's
     with _google_errors(_Call("cannot build a GCS client", "client")):
-        client = _gcs_sdk.Client(project=credentials.project_id, credentials=sent,
+        client = _gcs_sdk.Client(project=project or getattr(credentials, "project_id", None),
+                                 credentials=sent,
                                  client_options=options or None)
     return client
 
@@ -137,12 +143,20 @@ class GcsStorage(Storage):
     write_grant_kinds: ClassVar[tuple[GrantKind, ...]] = ("gcs_service_account",)
     event_formats: ClassVar[tuple[str, ...]] = (
         "Pub/Sub push of an object notification", "CloudEvents object finalized")
+    grant_signing: ClassVar[str | None] = (
+        "IAM Credentials signBlob as the secret's service_account_email (federated from the "
+        "AWS role, no key held); a service-account JSON key only when the secret says "
+        "\"signing\": \"json_key\" (opt-in)")
 
     @classmethod
     def from_settings(cls, settings: Settings, clients: CloudClients) -> GcsStorage:
         secret_name = settings.required("GCS_SERVICE_ACCOUNT_SECRET",
                                         "to reach GCS and sign read URLs")
-        signer = signing_credentials(secret_name, clients.secrets.get(secret_name))
+        identity = gcs_identity(
+            secret_name, clients.secrets.get(secret_name),
+            iam_credentials_url=settings.value("GCS_IAM_CREDENTIALS_URL", IAM_CREDENTIALS_URL)
+            or IAM_CREDENTIALS_URL,
+            http=make_client(settings.http_timeout_seconds))
         export_name = settings.value("GCS_EXPORT_KEY_SECRET")
         if export_name and export_name == secret_name:
             raise ConfigError("CONVBRIDGE_GCS_EXPORT_KEY_SECRET must name a dedicated export "
@@ -154,18 +168,22 @@ class GcsStorage(Storage):
                 return None
             return export_key(export_name, clients.secrets.get(export_name))
 
-        return cls(client=storage_client(signer, settings.value("GCS_ENDPOINT")), signer=signer,
+        client = storage_client(identity.client_credentials, settings.value("GCS_ENDPOINT"),
+                                project=identity.project_id)
+        return cls(client=client, signer=identity.signer,
                    upload_http=make_client(settings.http_timeout_seconds), export_key=exporter)
 
     def __init__(
         self,
         *,
         client: Any,
-        signer: service_account.Credentials,
+        signer: Any,
         upload_http: httpx.Client | None = None,
         chunk_size: int = UPLOAD_CHUNK,
         export_key: Callable[[], ExportKey | None] | None = None,
     ) -> None:
+        """``signer`` signs read URLs: a google-auth ``Signing`` (a JSON key's credentials, or
+        :class:`~convbridge.storage.gcs_identity.FederatedSigning`)."""
         if chunk_size <= 0 or chunk_size % CHUNK_GRANULE:
             raise ValueError(f"chunk_size must be a positive multiple of {CHUNK_GRANULE}")
         self._client = client
@@ -179,7 +197,7 @@ class GcsStorage(Storage):
 
     def __repr__(self) -> str:
         return (f"GcsStorage(endpoint={self._client.api_endpoint!r}, "
-                f"signer={self._signer.service_account_email!r})")
+                f"signer={self._signer.signer_email!r})")
 
     # grants
 
@@ -212,7 +230,7 @@ class GcsStorage(Storage):
         if key is None:
             raise GrantError("gcs outputs are relayed: no dedicated export key is configured "
                              "(CONVBRIDGE_GCS_EXPORT_KEY_SECRET)")
-        if key.client_email == self._signer.service_account_email:
+        if key.client_email == self._signer.signer_email:
             raise GrantError("gcs outputs are relayed: the export key is the signing key's "
                              "service account, which is never handed over "
                              "(CONVBRIDGE_GCS_EXPORT_KEY_SECRET needs its own)")
