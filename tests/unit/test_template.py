@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -1414,6 +1415,28 @@ def test_a_layer_built_for_a_runtime_gets_that_runtimes_wheels(
     assert pip[pip.index("--platform") + 1] == "manylinux2014_aarch64"
     assert pip[pip.index("--implementation") + 1] == "cp"
     assert "--only-binary=:all:" in pip
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize("runtime", _allowed_runtimes())
+def test_a_layer_records_the_python_its_wheels_are_for(tmp_path: Path, runtime: str) -> None:
+    # importing convbridge compares this record with the running Python (convbridge.layer_build)
+    completed = _layer_pip_command(tmp_path, f"PYTHON_RUNTIME={runtime}")
+    assert completed.returncode == 0, completed.stderr
+    record = tmp_path / "layer" / "python" / "convbridge" / "_layer_build.json"
+    assert json.loads(record.read_text()) == {"python": runtime.removeprefix("python"),
+                                              "platform": "manylinux2014_aarch64"}
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_a_layer_of_host_wheels_records_the_build_python(tmp_path: Path) -> None:
+    # PLATFORM_FLAGS= : pip installs for the build Python, whatever PYTHON_RUNTIME says
+    completed = _layer_pip_command(tmp_path, "PYTHON_RUNTIME=python3.13", "PLATFORM_FLAGS=",
+                                   f"PYTHON={sys.executable}")
+    assert completed.returncode == 0, completed.stderr
+    record = tmp_path / "layer" / "python" / "convbridge" / "_layer_build.json"
+    assert json.loads(record.read_text()) == {
+        "python": f"{sys.version_info.major}.{sys.version_info.minor}", "platform": "host"}
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
