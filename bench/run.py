@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import cold_start, grants, plot, relay, submit
+from bench import cold_start, grants, layer_bytecode, plot, relay, submit
 from bench.common import ROOT, Row, say
 
 COMMAND = "make bench"
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     scaling: dict[str, dict[Any, Any]] = {}
     sections: list[tuple[str, Callable[[], Any]]] = [
         ("cold start", cold_start.measure),
+        ("layer byte code", layer_bytecode.measure),
         ("grant minting", grants.measure),
         ("submit throughput", lambda: submit.measure((1, 10) if args.quick else (1, 10, 100))),
         ("relay", lambda: relay.measure((1 << 20, 16 << 20) if args.quick

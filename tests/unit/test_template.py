@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -1279,10 +1280,12 @@ def test_idempotency_table_matches_powertools_defaults(deployed: dict[str, Any])
 @pytest.mark.parametrize("layer", ["SharedLayer", "StorageSdkLayer"])
 def test_layer_build_copies_the_package_without_byte_code(tmp_path: Path, layer: str) -> None:
     artifacts = tmp_path / "layer"
-    # PIP=true skips the dependency download (network); the copy step is what is checked here.
+    # PIP=true skips the dependency download (network); the copy step is what is checked here,
+    # for a runtime other than the build Python's (which would get byte code compiled for it).
     subprocess.run(
         ["make", "-s", "-f", str(ROOT / "shared" / "Makefile"), f"build-{layer}",
-         f"ARTIFACTS_DIR={artifacts}", "PIP=true", f"RULES_FILE={EXAMPLE_RULES}"],
+         f"ARTIFACTS_DIR={artifacts}", "PIP=true", f"RULES_FILE={EXAMPLE_RULES}",
+         f"PYTHON={sys.executable}", f"PYTHON_RUNTIME={_a_runtime_other_than_this_python()}"],
         cwd=tmp_path, check=True, capture_output=True, timeout=60,
     )
     package = artifacts / "python" / "convbridge"
@@ -1414,6 +1417,58 @@ def test_a_layer_built_for_a_runtime_gets_that_runtimes_wheels(
     assert pip[pip.index("--platform") + 1] == "manylinux2014_aarch64"
     assert pip[pip.index("--implementation") + 1] == "cp"
     assert "--only-binary=:all:" in pip
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize("runtime", _allowed_runtimes())
+def test_a_layer_records_the_python_its_wheels_are_for(tmp_path: Path, runtime: str) -> None:
+    # importing convbridge compares this record with the running Python (convbridge.layer_build)
+    completed = _layer_pip_command(tmp_path, f"PYTHON_RUNTIME={runtime}")
+    assert completed.returncode == 0, completed.stderr
+    record = tmp_path / "layer" / "python" / "convbridge" / "_layer_build.json"
+    assert json.loads(record.read_text()) == {"python": runtime.removeprefix("python"),
+                                              "platform": "manylinux2014_aarch64"}
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_a_layer_of_host_wheels_records_the_build_python(tmp_path: Path) -> None:
+    # PLATFORM_FLAGS= : pip installs for the build Python, whatever PYTHON_RUNTIME says
+    completed = _layer_pip_command(tmp_path, "PYTHON_RUNTIME=python3.13", "PLATFORM_FLAGS=",
+                                   f"PYTHON={sys.executable}")
+    assert completed.returncode == 0, completed.stderr
+    record = tmp_path / "layer" / "python" / "convbridge" / "_layer_build.json"
+    assert json.loads(record.read_text()) == {
+        "python": f"{sys.version_info.major}.{sys.version_info.minor}", "platform": "host"}
+
+
+def _a_runtime_other_than_this_python() -> str:
+    this = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    return next(runtime for runtime in _allowed_runtimes() if runtime != this)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_a_layer_built_by_its_own_python_ships_byte_code(tmp_path: Path) -> None:
+    # /opt is read-only: without shipped .pyc every cold start compiles what it imports
+    completed = _layer_pip_command(tmp_path, "PLATFORM_FLAGS=", f"PYTHON={sys.executable}")
+    assert completed.returncode == 0, completed.stderr
+    package = tmp_path / "layer" / "python" / "convbridge"
+    tag = sys.implementation.cache_tag
+    for source in package.rglob("*.py"):
+        assert (source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc").is_file(), source
+    # unchecked-hash: used as is, whatever mtimes the layer's zip round trip leaves
+    header = (package / "__pycache__" / f"__init__.{tag}.pyc").read_bytes()[4:8]
+    assert int.from_bytes(header, "little") == 0b01
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_a_layer_for_another_python_gets_no_byte_code_and_says_why(tmp_path: Path) -> None:
+    runtime = _a_runtime_other_than_this_python()
+    completed = _layer_pip_command(tmp_path, f"PYTHON_RUNTIME={runtime}",
+                                   f"PYTHON={sys.executable}")
+    assert completed.returncode == 0, completed.stderr
+    assert not list((tmp_path / "layer" / "python").rglob("*.pyc"))
+    assert (f"the build Python is {sys.version_info.major}.{sys.version_info.minor}, the layer "
+            f"is for {runtime.removeprefix('python')}") in completed.stdout
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
