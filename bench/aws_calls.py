@@ -34,9 +34,9 @@ def bridge_cpu_seconds() -> float:
     bridge's record workers; the in-process sandbox's threads are left out."""
     total = 0.0
     for thread in threading.enumerate():
-        if thread is threading.main_thread() or thread.name.startswith("convbridge-"):
-            if thread.ident is not None:
-                total += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        ours = thread is threading.main_thread() or thread.name.startswith("convbridge-")
+        if ours and thread.ident is not None:
+            total += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
     return total
 
 
@@ -66,7 +66,7 @@ class CallCounter:
 
     def _count(self, event_name: str, context: dict[str, Any], **_: Any) -> None:
         if self.counting:
-            _, service, operation = event_name.split(".", 2)
+            service, operation = event_name.split(".", 2)[1:]
             label = context.get(LABEL)
             self.calls[f"{service} {operation}" + (f" ({label})" if label else "")] += 1
 
@@ -129,18 +129,19 @@ def measure(uploads: int = UPLOADS) -> list[Row]:
     total = sum(counter.calls.values()) / uploads
     for name, count in sorted(counter.calls.items(), key=lambda item: -item[1]):
         say(f"  {count / uploads:5.2f} per upload  {name}")
-    say(f"  {total:5.2f} per upload  total (goal <= {GOAL_CALLS}); first event also made: "
-        + ", ".join(f"{n} x{c}" for n, c in first.items() if c > counter.calls[n] / uploads))
+    cold = ", ".join(f"{name} x{count}" for name, count in first.items()
+                     if count > counter.calls[name] / uploads) or "nothing more"
+    say(f"  {total:5.2f} per upload  total (goal <= {GOAL_CALLS}); the first event also made "
+        f"{cold}")
     say(f"  CPU per event: {bridge_cpu / uploads * 1000:.1f} ms in the bridge's threads, "
         f"{process_cpu / uploads * 1000:.1f} ms of the whole process")
     rows = [Row("aws calls", f"per upload: {name}", count / uploads, "", None, "", "", None,
                 f"{count} calls over {uploads} uploads")
             for name, count in sorted(counter.calls.items(), key=lambda item: -item[1])]
-    cold = {n: c for n, c in first.items() if c > counter.calls[n] / uploads}
     rows.append(Row("aws calls", "AWS API calls per submitted upload (S3 trigger)", total, "",
                     None, "", f"<= {GOAL_CALLS}", total <= GOAL_CALLS,
                     f"{uploads} one-record SQS batches after a warm-up event; the first event "
-                    "also made " + (", ".join(f"{n} x{c}" for n, c in cold.items()) or "nothing more")))
+                    f"also made {cold}"))
     rows.append(Row("aws calls", "bridge CPU per event (handler and record-worker threads)",
                     bridge_cpu / uploads * 1000, "ms", None, "", "< 2 ms",
                     bridge_cpu / uploads < 0.002,

@@ -176,7 +176,8 @@ def theoretical_seconds(burst: Burst) -> tuple[float, str]:
     if by_rate >= by_jobs:
         return by_rate, (f"rate: {burst.uploads} x {burst.accepted_requests_per_upload:.2f} "
                          f"requests / {REQUESTS_PER_SECOND}/s; jobs: {burst.uploads} / "
-                         f"{MAX_CONCURRENT_JOBS} x {burst.mean_job_seconds:.2f} s = {by_jobs:.1f} s")
+                         f"{MAX_CONCURRENT_JOBS} x {burst.mean_job_seconds:.2f} s = "
+                         f"{by_jobs:.1f} s")
     return by_jobs, (f"jobs: {burst.uploads} / {MAX_CONCURRENT_JOBS} x "
                      f"{burst.mean_job_seconds:.2f} s; rate bound {by_rate:.1f} s")
 
