@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import cold_start, grants, layer_bytecode, plot, relay, submit
+from bench import aws_calls, burst, cold_start, grants, layer_bytecode, plot, relay, submit
 from bench.common import ROOT, Row, say
 
 COMMAND = "make bench"
@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         ("submit throughput", lambda: submit.measure((1, 10) if args.quick else (1, 10, 100))),
         ("relay", lambda: relay.measure((1 << 20, 16 << 20) if args.quick
                                         else (1 << 20, 100 << 20, 1 << 30))),
+        ("AWS calls per upload", aws_calls.measure),
+        ("burst", lambda: burst.measure(burst.QUICK_UPLOADS if args.quick else burst.UPLOADS)),
     ]
     sweep = ROOT / "bench" / "sweep.py"
     if sweep.exists():

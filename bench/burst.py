@@ -1,0 +1,231 @@
+"""A burst of uploads at once against a provider that caps concurrent jobs (5) and requests
+per second (10), through the deployed path: S3 notifications into SQS (moto: visibility,
+receive counts, redrive to a dead-letter queue after 5 receives), polled into the S3 trigger by
+K concurrent local event source mappings, the bridge's own budget set to the provider's
+limits. Reported: how many uploads end in a finished result record, messages in the DLQ,
+duplicate jobs, the time to drain, and that time against the theoretical limit the caps allow
+(the larger of uploads / concurrency x job time and uploads x requests per upload / rate).
+The baseline, from the same run, is the same burst against an uncapped sandbox.
+
+The K pollers share one process, hence one bridge and one budget: they stand for K handlers of
+one execution environment, a stricter budget than K Lambda environments each with its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import boto3
+
+from bench.common import Row, say
+from devstack.lambda_local import SqsPoller
+from devstack.sandbox import Faults
+from devstack.stack import DevStack
+
+MAX_CONCURRENT_JOBS = 5
+REQUESTS_PER_SECOND = 10
+MAX_RECEIVE_COUNT = 5
+HANDLERS = 10
+UPLOADS = 2000
+QUICK_UPLOADS = 200
+#: the burst's job creations: CloudConvert v2, the default rules' provider
+JOB_CREATE = ("POST", "/v2/jobs")
+REFUSED = (402, 429)
+
+
+@dataclass(frozen=True)
+class Burst:
+    """What one burst did."""
+
+    uploads: int
+    finished: int
+    failure_reports: int
+    dlq_messages: int
+    jobs: int
+    distinct_job_ids: int
+    drain_seconds: float
+    mean_job_seconds: float
+    #: provider API requests per upload that were answered (not refused), from the sandbox log
+    accepted_requests_per_upload: float
+    refused_creates: int
+    drained: bool
+
+    @property
+    def duplicate_jobs(self) -> int:
+        """Jobs beyond one per upload."""
+        return max(0, self.jobs - self.uploads)
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _with_dlq(stack: DevStack) -> str:
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    dlq_url: str = sqs.create_queue(QueueName="convbridge-s3-events-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    events_url = stack.harness.events_queue_url  # type: ignore[attr-defined]
+    sqs.set_queue_attributes(QueueUrl=events_url, Attributes={"RedrivePolicy": json.dumps(
+        {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(MAX_RECEIVE_COUNT)})})
+    return dlq_url
+
+
+def _dlq_messages(dlq_url: str) -> int:
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    found = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["All"])["Attributes"]
+    return sum(int(found[name]) for name in ("ApproximateNumberOfMessages",
+                                             "ApproximateNumberOfMessagesNotVisible",
+                                             "ApproximateNumberOfMessagesDelayed"))
+
+
+def _add_handlers(stack: DevStack, count: int) -> None:
+    """Handlers beyond the one watch_bucket starts, on the same queue."""
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    url = stack.harness.events_queue_url  # type: ignore[attr-defined]
+    for _ in range(count):
+        stack.pollers.append(SqsPoller(sqs, url, stack.trigger_module.handler).start())
+
+
+class _Finished:
+    """Result records seen finished; only the others are read again on each look."""
+
+    def __init__(self, stack: DevStack) -> None:
+        self._stack = stack
+        self.records: dict[str, dict[str, Any]] = {}
+
+    def look(self) -> int:
+        for key in self._stack.objects("results/"):
+            if key not in self.records:
+                record = self._stack.read_json(key) or {}
+                if record.get("status") == "finished":
+                    self.records[key] = record
+        return len(self.records)
+
+
+def _seconds(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def run_burst(uploads: int, *, capped: bool, handlers: int = HANDLERS,
+              timeout: float = 1800) -> Burst:
+    faults = (Faults(max_concurrent_jobs=MAX_CONCURRENT_JOBS,
+                     max_requests_per_second=REQUESTS_PER_SECOND, retry_after_seconds=1)
+              if capped else Faults())
+    env = {"CONVBRIDGE_BACKPRESSURE_BASE_SECONDS": "1", "CONVBRIDGE_BACKPRESSURE_MAX_SECONDS": "3"}
+    if capped:
+        env |= {"CONVBRIDGE_CLOUDCONVERT_MAX_CONCURRENT_JOBS": str(MAX_CONCURRENT_JOBS),
+                "CONVBRIDGE_CLOUDCONVERT_REQUESTS_PER_SECOND": str(REQUESTS_PER_SECOND)}
+    png = _png()
+    with DevStack(faults=faults, env=env, moto_own_process=True) as stack:
+        dlq_url = _with_dlq(stack)
+        stack.watch_bucket()
+        _add_handlers(stack, handlers - 1)
+        s3 = boto3.session.Session().client("s3", region_name="us-east-1",
+                                            endpoint_url=stack.moto.endpoint_url)
+        keys = [f"inbox/burst/{n:05d}.png" for n in range(uploads)]
+        finished = _Finished(stack)
+        started = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda key: s3.put_object(Bucket=stack.bucket, Key=key, Body=png),
+                          keys))
+        deadline = started + timeout
+        while len(stack.objects("outbox/")) < uploads and time.monotonic() < deadline:
+            time.sleep(0.5)
+        while finished.look() < uploads and time.monotonic() < deadline:
+            time.sleep(0.5)
+        drain = time.monotonic() - started
+        drained = len(finished.records) == uploads
+        if drained:  # the last callbacks settle (stack.wait would poll K idle pollers)
+            stack.sandbox.wait_idle(timeout=60)
+        jobs = stack.sandbox.jobs()
+        durations = [_seconds(j["ended_at"]) - _seconds(j["created_at"])
+                     for j in jobs if j.get("ended_at")]
+        requests = stack.sandbox.requests()
+        accepted = [r for r in requests if r["status"] not in REFUSED]
+        creates = [r for r in requests if (r["method"], r["path"]) == JOB_CREATE]
+        return Burst(
+            uploads=uploads, finished=len(finished.records),
+            failure_reports=len(stack.objects("failures/")), dlq_messages=_dlq_messages(dlq_url),
+            jobs=stack.sandbox.job_count(),
+            distinct_job_ids=len({r.get("job_id") for r in finished.records.values()}),
+            drain_seconds=drain,
+            # second-resolution timestamps: the mean over many jobs is still unbiased
+            mean_job_seconds=statistics.fmean(durations) if durations else 0.0,
+            accepted_requests_per_upload=len(accepted) / uploads,
+            refused_creates=sum(1 for r in creates if r["status"] in REFUSED),
+            drained=drained)
+
+
+def theoretical_seconds(burst: Burst) -> tuple[float, str]:
+    """The fastest a burst can drain under the caps, and which cap binds."""
+    by_jobs = burst.uploads / MAX_CONCURRENT_JOBS * burst.mean_job_seconds
+    by_rate = burst.uploads * burst.accepted_requests_per_upload / REQUESTS_PER_SECOND
+    if by_rate >= by_jobs:
+        return by_rate, (f"rate: {burst.uploads} x {burst.accepted_requests_per_upload:.2f} "
+                         f"requests / {REQUESTS_PER_SECOND}/s; jobs: {burst.uploads} / "
+                         f"{MAX_CONCURRENT_JOBS} x {burst.mean_job_seconds:.2f} s = "
+                         f"{by_jobs:.1f} s")
+    return by_jobs, (f"jobs: {burst.uploads} / {MAX_CONCURRENT_JOBS} x "
+                     f"{burst.mean_job_seconds:.2f} s; rate bound {by_rate:.1f} s")
+
+
+def _describe(label: str, burst: Burst) -> None:
+    say(f"  {label}: {burst.finished}/{burst.uploads} finished in {burst.drain_seconds:.1f} s, "
+        f"{burst.failure_reports} failure reports, DLQ {burst.dlq_messages}, jobs {burst.jobs} "
+        f"({burst.duplicate_jobs} duplicate), refused creates {burst.refused_creates}, "
+        f"mean job {burst.mean_job_seconds:.2f} s, "
+        f"{burst.accepted_requests_per_upload:.2f} accepted requests per upload")
+
+
+def measure(uploads: int = UPLOADS, handlers: int = HANDLERS) -> tuple[list[Row], dict[int, Any]]:
+    capped = run_burst(uploads, capped=True, handlers=handlers)
+    _describe("capped (5 jobs, 10 req/s)", capped)
+    uncapped = run_burst(uploads, capped=False, handlers=handlers)
+    _describe("uncapped", uncapped)
+    limit, bound = theoretical_seconds(capped)
+    area, size = "burst", f"{uploads:,} uploads, {handlers} handlers"
+    rows = [
+        Row(area, f"{size}: finished result records", capped.finished, "", None, "",
+            f"{uploads:,}", capped.finished == uploads,
+            f"{capped.failure_reports} failure reports"),
+        Row(area, f"{size}: DLQ messages", capped.dlq_messages, "", None, "", "0",
+            capped.dlq_messages == 0, f"maxReceiveCount {MAX_RECEIVE_COUNT}"),
+        Row(area, f"{size}: duplicate jobs", capped.duplicate_jobs, "", None, "", "0",
+            capped.duplicate_jobs == 0,
+            f"{capped.jobs} jobs; {capped.refused_creates} creates refused 402/429"),
+        Row(area, f"{size}: time to drain, capped sandbox", capped.drain_seconds, "s",
+            uncapped.drain_seconds, "same burst, uncapped sandbox", "report", None,
+            "from the first upload to the last finished record" if capped.drained
+            else "**did not drain before the timeout**"),
+        Row(area, f"{size}: time to drain against the caps' limit", capped.drain_seconds, "s",
+            limit, "theoretical limit", "report", None, bound),
+    ]
+    scaling = {uploads: {"capped_drain_s": capped.drain_seconds,
+                         "uncapped_drain_s": uncapped.drain_seconds,
+                         "theoretical_s": limit}}
+    return rows, scaling
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_UPLOADS} uploads")
+    parser.add_argument("--uploads", type=int, default=None)
+    parser.add_argument("--handlers", type=int, default=HANDLERS)
+    args = parser.parse_args()
+    count = args.uploads or (QUICK_UPLOADS if args.quick else UPLOADS)
+    from bench.run import table
+
+    print("\n".join(table(measure(count, args.handlers)[0])))
