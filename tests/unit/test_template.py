@@ -968,6 +968,10 @@ def test_function_urls_are_public_and_output(
         "AzureEventGridEndpoint": "${AzureTriggerFunctionUrl.FunctionUrl}",
         "GcsPushEndpoint": "${GcsTriggerFunctionUrl.FunctionUrl}",
         "PubSubAudience": "convbridge-demo",
+        "AzureFederatedRoleArns":
+            "${AzureTriggerRole.Arn},${WebhookFunctionRole.Arn},${ReconcilerRole.Arn}",
+        "GcsFederatedRoleArns":
+            "${GcsTriggerRole.Arn},${WebhookFunctionRole.Arn},${ReconcilerRole.Arn}",
         "SftpSweepFunctionName": "${SftpSweepFunction}",
         "S3TriggerFunctionName": "${S3TriggerFunction}",
         "ReconcilerFunctionName": "${ReconcilerFunction}",
@@ -981,6 +985,44 @@ def test_function_urls_are_public_and_output(
         "DashboardUrl": "https://${AWS::Region}.console.aws.amazon.com/cloudwatch/home"
                         "?region=${AWS::Region}#dashboards:name=${Dashboard}",
     }
+
+
+_AZURE_OFF = {"AzureAccountSecretArn": "", "EventGridSecretArn": "", "AzureBlobEndpoint": ""}
+_GCS_OFF = {"GcsServiceAccountSecretArn": "", "PubSubServiceAccount": "", "PubSubAudience": ""}
+
+
+@pytest.mark.parametrize(
+    ("off", "expected"),
+    [
+        ({}, {"AzureFederatedRoleArns": "AzureTriggerRole",
+              "GcsFederatedRoleArns": "GcsTriggerRole"}),
+        (_GCS_OFF, {"AzureFederatedRoleArns": "AzureTriggerRole"}),
+        (_AZURE_OFF, {"GcsFederatedRoleArns": "GcsTriggerRole"}),
+        ({**_AZURE_OFF, **_GCS_OFF}, {}),
+    ],
+    ids=["both", "azure-only", "gcs-only", "neither"],
+)
+def test_federated_role_arns_are_output_for_each_storage_that_federates(
+    off: dict[str, str], expected: dict[str, str],
+) -> None:
+    values = {**ALL_ON, **off}
+    template = _deployed(values)
+    params = parameter_values(template, values)
+    outputs = {name: render(output["Value"], params)
+               for name, output in template["Outputs"].items() if "Federated" in name}
+    # Whatever role touches the storage signs in to it: its trigger, and the webhook and the
+    # reconciler that write its jobs back; each of them must be a subject on the other side.
+    assert outputs == {
+        name: ",".join(f"${{{role}.Arn}}" for role in
+                       (trigger, "WebhookFunctionRole", "ReconcilerRole"))
+        for name, trigger in expected.items()
+    }
+    for name in outputs:
+        for role in outputs[name].split(","):
+            assert role.removeprefix("${").removesuffix(".Arn}") in template["Resources"]
+    if "AzureFederatedRoleArns" in outputs:
+        description = template["Outputs"]["AzureFederatedRoleArns"]["Description"]
+        assert "get-outbound-web-identity-federation-info" in description
 
 
 def test_default_outputs_are_the_s3_ones(deployed: dict[str, Any]) -> None:

@@ -930,6 +930,10 @@ class ConvBridge(Construct):
     def _output(self, name: str, value: str, description: str) -> None:
         CfnOutput(self._outputs_scope, name, value=value, description=description)
 
+    def _role_arns(self, trigger: str) -> str:
+        # The trigger, and the webhook and reconciler that write its storage's jobs back.
+        return ",".join(self.roles[key].role_arn for key in (trigger, "webhook", "reconciler"))
+
     def _outputs(self) -> None:
         # Outputs share the construct namespace with resources in CDK (not in CloudFormation).
         self._outputs_scope = Construct(self, "Outputs")
@@ -943,6 +947,15 @@ class ConvBridge(Construct):
             self._output("GcsPushEndpoint", self.gcs_url.url, "Pub/Sub push endpoint.")
             self._output("PubSubAudience", self.pubsub_audience,
                          "OIDC audience the push subscription must use.")
+        if self.props.azure:
+            self._output("AzureFederatedRoleArns", self._role_arns("azure_trigger"),
+                         "The roles that sign in to Entra ID, comma-separated (subjects in "
+                         "infra/azure/federation.bicep); their issuer is account-level: aws iam "
+                         "get-outbound-web-identity-federation-info.")
+        if self.props.gcs:
+            self._output("GcsFederatedRoleArns", self._role_arns("gcs_trigger"),
+                         "The roles that impersonate the bridge's service account, "
+                         "comma-separated (aws_role_arns in infra/gcp).")
         if self.props.sftp:
             self._output("SftpSweepFunctionName", self.functions["sftp_sweep"].function_name,
                          "The scheduled SFTP sweep; invoke it by hand to sweep now.")
