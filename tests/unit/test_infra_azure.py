@@ -9,6 +9,7 @@ error is a test failure, so a syntax slip (an unclosed brace, a stray token) is 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,11 @@ from typing import Any
 
 import pytest
 
+from convbridge.storage.azure_identity import FEDERATION_AUDIENCE
+
 ROOT = Path(__file__).resolve().parents[2]
 BICEP = ROOT / "infra" / "azure" / "main.bicep"
+FEDERATION = ROOT / "infra" / "azure" / "federation.bicep"
 
 # --- a small Bicep reader ----------------------------------------------------------------------
 
@@ -141,6 +145,9 @@ class Parser:
         if keyword == "targetScope":
             self.take("=")
             return Declaration(keyword, keyword, value=self.value())
+        if keyword == "extension":
+            # `extension microsoftGraphV1`: an alias bicepconfig.json resolves
+            return Declaration(keyword, self.take(kind="name").text)
         if keyword not in {"param", "var", "resource", "output"}:
             raise BicepSyntaxError(f"unknown declaration {keyword!r}")
         name = self.take(kind="name").text
@@ -366,3 +373,77 @@ def test_the_reader_rejects_broken_bicep(broken: str, message: str) -> None:
     assert text.count(broken) == 1
     with pytest.raises((BicepSyntaxError, AssertionError)):
         parse(text.replace(broken, message))
+
+
+# --- federation.bicep: the Entra app the bridge signs in as -----------------------------------
+
+#: built-in role definitions (Azure RBAC), by what the bridge does with them
+STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+STORAGE_BLOB_DELEGATOR = "db58b8e5-c6ad-4a2a-8342-4190687cbf4a"
+
+
+@pytest.fixture(scope="module")
+def federation() -> dict[str, dict[str, Declaration]]:
+    return parse(FEDERATION.read_text())
+
+
+def test_federation_declares_what_the_readme_passes(
+    federation: dict[str, dict[str, Declaration]],
+) -> None:
+    assert set(federation["extension"]) == {"microsoftGraphV1"}
+    config = json.loads((FEDERATION.parent / "bicepconfig.json").read_text())
+    assert config["extensions"]["microsoftGraphV1"].startswith(
+        "br:mcr.microsoft.com/bicep/extensions/microsoftgraph/v1.0:")
+    assert set(federation["param"]) == {
+        "storageAccountName", "issuer", "subjects", "appUniqueName", "appDisplayName"}
+    for declaration in federation["param"].values():
+        assert "description" in declaration.decorators, declaration.name
+    # Entra's limit of federated credentials per application.
+    assert federation["param"]["subjects"].decorators["maxLength"] == [20]
+    assert federation["param"]["issuer"].value is None  # account-level: always given
+    assert set(federation["output"]) >= {"tenantId", "clientId"}
+    assert federation["output"]["clientId"].value == Expr("app . appId")
+    code = "\n".join(line for line in FEDERATION.read_text().splitlines()
+                     if not line.lstrip().startswith("//"))
+    declared = {name for kind in federation.values() for name in kind} | {"subject", "index"}
+    assert set(re.findall(r"\$\{(\w+)", code)) - declared == set()
+
+
+def test_federated_credentials_trust_each_role_for_entra_token_exchange(
+    federation: dict[str, dict[str, Declaration]],
+) -> None:
+    app = _resource(federation, "Microsoft.Graph/applications@")
+    assert app.value["uniqueName"] == Expr("appUniqueName")  # redeploying updates the same app
+    credentials = _resource(
+        federation, "Microsoft.Graph/applications/federatedIdentityCredentials@")
+    assert isinstance(credentials.value, Loop)
+    assert credentials.value.source == "subjects"
+    body = credentials.value.body
+    # convbridge.storage.azure_identity asks STS for exactly this audience.
+    assert body["audiences"] == [FEDERATION_AUDIENCE]
+    assert body["issuer"] == Expr("issuer")
+    assert body["subject"] == Expr("subject")
+    assert body["name"].startswith("${app.uniqueName}/")
+    principal = _resource(federation, "Microsoft.Graph/servicePrincipals@")
+    assert principal.value == {"appId": Expr("app . appId")}
+
+
+def test_service_principal_may_read_write_and_delegate_on_the_account(
+    federation: dict[str, dict[str, Declaration]],
+) -> None:
+    assignments = _resource(federation, "Microsoft.Authorization/roleAssignments@")
+    assert isinstance(assignments.value, Loop)
+    (roles,) = [v for v in federation["var"].values() if v.name == assignments.value.source]
+    assert sorted(roles.value) == sorted([STORAGE_BLOB_DATA_CONTRIBUTOR, STORAGE_BLOB_DELEGATOR])
+    body = assignments.value.body
+    assert body["scope"] == Expr("storage")
+    properties = body["properties"]
+    assert properties["principalId"] == Expr("servicePrincipal . id")
+    assert properties["principalType"] == "ServicePrincipal"
+    variable = assignments.value.variables.split()[0]
+    assert properties["roleDefinitionId"] == Expr(
+        f"subscriptionResourceId ( 'Microsoft.Authorization/roleDefinitions' , {variable} )")
+    # A stable name per (account, principal, role): deploying again is a no-op, not a conflict.
+    assert body["name"] == Expr(f"guid ( storage . id , servicePrincipal . id , {variable} )")
+    storage = _resource(federation, "Microsoft.Storage/storageAccounts@")
+    assert storage.existing and storage.value == {"name": Expr("storageAccountName")}
