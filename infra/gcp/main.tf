@@ -31,6 +31,14 @@ data "google_storage_project_service_account" "gcs" {}
 
 locals {
   pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+
+  federate = var.aws_account_id != ""
+  # attribute.aws_role of an assumed-role session is arn:<partition>:sts::<account>:assumed-role/<name>
+  # (the provider's default mapping), so each IAM role ARN is rewritten to that form.
+  aws_assumed_roles = toset([
+    for arn in var.aws_role_arns :
+    replace(arn, "/^arn:([^:]+):iam::([0-9]{12}):role/(?:.*/)?([^/]+)$/", "arn:$1:sts::$2:assumed-role/$3")
+  ])
 }
 
 resource "google_pubsub_topic" "uploads" {
@@ -143,6 +151,55 @@ resource "google_storage_bucket_iam_member" "bridge_objects" {
   bucket = var.bucket
   role   = "roles/storage.objectUser"
   member = "serviceAccount:${google_service_account.bridge.email}"
+}
+
+# Keyless signing: the bridge's Lambda roles reach the bridge's service account through Workload
+# Identity Federation (Google STS verifies their signed GetCallerIdentity request), and sign V4
+# URLs with signBlob as that account. Created when aws_account_id is given.
+resource "google_iam_workload_identity_pool" "aws" {
+  count                     = local.federate ? 1 : 0
+  workload_identity_pool_id = "${var.name}-aws"
+  display_name              = "convbridge (AWS)"
+}
+
+resource "google_iam_workload_identity_pool_provider" "aws" {
+  count                              = local.federate ? 1 : 0
+  workload_identity_pool_id          = google_iam_workload_identity_pool.aws[0].workload_identity_pool_id
+  workload_identity_pool_provider_id = "${var.name}-aws"
+  display_name                       = "convbridge Lambda roles"
+  attribute_mapping = {
+    "google.subject"     = "assertion.arn"
+    "attribute.aws_role" = "assertion.arn.contains('assumed-role') ? assertion.arn.extract('{account_arn}assumed-role/') + 'assumed-role/' + assertion.arn.extract('assumed-role/{role_name}/') : assertion.arn"
+  }
+  aws {
+    account_id = var.aws_account_id
+  }
+}
+
+# signBlob: the account signs as itself with the federated token.
+resource "google_service_account_iam_member" "bridge_signs_blobs" {
+  count              = local.federate ? 1 : 0
+  service_account_id = google_service_account.bridge.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = "serviceAccount:${google_service_account.bridge.email}"
+}
+
+# Only the stack's roles (GcsFederatedRoleArns) may act as the account.
+resource "google_service_account_iam_member" "aws_roles_impersonate" {
+  for_each           = local.federate ? local.aws_assumed_roles : toset([])
+  service_account_id = google_service_account.bridge.name
+  role               = "roles/iam.workloadIdentityUser"
+  member             = "principalSet://iam.googleapis.com/${google_iam_workload_identity_pool.aws[0].name}/attribute.aws_role/${each.value}"
+}
+
+output "credential_config_command" {
+  description = "Writes the external-account configuration that goes into GcsServiceAccountSecretArn (README.md)."
+  value = local.federate ? join(" ", [
+    "gcloud iam workload-identity-pools create-cred-config",
+    google_iam_workload_identity_pool_provider.aws[0].name,
+    "--service-account=${google_service_account.bridge.email}",
+    "--aws --output-file=federation.json",
+  ]) : null
 }
 
 output "push_service_account" {

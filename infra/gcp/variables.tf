@@ -45,3 +45,25 @@ variable "max_delivery_attempts" {
     error_message = "Pub/Sub allows 5 to 100 delivery attempts."
   }
 }
+
+variable "aws_account_id" {
+  description = "AWS account of the convbridge stack: the workload identity pool's AWS provider trusts it. Empty: no federation (json_key signing)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^([0-9]{12})?$", var.aws_account_id))
+    error_message = "aws_account_id is a 12-digit AWS account id (or empty)."
+  }
+}
+
+variable "aws_role_arns" {
+  description = "The GcsFederatedRoleArns output of the convbridge stack, as a list: the roles allowed to act as the bridge's service account."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for arn in var.aws_role_arns : can(regex("^arn:[^:]+:iam::[0-9]{12}:role/.+$", arn))])
+    error_message = "aws_role_arns are IAM role ARNs (arn:aws:iam::<account>:role/<name>)."
+  }
+}

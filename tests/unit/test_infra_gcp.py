@@ -183,3 +183,63 @@ def test_gcloud_script_passes_shellcheck() -> None:
     # make installs Debian's shellcheck (as root); without it this fails rather than skips
     assert shutil.which("shellcheck"), "shellcheck is not installed: run `make servers`"
     subprocess.run(["shellcheck", str(GCP / "gcloud.sh")], check=True, timeout=60)
+
+
+def _terraform_replace(pattern_literal: str, replacement: str, value: str) -> str:
+    """Terraform's replace() with a /regex/ pattern: RE2, $n for groups (Python: \\n)."""
+    assert pattern_literal.startswith("/") and pattern_literal.endswith("/")
+    return re.sub(pattern_literal[1:-1], re.sub(r"\$(\d)", r"\\\1", replacement), value)
+
+
+def test_bridge_roles_federate_to_the_bridge_service_account(main_tf: dict[str, Any]) -> None:
+    resources = _blocks(main_tf, "resource")
+    provider = resources[("google_iam_workload_identity_pool_provider", "aws")]
+    assert _one(provider["aws"]) == {"account_id": "${var.aws_account_id}"}
+    assert provider["attribute_mapping"]["attribute.aws_role"].startswith(
+        "assertion.arn.contains('assumed-role')")
+    # signBlob as itself, which the V4 signer calls with the federated token.
+    signs = resources[("google_service_account_iam_member", "bridge_signs_blobs")]
+    assert signs["role"] == "roles/iam.serviceAccountTokenCreator"
+    assert signs["service_account_id"] == "${google_service_account.bridge.name}"
+    assert signs["member"] == "serviceAccount:${google_service_account.bridge.email}"
+    users = resources[("google_service_account_iam_member", "aws_roles_impersonate")]
+    assert users["role"] == "roles/iam.workloadIdentityUser"
+    assert users["service_account_id"] == "${google_service_account.bridge.name}"
+    assert users["member"] == ("principalSet://iam.googleapis.com/"
+                               "${google_iam_workload_identity_pool.aws[0].name}"
+                               "/attribute.aws_role/${each.value}")
+    assert "local.aws_assumed_roles" in users["for_each"]
+    # The object role on the watched bucket is the bridge's, federated or not.
+    objects = resources[("google_storage_bucket_iam_member", "bridge_objects")]
+    assert objects["role"] == "roles/storage.objectUser"
+
+
+@pytest.mark.parametrize(
+    ("role_arn", "aws_role"),
+    [
+        ("arn:aws:iam::123456789012:role/convbridge-GcsTriggerRole-AbC123",
+         "arn:aws:sts::123456789012:assumed-role/convbridge-GcsTriggerRole-AbC123"),
+        ("arn:aws-cn:iam::123456789012:role/team/convbridge-WebhookFunctionRole-X",
+         "arn:aws-cn:sts::123456789012:assumed-role/convbridge-WebhookFunctionRole-X"),
+    ],
+)
+def test_stack_role_arns_become_the_aws_role_attribute_google_sees(
+    main_tf: dict[str, Any], role_arn: str, aws_role: str,
+) -> None:
+    # The Lambda signs GetCallerIdentity as an assumed-role session; the provider's mapping makes
+    # attribute.aws_role arn:...:sts::<account>:assumed-role/<name>, never the IAM role ARN.
+    (locals_,) = main_tf["locals"]
+    call = re.fullmatch(r'\$\{toset\(\[for arn in var\.aws_role_arns : replace\(arn, "(.+)", '
+                        r'"(.+)"\)\]\)\}', locals_["aws_assumed_roles"].replace("\n", " ")
+                        .replace("  ", " "))
+    assert call, locals_["aws_assumed_roles"]
+    assert _terraform_replace(call.group(1), call.group(2), role_arn) == aws_role
+
+
+def test_outputs_the_credential_configuration_command(main_tf: dict[str, Any]) -> None:
+    outputs = {name: body for entry in main_tf["output"] for name, body in entry.items()}
+    command = outputs["credential_config_command"]["value"]
+    for part in ("gcloud iam workload-identity-pools create-cred-config",
+                 "google_iam_workload_identity_pool_provider.aws[0].name",
+                 "--service-account=${google_service_account.bridge.email}", "--aws"):
+        assert part in command, part
