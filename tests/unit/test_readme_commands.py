@@ -64,11 +64,12 @@ def test_every_stack_parameter_and_output_named_exists() -> None:
 
 
 def test_bicep_parameters_and_terraform_variables_named_exist() -> None:
-    bicep = set(re.findall(r"^param (\w+)", (ROOT / "infra/azure/main.bicep").read_text(),
-                           flags=re.MULTILINE))
-    given = {name for block in code_blocks() if "main.bicep" in block
-             for name in re.findall(r"(?:-p |\s)(\w+)=", block)}
-    assert given and given - bicep == set()
+    for template in ("main.bicep", "federation.bicep"):
+        bicep = set(re.findall(r"^param (\w+)", (ROOT / "infra/azure" / template).read_text(),
+                               flags=re.MULTILINE))
+        given = {name for block in code_blocks() if template in block
+                 for name in re.findall(r"(?:-p |\s)(\w+)=", block)}
+        assert given and given - bicep == set(), template
     variables = set(re.findall(r'^variable "(\w+)"', (ROOT / "infra/gcp/variables.tf").read_text(),
                                flags=re.MULTILINE))
     used = set(re.findall(r"-var (\w+)=", README))
