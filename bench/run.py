@@ -14,7 +14,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import aws_calls, burst, cold_start, grants, layer_bytecode, plot, relay, submit
+from bench import (
+    aws_calls,
+    burst,
+    cold_start,
+    grant_signing,
+    grants,
+    layer_bytecode,
+    plot,
+    relay,
+    submit,
+)
 from bench.common import ROOT, Row, say
 
 COMMAND = "make bench"
@@ -63,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         ("cold start", cold_start.measure),
         ("layer byte code", layer_bytecode.measure),
         ("grant minting", grants.measure),
+        ("grant signing, keyless against key", grant_signing.measure),
         ("submit throughput", lambda: submit.measure((1, 10) if args.quick else (1, 10, 100))),
         ("relay", lambda: relay.measure((1 << 20, 16 << 20) if args.quick
                                         else (1 << 20, 100 << 20, 1 << 30))),
