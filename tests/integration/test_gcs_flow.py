@@ -52,7 +52,8 @@ from convbridge.model import (
 from convbridge.pipeline import RelayPolicy, relay_output
 from convbridge.rules import DEFAULT_MAX_OUTPUT
 from convbridge.secrets import SecretValue
-from convbridge.storage.gcs import GcsStorage, signing_credentials, storage_client
+from convbridge.storage.gcs import GcsStorage, storage_client
+from convbridge.storage.gcs_identity import signing_credentials
 from devstack.harness.gcs import (
     SECRET_NAME,
     GcsHarness,

@@ -53,7 +53,6 @@ if TYPE_CHECKING:
     import google.auth.credentials as _auth_credentials
     import google.auth.exceptions as _auth_errors
     import google.cloud.storage as _gcs_sdk
-    from google.oauth2 import service_account
 
     from convbridge.clients import CloudClients
     from convbridge.secrets import SecretValue
@@ -63,7 +62,6 @@ else:
     _auth_credentials = VendorModule("google.auth.credentials")
     _auth_errors = VendorModule("google.auth.exceptions")
     _gcs_sdk = VendorModule("google.cloud.storage")
-    service_account = VendorModule("google.oauth2.service_account")
 
 #: GCS refuses V4 signatures valid for longer than this.
 MAX_SIGNED_URL_SECONDS = 7 * 24 * 3600
@@ -78,21 +76,6 @@ READ_CHUNK = 4 * 1024 * 1024
 #: How long the generation a failed write expected binds the next write of the same object.
 #: The relay starts its next attempt at once, so this covers its retries and little more.
 RETRY_BINDING_SECONDS = 60.0
-#: Fields of a service-account JSON key that google-auth reads (the others are URLs for humans).
-KEY_REQUIRED = ("client_email", "private_key", "token_uri")
-KEY_OPTIONAL = ("type", "project_id", "private_key_id", "client_id", "universe_domain")
-
-
-
-def signing_credentials(name: str, secret: SecretValue) -> service_account.Credentials:
-    """The service account in secret ``name``: the JSON key file as Google issues it."""
-    info = {field: secret.field(field) for field in KEY_REQUIRED}
-    info.update({field: value for field in KEY_OPTIONAL if (value := secret.optional(field))})
-    with _google_errors(_Call(f"secret {name} is not a usable service-account key", "key")):
-        from_info = service_account.Credentials.from_service_account_info
-        # google-auth ships type hints but leaves this constructor unannotated
-        credentials: service_account.Credentials = from_info(info)  # type: ignore[no-untyped-call]
-    return credentials
 
 
 def storage_client(credentials: Any, endpoint: str | None, *, project: str | None = None) -> Any:
@@ -482,8 +465,8 @@ def _collision(location: str, key: str) -> OutputCollision:
 
 
 #: where in the adapter the SDK raised: a storage request, signing a URL with the service
-#: account, loading its key from the secret, building the client
-_Step = Literal["request", "sign", "key", "client"]
+#: account, building the client (loading a JSON key is gcs_identity's)
+_Step = Literal["request", "sign", "client"]
 
 
 @dataclass(frozen=True)
@@ -507,8 +490,7 @@ def _failed(call: _Call, exc: BaseException) -> StorageError:
 
 def _refused_key(call: _Call, exc: BaseException) -> ConvbridgeError:
     """The type only: google-auth's parser messages may quote the key."""
-    error = GrantError if call.step == "sign" else SecretError
-    return error(f"{call.doing}: {type(exc).__name__}")
+    return GrantError(f"{call.doing}: {type(exc).__name__}")
 
 
 #: the Google SDKs' exceptions (and httpx's, which uploads the pieces) as ours, first match first
@@ -524,8 +506,6 @@ _GOOGLE_ERRORS: tuple[VendorError[_Call], ...] = (
                 _failed, when=lambda call, _: call.step == "request"),
     VendorError(lambda: (ValueError, TypeError, AttributeError, _auth_errors.GoogleAuthError),
                 _refused_key, when=lambda call, _: call.step == "sign"),
-    VendorError(lambda: (ValueError, _auth_errors.GoogleAuthError), _refused_key,
-                when=lambda call, _: call.step == "key"),
     VendorError(lambda: (ValueError, _auth_errors.GoogleAuthError),
                 lambda call, exc: ConfigError(f"{call.doing}: {exc}"),
                 when=lambda call, _: call.step == "client"),

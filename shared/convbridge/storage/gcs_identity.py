@@ -36,12 +36,14 @@ if TYPE_CHECKING:
     import google.auth.credentials as _auth_credentials
     import google.auth.exceptions as _auth_errors
     import google.auth.transport.requests as _auth_requests
+    import google.oauth2.service_account as _service_account
 
     from convbridge.secrets import SecretValue
 else:
     _auth_credentials = VendorModule("google.auth.credentials")
     _auth_errors = VendorModule("google.auth.exceptions")
     _auth_requests = VendorModule("google.auth.transport.requests")
+    _service_account = VendorModule("google.oauth2.service_account")
 
 SigningIdentity = Literal["json_key", "federated"]
 IAM_CREDENTIALS_URL = "https://iamcredentials.googleapis.com"
@@ -187,14 +189,31 @@ def federated_credentials(name: str, info: dict[str, Any]) -> Any:
                           f"{type(exc).__name__}: {exc}") from exc
 
 
+#: Fields of a service-account JSON key that google-auth reads (the others are URLs for humans).
+KEY_REQUIRED = ("client_email", "private_key", "token_uri")
+KEY_OPTIONAL = ("type", "project_id", "private_key_id", "client_id", "universe_domain")
+
+
+def signing_credentials(name: str, secret: SecretValue) -> Any:
+    """The service account in secret ``name``: the JSON key file as Google issues it (the
+    explicit ``json_key`` opt-in)."""
+    info = {field: secret.field(field) for field in KEY_REQUIRED}
+    info.update({field: value for field in KEY_OPTIONAL if (value := secret.optional(field))})
+    try:
+        # google-auth ships type hints but leaves this constructor unannotated
+        return _service_account.Credentials.from_service_account_info(info)  # type: ignore[no-untyped-call]
+    except (ValueError, _auth_errors.GoogleAuthError) as exc:
+        # the type only: google-auth's parser messages may quote the key
+        raise SecretError(f"secret {name} is not a usable service-account key: "
+                          f"{type(exc).__name__}") from exc
+
+
 def gcs_identity(name: str, secret: SecretValue, *,
                  iam_credentials_url: str = IAM_CREDENTIALS_URL,
                  http: httpx.Client | None = None) -> GcsIdentity:
     """The identity secret ``name`` configures: ``"signing": "json_key"`` opts into the JSON key
     it holds; otherwise (``"federated"``, the default) an external-account configuration and
     the ``service_account_email`` to sign as (a JSON key in the secret is not used)."""
-    from convbridge.storage.gcs import signing_credentials
-
     signing = secret.optional("signing") or "federated"
     if signing == "json_key":
         key = signing_credentials(name, secret)
