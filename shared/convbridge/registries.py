@@ -6,19 +6,19 @@ Only names live at this level; an adapter's module loads when that adapter is fi
 for, and a storage adapter's cloud SDK only when it first talks to its cloud
 (convbridge.storage._vendor), so a trigger loads only its own cloud SDK. Packages add adapters
 through the entry-point groups ``convbridge.providers`` and ``convbridge.storages``.
+
+The tables are untyped here, so this bottom layer names no adapter module, not even for
+annotations; ``convbridge.providers.PROVIDERS`` and ``convbridge.storage.STORAGES`` are the same
+objects typed by their base classes, for code that uses the classes.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from convbridge._registry import Registry
 
-if TYPE_CHECKING:
-    from convbridge.providers.base import Provider
-    from convbridge.storage.base import Storage
-
-PROVIDERS: Registry[Provider] = Registry(
+PROVIDERS: Registry[Any] = Registry(
     "provider",
     {
         "cloudconvert": ("convbridge.providers.cloudconvert:CloudConvert", None),
@@ -28,7 +28,7 @@ PROVIDERS: Registry[Provider] = Registry(
     },
     group="convbridge.providers",
 )
-STORAGES: Registry[Storage] = Registry(
+STORAGES: Registry[Any] = Registry(
     "storage",
     {
         "s3": ("convbridge.storage.s3:S3Storage", None),

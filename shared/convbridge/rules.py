@@ -401,7 +401,7 @@ def _swept(storage: str) -> bool:
     if storage not in STORAGES:
         return False
     try:
-        return STORAGES.load(storage).swept
+        return bool(STORAGES.load(storage).swept)
     except ConfigError:
         return False
 

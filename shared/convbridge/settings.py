@@ -74,7 +74,7 @@ class Settings:
         if not default:
             raise ConfigError(f"no base URL known for provider {provider!r}; set "
                               f"{PREFIX}{provider.upper()}_URL")
-        return default
+        return str(default)
 
     def provider_secret_name(self, provider: str) -> str:
         """``CONVBRIDGE_SECRET_<PROVIDER>`` when set, else ``<prefix><provider>``: deployed

@@ -1,5 +1,16 @@
-"""Provider adapters by name, imported on first use (the table is in convbridge.registries)."""
+"""Provider adapters by name, imported on first use: the table of convbridge.registries, typed
+by the adapters' base class."""
 
-from convbridge.registries import PROVIDERS
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+from convbridge import registries
+from convbridge._registry import Registry
+
+if TYPE_CHECKING:
+    from convbridge.providers.base import Provider
+
+PROVIDERS = cast("Registry[Provider]", registries.PROVIDERS)
 
 __all__ = ["PROVIDERS"]
