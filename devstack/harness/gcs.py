@@ -16,10 +16,8 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import threading
 import time
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
@@ -35,7 +33,7 @@ from google.cloud import storage
 
 from devstack.harness.base import StorageHarness
 from devstack.lambda_local import FunctionUrlServer
-from devstack.servers import LOCALHOST
+from devstack.loopback import LoopbackRequest, LoopbackServer, Reply
 from devstack.servers_gcs import FakeGcsServer
 
 if TYPE_CHECKING:
@@ -116,45 +114,25 @@ class LocalOidcIssuer:
         return token.decode()
 
 
-class CertsServer:
+class CertsServer(LoopbackServer):
     """Serves an issuer's certificates on loopback, as Google's certs endpoint does (with a
     Cache-Control max-age), and counts the fetches."""
 
     def __init__(self, issuer: LocalOidcIssuer) -> None:
-        outer = self
+        super().__init__()
+        self.issuer = issuer
         self.fetches = 0
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                outer.fetches += 1
-                body = json.dumps(issuer.certs()).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json; charset=UTF-8")
-                self.send_header("Cache-Control", "public, max-age=21600, must-revalidate")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer((LOCALHOST, 0), Handler)
-        # a short poll keeps stop() from waiting out the default half second
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        daemon=True)
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/oauth2/v1/certs"
+        return f"{self.base_url}/oauth2/v1/certs"
 
-    def start(self) -> CertsServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    def answer(self, request: LoopbackRequest) -> Reply:
+        if request.method != "GET":
+            return Reply(405, {"error": "method not allowed"})
+        self.fetches += 1
+        return Reply(200, self.issuer.certs(), content_type="application/json; charset=UTF-8",
+                     headers={"Cache-Control": "public, max-age=21600, must-revalidate"})
 
 
 def pubsub_push_envelope(resource: dict[str, Any], *, event_type: str = "OBJECT_FINALIZE",
