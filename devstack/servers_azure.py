@@ -4,6 +4,8 @@ with the emulator's well-known account. It enforces service SAS signatures, perm
 resource scope, expiry and the HTTPS-only flag (see ../shared/EMULATORS.md), which is what
 makes it useful for proving grants narrow. Like the servers in :mod:`devstack.servers`, it
 raises :class:`ServerStartError` saying why when it cannot start, so tests fail, never skip.
+:class:`LocalEntra` stands in for the Entra ID token endpoint the bridge trades its client
+assertion at, and hands out tokens Azurite's ``--oauth basic`` accepts.
 """
 
 from __future__ import annotations
@@ -17,8 +19,14 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
 
+from convbridge.storage.azure_identity import ASSERTION_TYPE, FEDERATION_AUDIENCE
+from devstack.loopback import LoopbackRequest, LoopbackServer, Reply
 from devstack.servers import LOCALHOST, ProcessServer, ServerStartError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,6 +134,28 @@ def write_self_signed_cert(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+def app_certificate(*, valid_for: datetime.timedelta = datetime.timedelta(days=30),
+                    common_name: str = "convbridge-bridge") -> tuple[str, str]:
+    """A self-signed certificate and its RSA private key (PEM), as one uploads to an Entra app
+    registration; ``valid_for`` negative gives one that has already expired."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    start = min(now, now + valid_for) - datetime.timedelta(days=1)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(now + valid_for)
+            .sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM).decode(),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()).decode())
+
+
 def azurite_bearer_token(*, tenant_id: str = "00000000-0000-0000-0000-000000000001",
                          object_id: str = "00000000-0000-0000-0000-00000000000a",
                          lifetime_seconds: int = 3600) -> str:
@@ -153,3 +183,179 @@ def _is_azurite(url: str, context: ssl.SSLContext | None = None) -> bool:
     except OSError:
         return False
     return server.startswith("Azurite")
+
+
+@dataclass(frozen=True)
+class FederatedCredential:
+    """An Entra app's federated identity credential: whose tokens it takes as assertions, and
+    the public key of that issuer (Entra fetches it from the issuer's JWKS)."""
+
+    issuer: str
+    subject: str
+    public_key: Any
+    audience: str = FEDERATION_AUDIENCE
+
+
+@dataclass
+class _App:
+    object_id: str
+    #: SHA-256 thumbprints of the registered certificates (base64url, as x5t#S256 gives them)
+    certificates: dict[str, Any] = field(default_factory=dict)
+    federated: list[FederatedCredential] = field(default_factory=list)
+
+
+class EntraRefusal(Exception):
+    """An answer Entra gives instead of a token: HTTP status, OAuth error, AADSTS number."""
+
+    def __init__(self, error: str, code: int, description: str, status: int = 400) -> None:
+        super().__init__(description)
+        self.error, self.code, self.description, self.status = error, code, description, status
+
+
+class LocalEntra(LoopbackServer):
+    """A stand-in for one Entra ID tenant's v2.0 token endpoint (client-credentials grant with a
+    client assertion), on loopback. Apps are registered with certificates and federated
+    credentials; an assertion is accepted only if its signature verifies against the registered
+    certificate it names (``x5t#S256``; PS256 or RS256) or against the key of a federated
+    credential's issuer, and its audience, issuer, subject and validity window are right. The
+    token it hands out is one Azurite's ``--oauth basic`` accepts (unsigned: Azurite checks no
+    signature), carrying the app's object id. Refusals are HTTP 400 with Entra's error shape
+    and an AADSTS number of the kind Entra answers; ``token_lifetime`` sets ``expires_in``
+    (0: an expired token). Every form received is kept in ``requests``."""
+
+    def __init__(self, tenant_id: str) -> None:
+        super().__init__()
+        self.tenant_id = tenant_id
+        self.token_lifetime = 3599
+        self.requests: list[dict[str, str]] = []
+        self._apps: dict[str, _App] = {}
+
+    @property
+    def authority(self) -> str:
+        return self.base_url
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.base_url}/{self.tenant_id}/oauth2/v2.0/token"
+
+    def _app(self, client_id: str) -> _App:
+        return self._apps.setdefault(client_id, _App(object_id=str(uuid.uuid4())))
+
+    def register_certificate(self, client_id: str, certificate_pem: str) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+
+        certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
+        thumbprint = _b64url(certificate.fingerprint(hashes.SHA256()))
+        self._app(client_id).certificates[thumbprint] = certificate
+
+    def register_federated(self, client_id: str, credential: FederatedCredential) -> None:
+        self._app(client_id).federated.append(credential)
+
+    def answer(self, request: LoopbackRequest) -> Reply:
+        if request.method != "POST" or request.path != f"/{self.tenant_id}/oauth2/v2.0/token":
+            return Reply(404, {"error": "not_found"})
+        form = dict(parse_qsl(request.body.decode("utf-8", "replace")))
+        self.requests.append(form)
+        try:
+            app = self._verify(form)
+        except EntraRefusal as refusal:
+            return Reply(refusal.status, {
+                "error": refusal.error, "error_codes": [refusal.code],
+                "error_description": f"AADSTS{refusal.code}: {refusal.description}"})
+        return Reply(200, {"token_type": "Bearer", "expires_in": self.token_lifetime,
+                           "ext_expires_in": self.token_lifetime,
+                           "access_token": azurite_bearer_token(
+                               tenant_id=self.tenant_id, object_id=app.object_id,
+                               lifetime_seconds=max(self.token_lifetime, 1))})
+
+    def _verify(self, form: dict[str, str]) -> _App:
+        if form.get("grant_type") != "client_credentials":
+            raise EntraRefusal("unsupported_grant_type", 70003, "the grant type is not "
+                               "supported here")
+        if form.get("scope") != "https://storage.azure.com/.default":
+            raise EntraRefusal("invalid_scope", 70011, "the scope is not valid")
+        if form.get("client_assertion_type") != ASSERTION_TYPE:
+            raise EntraRefusal("invalid_request", 7000218, "the request body must contain a "
+                               "client_assertion")
+        app = self._apps.get(form.get("client_id", ""))
+        if app is None:
+            raise EntraRefusal("unauthorized_client", 700016, "application not found in the "
+                               "directory")
+        header, claims, signed, signature = _split_jwt(form.get("client_assertion", ""))
+        if "x5t#S256" in header:
+            certificate = app.certificates.get(str(header["x5t#S256"]))
+            if certificate is None:
+                raise EntraRefusal("invalid_client", 700027, "the certificate named by the "
+                                   "client assertion is not registered on the application")
+            _check_signature(certificate.public_key(), header, signed, signature)
+            if claims.get("iss") != form["client_id"] or claims.get("sub") != form["client_id"]:
+                raise EntraRefusal("invalid_client", 700021, "the client assertion's issuer "
+                                   "or subject is not the client_id")
+            if claims.get("aud") != self.token_url:
+                raise EntraRefusal("invalid_client", 50012, "the client assertion's audience "
+                                   "is not this token endpoint")
+        else:
+            credential = next((found for found in app.federated
+                               if found.issuer == claims.get("iss")
+                               and found.subject == claims.get("sub")), None)
+            if credential is None:
+                raise EntraRefusal("invalid_client", 700213, "no matching federated identity "
+                                   "record found for the presented assertion")
+            _check_signature(credential.public_key, header, signed, signature)
+            audiences = claims.get("aud")
+            if credential.audience not in (audiences if isinstance(audiences, list)
+                                           else [audiences]):
+                raise EntraRefusal("invalid_client", 700212, "no matching federated identity "
+                                   "record found for the presented assertion audience")
+        now = time.time()
+        if not (_number(claims.get("nbf", 0)) - 300 <= now < _number(claims.get("exp"))):
+            raise EntraRefusal("invalid_client", 700024, "the client assertion is not within "
+                               "its valid time range")
+        return app
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else float("nan")
+
+
+def _split_jwt(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
+    try:
+        header_part, claims_part, signature_part = token.split(".")
+        header, claims = json.loads(_unb64url(header_part)), json.loads(_unb64url(claims_part))
+        signature = _unb64url(signature_part)
+    except ValueError as exc:
+        raise EntraRefusal("invalid_request", 50027, "the client assertion is not a "
+                           "well-formed JWT") from exc
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise EntraRefusal("invalid_request", 50027, "the client assertion is not a "
+                           "well-formed JWT")
+    return header, claims, f"{header_part}.{claims_part}".encode(), signature
+
+
+def _check_signature(public_key: Any, header: dict[str, Any], signed: bytes,
+                     signature: bytes) -> None:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    schemes = {"PS256": padding.PSS(mgf=padding.MGF1(hashes.SHA256()),
+                                    salt_length=hashes.SHA256.digest_size),
+               "RS256": padding.PKCS1v15()}
+    scheme = schemes.get(str(header.get("alg")))
+    if scheme is None:
+        raise EntraRefusal("invalid_client", 5002738, "the client assertion's algorithm is "
+                           "not supported")
+    try:
+        public_key.verify(signature, signed, scheme, hashes.SHA256())
+    except InvalidSignature:
+        raise EntraRefusal("invalid_client", 700027, "the client assertion failed signature "
+                           "validation") from None

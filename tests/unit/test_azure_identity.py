@@ -15,7 +15,7 @@ import httpx
 import pytest
 from botocore.stub import Stubber
 
-from convbridge.errors import ConfigError, GrantError
+from convbridge.errors import ConfigError, ConvbridgeError, GrantError
 from convbridge.model import Grant, ObjectRef
 from convbridge.pipeline import submit
 from convbridge.secrets import SecretValue
@@ -149,3 +149,37 @@ def test_a_failed_exchange_ends_in_a_failure_report(source: Callable[[], EntraTo
     report = json.loads(b"".join(storage.read_stream("bucket", "failures/a.png.json")))
     assert report["error"]["code"] == "GRANT_FAILED"
     assert "Entra ID" in report["error"]["message"] or "STS" in report["error"]["message"]
+
+
+def test_the_client_certificate_is_an_explicit_choice_checked_at_start() -> None:
+    from devstack.servers_azure import app_certificate
+
+    certificate, key = app_certificate()
+    _, other_key = app_certificate()
+    ids = {"account_name": "a", "tenant_id": "t", "client_id": "c", "account_key": "k"}
+    # a certificate in the secret is not used without the opt-in
+    assert credential_source(secret({**ids, "client_certificate": certificate,
+                                     "client_certificate_key": key}),
+                             sts_client=lambda: None).tokens.credential == (
+        "workload_identity_federation")
+    opted = credential_source(secret({**ids, "signing": "client_certificate",
+                                      "client_certificate": certificate,
+                                      "client_certificate_key": key}), sts_client=lambda: None)
+    assert isinstance(opted, UserDelegationSigning)
+    assert opted.tokens.credential == "client_certificate"
+    assert "client certificate" in opted.describes and "account key" in opted.describes
+    with pytest.raises(ConfigError, match="not the private key of its client_certificate"):
+        credential_source(secret({**ids, "signing": "client_certificate",
+                                  "client_certificate": certificate,
+                                  "client_certificate_key": other_key}), sts_client=lambda: None)
+    with pytest.raises(ConfigError, match="not an unencrypted PEM") as raised:
+        credential_source(secret({**ids, "signing": "client_certificate",
+                                  "client_certificate": certificate,
+                                  "client_certificate_key": "-----BEGIN PRIVATE KEY-----"}),
+                          sts_client=lambda: None)
+    assert "BEGIN" not in str(raised.value)
+    with pytest.raises(ConvbridgeError, match="client_certificate"):
+        credential_source(secret({**ids, "signing": "client_certificate"}),
+                          sts_client=lambda: None)
+    with pytest.raises(ConfigError, match="user_delegation.*client_certificate.*account_key"):
+        credential_source(secret({**ids, "signing": "certificate"}), sts_client=lambda: None)

@@ -128,7 +128,9 @@ def test_routes_say_which_identity_signs_azure_grants() -> None:
     text = routes.render(routes.capability_table())
     line = next(line for line in text.splitlines() if line.startswith("  azure_blob: a user"))
     assert "user delegation key" in line and "Entra ID" in line
-    assert '"signing": "account_key"' in line
+    assert "workload identity federation (no secret held)" in line
+    assert '"signing": "client_certificate" (opt-in)' in line and "client certificate" in line
+    assert '"signing": "account_key" (opt-in)' in line
 
 
 def test_routes_say_which_identity_signs_gcs_grants() -> None:

@@ -6,14 +6,16 @@ it natively (``sas_token``) or as a plain signed URL. Write grants are a service
 neither read it back, overwrite it, nor touch any other blob. When the output blob already
 exists a create-only SAS could not replace it, so no write grant is minted and the pipeline
 relays the output instead. Grants are user-delegation SAS signed with a short-lived delegation
-key got with an Entra ID token (:mod:`convbridge.storage.azure_identity`); an account whose
-secret says ``"signing": "account_key"`` is signed with its account key instead, which then
-comes from Secrets Manager (never the environment) and never leaves the bridge.
+key got with an Entra ID token (:mod:`convbridge.storage.azure_identity`: by federation, or by
+a client certificate where the account's secret opts in); an account whose secret says
+``"signing": "account_key"`` is signed with its account key instead, which then comes from
+Secrets Manager (never the environment) and never leaves the bridge.
 
 Settings (``CONVBRIDGE_`` + name): ``AZURE_ACCOUNT_SECRET`` names the secret holding
-``{"account_name", "tenant_id", "client_id"}`` (or ``{"account_name", "signing":
-"account_key", "account_key"}``); ``AZURE_AUTHORITY_URL`` overrides Entra's
-``https://login.microsoftonline.com``; ``AZURE_BLOB_ENDPOINT`` overrides
+``{"account_name", "tenant_id", "client_id"}``; for an account that cannot federate, those and
+``"signing": "client_certificate"``, ``client_certificate``, ``client_certificate_key`` (PEM);
+or ``{"account_name", "signing": "account_key", "account_key"}``. ``AZURE_AUTHORITY_URL``
+overrides Entra's ``https://login.microsoftonline.com``; ``AZURE_BLOB_ENDPOINT`` overrides
 ``https://<account>.blob.core.windows.net`` (e.g. Azurite's ``http://127.0.0.1:10000/<account>``);
 ``AZURE_ALLOW_HTTP=1`` lets grants work over plain HTTP, for a local emulator only.
 Azure metadata names must be C# identifiers, so ``-`` in names (the bridge's output marker)
@@ -103,8 +105,11 @@ class AzureBlobStorage(Storage):
     event_formats: ClassVar[tuple[str, ...]] = (
         "Event Grid BlobCreated (Event Grid schema or CloudEvents)",)
     grant_signing: ClassVar[str | None] = (
-        "a user delegation key got with an Entra ID token (no account key held); the account "
-        "key only for an account whose secret says \"signing\": \"account_key\"")
+        "a user delegation key got with an Entra ID token by workload identity federation (no "
+        "secret held); for an account whose secret says \"signing\": \"client_certificate\" "
+        "(opt-in), the same with an Entra ID token got by the app's client certificate; the "
+        "account key only for an account whose secret says \"signing\": \"account_key\" "
+        "(opt-in)")
 
     @classmethod
     def from_settings(cls, settings: Settings, clients: CloudClients) -> AzureBlobStorage:
