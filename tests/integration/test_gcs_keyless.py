@@ -164,6 +164,7 @@ def test_a_json_key_in_the_secret_signs_only_when_opted_in(
 
 FAILURES = {
     "sts-refuses": ("sts_status", 400, "token exchange.*invalid_grant"),
+    "impersonation-403": ("impersonation_status", 403, "token exchange.*PERMISSION_DENIED"),
     "expired-token": ("token_lifetime", -60, "expired"),
     "signblob-403": ("sign_status", 403, "refused to sign.*HTTP 403 PERMISSION_DENIED"),
 }

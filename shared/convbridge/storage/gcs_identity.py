@@ -14,8 +14,8 @@ authorises the bridge's own GCS requests (the relayed writes). The service accou
 ``roles/iam.serviceAccountTokenCreator`` on itself and object access on the watched buckets.
 
 A JSON key signs only when the secret says ``"signing": "json_key"``; it is never chosen because
-federation failed. Every failure of the exchange (STS refuses, an expired token, signBlob
-answering 403) is a :class:`GrantError` naming the step, never a token.
+federation failed. Every failure of the exchange (STS refuses, IAM refuses the impersonation, an
+expired token, signBlob answering 403) is a :class:`GrantError` naming the step, never a token.
 """
 
 from __future__ import annotations
@@ -122,19 +122,27 @@ class FederatedSigning:
 
 def _auth_reason(exc: BaseException) -> str:
     """google-auth's RefreshError and OAuthError carry the STS answer (error code and
-    description, never a token); other errors are named by type only."""
+    description, never a token); a refused impersonation adds IAM's answer body, of which only
+    the ``status`` (``PERMISSION_DENIED``) is kept. Other errors are named by type only."""
     if isinstance(exc, (_auth_errors.RefreshError, _auth_errors.OAuthError)) and exc.args:
-        return str(exc.args[0])[:300]
+        reason = str(exc.args[0])[:300]
+        status = _error_status(exc.args[1]) if len(exc.args) > 1 else ""
+        return f"{reason}: {status}" if status else reason
     return type(exc).__name__
+
+
+def _error_status(body: object) -> str:
+    """A Google API error body's ``error.status``, or "" when it has none."""
+    try:
+        error = json.loads(body).get("error", {}) if isinstance(body, str | bytes) else {}
+    except (ValueError, AttributeError):
+        return ""
+    return str(error.get("status", "")) if isinstance(error, dict) else ""
 
 
 def _google_status(answer: httpx.Response) -> str:
     """A Google API error's ``status`` (``PERMISSION_DENIED``), not its message."""
-    try:
-        error = answer.json().get("error", {})
-    except (ValueError, AttributeError):
-        return ""
-    return str(error.get("status", "")) if isinstance(error, dict) else ""
+    return _error_status(answer.content)
 
 
 @dataclass(frozen=True)
