@@ -7,7 +7,8 @@
 #   terraform init && terraform apply -var project_id=... -var bucket=... \
 #     -var push_endpoint=<GcsPushEndpoint> -var audience=<PubSubAudience>
 #
-# The same wiring as gcloud commands: gcloud.sh beside this file.
+# The same wiring as gcloud commands: gcloud.sh beside this file, and federation.sh for the
+# keyless signing (the workload identity pool and the bridge's service account bindings).
 
 terraform {
   required_version = ">= 1.5"
@@ -39,6 +40,9 @@ locals {
     for arn in var.aws_role_arns :
     replace(arn, "/^arn:([^:]+):iam::([0-9]{12}):role/(?:.*/)?([^/]+)$/", "arn:$1:sts::$2:assumed-role/$3")
   ])
+  # Only the stack's roles get a federated token at all (none listed yet: the account's
+  # identities, which still cannot act as the bridge without the bindings below).
+  aws_role_condition = length(local.aws_assumed_roles) > 0 ? "attribute.aws_role in [${join(", ", formatlist("'%s'", sort(local.aws_assumed_roles)))}]" : null
 }
 
 resource "google_pubsub_topic" "uploads" {
@@ -171,6 +175,7 @@ resource "google_iam_workload_identity_pool_provider" "aws" {
     "google.subject"     = "assertion.arn"
     "attribute.aws_role" = "assertion.arn.contains('assumed-role') ? assertion.arn.extract('{account_arn}assumed-role/') + 'assumed-role/' + assertion.arn.extract('assumed-role/{role_name}/') : assertion.arn"
   }
+  attribute_condition = local.aws_role_condition
   aws {
     account_id = var.aws_account_id
   }

@@ -1,14 +1,18 @@
 """infra/gcp, checked offline: main.tf and variables.tf parsed with python-hcl2 (and, where the
 terraform binary is on the machine, `terraform fmt -check`; `terraform validate` needs the
 Google provider from the Terraform registry, which this project cannot reach), gcloud.sh parsed
-by bash. What the GCS trigger relies on is pinned: OBJECT_FINALIZE notifications with the
-JSON_API_V1 payload, a push subscription (the Pub/Sub envelope, not "no wrapper") to the stack's
-endpoint with an OIDC token for the dedicated service account and the stack's audience, an ack
-deadline longer than the function's timeout, retries with back-off and a dead-letter topic.
+by bash; federation.sh run against a recording stand-in for gcloud and held to the same roles,
+names and attribute condition as the Terraform. What the GCS trigger relies on is pinned:
+OBJECT_FINALIZE notifications with the JSON_API_V1 payload, a push subscription (the Pub/Sub
+envelope, not "no wrapper") to the stack's endpoint with an OIDC token for the dedicated service
+account and the stack's audience, an ack deadline longer than the function's timeout, retries
+with back-off and a dead-letter topic.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -179,10 +183,18 @@ def test_gcloud_script_parses_and_matches_the_terraform() -> None:
     assert "ack_deadline_seconds       = 60" in terraform
 
 
-def test_gcloud_script_passes_shellcheck() -> None:
+INFRA_SCRIPTS = sorted((ROOT / "infra").rglob("*.sh"))
+
+
+@pytest.mark.parametrize("script", INFRA_SCRIPTS, ids=[p.name for p in INFRA_SCRIPTS])
+def test_infra_scripts_pass_shellcheck(script: Path) -> None:
     # make installs Debian's shellcheck (as root); without it this fails rather than skips
     assert shutil.which("shellcheck"), "shellcheck is not installed: run `make servers`"
-    subprocess.run(["shellcheck", str(GCP / "gcloud.sh")], check=True, timeout=60)
+    subprocess.run(["shellcheck", str(script)], check=True, timeout=60)
+
+
+def test_both_gcp_scripts_are_checked() -> None:
+    assert {p.name for p in INFRA_SCRIPTS} >= {"gcloud.sh", "federation.sh"}
 
 
 def _terraform_replace(pattern_literal: str, replacement: str, value: str) -> str:
@@ -243,3 +255,133 @@ def test_outputs_the_credential_configuration_command(main_tf: dict[str, Any]) -
                  "google_iam_workload_identity_pool_provider.aws[0].name",
                  "--service-account=${google_service_account.bridge.email}", "--aws"):
         assert part in command, part
+
+
+#: a stand-in for gcloud: it records each call (arguments separated by \x1f), finds nothing
+#: on describe, answers the project number and writes a credential configuration when asked
+FAKE_GCLOUD = r"""#!/usr/bin/env bash
+{ for a in "$@"; do printf '%s\x1f' "$a"; done; printf '\n'; } >> "$GCLOUD_LOG"
+case "$*" in
+  "projects describe"*) echo 987654321 ;;
+  *" describe "*) exit 1 ;;
+  *create-cred-config*)
+    for a in "$@"; do
+      case "$a" in
+        --output-file=*) echo '{"type": "external_account"}' > "${a#--output-file=}" ;;
+      esac
+    done ;;
+esac
+"""
+PROJECT_NUMBER = "987654321"
+ROLE_ARNS = ["arn:aws:iam::123456789012:role/team/convbridge-WebhookFunctionRole-X",
+             "arn:aws:iam::123456789012:role/convbridge-GcsTriggerRole-AbC123"]
+
+
+def run_federation_script(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str],
+                                                                list[list[str]]]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
+    (bin_dir / "gcloud").chmod(0o755)
+    log = tmp_path / "gcloud.log"
+    log.write_text("")
+    answer = subprocess.run(
+        ["bash", str(GCP / "federation.sh")], capture_output=True, text=True, timeout=60,
+        env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "GCLOUD_LOG": str(log),
+             "PROJECT_ID": "my-project", "AWS_ACCOUNT_ID": "123456789012",
+             "BUCKETS": "watched-a watched-b", **env})
+    calls = [line.split("\x1f")[:-1] for line in log.read_text().splitlines()]
+    return answer, calls
+
+
+def _flag(call: list[str], name: str) -> str | None:
+    return next((arg.split("=", 1)[1] for arg in call if arg.startswith(f"--{name}=")), None)
+
+
+def _terraform_condition(main_tf: dict[str, Any], role_arns: list[str]) -> str | None:
+    """main.tf's attribute condition for ``role_arns``, worked out as Terraform would."""
+    (locals_,) = main_tf["locals"]
+    assert locals_["aws_role_condition"] == (
+        "${length(local.aws_assumed_roles) > 0 ? \"attribute.aws_role in "
+        "[${join(\", \", formatlist(\"'%s'\", sort(local.aws_assumed_roles)))}]\" : null}")
+    call = re.fullmatch(r'\$\{toset\(\[for arn in var\.aws_role_arns : replace\(arn, "(.+)", '
+                        r'"(.+)"\)\]\)\}', locals_["aws_assumed_roles"])
+    assert call
+    assumed = sorted({_terraform_replace(call.group(1), call.group(2), arn) for arn in role_arns})
+    if not assumed:
+        return None
+    quoted = ", ".join(f"'{role}'" for role in assumed)
+    return f"attribute.aws_role in [{quoted}]"
+
+
+def _bridge_roles_in_terraform(main_tf: dict[str, Any]) -> set[str]:
+    return {body["role"] for body in _blocks(main_tf, "resource").values()
+            if "google_service_account.bridge" in str(body.get("member", ""))
+            or body.get("service_account_id") == "${google_service_account.bridge.name}"}
+
+
+def test_federation_script_grants_what_the_terraform_grants(
+        main_tf: dict[str, Any], tmp_path: Path) -> None:
+    answer, calls = run_federation_script(tmp_path, AWS_ROLE_ARNS=",".join(ROLE_ARNS))
+    assert answer.returncode == 0, answer.stderr
+    resources = _blocks(main_tf, "resource")
+    provider = resources[("google_iam_workload_identity_pool_provider", "aws")]
+    pool = resources[("google_iam_workload_identity_pool", "aws")]
+    (create_pool,) = [c for c in calls if c[:3] == ["iam", "workload-identity-pools", "create"]]
+    (create,) = [c for c in calls if c[:4] == ["iam", "workload-identity-pools", "providers",
+                                              "create-aws"]]
+    # the same pool and provider names, the same AWS account, mapping and condition
+    assert pool["workload_identity_pool_id"] == "${var.name}-aws" and create_pool[3] == (
+        "convbridge-aws")
+    assert provider["workload_identity_pool_provider_id"] == "${var.name}-aws"
+    assert create[4] == "convbridge-aws" and _flag(create, "workload-identity-pool") == (
+        "convbridge-aws")
+    assert _one(provider["aws"]) == {"account_id": "${var.aws_account_id}"}
+    assert _flag(create, "account-id") == "123456789012"
+    mapping = dict(item.split("=", 1) for item in (_flag(create, "attribute-mapping") or "")
+                   .split(","))
+    assert mapping == provider["attribute_mapping"]
+    assert provider["attribute_condition"] == "${local.aws_role_condition}"
+    assert _flag(create, "attribute-condition") == _terraform_condition(main_tf, ROLE_ARNS)
+    # the same roles for the bridge's service account, to the same members
+    bridge = "convbridge-bridge@my-project.iam.gserviceaccount.com"
+    bindings = {(_flag(c, "member"), _flag(c, "role")) for c in calls
+                if "add-iam-policy-binding" in c}
+    assert {role for _, role in bindings} == _bridge_roles_in_terraform(main_tf)
+    pool_name = (f"projects/{PROJECT_NUMBER}/locations/global/workloadIdentityPools/"
+                 "convbridge-aws")
+    assert bindings == {
+        (f"serviceAccount:{bridge}", "roles/iam.serviceAccountTokenCreator"),
+        *((f"principalSet://iam.googleapis.com/{pool_name}/attribute.aws_role/"
+           f"arn:aws:sts::123456789012:assumed-role/{name}", "roles/iam.workloadIdentityUser")
+          for name in ("convbridge-GcsTriggerRole-AbC123", "convbridge-WebhookFunctionRole-X")),
+        (f"serviceAccount:{bridge}", "roles/storage.objectUser"),
+    }
+    buckets = [c[3] for c in calls if c[:3] == ["storage", "buckets", "add-iam-policy-binding"]]
+    assert buckets == ["gs://watched-a", "gs://watched-b"]
+    # the credential configuration, as Terraform's output command makes it, on stdout
+    (config,) = [c for c in calls if "create-cred-config" in c]
+    assert config[3] == f"{pool_name}/providers/convbridge-aws" and "--aws" in config
+    assert _flag(config, "service-account") == bridge
+    assert json.loads(answer.stdout) == {"type": "external_account"}
+
+
+def test_federation_script_before_the_stack_exists_lets_no_role_act(
+        main_tf: dict[str, Any], tmp_path: Path) -> None:
+    answer, calls = run_federation_script(tmp_path)
+    assert answer.returncode == 0, answer.stderr
+    (create,) = [c for c in calls if "create-aws" in c]
+    assert _flag(create, "attribute-condition") is None
+    assert _terraform_condition(main_tf, []) is None
+    assert not [c for c in calls if "roles/iam.workloadIdentityUser" in " ".join(c)]
+    assert json.loads(answer.stdout) == {"type": "external_account"}
+
+
+@pytest.mark.parametrize("env", [
+    {"AWS_ROLE_ARNS": "arn:aws:iam::123456789012:user/someone"},
+    {"AWS_ACCOUNT_ID": "12345"},
+], ids=["not-a-role", "bad-account"])
+def test_federation_script_refuses_what_terraform_validation_refuses(
+        env: dict[str, str], tmp_path: Path) -> None:
+    answer, calls = run_federation_script(tmp_path, **env)
+    assert answer.returncode == 2 and calls == []
