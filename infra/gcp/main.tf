@@ -143,9 +143,9 @@ resource "google_pubsub_subscription_iam_member" "pubsub_forwards" {
 }
 
 # The bridge's own identity on the bucket: it reads sources and signs V4 URLs for them, writes
-# records and relayed outputs, and moves failed sources (delete). Its key goes to Secrets Manager
-# (GcsServiceAccountSecretArn); create it with gcloud (see README.md) so it never sits in
-# Terraform state.
+# records and relayed outputs, and moves failed sources (delete). By default the stack's roles
+# act as it through the federation below and no key exists; a JSON key (the opt-in) is created
+# with gcloud (see README.md) so it never sits in Terraform state.
 resource "google_service_account" "bridge" {
   account_id   = "${var.name}-bridge"
   display_name = "convbridge bridge (bucket objects)"
@@ -213,7 +213,7 @@ output "push_service_account" {
 }
 
 output "bridge_service_account" {
-  description = "Create its key into GcsServiceAccountSecretArn (README.md)."
+  description = "The service_account_email of GcsServiceAccountSecretArn (or, opted in, the account whose JSON key goes there)."
   value       = google_service_account.bridge.email
 }
 

@@ -89,8 +89,13 @@ AZURE_FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
 
 @dataclass(frozen=True)
 class AzureOptions:
-    """Event Grid -> Azure trigger. ``blob_endpoint`` only when it is not the account's
-    public one (https://<account>.blob.core.windows.net)."""
+    """Event Grid -> Azure trigger. ``account_secret_arn``: by default (keyless) the
+    ``account_name``, ``tenant_id`` and ``client_id`` of the Entra app that trusts the stack's
+    roles; grants are user-delegation SAS got by workload identity federation and no
+    long-lived key is held. Opt-ins per account: ``"signing": "client_certificate"`` with the
+    app's ``client_certificate`` and ``client_certificate_key`` (accounts that cannot
+    federate), or ``"signing": "account_key"`` with ``account_key``. ``blob_endpoint`` only
+    when it is not the account's public one (https://<account>.blob.core.windows.net)."""
 
     account_secret_arn: str
     event_grid_secret_arn: str
@@ -99,7 +104,11 @@ class AzureOptions:
 
 @dataclass(frozen=True)
 class GcsOptions:
-    """Pub/Sub push -> GCS trigger. ``audience`` defaults to convbridge-<stack>-<account>."""
+    """Pub/Sub push -> GCS trigger. ``service_account_secret_arn``: by default (keyless) the
+    external-account configuration of Workload Identity Federation for AWS plus
+    ``service_account_email``; read URLs are signed through IAM Credentials signBlob and no key
+    is held. Opt-in: a service-account JSON key with ``"signing": "json_key"``. ``audience``
+    defaults to convbridge-<stack>-<account>."""
 
     service_account_secret_arn: str
     push_service_account: str
