@@ -38,7 +38,6 @@ from google.auth import crypt, jwt
 
 from convbridge.errors import GrantError
 from convbridge.model import Grant, GrantKind, ObjectRef
-from convbridge.pipeline import submit
 from convbridge.secrets import SecretValue
 from convbridge.storage.azure_blob import AzureBlobStorage
 from convbridge.storage.azure_identity import (
@@ -48,8 +47,6 @@ from convbridge.storage.azure_identity import (
     UserDelegationSigning,
     credential_source,
 )
-from convbridge.testing import MemoryStorage, memory_bridge
-from devstack.servers import ServerStartError
 from devstack.servers_azure import (
     ACCOUNT_KEY,
     ACCOUNT_NAME,
@@ -58,6 +55,7 @@ from devstack.servers_azure import (
     LocalEntra,
     app_certificate,
 )
+from tests.grant_failures import GrantingMemoryStorage, failure_report_of_a_submit
 from tests.integration.test_azure_user_delegation import Bearer, https, location, url
 
 TENANT = "00000000-0000-0000-0000-000000000002"
@@ -68,23 +66,10 @@ SOURCE = "inbox/scans/a b.png"
 OTHER = "inbox/scans/other.png"
 
 
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[AzuriteOAuthServer]:
-    server = AzuriteOAuthServer()
-    try:
-        server.start()
-    except ServerStartError as exc:
-        pytest.fail(f"Azurite (HTTPS, OAuth) could not start: {exc}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def container(azurite: AzuriteOAuthServer) -> ContainerClient:
-    service = BlobServiceClient(azurite.endpoint_url, credential=Bearer(),
-                                connection_verify=azurite.ca_path)
+def container(azurite_oauth: AzuriteOAuthServer) -> ContainerClient:
+    service = BlobServiceClient(azurite_oauth.endpoint_url, credential=Bearer(),
+                                connection_verify=azurite_oauth.ca_path)
     client = service.create_container(f"e-{uuid.uuid4().hex[:12]}")
     client.upload_blob(SOURCE, b"the scan")
     client.upload_blob(OTHER, b"another blob")
@@ -144,9 +129,9 @@ def certificate_secret(certificate: tuple[str, str] = CERTIFICATE) -> Callable[[
                           client_certificate_key=certificate[1])
 
 
-def storage_for(signing: Any, azurite: AzuriteOAuthServer) -> AzureBlobStorage:
+def storage_for(signing: Any, server: AzuriteOAuthServer) -> AzureBlobStorage:
     return AzureBlobStorage(account_name=ACCOUNT_NAME, signing=signing,
-                            endpoint=azurite.endpoint_url, connection_verify=azurite.ca_path)
+                            endpoint=server.endpoint_url, connection_verify=server.ca_path)
 
 
 def _claims(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -157,21 +142,21 @@ def _claims(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 @pytest.mark.parametrize("credential", ["client_certificate", "workload_identity_federation"])
 def test_the_entra_token_gets_a_delegation_key_whose_sas_reads_its_blob_only(
-        credential: str, entra: LocalEntra, azurite: AzuriteOAuthServer,
+        credential: str, entra: LocalEntra, azurite_oauth: AzuriteOAuthServer,
         container: ContainerClient) -> None:
     secret = certificate_secret() if credential == "client_certificate" else account_secret()
     signing = credential_source(secret, sts_client=sts, authority=entra.authority,
                                 http=httpx.Client())
     assert isinstance(signing, UserDelegationSigning)
     assert signing.tokens.credential == credential
-    storage = storage_for(signing, azurite)
+    storage = storage_for(signing, azurite_oauth)
     grant = storage.grant_read(ObjectRef("azure_blob", location(container), SOURCE), 300,
                                kind="sas")
     token = grant.secret["sas_token"]
     fields = parse_qs(token)
     assert fields["sktid"] == [TENANT] and fields["sp"] == ["r"] and "skoid" in fields
     assert ("client certificate" in grant.scope) == (credential == "client_certificate")
-    client = https(azurite)
+    client = https(azurite_oauth)
     assert client.get(url(storage, container, SOURCE, token)).content == b"the scan"
     assert client.get(url(storage, container, OTHER, token)).status_code == 403
     (form,) = entra.requests
@@ -269,47 +254,19 @@ FAILURES = {
     "federation-expired-token": (expired_token(federation_failure()), "expires in 0 s"),
 }
 
-RULES = """
-version: 1
-rules:
-  - name: png-to-pdf
-    match: {storage: s3, location: bucket, prefix: inbox/, suffixes: [.png]}
-    convert: {to: pdf}
-    provider: cloudconvert
-    outputs: outbox/
-    results: results/
-    failures: failures/
-"""
-
-
-class AzureGrantedMemoryStorage(MemoryStorage):
-    """In-memory objects and records, whose read grants the real Azure adapter mints for the
-    same key in an Azurite container."""
-
-    def __init__(self, azure: AzureBlobStorage, azure_location: str) -> None:
-        super().__init__()
-        self.azure = azure
-        self.azure_location = azure_location
-
-    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *,
-                   kind: GrantKind = "presigned_url") -> Grant:
-        return self.azure.grant_read(ObjectRef("azure_blob", self.azure_location, ref.key),
-                                     ttl_seconds, kind=kind)
-
-
 @pytest.mark.parametrize("make,message", FAILURES.values(), ids=FAILURES.keys())
 def test_a_failed_exchange_ends_in_a_failure_report_never_an_account_key_grant(
-        entra: LocalEntra, azurite: AzuriteOAuthServer, container: ContainerClient,
+        entra: LocalEntra, azurite_oauth: AzuriteOAuthServer, container: ContainerClient,
         make: Callable[[LocalEntra], Any], message: str) -> None:
-    storage = AzureGrantedMemoryStorage(storage_for(make(entra), azurite), location(container))
+    azure = storage_for(make(entra), azurite_oauth)
+
+    def mint(ref: ObjectRef, ttl: int, kind: GrantKind) -> Grant:
+        # the same key in an Azurite container
+        return azure.grant_read(ObjectRef("azure_blob", location(container), ref.key), ttl,
+                                kind=kind)
+
     with pytest.raises(GrantError, match=message):
-        storage.grant_read(ObjectRef("s3", "bucket", SOURCE), 300)
-    bridge = memory_bridge(RULES, storage=storage)
-    ref = storage.put("bucket", "inbox/a.png", b"\x89PNG")
-    result = submit(bridge, ref)
-    assert result.status == "rejected"
-    report_bytes = b"".join(storage.read_stream("bucket", "failures/a.png.json"))
-    report = json.loads(report_bytes)
-    assert report["error"]["code"] == "GRANT_FAILED"
+        mint(ObjectRef("s3", "bucket", SOURCE), 300, "presigned_url")
+    report = failure_report_of_a_submit(GrantingMemoryStorage(mint))
     assert re.search(message, report["error"]["message"])
-    assert ACCOUNT_KEY.encode() not in report_bytes and b"sig=" not in report_bytes
+    assert ACCOUNT_KEY not in json.dumps(report) and "sig=" not in json.dumps(report)

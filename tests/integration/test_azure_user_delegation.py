@@ -44,7 +44,6 @@ from convbridge.storage.azure_identity import (
     StsWebIdentityAssertion,
     UserDelegationSigning,
 )
-from devstack.servers import ServerStartError
 from devstack.servers_azure import ACCOUNT_NAME, AzuriteOAuthServer, azurite_bearer_token
 
 SOURCE = "inbox/photos/a b.png"
@@ -52,19 +51,6 @@ OTHER = "inbox/photos/other.png"
 OUTPUT = "outbox/photos/a b.png.pdf"
 TENANT = "00000000-0000-0000-0000-000000000001"
 CLIENT = "11111111-1111-1111-1111-111111111111"
-
-
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[AzuriteOAuthServer]:
-    server = AzuriteOAuthServer()
-    try:
-        server.start()
-    except ServerStartError as exc:
-        pytest.fail(f"Azurite (HTTPS, OAuth) could not start: {exc}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class Bearer:
@@ -75,9 +61,9 @@ class Bearer:
 
 
 @pytest.fixture
-def service(azurite: AzuriteOAuthServer) -> BlobServiceClient:
-    return BlobServiceClient(azurite.endpoint_url, credential=Bearer(),
-                             connection_verify=azurite.ca_path)
+def service(azurite_oauth: AzuriteOAuthServer) -> BlobServiceClient:
+    return BlobServiceClient(azurite_oauth.endpoint_url, credential=Bearer(),
+                             connection_verify=azurite_oauth.ca_path)
 
 
 @pytest.fixture
@@ -106,7 +92,7 @@ def exchanges() -> list[dict[str, str]]:
 
 
 @pytest.fixture
-def storage(azurite: AzuriteOAuthServer, exchanges: list[dict[str, str]]) -> Iterator[
+def storage(azurite_oauth: AzuriteOAuthServer, exchanges: list[dict[str, str]]) -> Iterator[
         AzureBlobStorage]:
     sts = boto3.client("sts", region_name="us-east-1", aws_access_key_id="x",
                        aws_secret_access_key="x")
@@ -119,12 +105,13 @@ def storage(azurite: AzuriteOAuthServer, exchanges: list[dict[str, str]]) -> Ite
                                   authority="https://login.example", http=entra(exchanges))
         yield AzureBlobStorage(account_name=ACCOUNT_NAME,
                                signing=UserDelegationSigning(tokens=tokens),
-                               endpoint=azurite.endpoint_url, connection_verify=azurite.ca_path)
+                               endpoint=azurite_oauth.endpoint_url,
+                               connection_verify=azurite_oauth.ca_path)
 
 
-def https(azurite: AzuriteOAuthServer) -> httpx.Client:
+def https(azurite_oauth: AzuriteOAuthServer) -> httpx.Client:
     """A client as a provider's: trusting Azurite's certificate, holding no credential."""
-    return httpx.Client(verify=ssl.create_default_context(cafile=azurite.ca_path))
+    return httpx.Client(verify=ssl.create_default_context(cafile=azurite_oauth.ca_path))
 
 
 def location(container: ContainerClient) -> str:
@@ -136,7 +123,7 @@ def url(storage: AzureBlobStorage, container: ContainerClient, key: str, token: 
 
 
 def test_the_read_grant_is_a_delegation_sas_reading_its_blob_only(
-        storage: AzureBlobStorage, container: ContainerClient, azurite: AzuriteOAuthServer,
+        storage: AzureBlobStorage, container: ContainerClient, azurite_oauth: AzuriteOAuthServer,
         exchanges: list[dict[str, str]]) -> None:
     grant = storage.grant_read(ObjectRef("azure_blob", location(container), SOURCE), 300,
                                kind="sas")
@@ -148,7 +135,7 @@ def test_the_read_grant_is_a_delegation_sas_reading_its_blob_only(
     assert exchanges[0]["client_assertion"] == "aws-issued.jwt"
     assert exchanges[0]["client_id"] == CLIENT
     assert exchanges[0]["scope"] == "https://storage.azure.com/.default"
-    get = https(azurite)
+    get = https(azurite_oauth)
     assert get.get(url(storage, container, SOURCE, token)).content == b"the source"
     assert get.get(url(storage, container, OTHER, token)).status_code == 403
     assert get.put(url(storage, container, SOURCE, token), content=b"x",
@@ -158,11 +145,11 @@ def test_the_read_grant_is_a_delegation_sas_reading_its_blob_only(
 
 def test_the_write_grant_creates_its_blob_once_and_cannot_overwrite(
         storage: AzureBlobStorage, container: ContainerClient,
-        azurite: AzuriteOAuthServer) -> None:
+        azurite_oauth: AzuriteOAuthServer) -> None:
     grant = storage.grant_write(OutputTarget("azure_blob", location(container), OUTPUT), 900)
     token = grant.secret["sas_token"]
     assert parse_qs(token)["sp"] == ["c"]
-    put = https(azurite)
+    put = https(azurite_oauth)
     target = url(storage, container, OUTPUT, token)
     headers = {"x-ms-blob-type": "BlockBlob"}
     assert put.put(target, content=b"%PDF", headers=headers).status_code == 201
@@ -187,14 +174,14 @@ def test_one_delegation_key_signs_grants_until_it_would_not_outlive_them(
 
 def test_a_sas_whose_delegation_key_expired_is_refused(
         service: BlobServiceClient, container: ContainerClient,
-        azurite: AzuriteOAuthServer) -> None:
+        azurite_oauth: AzuriteOAuthServer) -> None:
     now = datetime.now(UTC)
     key = service.get_user_delegation_key(now - timedelta(minutes=1), now + timedelta(seconds=2))
     token = generate_blob_sas(ACCOUNT_NAME, container.container_name, SOURCE,
                               user_delegation_key=key, permission=BlobSasPermissions(read=True),
                               expiry=now + timedelta(minutes=10), protocol="https")
     blob = f"{container.url}/{SOURCE.replace(' ', '%20')}?{token}"
-    client = https(azurite)
+    client = https(azurite_oauth)
     assert client.get(blob).content == b"the source"
     time.sleep(3)
     assert client.get(blob).status_code == 403

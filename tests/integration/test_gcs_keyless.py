@@ -21,15 +21,14 @@ import httpx
 import pytest
 
 from convbridge.errors import ConfigError, GrantError
-from convbridge.model import Grant, GrantKind, ObjectRef
-from convbridge.pipeline import submit
+from convbridge.model import ObjectRef
 from convbridge.secrets import SecretStore, SecretValue
 from convbridge.storage.gcs import GcsStorage, storage_client
 from convbridge.storage.gcs_identity import FederatedSigning, GcsIdentity, gcs_identity
-from convbridge.testing import MemoryStorage, memory_bridge
 from devstack.harness.gcs import service_account_key
-from devstack.servers import ServerStartError
 from devstack.servers_gcs import FakeGcsServer, LocalGoogleFederation
+from tests.grant_failures import GrantingMemoryStorage, failure_report_of_a_submit
+from tests.integration.conftest import running
 from tests.integration.test_gcs_flow import signature_holds, string_to_sign
 
 SERVICE_ACCOUNT = "convbridge-signer@convbridge-local.iam.gserviceaccount.com"
@@ -39,15 +38,7 @@ KEY = "inbox/scans/résumé 2024.png"
 
 @pytest.fixture(scope="module")
 def gcs_server() -> Iterator[FakeGcsServer]:
-    server = FakeGcsServer()
-    try:
-        server.start()
-    except ServerStartError as exc:
-        pytest.fail(f"fake-gcs-server could not start: {exc}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from running(FakeGcsServer())
 
 
 @pytest.fixture
@@ -184,44 +175,14 @@ def test_a_failed_exchange_is_a_grant_error_never_a_key_signature(
     assert federation.signed == []
 
 
-RULES = """
-version: 1
-rules:
-  - name: png-to-pdf
-    match: {storage: s3, location: bucket, prefix: inbox/, suffixes: [.png]}
-    convert: {to: pdf}
-    provider: cloudconvert
-    outputs: outbox/
-    results: results/
-    failures: failures/
-"""
-
-
-class KeylessMemoryStorage(MemoryStorage):
-    """In-memory objects whose read grants the real GCS adapter signs, keylessly."""
-
-    def __init__(self, gcs: GcsStorage) -> None:
-        super().__init__()
-        self.gcs = gcs
-
-    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *,
-                   kind: GrantKind = "presigned_url") -> Grant:
-        return self.gcs.grant_read(ref, ttl_seconds, kind=kind)
-
-
 @pytest.mark.parametrize("knob,value,message", FAILURES.values(), ids=FAILURES.keys())
 def test_a_failed_exchange_ends_in_a_failure_report(
         federation: LocalGoogleFederation, knob: str, value: int, message: str) -> None:
     setattr(federation, knob, value)
     found = identity(federation, **service_account_key())
-    storage = KeylessMemoryStorage(GcsStorage(
-        client=storage_client(found.client_credentials, "http://127.0.0.1:1"),
-        signer=found.signer))
-    bridge = memory_bridge(RULES, storage=storage)
-    ref = storage.put("bucket", "inbox/a.png", b"\x89PNG")
-    result = submit(bridge, ref)
-    assert result.status == "rejected"
-    report = json.loads(b"".join(storage.read_stream("bucket", "failures/a.png.json")))
-    assert report["error"]["code"] == "GRANT_FAILED"
+    gcs = GcsStorage(client=storage_client(found.client_credentials, "http://127.0.0.1:1"),
+                     signer=found.signer)
+    report = failure_report_of_a_submit(GrantingMemoryStorage(
+        lambda ref, ttl, kind: gcs.grant_read(ref, ttl, kind=kind)))
     assert SERVICE_ACCOUNT in report["error"]["message"]
     assert federation.signed == []

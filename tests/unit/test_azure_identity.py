@@ -5,7 +5,6 @@ crash and never a grant signed with an account key."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -16,8 +15,7 @@ import pytest
 from botocore.stub import Stubber
 
 from convbridge.errors import ConfigError, ConvbridgeError, GrantError
-from convbridge.model import Grant, ObjectRef
-from convbridge.pipeline import submit
+from convbridge.model import Grant, GrantKind, ObjectRef
 from convbridge.secrets import SecretValue
 from convbridge.storage.azure_identity import (
     EntraTokenSource,
@@ -25,19 +23,7 @@ from convbridge.storage.azure_identity import (
     UserDelegationSigning,
     credential_source,
 )
-from convbridge.testing import MemoryStorage, memory_bridge
-
-RULES = """
-version: 1
-rules:
-  - name: png-to-pdf
-    match: {storage: s3, location: bucket, prefix: inbox/, suffixes: [.png]}
-    convert: {to: pdf}
-    provider: cloudconvert
-    outputs: outbox/
-    results: results/
-    failures: failures/
-"""
+from tests.grant_failures import GrantingMemoryStorage, failure_report_of_a_submit
 
 
 def entra(status: int, body: dict[str, Any]) -> httpx.Client:
@@ -119,19 +105,6 @@ def test_an_account_key_in_the_secret_is_not_used_without_the_opt_in() -> None:
     assert opted.identity == "account_key"
 
 
-class DelegatedMemoryStorage(MemoryStorage):
-    """In-memory objects whose grants, as the Azure adapter's, need an Entra token first."""
-
-    def __init__(self, signing: UserDelegationSigning) -> None:
-        super().__init__()
-        self.signing = signing
-
-    def grant_read(self, ref: ObjectRef, ttl_seconds: int, *, kind: str = "presigned_url",
-                   ) -> Grant:
-        self.signing.tokens.token()  # what the adapter needs first to get a delegation key
-        return super().grant_read(ref, ttl_seconds, kind=kind)  # type: ignore[arg-type]
-
-
 @pytest.mark.parametrize("source", [
     lambda: tokens(entra(400, {"error": "invalid_client"})),
     lambda: tokens(entra(200, {"access_token": "t", "expires_in": 10})),
@@ -140,14 +113,13 @@ class DelegatedMemoryStorage(MemoryStorage):
 ], ids=["entra-400", "expired-token", "sts-refuses"])
 def test_a_failed_exchange_ends_in_a_failure_report(source: Callable[[], EntraTokenSource],
                                                     ) -> None:
-    signing = UserDelegationSigning(tokens=source())
-    storage = DelegatedMemoryStorage(signing)
-    bridge = memory_bridge(RULES, storage=storage)
-    ref = storage.put("bucket", "inbox/a.png", b"\x89PNG")
-    result = submit(bridge, ref)
-    assert result.status == "rejected"
-    report = json.loads(b"".join(storage.read_stream("bucket", "failures/a.png.json")))
-    assert report["error"]["code"] == "GRANT_FAILED"
+    tokens = source()
+
+    def mint(ref: ObjectRef, ttl: int, kind: GrantKind) -> Grant:
+        tokens.token()  # what the Azure adapter needs first, to get a delegation key
+        raise AssertionError("the exchange was meant to fail")
+
+    report = failure_report_of_a_submit(GrantingMemoryStorage(mint))
     assert "Entra ID" in report["error"]["message"] or "STS" in report["error"]["message"]
 
 
