@@ -315,6 +315,37 @@ class LocalEntra(LoopbackServer):
         return app
 
 
+class LocalAwsWebIdentityIssuer:
+    """Stands in for AWS's outbound web identity federation: the issuer STS
+    ``GetWebIdentityToken`` names and the RSA key it signs with, issuing RS256 JWTs for a role
+    (``sub`` its ARN) as the tokens the bridge hands Entra as federated client assertions.
+    :meth:`credential` is the federated identity credential an Entra app trusting that role
+    holds."""
+
+    issuer = "https://a1b2c3d4-0000-0000-0000-000000000000.tokens.sts.global.api.aws"
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def token(self, subject: str, *, audience: str = FEDERATION_AUDIENCE,
+              lifetime_seconds: int = 300) -> str:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        now = int(time.time())
+        header = {"alg": "RS256", "typ": "JWT", "kid": "local"}
+        claims = {"iss": self.issuer, "sub": subject, "aud": audience, "iat": now,
+                  "nbf": now, "exp": now + lifetime_seconds}
+        signed = ".".join(_b64url(json.dumps(part).encode()) for part in (header, claims))
+        signature = self.private_key.sign(signed.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{signed}.{_b64url(signature)}"
+
+    def credential(self, subject: str) -> FederatedCredential:
+        return FederatedCredential(self.issuer, subject, self.private_key.public_key())
+
+
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 

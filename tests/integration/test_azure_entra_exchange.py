@@ -7,7 +7,8 @@ Stand-ins, plainly: Entra ID is :class:`devstack.servers_azure.LocalEntra`, a lo
 endpoint that verifies each assertion's signature against the registered certificate or the
 federated issuer's key, its audience, issuer, subject and validity window, and hands out a
 token Azurite's ``--oauth basic`` accepts. AWS STS ``GetWebIdentityToken`` is a botocore Stubber
-answering with a JWT signed by a test key standing for AWS's outbound issuer. Azurite (HTTPS,
+answering with a JWT from :class:`devstack.servers_azure.LocalAwsWebIdentityIssuer`, a test key
+standing for AWS's outbound issuer. Azurite (HTTPS,
 OAuth) serves the delegation key and decides whether each SAS reads.
 
 Every failed exchange (a wrong or expired certificate, an expired assertion, Entra refusing,
@@ -21,7 +22,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -33,8 +33,6 @@ import httpx
 import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from botocore.stub import Stubber
-from cryptography.hazmat.primitives.asymmetric import rsa
-from google.auth import crypt, jwt
 
 from convbridge.errors import GrantError
 from convbridge.model import Grant, GrantKind, ObjectRef
@@ -51,7 +49,7 @@ from devstack.servers_azure import (
     ACCOUNT_KEY,
     ACCOUNT_NAME,
     AzuriteOAuthServer,
-    FederatedCredential,
+    LocalAwsWebIdentityIssuer,
     LocalEntra,
     app_certificate,
 )
@@ -60,7 +58,6 @@ from tests.integration.test_azure_user_delegation import Bearer, https, location
 
 TENANT = "00000000-0000-0000-0000-000000000002"
 CLIENT = "22222222-2222-2222-2222-222222222222"
-AWS_ISSUER = "https://a1b2c3d4.tokens.sts.global.api.aws"
 ROLE = "arn:aws:iam::123456789012:role/convbridge-AzureTriggerRole"
 SOURCE = "inbox/scans/a b.png"
 OTHER = "inbox/scans/other.png"
@@ -76,7 +73,7 @@ def container(azurite_oauth: AzuriteOAuthServer) -> ContainerClient:
     return client
 
 
-AWS_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+AWS = LocalAwsWebIdentityIssuer()
 CERTIFICATE = app_certificate()
 
 
@@ -84,21 +81,11 @@ CERTIFICATE = app_certificate()
 def entra() -> Iterator[LocalEntra]:
     server = LocalEntra(TENANT).start()
     server.register_certificate(CLIENT, CERTIFICATE[0])
-    server.register_federated(CLIENT, FederatedCredential(AWS_ISSUER, ROLE,
-                                                          AWS_KEY.public_key()))
+    server.register_federated(CLIENT, AWS.credential(ROLE))
     try:
         yield server
     finally:
         server.stop()
-
-
-def aws_web_identity_token(*, subject: str = ROLE) -> str:
-    """A JWT as STS GetWebIdentityToken issues it for the function's role."""
-    now = int(time.time())
-    claims = {"iss": AWS_ISSUER, "sub": subject, "aud": "api://AzureADTokenExchange",
-              "iat": now, "nbf": now, "exp": now + 300}
-    token: bytes = jwt.encode(crypt.RSASigner(AWS_KEY, key_id="aws-test"), claims)
-    return token.decode()
 
 
 def sts(*, subject: str = ROLE, refuse: bool = False) -> Any:
@@ -110,7 +97,7 @@ def sts(*, subject: str = ROLE, refuse: bool = False) -> Any:
                               "outbound web identity federation is not enabled")
     else:
         stub.add_response("get_web_identity_token", {
-            "WebIdentityToken": aws_web_identity_token(subject=subject),
+            "WebIdentityToken": AWS.token(subject),
             "Expiration": datetime.now(UTC)})
     stub.activate()
     return client
@@ -165,7 +152,7 @@ def test_the_entra_token_gets_a_delegation_key_whose_sas_reads_its_blob_only(
         assert header["alg"] == "PS256" and "x5t#S256" in header
         assert claims["aud"] == entra.token_url and claims["iss"] == claims["sub"] == CLIENT
     else:
-        assert claims["iss"] == AWS_ISSUER and claims["sub"] == ROLE
+        assert claims["iss"] == AWS.issuer and claims["sub"] == ROLE
 
 
 def assertion_source(entra: LocalEntra, *, certificate: tuple[str, str] = CERTIFICATE,

@@ -1,8 +1,10 @@
 """User-delegation SAS grants, end to end against Azurite over HTTPS with ``--oauth basic``: the
-bridge asks AWS STS for a web identity token (a botocore Stubber at that edge), trades it at a
-stand-in Entra token endpoint (an httpx transport answering as Entra does) for a bearer token
-Azurite accepts, gets a user delegation key from Azurite and signs its grants with it. Requests
-carry only the SAS, as a provider would send them; Azurite decides.
+bridge asks AWS STS for a web identity token (a botocore Stubber at that edge, answering with a
+JWT from :class:`devstack.servers_azure.LocalAwsWebIdentityIssuer`), trades it at
+:class:`devstack.servers_azure.LocalEntra` (a loopback Entra token endpoint that verifies the
+assertion against the app's federated credential) for a bearer token Azurite accepts, gets a
+user delegation key from Azurite and signs its grants with it. Requests carry only the SAS, as a
+provider would send them; Azurite decides.
 
 Azurite enforces a user-delegation SAS's signature (it derives the key value from the key's
 fields), permissions, resource scope and the key's expiry. It does not implement Revoke User
@@ -44,7 +46,13 @@ from convbridge.storage.azure_identity import (
     StsWebIdentityAssertion,
     UserDelegationSigning,
 )
-from devstack.servers_azure import ACCOUNT_NAME, AzuriteOAuthServer, azurite_bearer_token
+from devstack.servers_azure import (
+    ACCOUNT_NAME,
+    AzuriteOAuthServer,
+    LocalAwsWebIdentityIssuer,
+    LocalEntra,
+    azurite_bearer_token,
+)
 
 SOURCE = "inbox/photos/a b.png"
 OTHER = "inbox/photos/other.png"
@@ -74,35 +82,40 @@ def container(service: BlobServiceClient) -> ContainerClient:
     return client
 
 
-def entra(requests: list[dict[str, str]]) -> httpx.Client:
-    """Entra's token endpoint as the bridge meets it: a client-credentials form in, a bearer
-    token out."""
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        requests.append({k: v[0] for k, v in parse_qs(request.content.decode()).items()})
-        return httpx.Response(200, json={"token_type": "Bearer", "expires_in": 3599,
-                                         "access_token": azurite_bearer_token(tenant_id=TENANT)})
-
-    return httpx.Client(transport=httpx.MockTransport(answer))
+AWS = LocalAwsWebIdentityIssuer()
+ROLE = "arn:aws:iam::123456789012:role/convbridge-WebhookFunctionRole"
+#: what STS GetWebIdentityToken answers for the function's role
+AWS_TOKEN = AWS.token(ROLE, lifetime_seconds=3600)
 
 
 @pytest.fixture
-def exchanges() -> list[dict[str, str]]:
-    return []
+def entra() -> Iterator[LocalEntra]:
+    """Entra's token endpoint for an app trusting the function's role."""
+    server = LocalEntra(TENANT).start()
+    server.register_federated(CLIENT, AWS.credential(ROLE))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
-def storage(azurite_oauth: AzuriteOAuthServer, exchanges: list[dict[str, str]]) -> Iterator[
-        AzureBlobStorage]:
+def exchanges(entra: LocalEntra) -> list[dict[str, str]]:
+    """The token requests Entra received."""
+    return entra.requests
+
+
+@pytest.fixture
+def storage(azurite_oauth: AzuriteOAuthServer, entra: LocalEntra) -> Iterator[AzureBlobStorage]:
     sts = boto3.client("sts", region_name="us-east-1", aws_access_key_id="x",
                        aws_secret_access_key="x")
     with Stubber(sts) as stub:
         for _ in range(3):
             stub.add_response("get_web_identity_token", {
-                "WebIdentityToken": "aws-issued.jwt", "Expiration": datetime.now(UTC)})
+                "WebIdentityToken": AWS_TOKEN, "Expiration": datetime.now(UTC)})
         tokens = EntraTokenSource(tenant_id=TENANT, client_id=CLIENT,
                                   assertion=StsWebIdentityAssertion(sts),
-                                  authority="https://login.example", http=entra(exchanges))
+                                  authority=entra.authority, http=httpx.Client())
         yield AzureBlobStorage(account_name=ACCOUNT_NAME,
                                signing=UserDelegationSigning(tokens=tokens),
                                endpoint=azurite_oauth.endpoint_url,
@@ -132,7 +145,7 @@ def test_the_read_grant_is_a_delegation_sas_reading_its_blob_only(
     assert fields["sp"] == ["r"] and fields["sr"] == ["b"] and fields["spr"] == ["https"]
     assert fields["sktid"] == [TENANT] and "skoid" in fields and "user delegation" in grant.scope
     # the Entra exchange carried the STS token as a federated client assertion
-    assert exchanges[0]["client_assertion"] == "aws-issued.jwt"
+    assert exchanges[0]["client_assertion"] == AWS_TOKEN
     assert exchanges[0]["client_id"] == CLIENT
     assert exchanges[0]["scope"] == "https://storage.azure.com/.default"
     get = https(azurite_oauth)
