@@ -179,13 +179,14 @@ class Claims:
         values: dict[str, Any] = {":now": {"N": str(moment // 1000)}}
         condition = "attribute_not_exists(#id) OR #expiry < :now"
         if replacing is not None:
-            names.update({"#deadline": "in_progress_expiration", "#status": "status"})
+            names["#deadline"] = "in_progress_expiration"
             values[":deadline"] = {"N": str(replacing.deadline_ms)}
             if replacing.nonce is not None:  # one of ours: it names its nonce
                 names["#nonce"] = "nonce"
                 values[":nonce"] = {"S": replacing.nonce}
                 condition += " OR (#nonce = :nonce AND #deadline = :deadline)"
             else:  # the earlier release's powertools claim, in progress when it died
+                names["#status"] = "status"
                 values[":inprogress"] = {"S": "INPROGRESS"}
                 condition += " OR (#status = :inprogress AND #deadline = :deadline)"
         try:
