@@ -181,9 +181,10 @@ def base_record(status: RecordStatus, ref: ObjectRef, rule: Rule, *,
 
 def submitting_record(ref: ObjectRef, rule: Rule, *, context_nonce: str, route: str,
                       issued_at: int) -> ResultRecord:
-    """``submitted_at`` is the context's own time (whole seconds), so the record with its
-    route and nonce rebuilds the very context token the job is tagged with (the reconciler
-    looks a job up by it)."""
+    """The record the earlier release wrote before it created the job; the reconciler and
+    ``convbridge status`` still read such records. ``submitted_at`` is the context's own time
+    (whole seconds), so the record with its route and nonce rebuilds the very context token
+    the job is tagged with (the reconciler looks a job up by it)."""
     record = base_record("submitting", ref, rule, context_nonce=context_nonce)
     return replace(record, route=route,
                    submitted_at=datetime.fromtimestamp(issued_at, UTC).isoformat())
