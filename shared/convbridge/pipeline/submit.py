@@ -92,7 +92,8 @@ def summarize(submissions: Iterable[Submission], **tallies: Any) -> dict[str, An
 
 @dataclass(frozen=True)
 class ClaimedSubmission:
-    """What the submit claim stores: the outcome of the one delivery that ran it."""
+    """The outcome of one submission. The earlier release stored it in the submit claim
+    (powertools ``data``), which is how its claims still answer a duplicate."""
 
     status: Literal["submitted", "rejected", "skipped"]
     reason: str = ""
