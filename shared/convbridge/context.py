@@ -42,9 +42,33 @@ class JobContext:
     @classmethod
     def new(cls, *, rule: str, storage: str, location: str, key: str, version: str | None,
             output_key: str, route: str, source_size: int | None = None) -> JobContext:
+        issued_ns = time.time_ns()
         return cls(rule=rule, storage=storage, location=location, key=key, version=version,
-                   output_key=output_key, route=route, issued_at=int(time.time()),
-                   nonce=secrets.token_hex(8), source_size=source_size)
+                   output_key=output_key, route=route, issued_at=issued_ns // 1_000_000_000,
+                   nonce=ordered_nonce(issued_ns), source_size=source_size)
+
+
+#: hex digits of the issue time (nanoseconds) that open a nonce made by :func:`ordered_nonce`
+_ORDER_DIGITS = 16
+
+
+def ordered_nonce(issued_ns: int) -> str:
+    """A nonce that also tells when its context was issued, to the nanosecond: 16 hex digits
+    of the time, then 64 random bits. Two submissions of one key are ordered by it (whole
+    seconds, ``issued_at``, would tie two uploads in the same second); the random part keeps
+    it unguessable and breaks a tie the same way wherever it is compared."""
+    return f"{issued_ns:0{_ORDER_DIGITS}x}{secrets.token_hex(8)}"
+
+
+def nonce_order(nonce: str | None) -> tuple[int, str] | None:
+    """Where a nonce stands among submissions (issue time, then the nonce itself); None for a
+    nonce of an earlier release (16 random hex digits), which came before every ordered one."""
+    if nonce is None or len(nonce) != 2 * _ORDER_DIGITS:
+        return None
+    try:
+        return int(nonce[:_ORDER_DIGITS], 16), nonce
+    except ValueError:
+        return None
 
 
 def sign_context(context: JobContext, key: bytes) -> str:

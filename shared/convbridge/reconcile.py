@@ -10,15 +10,21 @@ records written once, and a callback arriving afterwards changes nothing. A job 
 longer knows (404) is settled as failed with ``JOB_LOST``; a job still running is asked again
 next run.
 
-A record still ``submitting`` past the deadline is a submission whose trigger stopped between
-recording ``submitting`` and recording the job id: the job may exist or not. The record names
-the context's nonce, route and time, so the context token the job would be tagged with is
-signed again; where the provider looks jobs up by tag (``finds_jobs``: CloudConvert v2,
-FreeConvert) a job found that way is settled like a submitted one. Where it cannot, or no job
-carries the tag, the record is left (``pending``) while the submission's claim may still be
-live (``claim_expiry_seconds`` from ``submitted_at``), as a redelivered trigger event may yet
-submit it; once the claim has expired nothing will, and the source gets a failure report with
-code ``SUBMIT_INTERRUPTED`` (task ``submit``, no job id), which ``convbridge retry`` resubmits.
+A submission records its job once the job exists, so a trigger that dies between the create
+and the record leaves no record at all: its submit claim stays with the dead invocation, and
+the event's redelivery takes it over (``convbridge.pipeline.submit``), finding the job by its
+tag where the provider can. The reconciler only sees the records that exist.
+
+Records still ``submitting`` come from the earlier release, which wrote one just before
+creating the job; past the deadline such a submission's trigger stopped between the two
+writes, and the job may exist or not. The record names the context's nonce, route and time,
+so the context token the job would be tagged with is signed again; where the provider looks
+jobs up by tag (``finds_jobs``: CloudConvert v2, FreeConvert) a job found that way is settled
+like a submitted one. Where it cannot, or no job carries the tag, the record is left
+(``pending``) while the submission's claim may still be live (``claim_expiry_seconds`` from
+``submitted_at``), as a redelivered trigger event may yet submit it; once the claim has
+expired nothing will, and the source gets a failure report with code ``SUBMIT_INTERRUPTED``
+(task ``submit``, no job id), which ``convbridge retry`` resubmits.
 
 The job context settle needs is rebuilt from the record itself, which the bridge wrote and
 which names the source, its version, the route and the context's nonce; the provider's answer
@@ -234,8 +240,9 @@ def _settle_overdue(bridge: Bridge, rule: Rule, key: str, job_id: str,
 
 def _reconcile_submitting(bridge: Bridge, rule: Rule, key: str, context: JobContext, *,
                           age: float) -> Reconciled:
-    """A submission recorded ``submitting`` and never ``submitted``: its job found by tag
-    and settled, left while a redelivery may still submit it, or reported interrupted."""
+    """A submission the earlier release recorded ``submitting`` and never ``submitted``: its
+    job found by tag and settled, left while a redelivery may still submit it, or reported
+    interrupted."""
     provider = bridge.provider(rule.provider)
     if provider.finds_jobs:
         job_id = provider.find_job(sign_context(context, bridge.context_key()))

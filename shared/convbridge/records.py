@@ -1,10 +1,18 @@
 """Result records and failure reports: one JSON schema, written next to the data.
 
 The result record (``<results prefix><relative key>.json``) always holds the latest state of
-the source's conversion: ``submitting``, ``submitted``, then ``finished`` or ``failed``. From
-``submitting`` on it names the submission's job context (``context_nonce``) and from
-``submitted`` on the job the bridge created for it, so the record itself says which job may
-settle the context and whether it already has. A failure report
+the source's conversion: ``submitted`` (or ``rejected``), then ``finished`` or ``failed``. It
+names the submission's job context (``context_nonce``) and, once the job exists, the job the
+bridge created for it, so the record itself says which job may settle the context and whether
+it already has. A submission writes it once, create-only, when its job exists: it completes
+the submission's claim (``convbridge.claims``), and a callback that came first has already
+written the settled record, which the submission then leaves alone. Records written by the
+earlier release may also be ``submitting`` (written before the job was created); the
+reconciler still settles those.
+
+Submissions of one source are ordered by their nonces (``convbridge.context.ordered_nonce``:
+issue time to the nanosecond, then the nonce): a record is only ever replaced by a newer
+submission's, never by an older one's (:func:`newer_submission`). A failure report
 (``<failures prefix><relative key>.json``) is written in addition when a conversion fails or
 an object is rejected, so failures can be listed by prefix. Both share the schema documented
 in the README under "Records".
@@ -17,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
+from convbridge.context import nonce_order
 from convbridge.model import JobOutcome, ObjectRef, OutputFile
 from convbridge.rules import Rule
 
@@ -172,9 +181,10 @@ def base_record(status: RecordStatus, ref: ObjectRef, rule: Rule, *,
 
 def submitting_record(ref: ObjectRef, rule: Rule, *, context_nonce: str, route: str,
                       issued_at: int) -> ResultRecord:
-    """``submitted_at`` is the context's own time (whole seconds), so the record with its
-    route and nonce rebuilds the very context token the job is tagged with (the reconciler
-    looks a job up by it)."""
+    """The record the earlier release wrote before it created the job; the reconciler and
+    ``convbridge status`` still read such records. ``submitted_at`` is the context's own time
+    (whole seconds), so the record with its route and nonce rebuilds the very context token
+    the job is tagged with (the reconciler looks a job up by it)."""
     record = base_record("submitting", ref, rule, context_nonce=context_nonce)
     return replace(record, route=route,
                    submitted_at=datetime.fromtimestamp(issued_at, UTC).isoformat())
@@ -186,9 +196,27 @@ def submitted_record(ref: ObjectRef, rule: Rule, *, job_id: str, route: str,
     return replace(record, job_id=job_id, route=route, submitted_at=record.recorded_at)
 
 
-def rejected_record(ref: ObjectRef, rule: Rule, *, code: str, message: str) -> ResultRecord:
-    return replace(base_record("rejected", ref, rule),
+def rejected_record(ref: ObjectRef, rule: Rule, *, code: str, message: str,
+                    context_nonce: str | None = None) -> ResultRecord:
+    """``context_nonce`` names the submission that rejected the object, so a duplicate
+    delivery finds its claim completed by this record."""
+    return replace(base_record("rejected", ref, rule, context_nonce=context_nonce),
                    error=RecordError(task=None, code=code, message=message))
+
+
+def newer_submission(record: ResultRecord, nonce: str) -> bool:
+    """The record belongs to a later submission of its source than the job context
+    ``nonce``, so that context may not replace it. Records naming no context (or written by
+    the earlier release, whose nonces tell no time) count as older than an ordered nonce; a
+    context of the earlier release yields to any record of another context, as that
+    release's own ``submitting`` record always came before its job."""
+    if not record.names_context or record.context_nonce == nonce:
+        return False
+    ours = nonce_order(nonce)
+    if ours is None:
+        return True
+    theirs = nonce_order(record.context_nonce)
+    return theirs is not None and theirs > ours
 
 
 def outcome_record(

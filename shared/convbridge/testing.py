@@ -14,7 +14,7 @@ import itertools
 import json
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from hashlib import sha256
 from typing import Any, ClassVar
@@ -22,7 +22,18 @@ from typing import Any, ClassVar
 import httpx
 
 from convbridge.bridge import Bridge
-from convbridge.claims import Claim, ClaimInProgress, Result, restored_result, stored_result
+from convbridge.claims import (
+    SUBMIT_SCOPE,
+    Claim,
+    ClaimInProgress,
+    Held,
+    Result,
+    SubmitClaim,
+    claim_id,
+    now_ms,
+    restored_result,
+    stored_result,
+)
 from convbridge.errors import (
     GrantError,
     ProviderError,
@@ -135,7 +146,10 @@ class MemoryStorage(Storage):
         return iter(sorted(key for key in self.keys(location) if key.startswith(prefix)))
 
     def put_bytes(self, location: str, key: str, data: bytes, *, content_type: str,
-                  metadata: Mapping[str, str], if_revision: str | None = None) -> str:
+                  metadata: Mapping[str, str], if_revision: str | None = None,
+                  if_absent: bool = False) -> str:
+        if if_revision is None and if_absent:
+            return self._put(location, key, data, metadata, if_revision=None, create_only=True)
         if if_revision is None and SOURCE_TAG in metadata:
             if_revision = self.output_precondition(location, key, metadata)
             return self._put(location, key, data, metadata, if_revision=if_revision,
@@ -157,10 +171,15 @@ class MemoryStorage(Storage):
 
 class MemoryClaims:
     """The claims' contract without DynamoDB: an action runs once per (scope, key); while it
-    runs the claim is in progress; an action that raises leaves no claim."""
+    runs the claim is in progress; an action that raises leaves no claim. Submit claims are
+    held as :class:`SubmitClaim` items with a deadline ``in_progress_ms`` after the claim
+    (what the Lambda's remaining time gives in DynamoDB); :meth:`end_invocations` lets every
+    deadline pass at once, as if the invocations that hold them had died."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, in_progress_ms: int = 60_000) -> None:
         self.stored: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self.submissions: dict[str, SubmitClaim] = {}
+        self.in_progress_ms = in_progress_ms
         self._lock = threading.Lock()
 
     def register_lambda_context(self, context: Any) -> None:
@@ -170,6 +189,31 @@ class MemoryClaims:
         """Every stored claim expired at once."""
         with self._lock:
             self.stored.clear()
+            self.submissions.clear()
+
+    def end_invocations(self) -> None:
+        """Every submit claim's invocation is over (its deadline passed)."""
+        with self._lock:
+            self.submissions = {key: replace(claim, deadline_ms=now_ms() - 1)
+                                for key, claim in self.submissions.items()}
+
+    def claim_submission(self, key: Mapping[str, Any], claim: SubmitClaim, *,
+                         replacing: SubmitClaim | None = None) -> Held:
+        item_id = claim_id(SUBMIT_SCOPE, key)
+        with self._lock:
+            holder = self.submissions.get(item_id)
+            if holder is not None and holder != replacing:
+                return Held(holder, ours=False)
+            stored = replace(claim, deadline_ms=now_ms() + self.in_progress_ms, completed=None)
+            self.submissions[item_id] = stored
+            return Held(stored, ours=True)
+
+    def release_submission(self, key: Mapping[str, Any], nonce: str) -> None:
+        item_id = claim_id(SUBMIT_SCOPE, key)
+        with self._lock:
+            holder = self.submissions.get(item_id)
+            if holder is not None and holder.nonce == nonce:
+                del self.submissions[item_id]
 
     def once(self, scope: str, key: Mapping[str, Any], action: Callable[[], Result],
              result_type: type[Result]) -> Claim[Result]:

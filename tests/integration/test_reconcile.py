@@ -4,6 +4,8 @@ real HTTP against moto (S3, DynamoDB, SQS, Secrets Manager) and the sandbox, per
 
 from __future__ import annotations
 
+import importlib
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +15,6 @@ from convbridge import records, runtime
 from convbridge.cli import main
 from convbridge.context import JobContext
 from convbridge.model import ObjectRef
-from convbridge.pipeline.submit import _SubmissionRecord
 from convbridge.reconcile import reconcile
 from devstack.harness.base import DEFAULT_RULES
 from devstack.lambda_local import LocalContext, load_function
@@ -219,15 +220,76 @@ def test_a_provider_that_does_not_answer_leaves_the_record_for_the_next_run() ->
         assert (stack.read_json("results/slow.png.json") or {})["status"] == "finished"
 
 
-# -- submissions interrupted between ``submitting`` and ``submitted`` --------------------------
+# -- submissions interrupted before their job was recorded ------------------------------------
+
+
+class Died(BaseException):
+    """The invocation ended here (its timeout): nothing after it runs."""
 
 
 @pytest.mark.parametrize("provider", ["cloudconvert", "freeconvert"])
-def test_a_job_whose_submission_was_never_recorded_is_found_by_its_tag_and_settled(
+def test_a_trigger_that_died_after_the_create_is_completed_by_the_redelivery(
         provider: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The trigger stopped right after the provider made the job: the record stays
-    ``submitting``, naming no job, and the callback is lost too."""
-    monkeypatch.setattr(_SubmissionRecord, "submitted", lambda *args, **kwargs: None)
+    """The trigger stopped right after the provider made the job, before the record, and the
+    callback is lost too: the event's redelivery, once the dead invocation's time is up,
+    finds the job by its tag and records it (no second job); the reconciler settles it."""
+    submit_module = importlib.import_module("convbridge.pipeline.submit")
+
+    real = submit_module._write_submitted
+    deaths = [Died()]
+
+    def die_once(*args: Any, **kwargs: Any) -> Any:
+        if deaths:
+            raise deaths.pop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(submit_module, "_write_submitted", die_once)
+    with DevStack(rules_text=rules_for(provider), faults=Faults(drop_callbacks=True)) as stack:
+        stack.upload("inbox/cut.png", PNG)
+        event = stack.s3_event("inbox/cut.png")
+        with pytest.raises(Died):
+            stack.invoke_trigger(event, LocalContext(timeout_seconds=2))
+        stack.sandbox.wait_idle(timeout=30)
+        [job] = stack.sandbox.provider_jobs(provider)
+        assert stack.read_json("results/cut.png.json") is None
+        early = stack.invoke_trigger(event, LocalContext(timeout_seconds=60))
+        assert [o["status"] for o in early["objects"]] == ["retry"]  # the holder may live
+        time.sleep(2.1)
+        again = stack.invoke_trigger(event, LocalContext(timeout_seconds=60))
+        assert [(o["status"], o["job_id"]) for o in again["objects"]] == [
+            ("duplicate", job["id"])]
+        assert len(stack.sandbox.provider_jobs(provider)) == 1
+        assert (stack.read_json("results/cut.png.json") or {})["job_id"] == job["id"]
+
+        report = reconcile(runtime.bridge(), now=datetime.now(UTC) + LATER)
+        assert [(i.status, i.job_id, i.outcome) for i in report.items] == [
+            ("settled", job["id"], "finished")]
+        record = stack.read_json("results/cut.png.json")
+        assert record is not None and record["status"] == "finished", record
+        assert stack.objects("outbox/")["outbox/cut.png.pdf"] == record["outputs"][0]["size"]
+
+
+def submitting_record(ref: ObjectRef, rule: Any, context: JobContext) -> dict[str, Any]:
+    """The record the earlier release wrote before it created the job."""
+    return records.submitting_record(ref, rule, context_nonce=context.nonce,
+                                     route=context.route,
+                                     issued_at=context.issued_at).to_json()
+
+
+@pytest.mark.parametrize("provider", ["cloudconvert", "freeconvert"])
+def test_an_earlier_releases_submitting_record_is_found_by_its_tag_and_settled(
+        provider: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The earlier release wrote ``submitting`` before the create and stopped right after
+    the provider made the job: the reconciler finds the job by its tag and settles it."""
+    submit_module = importlib.import_module("convbridge.pipeline.submit")
+
+    def earlier_release(storage: Any, ref: ObjectRef, rule: Any, context: JobContext,
+                        job_id: str) -> str:
+        storage.write_json(ref.location, rule.result_key(ref.key),
+                           submitting_record(ref, rule, context), marker=rule.name)
+        return "written"
+
+    monkeypatch.setattr(submit_module, "_write_submitted", earlier_release)
     with DevStack(rules_text=rules_for(provider), faults=Faults(drop_callbacks=True)) as stack:
         stack.upload("inbox/cut.png", PNG)
         stack.trigger(stack.s3_event("inbox/cut.png"))
@@ -245,15 +307,14 @@ def test_a_job_whose_submission_was_never_recorded_is_found_by_its_tag_and_settl
 
 
 def write_submitting(stack: DevStack, key: str) -> None:
-    """The record a trigger leaves when it stops before the provider made any job."""
+    """The record the earlier release left when it stopped before the provider made a job."""
     bridge = runtime.bridge()
     [rule] = bridge.rules.rules
     ref = ObjectRef(storage="s3", location="convbridge-demo", key=key)
     context = JobContext.new(rule=rule.name, storage="s3", location=ref.location, key=key,
                              version=None, output_key=rule.output_key(key), route="relay")
-    bridge.storage("s3").write_json(ref.location, rule.result_key(key), records.submitting_record(
-        ref, rule, context_nonce=context.nonce, route=context.route,
-        issued_at=context.issued_at).to_json(), marker=rule.name)
+    bridge.storage("s3").write_json(ref.location, rule.result_key(key),
+                                    submitting_record(ref, rule, context), marker=rule.name)
 
 
 @pytest.mark.parametrize("provider", ["cloudconvert", "onlineconvert"])

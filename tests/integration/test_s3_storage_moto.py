@@ -17,7 +17,7 @@ from typing import Any
 import boto3
 import pytest
 
-from convbridge.errors import OutputCollision
+from convbridge.errors import OutputCollision, StaleWrite
 from convbridge.model import OUTPUT_MARKER, SOURCE_TAG, source_tag
 from convbridge.storage.s3 import PART_SIZE, READ_CHUNK, S3_CLIENT_CONFIG, S3Storage
 from devstack.servers import MotoServer, ServerStartError
@@ -199,8 +199,6 @@ def test_write_json_round_trip(storage: S3Storage, s3: Any) -> None:
 
 
 def test_a_conditional_record_write_loses_to_a_newer_one(storage: S3Storage) -> None:
-    from convbridge.errors import StaleWrite
-
     first = storage.write_json(BUCKET, "records/race.json", {"status": "submitting"}, marker="r")
     storage.write_json(BUCKET, "records/race.json", {"status": "finished"}, marker="r")
     with pytest.raises(StaleWrite):
@@ -255,3 +253,17 @@ def test_an_object_appearing_during_a_multipart_output_is_left_alone(
     assert s3.get_object(Bucket=BUCKET, Key="outbox/raced.png.pdf")["Body"].read() == (
         b"appeared meanwhile")
     assert not s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads")
+
+
+def test_a_create_only_record_write_is_refused_once_a_record_exists(storage: S3Storage) -> None:
+    storage.write_json(BUCKET, "results/once.json", {"n": 1}, marker="r", if_absent=True)
+    with pytest.raises(StaleWrite):
+        storage.write_json(BUCKET, "results/once.json", {"n": 2}, marker="r", if_absent=True)
+    data, revision = storage.read_revision(BUCKET, "results/once.json") or (b"", "")
+    assert json.loads(data) == {"n": 1}
+    # replacing exactly what was read, once: a second writer of that revision loses
+    storage.write_json(BUCKET, "results/once.json", {"n": 3}, marker="r", if_revision=revision)
+    with pytest.raises(StaleWrite):
+        storage.write_json(BUCKET, "results/once.json", {"n": 4}, marker="r", if_revision=revision)
+    assert json.loads(storage.read_bytes(BUCKET, "results/once.json")) == {"n": 3}
+    assert storage.read_revision(BUCKET, "results/none.json") is None

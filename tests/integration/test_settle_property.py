@@ -7,13 +7,14 @@ forgetting everything in between, as its TTL does) the result record is written 
 once and always names the job the bridge created. Both kinds of dialect are covered: one that
 records its job before the job can run (CloudConvert v1), and one whose signed callback may
 come before the create answer was recorded (CloudConvert v2, where the late ``submitted``
-write comes at a generated point and must never overwrite the settled record).
+write, create-only, comes at a generated point and must never overwrite the settled record).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,11 +24,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from convbridge.bridge import Bridge
-from convbridge.context import JobContext
-from convbridge.errors import CallbackSignatureError, StaleWrite
+from convbridge.context import JobContext, ordered_nonce
+from convbridge.errors import CallbackSignatureError
 from convbridge.model import JobOutcome, ObjectRef
 from convbridge.pipeline import Accepted, settle
-from convbridge.pipeline.submit import _SubmissionRecord
+from convbridge.pipeline.submit import _write_submitted
 from devstack.lambda_local import LocalContext
 from devstack.stack import CLAIMS_TABLE, DevStack
 
@@ -98,6 +99,16 @@ def final_versions(stack: DevStack, key: str) -> list[dict[str, Any]]:
     return found
 
 
+def two_submissions(rule: Any, bucket: str, key: str) -> tuple[JobContext, JobContext]:
+    """Contexts of two uploads of ``key``, v1 submitted a nanosecond before v2."""
+    issued_ns = time.time_ns()
+    return tuple(  # type: ignore[return-value]
+        JobContext(rule=rule.name, storage="s3", location=bucket, key=key, version=version,
+                   output_key=rule.output_key(key), route="native",
+                   issued_at=(issued_ns + n) // 10**9, nonce=ordered_nonce(issued_ns + n))
+        for n, version in enumerate(("v1", "v2")))
+
+
 @settings(max_examples=30, deadline=None)  # 30 sequences of up to 8 callbacks: ~12 s
 @given(rule_name=st.sampled_from(["held", "direct"]), sequence=events,
        bind_at=st.integers(min_value=0, max_value=8))
@@ -114,13 +125,11 @@ def test_a_context_is_settled_once_by_the_job_the_bridge_created(
     # the provider wrote the output itself (native route), as it would before calling back
     storage.put_bytes(stack.bucket, context.output_key, b"%PDF-1.4 converted",
                       content_type="application/pdf", metadata={})
-    record = _SubmissionRecord(storage, ref, rule)
-    record.submitting(context)
     before_start = bridge.provider(rule.provider).binds_before_start
     assert before_start == (rule_name == "held")
     steps: list[Event] = list(sequence)
     if before_start:
-        record.submitted(context, GENUINE, before_start=True)
+        assert _write_submitted(storage, ref, rule, context, GENUINE) == "written"
     else:
         # a signed dialect's job may call back before its create answer is recorded; only
         # the bridge's own job can sign with our secret and carry our token, so jobs of
@@ -132,7 +141,7 @@ def test_a_context_is_settled_once_by_the_job_the_bridge_created(
     first_genuine: str | None = None
     for kind, value in steps:
         if kind == "bind":
-            record.submitted(context, GENUINE, before_start=False)
+            _write_submitted(storage, ref, rule, context, GENUINE)
         elif kind == "expire":
             forget_claims()
         else:
@@ -150,7 +159,10 @@ def test_a_context_is_settled_once_by_the_job_the_bridge_created(
                 completion = settle(bridge, accepted)
                 assert completion.status in {"recorded", "duplicate"}
         shown = stack.read_json(rule.result_key(key))
-        assert shown is not None and shown["context_nonce"] == context.nonce
+        if shown is None:  # nothing is recorded before the job exists
+            assert kind in {"expire"} and not before_start
+            continue
+        assert shown["context_nonce"] == context.nonce
         assert shown["job_id"] in (None, GENUINE)
         if shown["status"] in FINAL:
             assert shown["job_id"] == GENUINE
@@ -173,18 +185,13 @@ def test_a_job_whose_record_a_newer_submission_took_changes_nothing(
     assert rule is not None
     storage = bridge.storage("s3")
     key = f"{rule_name}/{next(_keys)}.png"
-    contexts = [JobContext.new(rule=rule.name, storage="s3", location=stack.bucket, key=key,
-                               version=version, output_key=rule.output_key(key),
-                               route="native") for version in ("v1", "v2")]
+    contexts = two_submissions(rule, stack.bucket, key)
     storage.put_bytes(stack.bucket, rule.output_key(key), b"%PDF-1.4 converted",
                       content_type="application/pdf", metadata={})
-    older, newer = (_SubmissionRecord(storage, ObjectRef("s3", stack.bucket, key, version=v),
-                                      rule) for v in ("v1", "v2"))
-    older.submitting(contexts[0])
-    newer.submitting(contexts[1])
-    with pytest.raises(StaleWrite):  # the older job was not started: it never will be
-        older.submitted(contexts[0], "older-job", before_start=True)
-    newer.submitted(contexts[1], "newer-job", before_start=True)
+    older, newer = (ObjectRef("s3", stack.bucket, key, version=v) for v in ("v1", "v2"))
+    assert _write_submitted(storage, newer, rule, contexts[1], "newer-job") == "written"
+    # the older job was not started: it never will be (submit raises StaleWrite on this)
+    assert _write_submitted(storage, older, rule, contexts[0], "older-job") == "newer"
     taken = stack.read_json(rule.result_key(key))
     assert taken is not None and taken["job_id"] == "newer-job"
 
@@ -209,21 +216,17 @@ def test_a_newer_submission_made_while_an_older_job_settles_keeps_its_record(
     assert rule is not None
     storage = bridge.storage("s3")
     key = f"held/{next(_keys)}.png"
-    older_context, newer_context = (
-        JobContext.new(rule=rule.name, storage="s3", location=stack.bucket, key=key,
-                       version=version, output_key=rule.output_key(key), route="native")
-        for version in ("v1", "v2"))
+    older_context, newer_context = two_submissions(rule, stack.bucket, key)
     storage.put_bytes(stack.bucket, rule.output_key(key), b"%PDF-1.4 converted",
                       content_type="application/pdf", metadata={})
-    older, newer = (_SubmissionRecord(storage, ObjectRef("s3", stack.bucket, key, version=v),
-                                      rule) for v in ("v1", "v2"))
-    older.submitting(older_context)
-    older.submitted(older_context, "older-job", before_start=True)
+    older, newer = (ObjectRef("s3", stack.bucket, key, version=v) for v in ("v1", "v2"))
+    assert _write_submitted(storage, older, rule, older_context, "older-job") == "written"
     real_stat = storage.stat
 
     def stat_while_resubmitted(location: str, looked_up: str) -> ObjectRef | None:
         if looked_up == rule.output_key(key):  # the older job's outputs are being collected
-            newer.submitting(newer_context)
+            assert _write_submitted(storage, newer, rule, newer_context, "newer-job") == (
+                "written")
         return real_stat(location, looked_up)
 
     monkeypatch.setattr(storage, "stat", stat_while_resubmitted)
@@ -231,7 +234,6 @@ def test_a_newer_submission_made_while_an_older_job_settles_keeps_its_record(
                                                  status="finished"), older_context, rule))
     monkeypatch.undo()
     assert settled.status == "ignored"
-    newer.submitted(newer_context, "newer-job", before_start=True)  # not a StaleWrite
     shown = stack.read_json(rule.result_key(key))
     assert shown is not None
     assert (shown["status"], shown["job_id"], shown["context_nonce"]) == (

@@ -174,17 +174,25 @@ def test_an_unavailable_provider_before_the_final_delivery_leaves_it_to_the_next
 
 def test_a_record_taken_over_before_the_job_starts_keeps_it_from_starting(
         storage: MemoryStorage) -> None:
-    def newer_submission(spec: JobSpec) -> None:
-        storage.put(BUCKET, "results/a.png.json", b'{"status": "submitting"}')
+    """The key is uploaded and submitted again while the older job is being created: the
+    older job, not started yet, never starts, and the newer record stays."""
 
     class BindsFirst(ScriptedProvider):
         binds_before_start = True
 
+    def newer_submission(spec: JobSpec) -> None:
+        if spec.source.version == first.version:
+            newer = submit(bridge, upload(storage, "inbox/a.png", b"\x89PNG newer"))
+            assert newer.status == "submitted"
+
     bridge = memory_bridge(RULES, storage=storage, provider=BindsFirst(on_create=newer_submission))
-    submission = submit(bridge, upload(storage, "inbox/a.png"))
+    first = upload(storage, "inbox/a.png")
+    submission = submit(bridge, first)
     assert submission.status == "skipped"
     assert submission.reason == "the result record changed before the job could start"
-    assert record(storage, "results/a.png.json") == {"status": "submitting"}
+    shown = record(storage, "results/a.png.json")
+    assert (shown["status"], shown["job_id"]) == ("submitted", "job-2")
+    assert shown["source"]["version"] != first.version
 
 
 # --------------------------------------------------------------------- accept and settle

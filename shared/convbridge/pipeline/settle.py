@@ -13,7 +13,7 @@ from typing import Literal
 
 from convbridge import records
 from convbridge.bridge import Bridge
-from convbridge.context import JobContext, verify_context
+from convbridge.context import JobContext, nonce_order, verify_context
 from convbridge.errors import (
     CallbackError,
     CallbackSignatureError,
@@ -30,10 +30,15 @@ from convbridge.model import (
     source_tag,
 )
 from convbridge.names import unsafe_filename_reason
-from convbridge.pipeline.record_io import read_record, write_failure
+from convbridge.pipeline.record_io import (
+    read_record,
+    read_stored_record,
+    write_failure,
+    write_record,
+)
 from convbridge.pipeline.relay import relay_output, relay_policy
 from convbridge.providers.base import TOKEN_PARAMETER
-from convbridge.records import ResultRecord
+from convbridge.records import ResultRecord, newer_submission
 from convbridge.rules import Rule
 from convbridge.storage.base import Storage
 from convbridge.telemetry import record as record_metric
@@ -166,15 +171,21 @@ class _Recorded:
 
 
 def _recorded_job(record: ResultRecord | None, nonce: str) -> _Recorded:
+    """A submission records its job only once the job exists, so a callback may find the
+    record of an older submission of the source (an earlier upload of the key) still there:
+    its context is then simply not recorded yet. Only a newer submission's record makes it
+    ``other``."""
     if record is None:
         return _Recorded("unbound")
     job_id = record.job_id
     if not record.names_context:
+        if nonce_order(nonce) is not None:
+            return _Recorded("unbound")  # older than any context of this release
         # written before records named their context: the job id is all it tells
         return _Recorded("settled" if record.final else "bound", job_id) if job_id else (
             _Recorded("unbound"))
     if record.context_nonce != nonce:
-        return _Recorded("other")
+        return _Recorded("other") if newer_submission(record, nonce) else _Recorded("unbound")
     if record.final:
         return _Recorded("settled", job_id)
     return _Recorded("bound", job_id) if job_id else _Recorded("unbound")
@@ -184,7 +195,8 @@ def _settle_claimed(bridge: Bridge, accepted: Accepted) -> Completion:
     outcome, context, rule = accepted.outcome, accepted.context, accepted.rule
     storage = bridge.storage(context.storage)
     result_key = rule.result_key(context.key)
-    previous = read_record(storage, context.location, result_key)
+    stored = read_stored_record(storage, context.location, result_key)
+    previous = stored.record if stored else None
     recorded = _recorded_job(previous, context.nonce)
     superseded = Completion("ignored", outcome.job_id, None, result_key)
     if recorded.state == "other":
@@ -214,18 +226,26 @@ def _settle_claimed(bridge: Bridge, accepted: Accepted) -> Completion:
                               else "OUTPUT_UNAVAILABLE", message=str(exc))
     # A relay can take minutes, long enough for the source to be uploaded and submitted
     # again: that newer submission's record (and source) must not be overwritten or moved.
-    current = read_record(storage, context.location, result_key)
-    if _recorded_job(current, context.nonce).state == "other":
-        logger.info("job %s: a newer submission of %s took its record while it settled; the "
-                    "record is left to it", outcome.job_id, context.key)
-        return superseded
-    settled = records.outcome_record(source, rule, outcome, route=context.route,
-                                     outputs=outputs, context_nonce=context.nonce,
-                                     submitted_at=previous.submitted_at if previous else None)
-    if outcome.status == "failed":
-        write_failure(storage, rule, context.location, context.key, settled)
-    else:
-        storage.write_json(context.location, result_key, settled.to_json(), marker=rule.name)
+    current = read_stored_record(storage, context.location, result_key)
+    if _recorded_job(current.record if current else None, context.nonce).state == "other":
+        return _superseded(outcome, context, superseded)
+    ours = previous is not None and previous.context_nonce == context.nonce
+    settled = records.outcome_record(
+        source, rule, outcome, route=context.route, outputs=outputs,
+        context_nonce=context.nonce,
+        submitted_at=previous.submitted_at if previous is not None and ours else (
+            datetime.fromtimestamp(context.issued_at, UTC).isoformat()))
+
+    def write_result(record: ResultRecord) -> bool:
+        # over exactly the revision just read: a newer submission recorded in between wins
+        return write_record(storage, context.location, result_key, record, marker=rule.name,
+                            seen=current) != "newer"
+
+    written = (write_failure(storage, rule, context.location, context.key, settled,
+                             write_result=write_result) if outcome.status == "failed"
+               else write_result(settled))
+    if not written:
+        return _superseded(outcome, context, superseded)
     storage.after_settle(context.location, context.key, outcome.status)
     logger.info("job %s for %s %s; record %s", outcome.job_id, source, outcome.status, result_key)
     record_metric("JobsFinished" if outcome.status == "finished" else "JobsFailed", 1,
@@ -235,6 +255,12 @@ def _settle_claimed(bridge: Bridge, accepted: Accepted) -> Completion:
         record_metric("CallbackLatencyMs", max(latency, 0.0), unit="Milliseconds",
                       provider=rule.provider)
     return Completion("recorded", outcome.job_id, outcome.status, result_key)
+
+
+def _superseded(outcome: JobOutcome, context: JobContext, answer: Completion) -> Completion:
+    logger.info("job %s: a newer submission of %s took its record while it settled; the "
+                "record is left to it", outcome.job_id, context.key)
+    return answer
 
 
 def _rule_for(bridge: Bridge, context: JobContext, provider_name: str) -> Rule:

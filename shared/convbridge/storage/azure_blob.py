@@ -330,16 +330,19 @@ class AzureBlobStorage(Storage):
         content_type: str,
         metadata: Mapping[str, str],
         if_revision: str | None = None,
+        if_absent: bool = False,
     ) -> str:
         condition: dict[str, Any] = {}
-        output = SOURCE_TAG in metadata and not if_revision
+        output = SOURCE_TAG in metadata and not if_revision and not if_absent
         if output:
             condition = output_condition(self.output_precondition(location, key, metadata))
         elif if_revision:
             condition = {"etag": _quoted(if_revision),
                          "match_condition": _azure.MatchConditions.IfNotModified}
+        elif if_absent:
+            condition = output_condition(None)
         call = _Call("write", self._where(location, key), output=output,
-                     revision=if_revision or None)
+                     revision=if_revision or None, if_absent=if_absent and not if_revision)
         with _azure_errors(call):
             answer = self._blob(location, key).upload_blob(
                 data, overwrite=True, length=len(data),
@@ -422,6 +425,8 @@ class _Call:
     output: bool = False
     #: the revision (ETag) a conditional write expected
     revision: str | None = None
+    #: a create-only write that is not an output's (``put_bytes(if_absent=True)``)
+    if_absent: bool = False
     #: for a staged output write: whether another source's blob holds the name now
     taken: Callable[[], bool] | None = None
     #: not-found is an answer here (stat: None; delete: already done), not a failure
@@ -444,6 +449,10 @@ _AZURE_ERRORS: tuple[VendorError[_Call], ...] = (
                 lambda call, _: _collision(call.where), when=lambda call, _: call.output),
     VendorError(lambda: _azure_vendor.AzureError, lambda call, _: _collision(call.where),
                 when=lambda call, _: call.output and call.taken is not None and call.taken()),
+    # If-None-Match: * refused a create-only write (409 BlobAlreadyExists, or 412)
+    VendorError(lambda: (_azure_vendor.ResourceExistsError, _azure_vendor.ResourceModifiedError),
+                lambda call, _: StaleWrite(f"{call.where} already exists"),
+                when=lambda call, _: call.if_absent),
     VendorError(lambda: _azure_vendor.ResourceModifiedError,
                 lambda call, _: StaleWrite(f"{call.where} changed since {call.revision}"),
                 when=lambda call, _: call.revision is not None),

@@ -106,12 +106,14 @@ class Storage(ABC):
         content_type: str,
         metadata: Mapping[str, str],
         if_revision: str | None = None,
+        if_absent: bool = False,
     ) -> str:
         """Write a small object whole and return its revision (ETag, generation). With
         ``if_revision``, write only if the object is still at that revision, else raise
-        StaleWrite: how a late writer avoids clobbering a newer record. With SOURCE_TAG in
-        ``metadata`` (and no ``if_revision``) the write is an output's: see
-        :meth:`output_precondition`."""
+        StaleWrite: how a late writer avoids clobbering a newer record. With ``if_absent``,
+        write only if there is no object under ``key`` at all, else raise StaleWrite: how a
+        record is created once. With SOURCE_TAG in ``metadata`` (and neither condition) the
+        write is an output's: see :meth:`output_precondition`."""
 
     def output_precondition(self, location: str, key: str,
                             metadata: Mapping[str, str] | None) -> str | None:
@@ -139,13 +141,29 @@ class Storage(ABC):
         *,
         marker: str,
         if_revision: str | None = None,
+        if_absent: bool = False,
     ) -> str:
         body = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False).encode()
         return self.put_bytes(location, key, body, content_type="application/json",
-                              metadata={OUTPUT_MARKER: marker}, if_revision=if_revision)
+                              metadata={OUTPUT_MARKER: marker}, if_revision=if_revision,
+                              if_absent=if_absent)
 
     def read_bytes(self, location: str, key: str) -> bytes:
         return b"".join(self.read_stream(location, key))
+
+    def read_revision(self, location: str, key: str) -> tuple[bytes, str] | None:
+        """A small object's bytes and the revision ``put_bytes(if_revision=...)`` matches, or
+        None when there is none: what replacing a record only as it was read takes. Adapters
+        whose ``stat`` version is not that revision override this."""
+        found = self.stat(location, key)
+        if found is None or not found.version:
+            return None
+        try:
+            return self.read_bytes(location, key), found.version
+        except StorageError:
+            if self.stat(location, key) is None:
+                return None  # deleted between the two calls
+            raise
 
     def after_settle(self, location: str, key: str, status: str) -> None:  # noqa: B027
         """Called once a job for ``key`` has settled (``status`` finished or failed) and its

@@ -270,9 +270,12 @@ class GcsStorage(Storage):
         content_type: str,
         metadata: Mapping[str, str],
         if_revision: str | None = None,
+        if_absent: bool = False,
     ) -> str:
         if if_revision is not None and not if_revision.isdigit():
             raise StaleWrite(f"gs://{location}/{key}: {if_revision!r} is not a generation")
+        if if_revision is None and if_absent:  # if_generation_match=0: create only
+            return self._upload_whole(location, key, data, content_type, metadata, 0)
         if if_revision is None and SOURCE_TAG in metadata:
             generation = self._output_generation(location, key, metadata)
             try:

@@ -311,10 +311,12 @@ class S3Storage(Storage):
         content_type: str,
         metadata: Mapping[str, str],
         if_revision: str | None = None,
+        if_absent: bool = False,
     ) -> str:
-        output = SOURCE_TAG in metadata and not if_revision
+        output = SOURCE_TAG in metadata and not if_revision and not if_absent
         condition = (self._output_condition(location, key, metadata) if output
-                     else {"IfMatch": if_revision} if if_revision else {})
+                     else {"IfMatch": if_revision} if if_revision
+                     else {"IfNoneMatch": "*"} if if_absent else {})
         try:
             answer = self._s3.put_object(Bucket=location, Key=key, Body=data,
                                          ContentType=content_type, Metadata=dict(metadata),
@@ -323,7 +325,8 @@ class S3Storage(Storage):
             if condition and _error_code(exc) in _PRECONDITION_CODES:
                 if output:
                     raise _collision(location, key) from exc
-                raise StaleWrite(f"s3://{location}/{key} changed since {if_revision}") from exc
+                raise StaleWrite(f"s3://{location}/{key} " + (
+                    f"changed since {if_revision}" if if_revision else "already exists")) from exc
             raise StorageError(f"cannot write s3://{location}/{key}: {_describe(exc)}") from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise StorageError(f"cannot write s3://{location}/{key}: {exc}") from exc
@@ -351,6 +354,20 @@ class S3Storage(Storage):
             self._s3.copy_object(Bucket=location, Key=target_key,
                                  CopySource={"Bucket": location, "Key": source_key})
         return found.size or 0
+
+    def read_revision(self, location: str, key: str) -> tuple[bytes, str] | None:
+        """One GetObject: its ETag is what If-Match compares (``stat`` names the VersionId
+        in a versioned bucket)."""
+        try:
+            answer = self._s3.get_object(Bucket=location, Key=key)
+            data = answer["Body"].read()
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise StorageError(f"cannot read s3://{location}/{key}: {_describe(exc)}") from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise StorageError(f"cannot read s3://{location}/{key}: {exc}") from exc
+        return bytes(data), str(answer.get("ETag", ""))
 
     def stat(self, location: str, key: str) -> ObjectRef | None:
         try:

@@ -629,7 +629,11 @@ class SftpStorage(Storage):
         file holding exactly the bytes just written (the same output written again, as a
         repeated relay does) counts as written; any other raises OutputCollision and is left
         as it was."""
-        create_only = SOURCE_TAG in (metadata or {})
+        return self._write_file(location, key, chunks, expected_size=expected_size,
+                                create_only=SOURCE_TAG in (metadata or {}))
+
+    def _write_file(self, location: str, key: str, chunks: Iterable[bytes], *,
+                    expected_size: int | None, create_only: bool) -> int:
         path = self.path(key)
         partial = posixpath.join(posixpath.dirname(path),
                                  f"{PARTIAL_PREFIX}{secrets.token_hex(8)}{PARTIAL_SUFFIX}")
@@ -704,10 +708,20 @@ class SftpStorage(Storage):
         content_type: str,
         metadata: Mapping[str, str],
         if_revision: str | None = None,
+        if_absent: bool = False,
     ) -> str:
         """The revision is a digest of the content. ``if_revision`` is best effort: SFTP has
         no conditional write, so the check (reading the current file) and the rename are two
-        steps, and a writer in between can still be overwritten."""
+        steps, and a writer in between can still be overwritten. ``if_absent`` is exact: the
+        file is renamed into place with SFTP's plain rename, which refuses an existing name
+        (a file already holding exactly these bytes counts as written)."""
+        if if_absent and if_revision is None:
+            try:
+                self._write_file(location, key, [data], expected_size=len(data),
+                                 create_only=True)
+            except OutputCollision as exc:
+                raise StaleWrite(f"sftp://{location}/{key} already exists") from exc
+            return _revision(data)
         if if_revision is not None:
             try:
                 current = _revision(self.read_bytes(location, key))
@@ -717,6 +731,19 @@ class SftpStorage(Storage):
                 raise StaleWrite(f"sftp://{location}/{key} changed since {if_revision}")
         self.write_stream(location, key, [data], expected_size=len(data))
         return _revision(data)
+
+    def read_revision(self, location: str, key: str) -> tuple[bytes, str] | None:
+        """The revision ``put_bytes`` matches is the content's digest, not ``stat``'s size and
+        time."""
+        if self.stat(location, key) is None:
+            return None
+        try:
+            data = self.read_bytes(location, key)
+        except StorageError:
+            if self.stat(location, key) is None:
+                return None
+            raise
+        return data, _revision(data)
 
     def delete(self, location: str, key: str) -> None:
         """Removing a link removes the link, never what it leads to; a folder on the way that
