@@ -15,12 +15,18 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.common import Row, say
@@ -105,6 +111,52 @@ def counted_clients(counter: CallCounter) -> Iterator[None]:
 
 #: what the earlier release made per upload, whatever the key's history
 EARLIER_RELEASE_CALLS = 5
+#: the last commit of the earlier release's code path (claim put and update, two records),
+#: measured in the same run as the baseline
+EARLIER_RELEASE = "858a655"
+#: its figures, as its own bench.aws_calls names them
+_EARLIER_FIGURES = {"calls": "AWS API calls per submitted upload (S3 trigger)",
+                    "cpu": "bridge CPU per event (handler and record-worker threads)"}
+_EARLIER_SCRIPT = (
+    "import json\n"
+    "from bench.aws_calls import measure\n"
+    "rows = measure()\n"
+    "print('FIGURES ' + json.dumps({row.figure: row.value for row in rows}))\n"
+)
+
+
+@dataclass(frozen=True)
+class EarlierRelease:
+    """The earlier release's calls and bridge CPU per upload, or why they are missing."""
+
+    calls: float | None = None
+    cpu_ms: float | None = None
+    missing: str = ""
+
+
+def measure_earlier_release(ref: str = EARLIER_RELEASE) -> EarlierRelease:
+    """Run the earlier release's own ``bench.aws_calls`` on its own tree (``git archive`` of
+    ``ref`` into a temporary folder, first on the path), in a child process of this run."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="convbridge-earlier-") as tree:
+        archive = subprocess.run(["git", "-C", str(root), "archive", ref],
+                                 capture_output=True, check=False)
+        if archive.returncode != 0:
+            return EarlierRelease(missing=f"git archive {ref} failed: "
+                                          f"{archive.stderr.decode(errors='replace').strip()}")
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(tree, filter="data")
+        say(f"the earlier release ({ref}), same measure on its own tree:")
+        env = {**os.environ, "PYTHONPATH": f"{tree}/shared{os.pathsep}{tree}"}
+        child = subprocess.run([sys.executable, "-c", _EARLIER_SCRIPT], cwd=tree, env=env,
+                               capture_output=True, text=True, check=False, timeout=900)
+    found = [line for line in child.stdout.splitlines() if line.startswith("FIGURES ")]
+    if child.returncode != 0 or not found:
+        tail = (child.stderr or child.stdout).strip().splitlines()[-1:] or ["no output"]
+        return EarlierRelease(missing=f"the earlier release's bench failed: {tail[0]}")
+    figures = json.loads(found[-1][len("FIGURES "):])
+    return EarlierRelease(calls=figures.get(_EARLIER_FIGURES["calls"]),
+                          cpu_ms=figures.get(_EARLIER_FIGURES["cpu"]))
 
 
 @dataclass
@@ -144,7 +196,13 @@ def _other_png() -> bytes:
     return buffer.getvalue()
 
 
-def measure(uploads: int = UPLOADS) -> list[Row]:
+def measure(uploads: int = UPLOADS, *, earlier: EarlierRelease | None = None) -> list[Row]:
+    """Both kinds of upload, against the earlier release measured first in the same run
+    (``earlier``: figures measured elsewhere, used instead)."""
+    earlier = earlier or measure_earlier_release()
+    if earlier.missing:
+        say(f"  no same-run baseline: {earlier.missing}")
+    earlier_label = f"the earlier release's code path ({EARLIER_RELEASE}), same run"
     counter = CallCounter()
     png, newer_png = _png(), _other_png()
     first, again = Phase("first upload of a key"), Phase("re-upload of a key with a record")
@@ -182,17 +240,21 @@ def measure(uploads: int = UPLOADS) -> list[Row]:
                  for name, count in sorted(phase.calls.items(), key=lambda item: -item[1])]
         first_phase = phase is first
         rows.append(Row(
-            "aws calls", f"AWS API calls per {phase.name} (S3 trigger)", total, "", None, "",
+            "aws calls", f"AWS API calls per {phase.name} (S3 trigger)", total, "",
+            earlier.calls, earlier_label if earlier.calls is not None else "",
             f"<= {GOAL_CALLS}" if first_phase else "report",
             total <= GOAL_CALLS if first_phase else None,
             f"{phase.events} one-record SQS batches after a warm-up event; the earlier release "
-            f"made {EARLIER_RELEASE_CALLS} for every upload"
+            f"made {EARLIER_RELEASE_CALLS} for every upload" + (
+                f" ({earlier.missing})" if earlier.missing else "")
             + (f"; the first event also made {cold}" if first_phase else
                "; the refused create-only write, the record's read and its replacement")))
         cpu = phase.bridge_cpu / phase.events
         rows.append(Row(
             "aws calls", f"bridge CPU per event, {phase.name} (handler and record-worker "
-            "threads)", cpu * 1000, "ms", None, "", "< 2 ms" if first_phase else "report",
+            "threads)", cpu * 1000, "ms", earlier.cpu_ms,
+            earlier_label if earlier.cpu_ms is not None else "",
+            "< 2 ms" if first_phase else "report",
             cpu < 0.002 if first_phase else None,
             f"time.process_time around the handler: {phase.process_cpu / phase.events * 1000:.1f}"
             " ms, which also bills the in-process sandbox answering the job create"))
