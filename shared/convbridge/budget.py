@@ -1,10 +1,15 @@
 """The bridge's own budget per provider: how many job creations one execution environment has
 in flight at once, and how many requests per second it sends.
 
-Providers cap concurrent jobs and request rates per account. The bridge cannot see the
-account's other clients, so the provider's answer (429, CloudConvert's 402) stays the
-authority and is met with backpressure (:mod:`convbridge.backpressure`); this budget only
-keeps one environment from bursting into those answers. A create that would wait past the
+Providers cap concurrent jobs and request rates per account, so the configured limits are the
+account's (:class:`ProviderLimits`), and each execution environment that may run at once takes
+an equal share (:func:`environment_share`): the S3 trigger's environments are capped by its
+event source's ``MaximumConcurrency``, which the template passes on as
+``CONVBRIDGE_TRIGGER_CONCURRENCY``, so the shares of all of them stay within the account.
+The bridge cannot see the account's other clients, so the provider's answer (429,
+CloudConvert's 402) stays the authority and is met with backpressure
+(:mod:`convbridge.backpressure`); this budget only keeps the environments from bursting into
+those answers. A create that would wait past the
 budget's patience is not sent: it raises :class:`~convbridge.errors.ProviderBusy`, like the
 provider's own "not now", so the event is deferred instead of the invocation spinning.
 
@@ -16,6 +21,7 @@ answer is retried inside the invocation as before, up to its deadline.
 from __future__ import annotations
 
 import contextvars
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -50,11 +56,32 @@ def can_defer() -> bool:
 
 @dataclass(frozen=True)
 class ProviderLimits:
-    """``max_concurrent_jobs``: job creations in flight at once; ``requests_per_second``:
-    requests of any kind, both per execution environment."""
+    """``max_concurrent_jobs``: jobs at once; ``requests_per_second``: requests of any kind.
+    Configured per provider account; :func:`environment_share` gives one environment's part,
+    where the jobs bound the job creations it has in flight."""
 
     max_concurrent_jobs: int
     requests_per_second: float
+
+
+def environment_share(account: ProviderLimits, environments: int) -> ProviderLimits:
+    """One of ``environments`` equal shares of ``account``, rounded down so that together they
+    never exceed it, except that every environment keeps at least one job: with more
+    environments than the account has jobs, the shares sum to ``environments`` jobs, and the
+    provider's busy answers defer the excess (``convbridge check-rules --template`` warns)."""
+    if environments < 1:
+        raise ValueError(f"environments must be at least 1, not {environments}")
+    rate = account.requests_per_second / environments
+    while rate * environments > account.requests_per_second:  # float rounding, at most a step
+        rate = math.nextafter(rate, 0.0)
+    return ProviderLimits(max_concurrent_jobs=max(1, account.max_concurrent_jobs // environments),
+                          requests_per_second=rate)
+
+
+def oversubscribed(account: ProviderLimits, environments: int) -> bool:
+    """More environments may run at once than the account has jobs: the one-job minimum of each
+    share puts the shares over the account's limit."""
+    return environments > account.max_concurrent_jobs
 
 
 class ProviderBudget:

@@ -86,9 +86,10 @@ class Provider(ABC):
     #: one is not retried inside the invocation, and the event is deferred
     #: (convbridge.backpressure). Every dialect documents 429.
     busy_statuses: ClassVar[frozenset[int]] = frozenset({429})
-    #: The bridge's default budget per execution environment (CONVBRIDGE_<NAME>_MAX_CONCURRENT_
-    #: JOBS and _REQUESTS_PER_SECOND override it). The seeds document no numbers for any
-    #: provider: each adapter says where its default comes from.
+    #: The bridge's default for the provider ACCOUNT's limits, shared by the environments that
+    #: run at once (convbridge.budget.environment_share; CONVBRIDGE_<NAME>_MAX_CONCURRENT_JOBS
+    #: and _REQUESTS_PER_SECOND override it). The seeds document no numbers for any provider:
+    #: each adapter says what its document gives, and its default is a conservative guess.
     default_limits: ClassVar[ProviderLimits] = ProviderLimits(max_concurrent_jobs=5,
                                                               requests_per_second=5.0)
 
