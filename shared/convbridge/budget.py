@@ -24,6 +24,7 @@ import contextvars
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ from convbridge.http import seconds_left
 #: the longest a request waits for a slot or a token inside an invocation before it is
 #: deferred instead; long enough to smooth a batch, short enough not to burn the invocation
 PATIENCE_SECONDS = 5.0
+#: how much longer than the provider's window the bridge spaces its requests, for the jitter
+#: between sending a request and its arrival
+RATE_HEADROOM = 0.05
 
 
 _deferring: contextvars.ContextVar[bool] = contextvars.ContextVar("deferring", default=False)
@@ -85,8 +89,17 @@ def oversubscribed(account: ProviderLimits, environments: int) -> bool:
 
 
 class ProviderBudget:
-    """A semaphore for job creations and a token bucket for requests, shared by the threads
-    of one environment (the batch's records run concurrently)."""
+    """A semaphore for job creations and a sliding window for requests, shared by the threads
+    of one environment (the batch's records run concurrently).
+
+    Providers count requests in a window (FreeConvert's X-RateLimit-Limit / -Remaining,
+    CloudConvert's X-RateLimit-*), refused ones included. A token bucket refilling at exactly
+    the rate lets a burst of one second's tokens and the next second's refill into one window,
+    and requests sent at the limit arrive with jitter: in a 2,000-upload burst against a
+    sandbox counting 10 per second, half the creates were refused with 429, each refusal a
+    wasted request and a deferred upload. So the n-th request waits until the one
+    ``max(1, rate)`` requests before it is a window (plus ``RATE_HEADROOM``) old, and a 429
+    (:meth:`hold`) stops every request of the environment for its Retry-After."""
 
     def __init__(self, name: str, limits: ProviderLimits, *,
                  clock: Callable[[], float] = time.monotonic,
@@ -99,30 +112,40 @@ class ProviderBudget:
         self._patience = patience_seconds
         self._jobs = threading.BoundedSemaphore(limits.max_concurrent_jobs)
         self._lock = threading.Lock()
-        # the bucket holds at most one second's worth of tokens: a burst is one second's rate
-        self._capacity = max(1.0, limits.requests_per_second)
-        self._tokens = self._capacity
-        self._filled_at = clock()
+        # a window holds at most one second's requests, and at least one request
+        self._per_window = max(1, math.floor(limits.requests_per_second))
+        self._window = self._per_window / limits.requests_per_second * (1 + RATE_HEADROOM)
+        #: when the last ``_per_window`` requests were (or are to be) sent, oldest first
+        self._sent: deque[float] = deque(maxlen=self._per_window)
+        self._resume_at = clock()
 
     def _patience_now(self) -> float:
         return self._patience if can_defer() else seconds_left()
 
     def pace(self) -> None:
-        """Wait for a request token; ProviderBusy when the wait would pass the patience."""
+        """Wait for the request's turn; ProviderBusy when the wait would pass the patience."""
         with self._lock:
             now = self._clock()
-            self._tokens = min(self._capacity, self._tokens + (now - self._filled_at)
-                               * self.limits.requests_per_second)
-            self._filled_at = now
-            wait = (1.0 - self._tokens) / self.limits.requests_per_second
+            turn = max(now, self._resume_at)
+            if len(self._sent) == self._per_window:
+                turn = max(turn, self._sent[0] + self._window)
+            wait = turn - now
             if wait > self._patience_now():
                 raise ProviderBusy(f"{self.name}: over the bridge's budget of "
                                    f"{self.limits.requests_per_second:g} requests per second",
                                    retry_after=wait)
-            # the token is taken now; a negative balance makes later callers wait longer
-            self._tokens -= 1.0
+            # the turn is taken now: later callers queue behind it
+            self._sent.append(turn)
         if wait > 0:
             self._sleep(wait)
+
+    def hold(self, seconds: float | None) -> None:
+        """The provider said "too many requests": no request of this environment goes out for
+        ``seconds`` (its Retry-After; one second when it gave none), since each refused
+        request still counts in the provider's window."""
+        with self._lock:
+            self._resume_at = max(self._resume_at,
+                                  self._clock() + (seconds if seconds else 1.0))
 
     @contextmanager
     def job_slot(self) -> Iterator[None]:

@@ -9,8 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from convbridge.budget import ProviderLimits, environment_share, oversubscribed
-from convbridge.errors import ConfigError
+from convbridge.budget import (
+    ProviderBudget,
+    ProviderLimits,
+    deferring,
+    environment_share,
+    oversubscribed,
+)
+from convbridge.errors import ConfigError, ProviderBusy
 from convbridge.settings import Settings
 
 ENV = {"CONVBRIDGE_RULES": "r.yaml", "CONVBRIDGE_CONTEXT_SECRET": "c",
@@ -64,3 +70,57 @@ def test_without_a_trigger_concurrency_one_environment_takes_all() -> None:
 def test_an_unusable_trigger_concurrency_is_reported_at_cold_start(value: str) -> None:
     with pytest.raises(ConfigError, match="CONVBRIDGE_TRIGGER_CONCURRENCY"):
         Settings.from_env({**ENV, "CONVBRIDGE_TRIGGER_CONCURRENCY": value})
+
+
+class _Clock:
+    """A clock that moves only when the budget sleeps, or when the test says."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@given(rate=st.integers(1, 20),
+       gaps=st.lists(st.floats(0.0, 0.5), min_size=1, max_size=80))
+def test_no_window_of_a_second_holds_more_requests_than_the_rate(
+        rate: int, gaps: list[float]) -> None:
+    # A provider counting its limit over any one second refuses nothing the budget sends,
+    # however the requests arrive.
+    clock = _Clock()
+    budget = ProviderBudget("p", ProviderLimits(5, float(rate)), clock=clock,
+                            sleep=clock.sleep, patience_seconds=1e9)
+    sent = []
+    for gap in gaps:
+        clock.now += gap
+        budget.pace()
+        sent.append(clock.now)
+    for index, moment in enumerate(sent):
+        assert sum(1 for other in sent[index:] if other < moment + 1.0) <= rate
+
+
+def test_a_busy_answer_holds_every_request_for_its_retry_after() -> None:
+    clock = _Clock()
+    budget = ProviderBudget("p", ProviderLimits(5, 10.0), clock=clock, sleep=clock.sleep)
+    budget.pace()
+    budget.hold(3.0)
+    budget.pace()
+    assert clock.now == pytest.approx(3.0)
+    budget.hold(None)  # no Retry-After: one second
+    budget.pace()
+    assert clock.now == pytest.approx(4.0)
+
+
+def test_a_hold_past_the_patience_defers_at_once() -> None:
+    clock = _Clock()
+    budget = ProviderBudget("p", ProviderLimits(5, 10.0), clock=clock, sleep=clock.sleep,
+                            patience_seconds=2.0)
+    budget.hold(30.0)
+    with deferring(), pytest.raises(ProviderBusy) as refused:
+        budget.pace()
+    assert refused.value.retry_after == pytest.approx(30.0)
+    assert clock.now == 0.0

@@ -257,6 +257,10 @@ class Provider(ABC):
                 f"{self.name}: {exc}{detail}",
                 status=exc.response.status_code if exc.response is not None else None,
             ) from exc
+        if response.status_code == 429 and self._budget is not None:
+            # over the rate: every request sent before the Retry-After is refused and counted
+            # (a job-cap answer such as CloudConvert's 402 only defers its own upload)
+            self._budget.hold(retry_after_seconds(response.headers.get("Retry-After")))
         if not idempotent and response.status_code in self.busy_statuses:
             raise ProviderBusy(f"{self.name}: {_error_message(response)}",
                                status=response.status_code,
