@@ -8,7 +8,11 @@ duplicate jobs, the time to drain, and that time against the theoretical limit t
 The baseline, from the same run, is the same burst against an uncapped sandbox.
 
 The K pollers share one process, hence one bridge and one budget: they stand for K handlers of
-one execution environment, a stricter budget than K Lambda environments each with its own."""
+one execution environment holding the whole account's budget (CONVBRIDGE_TRIGGER_CONCURRENCY
+unset). K Lambda environments would each take a K-th of it (the template sets the variable to
+the event source's MaximumConcurrency): the same account-wide limits, split.
+
+    PYTHONPATH=shared:. python -m bench.burst [--quick] [--uploads N] [--handlers K]"""
 
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -94,6 +100,25 @@ def _dlq_messages(dlq_url: str) -> int:
                                              "ApproximateNumberOfMessagesDelayed"))
 
 
+@contextmanager
+def _workers_per_handler(handlers: int) -> Iterator[None]:
+    """Each Lambda environment has its own record workers; the bench's handlers share one
+    process, hence one pool, and with 16 workers for all of them the trigger's records waiting
+    on the provider's budget starved the webhook's settles (a 2,000-upload burst settled 2.6
+    jobs per second). So the pool gets 16 workers per handler while the burst runs."""
+    from convbridge import runtime
+
+    before = runtime.RECORD_WORKERS
+    runtime._record_workers.cache_clear()
+    runtime.RECORD_WORKERS = before * handlers
+    try:
+        yield
+    finally:
+        runtime._record_workers().shutdown(wait=False)
+        runtime._record_workers.cache_clear()
+        runtime.RECORD_WORKERS = before
+
+
 def _add_handlers(stack: DevStack, count: int) -> None:
     """Handlers beyond the one watch_bucket starts, on the same queue."""
     sqs = boto3.client("sqs", region_name="us-east-1")
@@ -161,7 +186,8 @@ def run_burst(uploads: int, *, capped: bool, handlers: int = HANDLERS,
         env |= {"CONVBRIDGE_CLOUDCONVERT_MAX_CONCURRENT_JOBS": str(MAX_CONCURRENT_JOBS),
                 "CONVBRIDGE_CLOUDCONVERT_REQUESTS_PER_SECOND": str(REQUESTS_PER_SECOND)}
     png = _png()
-    with DevStack(faults=faults, env=env, moto_own_process=True) as stack:
+    with _workers_per_handler(handlers + COMPLETION_HANDLERS), DevStack(
+            faults=faults, env=env, moto_own_process=True) as stack:
         dlq_url = _with_dlq(stack)
         stack.watch_bucket()
         _add_handlers(stack, handlers - 1)
