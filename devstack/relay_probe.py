@@ -10,7 +10,8 @@ which must not grow with the file.
 (``http://host:port/devstoreaccount1``) for Azure, fake-gcs-server's base URL for GCS.
 ``--bucket`` is the bucket, or the container for Azure. ``--baseline`` sends the same stream
 through the cloud's own SDK instead: boto3 ``upload_fileobj``, ``BlobClient.upload_blob(stream,
-length=...)`` or ``Blob.upload_from_file(stream, size=...)``.
+length=...)`` or ``Blob.upload_from_file(stream, size=...)``, the last in requests of
+``--piece-bytes`` when given.
 """
 
 from __future__ import annotations
@@ -105,6 +106,9 @@ def _gcs(args: argparse.Namespace) -> Target:
         service_account_key())
     storage = GcsStorage(client=storage_client(signer, args.endpoint), signer=signer)
     blob = storage_client(signer, args.endpoint).bucket(args.bucket).blob(args.key)
+    if args.piece_bytes:
+        # the resumable upload's request size: the bridge's own makes the same requests
+        blob.chunk_size = args.piece_bytes
     return storage, args.bucket, lambda stream, size: blob.upload_from_file(
         io.BufferedReader(stream), size=size)
 
@@ -134,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, required=True)
     parser.add_argument("--baseline", action="store_true",
                         help="the cloud SDK's own upload of the same stream, for comparison")
+    parser.add_argument("--piece-bytes", type=int, default=None,
+                        help="GCS baseline: bytes per resumable upload request (the SDK's "
+                             "default is 100 MiB)")
     args = parser.parse_args(argv)
     storage, location, sdk_upload = TARGETS[args.storage](args)
     started = time.monotonic()

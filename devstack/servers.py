@@ -274,9 +274,14 @@ class MotoServer(_Server):
 
     def _start_process(self) -> None:
         port = free_ports(1)[0]
+        # the child finds devstack where this process did (see devstack.moto_speedups)
+        root = str(Path(__file__).resolve().parents[1])
         self._process = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from moto.server import main; main(sys.argv[1:])",
-             "-H", LOCALHOST, "-p", str(port)],
+            [sys.executable, "-c",
+             "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+             "from devstack import moto_speedups; moto_speedups.apply(); "
+             "from moto.server import main; main(sys.argv[1:])",
+             root, "-H", LOCALHOST, "-p", str(port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self._port = port
@@ -304,6 +309,9 @@ class MotoServer(_Server):
                 f"moto server is not installed ({exc}); install the project's dev extras "
                 "(moto[s3,sts,...], flask, flask-cors)"
             ) from exc
+        from devstack import moto_speedups
+
+        moto_speedups.apply()
         if self.quiet:
             logging.getLogger("werkzeug").setLevel(logging.WARNING)
         server = ThreadedMotoServer(ip_address=LOCALHOST, port=0, verbose=False)

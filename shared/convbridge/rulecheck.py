@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from convbridge.budget import ProviderLimits, environment_share
 from convbridge.errors import ConfigError
 from convbridge.planner import plan_route
 from convbridge.providers import PROVIDERS
@@ -60,6 +61,8 @@ TRIGGER_FUNCTIONS: Mapping[str, str] = {
 #: the template parameter naming an existing bucket to watch instead of the one it creates
 WATCHED_PREFIX_PARAMETER = "WatchedPrefix"
 SECRETS_PREFIX_VARIABLE = "CONVBRIDGE_PROVIDER_SECRETS_PREFIX"
+#: how many environments the S3 trigger splits each provider account's limits into
+TRIGGER_CONCURRENCY_VARIABLE = "CONVBRIDGE_TRIGGER_CONCURRENCY"
 
 
 @dataclass(frozen=True)
@@ -372,6 +375,32 @@ class Deployment:
         found = self.value(variables.get(SECRETS_PREFIX_VARIABLE))
         return found if isinstance(found, str) else None
 
+    def environment(self, function: str) -> dict[str, str]:
+        """The variables ``function`` gets (the template's Globals, then its own) whose values
+        the parameters decide; the others are left out."""
+        declared = ((((self.template.get("Globals") or {}).get("Function") or {})
+                     .get("Environment") or {}).get("Variables") or {})
+        properties = dict(self._resources()).get(function, {}).get("Properties") or {}
+        declared = {**declared, **((properties.get("Environment") or {}).get("Variables") or {})}
+        found = {name: self.value(node) for name, node in declared.items()}
+        return {name: value for name, value in found.items() if isinstance(value, str)}
+
+    def queue_concurrency(self, function: str) -> tuple[int, str] | None:
+        """The ScalingConfig.MaximumConcurrency of ``function``'s SQS event source, and where
+        it is set (the parameter it names, or the property itself)."""
+        properties = dict(self._resources()).get(function, {}).get("Properties") or {}
+        for event in (properties.get("Events") or {}).values():
+            if not isinstance(event, dict) or event.get("Type") != "SQS":
+                continue
+            node = ((event.get("Properties") or {}).get("ScalingConfig") or {}).get(
+                "MaximumConcurrency")
+            found = self.value(node)
+            if isinstance(found, str) and found.isdigit():
+                where = (str(node["Ref"]) if isinstance(node, dict) and "Ref" in node
+                         else "ScalingConfig.MaximumConcurrency")
+                return int(found), where
+        return None
+
 
 def deployment_problems(rules: RuleSet, deployment: Deployment, *,
                         secret_exists: Callable[[str], bool] | None = None
@@ -389,7 +418,7 @@ def deployment_problems(rules: RuleSet, deployment: Deployment, *,
         problems.extend(Problem(rule.name, text) for text in _trigger_problems(rule, deployment))
         if rule.storage == "s3":
             problems.extend(Problem(rule.name, text) for text in _watch_problems(rule, places))
-    notes = []
+    notes = [f"warning: {text}" for text in budget_warnings(rules, deployment)]
     prefix = deployment.provider_secrets_prefix()
     providers = sorted({rule.provider for rule in rules.rules})
     if prefix is None:
@@ -404,6 +433,64 @@ def deployment_problems(rules: RuleSet, deployment: Deployment, *,
                 problems.append(Problem(None, f"secret {name} does not exist; rules {users} "
                                               f"need it for {provider}"))
     return problems, notes
+
+
+def budget_warnings(rules: RuleSet, deployment: Deployment) -> list[str]:
+    """Providers of the S3 rules whose account limits the S3 trigger's environments would
+    exceed together: as many run at once as its event source's MaximumConcurrency, each with
+    its share of the account (convbridge.budget.environment_share), at least one job. Over the
+    account nothing fails, but the provider's busy answers defer uploads that a smaller
+    MaximumConcurrency would have kept waiting in the queue."""
+    function = TRIGGER_FUNCTIONS["s3"]
+    found = deployment.queue_concurrency(function)
+    if found is None:
+        return []
+    running, where = found
+    environment = deployment.environment(function)
+    shares = environment.get(TRIGGER_CONCURRENCY_VARIABLE, "1")
+    share_count = int(shares) if shares.isdigit() and int(shares) >= 1 else 1
+    warnings = []
+    for provider in sorted({rule.provider for rule in rules.rules if rule.storage == "s3"}):
+        users = ", ".join(r.name for r in rules.rules
+                          if r.provider == provider and r.storage == "s3")
+        account, named = _account_limits(provider, environment)
+        named_jobs = f"CONVBRIDGE_{provider.upper()}_MAX_CONCURRENT_JOBS"
+        share = environment_share(account, share_count)
+        jobs = running * share.max_concurrent_jobs
+        rate = running * share.requests_per_second
+        if jobs > account.max_concurrent_jobs:
+            warnings.append(
+                f"{where} {running} runs up to {running} {function} environments at once, each "
+                f"with {share.max_concurrent_jobs} of {provider}'s {account.max_concurrent_jobs}"
+                f" concurrent jobs ({named}): up to {jobs} job creations at once, so the "
+                f"provider's busy answers will defer uploads; set {where} to at most "
+                f"{account.max_concurrent_jobs}, or {named_jobs} to your plan's limit if it "
+                f"is higher (rules {users})")
+        if rate > account.requests_per_second * (1 + 1e-9):
+            warnings.append(
+                f"{where} {running} runs up to {running} {function} environments at once, each "
+                f"with {share.requests_per_second:g} of {provider}'s "
+                f"{account.requests_per_second:g} requests per second ({named}): up to "
+                f"{rate:g} per second; set {TRIGGER_CONCURRENCY_VARIABLE} to {running} "
+                f"(rules {users})")
+    return warnings
+
+
+def _account_limits(provider: str, environment: Mapping[str, str]) -> tuple[ProviderLimits, str]:
+    """``provider``'s account limits as the template sets them over the adapter's defaults, and
+    where the concurrent jobs come from."""
+    default = PROVIDERS.load(provider).default_limits
+    jobs_name = f"CONVBRIDGE_{provider.upper()}_MAX_CONCURRENT_JOBS"
+    rate_name = f"CONVBRIDGE_{provider.upper()}_REQUESTS_PER_SECOND"
+    jobs, rate = environment.get(jobs_name, ""), environment.get(rate_name, "")
+    try:
+        rate_value = float(rate) if rate else default.requests_per_second
+    except ValueError:
+        rate_value = default.requests_per_second
+    limits = ProviderLimits(
+        max_concurrent_jobs=int(jobs) if jobs.isdigit() else default.max_concurrent_jobs,
+        requests_per_second=rate_value)
+    return limits, jobs_name if jobs.isdigit() else "the adapter's default"
 
 
 def _trigger_problems(rule: Rule, deployment: Deployment) -> list[str]:

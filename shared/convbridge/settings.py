@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-from convbridge.budget import ProviderLimits
+from convbridge.budget import ProviderLimits, environment_share
 from convbridge.errors import ConfigError
 from convbridge.http import HostPattern
 from convbridge.registries import PROVIDERS
@@ -41,9 +41,14 @@ class Settings:
     #: hosts the relay may download from besides the ones each provider declares; only the
     #: dev stack sets it (``http://127.0.0.1`` for its sandbox), no deployed template does
     relay_extra_hosts: tuple[HostPattern, ...] = ()
-    #: CONVBRIDGE_<PROVIDER>_MAX_CONCURRENT_JOBS / _REQUESTS_PER_SECOND as set; a provider
-    #: missing here, or a value left out, takes the adapter's ``default_limits``
+    #: CONVBRIDGE_<PROVIDER>_MAX_CONCURRENT_JOBS / _REQUESTS_PER_SECOND as set, the provider
+    #: account's limits; a provider missing here, or a value left out, takes the adapter's
+    #: ``default_limits``
     provider_limit_overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: CONVBRIDGE_TRIGGER_CONCURRENCY: how many execution environments of this function may
+    #: run at once, each taking an equal share of every provider account's limits (the S3
+    #: trigger: its event source's MaximumConcurrency). Unset, one environment takes all.
+    trigger_concurrency: int = 1
     #: an event whose provider says "not now" is sent again after base * 2^(n-1) seconds
     #: (its n-th deferral, at most the max; SQS delays stop at 900 s), and reported as a
     #: failure only after ``backpressure_max_deferrals`` deferrals
@@ -90,7 +95,11 @@ class Settings:
         return prefix + provider
 
     def provider_limits(self, provider: str) -> ProviderLimits:
-        """The bridge's budget for ``provider``: the settings' overrides over the adapter's
+        """This environment's budget for ``provider``: its share of the account's limits."""
+        return environment_share(self.account_limits(provider), self.trigger_concurrency)
+
+    def account_limits(self, provider: str) -> ProviderLimits:
+        """The provider account's limits: the settings' overrides over the adapter's
         ``default_limits``."""
         default = PROVIDERS.load(provider).default_limits
         found = self.provider_limit_overrides.get(provider, {})
@@ -197,6 +206,7 @@ class Settings:
                                             30 * 24 * 3600),
             relay_extra_hosts=tuple(relay_extra_hosts),
             provider_limit_overrides=limit_overrides,
+            trigger_concurrency=integer("TRIGGER_CONCURRENCY", 1, 1, 1000),
             backpressure_base_seconds=integer("BACKPRESSURE_BASE_SECONDS", 30, 1, 900),
             backpressure_max_seconds=integer("BACKPRESSURE_MAX_SECONDS", 900, 1, 900),
             backpressure_max_deferrals=integer("BACKPRESSURE_MAX_DEFERRALS", 100, 0, 10000),

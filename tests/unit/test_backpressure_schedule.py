@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from convbridge.backpressure import budget_spent, deferrals_of, delay_seconds
-from convbridge.budget import ProviderBudget, ProviderLimits, deferring
+from convbridge.budget import RATE_HEADROOM, ProviderBudget, ProviderLimits, deferring
 from convbridge.errors import ProviderBusy
 
 ENV = {"CONVBRIDGE_RULES": "r.yaml", "CONVBRIDGE_CONTEXT_SECRET": "c",
@@ -56,11 +56,12 @@ def test_a_deferrable_request_over_the_rate_is_refused_instead_of_waiting_long()
     clock = [0.0]
     slept: list[float] = []
     budget = ProviderBudget("p", ProviderLimits(1, 1.0), clock=lambda: clock[0],
-                            sleep=slept.append, patience_seconds=2.0)
+                            sleep=slept.append, patience_seconds=2.5)
+    window = 1.0 + RATE_HEADROOM
     with deferring():
         budget.pace()
-        budget.pace()  # waits one second for its token
-        budget.pace()  # two seconds
+        budget.pace()  # waits one window for its turn
+        budget.pace()  # two
         with pytest.raises(ProviderBusy):
             budget.pace()  # would wait three
-    assert slept == [1.0, 2.0]
+    assert slept == pytest.approx([window, 2 * window])

@@ -159,6 +159,46 @@ def test_the_deployed_template_passes_good_rules(tmp_path: Path,
     assert "provider secret convbridge/providers/cloudconvert (for rules photos)" in out
 
 
+def test_the_default_trigger_concurrency_fits_the_default_account_budget(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = check(capsys, write(tmp_path, GOOD), "--template", str(TEMPLATE),
+                           "--parameter-overrides", *REQUIRED)
+    assert code == 0, err
+    assert "warning" not in out + err
+
+
+def test_more_trigger_environments_than_the_account_has_jobs_is_warned_with_the_numbers(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = check(capsys, write(tmp_path, GOOD), "--template", str(TEMPLATE),
+                           "--parameter-overrides", *REQUIRED, "S3EventsMaxConcurrency=12")
+    assert code == 0, err  # nothing fails: the provider's busy answers defer the excess
+    warning = next(line for line in out.splitlines() if line.startswith("warning:"))
+    assert ("S3EventsMaxConcurrency 12 runs up to 12 S3TriggerFunction environments at once, "
+            "each with 1 of cloudconvert's 5 concurrent jobs (the adapter's default): up to "
+            "12 job creations at once") in warning
+    assert "set S3EventsMaxConcurrency to at most 5" in warning
+    assert "CONVBRIDGE_CLOUDCONVERT_MAX_CONCURRENT_JOBS" in warning and "photos" in warning
+
+
+def test_an_account_limit_set_in_the_template_allows_more_trigger_environments(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = TEMPLATE.read_text(encoding="utf-8").replace(
+        "        CONVBRIDGE_RULES: !Ref RulesLocation\n",
+        "        CONVBRIDGE_RULES: !Ref RulesLocation\n"
+        "        CONVBRIDGE_CLOUDCONVERT_MAX_CONCURRENT_JOBS: \"12\"\n", 1)
+    assert "CONVBRIDGE_CLOUDCONVERT_MAX_CONCURRENT_JOBS" in text
+    template = tmp_path / "template.yaml"
+    template.write_text(text, encoding="utf-8")
+    code, out, err = check(capsys, write(tmp_path, GOOD), "--template", str(template),
+                           "--parameter-overrides", *REQUIRED, "S3EventsMaxConcurrency=12")
+    assert code == 0, err
+    assert "warning" not in out + err
+    code, out, err = check(capsys, write(tmp_path, GOOD), "--template", str(template),
+                           "--parameter-overrides", *REQUIRED, "S3EventsMaxConcurrency=13")
+    assert ("each with 1 of cloudconvert's 12 concurrent jobs "
+            "(CONVBRIDGE_CLOUDCONVERT_MAX_CONCURRENT_JOBS)") in out
+
+
 def test_a_bucket_the_stack_does_not_watch_is_refused(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = "version: 1\nrules:" + rule("elsewhere", location="other-bucket")

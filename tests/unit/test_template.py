@@ -842,7 +842,9 @@ def test_environment_with_every_option_on(
     }
     expected: dict[str, dict[str, Any]] = {
         "S3TriggerFunction": {"CONVBRIDGE_WEBHOOK_URL": WEBHOOK_URL,
-                              "CONVBRIDGE_GRANT_ROLE_ARN": "${GrantRole.Arn}"},
+                              "CONVBRIDGE_GRANT_ROLE_ARN": "${GrantRole.Arn}",
+                              "CONVBRIDGE_TRIGGER_CONCURRENCY":
+                                  str(EVERY_OPTION_ON["S3EventsMaxConcurrency"])},
         "WebhookFunction": {"CONVBRIDGE_COMPLETION_QUEUE_URL": "${CompletionQueue}"}
         | azure | gcs | sftp,
         "AzureTriggerFunction": {"CONVBRIDGE_WEBHOOK_URL": WEBHOOK_URL,
@@ -863,6 +865,7 @@ def test_environment_by_default_names_no_unset_secret(deployed: dict[str, Any]) 
     params = parameter_values(deployed, DEFAULTS)
     assert _environment(deployed, "S3TriggerFunction", params) == COMMON_ENVIRONMENT | {
         "CONVBRIDGE_WEBHOOK_URL": WEBHOOK_URL, "CONVBRIDGE_GRANT_ROLE_ARN": "${GrantRole.Arn}",
+        "CONVBRIDGE_TRIGGER_CONCURRENCY": "5",
     }
     assert _environment(deployed, "WebhookFunction", params) == COMMON_ENVIRONMENT | {
         "CONVBRIDGE_COMPLETION_QUEUE_URL": "${CompletionQueue}",
@@ -1154,8 +1157,28 @@ def test_queue_consumers_are_capped_by_maximum_concurrency_not_reservation(
         assert scaling == {"MaximumConcurrency": params[parameter]}, function_id
         assert 2 <= int(params[parameter]) <= 1000
     if which == "deployed":
+        # CloudConvert's default account budget is 5 concurrent jobs: one per environment
         assert (params["S3EventsMaxConcurrency"], params["CompletionMaxConcurrency"]) == (
-            "10", "5")
+            "5", "5")
+
+
+@pytest.mark.parametrize("which", ["deployed", "deployed_all"])
+def test_the_trigger_splits_provider_limits_by_its_maximum_concurrency(
+    request: pytest.FixtureRequest, which: str,
+) -> None:
+    # Each S3 trigger environment takes 1/N of a provider account's limits, N being as many
+    # as its event source may run at once: one number, or the shares sum over the account.
+    template = request.getfixturevalue(which)
+    params = parameter_values(template, ALL_ON if which == "deployed_all" else DEFAULTS)
+    function = template["Resources"]["S3TriggerFunction"]["Properties"]
+    variables = render(function["Environment"]["Variables"], params)
+    scaling = render(_event_source_mappings(template)["S3TriggerFunction"]["ScalingConfig"],
+                     params)
+    assert variables["CONVBRIDGE_TRIGGER_CONCURRENCY"] == scaling["MaximumConcurrency"]
+    changed = parameter_values(template, {**(ALL_ON if which == "deployed_all" else DEFAULTS),
+                                          "S3EventsMaxConcurrency": 7})
+    assert render(function["Environment"]["Variables"], changed)[
+        "CONVBRIDGE_TRIGGER_CONCURRENCY"] == "7"
 
 
 @pytest.mark.parametrize("parameter", sorted(SQS_CONSUMERS.values()))

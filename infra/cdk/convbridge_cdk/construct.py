@@ -142,9 +142,11 @@ MAX_CONCURRENCY_RANGE = range(2, 1001)
 @dataclass(frozen=True)
 class QueueConcurrency:
     """Most invocations at once per SQS event source (ScalingConfig.MaximumConcurrency): a cap
-    that, unlike reserved concurrency, never throttles messages into the dead-letter queue."""
+    that, unlike reserved concurrency, never throttles messages into the dead-letter queue.
+    ``s3_events`` is also how many S3 trigger environments share each provider account's
+    limits (CONVBRIDGE_TRIGGER_CONCURRENCY); the default matches CloudConvert's default 5."""
 
-    s3_events: int = 10
+    s3_events: int = 5
     completions: int = 5
 
 
@@ -715,8 +717,11 @@ class ConvBridge(Construct):
             description="Matches new S3 objects against the rules and submits conversion jobs.",
             role=role, layer=self.shared_layer,
             log_group=self._log_group("S3TriggerLogGroup", "s3-trigger"),
+            # as many environments as the event source runs at once split each provider
+            # account's limits between them (convbridge.budget.environment_share)
             environment={"CONVBRIDGE_WEBHOOK_URL": self.webhook_url.url,
-                         "CONVBRIDGE_GRANT_ROLE_ARN": grant_role.role_arn},
+                         "CONVBRIDGE_GRANT_ROLE_ARN": grant_role.role_arn,
+                         "CONVBRIDGE_TRIGGER_CONCURRENCY": str(props.queue_concurrency.s3_events)},
             concurrency=None)
         function.node.add_dependency(assume)
         lambda_.EventSourceMapping(

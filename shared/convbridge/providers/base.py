@@ -86,9 +86,10 @@ class Provider(ABC):
     #: one is not retried inside the invocation, and the event is deferred
     #: (convbridge.backpressure). Every dialect documents 429.
     busy_statuses: ClassVar[frozenset[int]] = frozenset({429})
-    #: The bridge's default budget per execution environment (CONVBRIDGE_<NAME>_MAX_CONCURRENT_
-    #: JOBS and _REQUESTS_PER_SECOND override it). The seeds document no numbers for any
-    #: provider: each adapter says where its default comes from.
+    #: The bridge's default for the provider ACCOUNT's limits, shared by the environments that
+    #: run at once (convbridge.budget.environment_share; CONVBRIDGE_<NAME>_MAX_CONCURRENT_JOBS
+    #: and _REQUESTS_PER_SECOND override it). The seeds document no numbers for any provider:
+    #: each adapter says what its document gives, and its default is a conservative guess.
     default_limits: ClassVar[ProviderLimits] = ProviderLimits(max_concurrent_jobs=5,
                                                               requests_per_second=5.0)
 
@@ -256,6 +257,10 @@ class Provider(ABC):
                 f"{self.name}: {exc}{detail}",
                 status=exc.response.status_code if exc.response is not None else None,
             ) from exc
+        if response.status_code == 429 and self._budget is not None:
+            # over the rate: every request sent before the Retry-After is refused and counted
+            # (a job-cap answer such as CloudConvert's 402 only defers its own upload)
+            self._budget.hold(retry_after_seconds(response.headers.get("Retry-After")))
         if not idempotent and response.status_code in self.busy_statuses:
             raise ProviderBusy(f"{self.name}: {_error_message(response)}",
                                status=response.status_code,

@@ -115,8 +115,9 @@ class CloudConvert(TaggedJobsProvider):
     #: exhausted credits is deferred too, and becomes a failure report only once the event's
     #: deferral budget is spent
     busy_statuses: ClassVar[frozenset[int]] = frozenset({402, 429})
-    #: a guess: the seeds give no numbers; CloudConvert's smaller plans run a handful of jobs
-    #: at once and the API answers 429 with X-RateLimit-* headers above its rate
+    #: a conservative guess: the seeds (003 overview, 004 import tasks) give no limits;
+    #: CloudConvert's smaller plans run a handful of jobs at once (402 "too many jobs at once"
+    #: beyond) and the API answers 429 with X-RateLimit-* headers above its rate (DESIGN.md)
     default_limits: ClassVar[ProviderLimits] = ProviderLimits(max_concurrent_jobs=5,
                                                               requests_per_second=10.0)
     #: export/url files and the job itself are kept for 24 h; webhook retries end long before

@@ -61,8 +61,8 @@ class CloudConvertV1(Provider):
     #: compatible service serves outputs from its base URL's host, which is always allowed
     download_hosts: ClassVar[tuple[str, ...]] = ("*.cloudconvert.com",)
     binds_before_start: ClassVar[bool] = True
-    #: a guess: the seed documents 429/503 with Retry-After and exponential backoff, no
-    #: numbers
+    #: a conservative guess: the seed (001, status codes) documents throttling as 429/503 with
+    #: Retry-After and asks for exponential backoff, with no numbers
     default_limits: ClassVar[ProviderLimits] = ProviderLimits(max_concurrent_jobs=3,
                                                               requests_per_second=5.0)
     #: the callback is retried 5 times, 5 s apart; a process still running (up to its

@@ -72,8 +72,8 @@ class FreeConvert(TaggedJobsProvider):
     }
     #: export/url results are served by the task's worker (``server301.freeconvert.com``)
     download_hosts: ClassVar[tuple[str, ...]] = ("*.freeconvert.com",)
-    #: a guess: the seed documents 429 with Retry-After and X-RateLimit-Limit on "some
-    #: endpoints", no numbers
+    #: a conservative guess: the seed (000, "Rate Limits") documents 429 with Retry-After and
+    #: X-RateLimit-Limit / -Remaining on "some endpoints", no numbers, and no job limit
     default_limits: ClassVar[ProviderLimits] = ProviderLimits(max_concurrent_jobs=5,
                                                               requests_per_second=5.0)
     #: a task's files are deleted 4 h after it was created (jobs after 24 h): ask in time to

@@ -59,7 +59,8 @@ class OnlineConvert(Provider):
     #: also serves files below its older online-convert.com domain
     download_hosts: ClassVar[tuple[str, ...]] = ("*.api2convert.com", "*.online-convert.com")
     binds_before_start: ClassVar[bool] = True
-    #: a guess: the seed documents no limits; each job takes three or more requests
+    #: a conservative guess: the seed (002) documents no limits at all; each job takes three
+    #: or more requests (create, conversions, inputs, start)
     default_limits: ClassVar[ProviderLimits] = ProviderLimits(max_concurrent_jobs=3,
                                                               requests_per_second=5.0)
     #: callbacks are tried 10 times, 10 s apart: a job silent for an hour lost them all
