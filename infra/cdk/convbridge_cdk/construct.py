@@ -734,7 +734,8 @@ class ConvBridge(Construct):
         assert self.storage_sdk_layer is not None
         role = self._role(
             "AzureTriggerRole",
-            "convbridge Azure trigger; Event Grid secret and storage account key only.",
+            "convbridge Azure trigger; Event Grid secret, Azure account settings, web-identity "
+            "tokens for Entra only.",
             [self._storage_secret_statement([azure.event_grid_secret_arn,
                                              azure.account_secret_arn]),
              self._federate_to_azure()],
@@ -754,7 +755,8 @@ class ConvBridge(Construct):
     def _gcs_trigger(self, gcs: GcsOptions) -> None:
         assert self.storage_sdk_layer is not None
         role = self._role(
-            "GcsTriggerRole", "convbridge GCS trigger; the GCS service account key only.",
+            "GcsTriggerRole", "convbridge GCS trigger; the GCS identity settings only (Google "
+            "federation trusts this role itself).",
             [self._storage_secret_statement([gcs.service_account_secret_arn])],
             "convbridge-gcs-trigger")
         self.pubsub_audience = gcs.audience or f"convbridge-{Aws.STACK_NAME}-{Aws.ACCOUNT_ID}"
