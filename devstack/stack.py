@@ -71,6 +71,7 @@ class DevStack:
         #: the SFTP claims queue and its DLQ (SFTP stacks only)
         self.claims_queue_url: str | None = None
         self.claims_dead_letter_url: str | None = None
+        self.claims_poller: SqsPoller | None = None
 
     # lifecycle
 
@@ -125,7 +126,8 @@ class DevStack:
         self.pollers.append(SqsPoller(sqs, completion_url, webhook.handler, batch_size=5).start())
         if claims_url is not None:
             # the sweep function's second event source: the claims it queued, submitted
-            self.pollers.append(SqsPoller(sqs, claims_url, self.trigger_module.handler).start())
+            self.claims_poller = SqsPoller(sqs, claims_url, self.trigger_module.handler).start()
+            self.pollers.append(self.claims_poller)
         return self
 
     @property

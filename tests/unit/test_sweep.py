@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from convbridge.errors import ConfigError, RulesError
 from convbridge.model import ConversionSpec, Grant, JobSpec, ObjectRef, OutputTarget
+from convbridge.names import unsafe_key_reason
 from convbridge.pipeline import Submission
 from convbridge.planner import plan_route
 from convbridge.providers.cloudconvert import CloudConvert, _UploadForm
@@ -169,9 +170,12 @@ class Scenario:
         self.during_sleep()
 
     def run(self, *, remaining: float | Callable[[], float] = 900.0, settle: float = 30.0,
-            margin: float = 10.0, timeout: float = 3600.0, window: int = 10_000) -> Any:
+            margin: float = 10.0, timeout: float = 3600.0, window: int = 10_000,
+            workers: int = 1) -> Any:
+        # one claim at a time unless a test says otherwise: the fake clocks count claims
         config = SweepSettings(settle_seconds=settle, margin_seconds=margin,
-                               claim_timeout_seconds=timeout, window_files=window)
+                               claim_timeout_seconds=timeout, window_files=window,
+                               claim_workers=workers)
         left = remaining if callable(remaining) else (lambda: remaining)
         return sweep(self.bridge, remaining_ms=lambda: int(left() * 1000), config=config,
                      sleep=self.sleep, wall_clock=lambda: self.drop.now, queue=self.queue)
@@ -287,6 +291,20 @@ def test_the_cursor_skips_folders_it_has_passed_without_listing_them() -> None:
     # folder once: a and b, wholly before the cursor, are not listed again
     assert run.drop.listings == 2 * 5 + 1
     assert len(run.queue.sent) == 6
+
+
+def test_claims_made_at_once_keep_the_key_order_and_claim_each_file_once() -> None:
+    run = Scenario()
+    keys = [f"inbox/{n % 4}/f{n:02d}.png" for n in range(37)]
+    for key in keys:
+        run.drop.put(key, b"x")
+    run.drop.put("processing/inbox/0/f00.png", b"an earlier file of that name")
+    run.drop.files["processing/inbox/0/f00.png"].atime = int(run.drop.now)
+    report = run.run(workers=4, window=5)
+    assert run.queue.keys == sorted(f"processing/{key}" for key in keys[1:])
+    assert report.lost == 1 and report.cursors == {LOCATION: ""}
+    assert run.drop.sources() == sorted(["inbox/0/f00.png", "processing/inbox/0/f00.png",
+                                         *(f"processing/{key}" for key in keys[1:])])
 
 
 def test_no_settle_wait_when_it_would_not_fit_in_the_time_left() -> None:
@@ -526,7 +544,8 @@ def test_any_body_parses_to_a_claim_or_a_clear_refusal(body: str) -> None:
 
 
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), min_size=1,
-               max_size=60).filter(lambda name: "/" not in name and name not in {".", ".."}),
+               max_size=60).filter(lambda name: "/" not in name and unsafe_key_reason(
+                   f"inbox/{name}") is None),  # the names the sweep claims at all
        st.integers(0, 2**40), st.integers(0, 2**33))
 def test_every_claim_the_sweep_writes_reads_back_the_same(name: str, size: int,
                                                           mtime: int) -> None:

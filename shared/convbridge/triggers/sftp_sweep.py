@@ -47,11 +47,14 @@ swapped for a link between the listing and the claim goes back to the drop, refu
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -124,6 +127,10 @@ class SweepSettings:
     claim_timeout_seconds: float = 3600.0
     #: files per bounded listing (window); each window costs one settle wait
     window_files: int = 10_000
+    #: claims made at once, each on its own SFTP session: a claim is several round trips
+    #: (rename, the checks around it, the access time), so one at a time leaves the
+    #: connection idle most of the time
+    claim_workers: int = 8
 
     @classmethod
     def from_bridge(cls, bridge: Bridge) -> SweepSettings:
@@ -174,13 +181,20 @@ class SweepReport:
     windows: int = 0
     #: per drop: the key the next run starts after ("" is the start of the drop)
     cursors: dict[str, str] = field(default_factory=dict)
+    #: claims are made on several threads at once
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def refuse(self, location: str, name: str, reason: str) -> None:
         """Log and count an entry left in the drop, once per sweep however often it is seen
         (two listings, overlapping rules)."""
-        if name not in self.refused:
-            logger.warning("sftp://%s/%s left in the drop: %s", location, name, reason)
-            self.refused[name] = reason
+        with self._lock:
+            if name not in self.refused:
+                logger.warning("sftp://%s/%s left in the drop: %s", location, name, reason)
+                self.refused[name] = reason
+
+    def tally(self, what: Literal["waiting", "lost"]) -> None:
+        with self._lock:
+            setattr(self, what, getattr(self, what) + 1)
 
     @property
     def claimed(self) -> list[str]:
@@ -397,21 +411,39 @@ def _claim_window(drop: _DropSweep, ready: list[tuple[Rule, _Seen]]
     key dealt with."""
     batch: list[ClaimMessage] = []
     last: str | None = None
-    for index, (rule, seen) in enumerate(ready):
+    workers = max(1, drop.config.claim_workers)
+    for index in range(0, len(ready), workers):
         if drop.seconds_left() < drop.config.margin_seconds:
             drop.report.deferred += len(ready) - index
             logger.info("sftp://%s: time is short; %d ready file(s) left for the next run",
                         drop.location, len(ready) - index)
             return ("out of time" if _enqueue(drop, batch) else "queue failed"), last
-        claim = _claim(drop, rule, seen)
-        last = seen.key
-        if claim is not None:
-            batch.append(claim)
-        if len(batch) == BATCH_ENTRIES:
-            if not _enqueue(drop, batch):
-                return "queue failed", last
-            batch = []
+        chunk = ready[index:index + workers]
+        for claim in _claim_all(drop, chunk, workers):
+            if claim is not None:
+                batch.append(claim)
+            if len(batch) == BATCH_ENTRIES:
+                if not _enqueue(drop, batch):
+                    return "queue failed", last
+                batch = []
+        last = chunk[-1][1].key
     return ("done" if _enqueue(drop, batch) else "queue failed"), last
+
+
+@functools.cache
+def _claim_pool(workers: int) -> ThreadPoolExecutor:
+    """Kept for the life of the execution environment, and so are its threads' SFTP sessions
+    (SftpStorage keeps one per thread)."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convbridge-claim")
+
+
+def _claim_all(drop: _DropSweep, chunk: list[tuple[Rule, _Seen]], workers: int
+               ) -> list[ClaimMessage | None]:
+    """Claims of ``chunk``, made at once, in its order; the time left is checked between
+    chunks, so a chunk takes about as long as one claim."""
+    if workers == 1 or len(chunk) == 1:
+        return [_claim(drop, rule, seen) for rule, seen in chunk]
+    return list(_claim_pool(workers).map(lambda item: _claim(drop, *item), chunk))
 
 
 def _enqueue(drop: _DropSweep, batch: list[ClaimMessage]) -> bool:
@@ -443,7 +475,7 @@ def _claim(drop: _DropSweep, rule: Rule, seen: _Seen) -> ClaimMessage | None:
     claimed = CLAIM_PREFIX + seen.key
     try:
         if not storage.move(location, seen.key, claimed, replace=False):
-            report.lost += 1
+            report.tally("lost")
             logger.info("sftp://%s/%s: not claimed (another sweep took it, or an earlier file "
                         "of that name is still in %s)", location, seen.key, CLAIM_PREFIX)
             return None
@@ -627,7 +659,7 @@ def _claimed_as_seen(storage: Drop, location: str, seen: _Seen, claimed: str,
         report.refuse(location, printable(seen.key), "not a regular file when claimed (a "
                       "symbolic link or folder was put in its place); put back, not read")
     else:
-        report.waiting += 1
+        report.tally("waiting")
         logger.info("sftp://%s/%s changed after it settled; put back to settle again",
                     location, seen.key)
     if not storage.move(location, claimed, seen.key, replace=False):
