@@ -5,6 +5,7 @@ and webhook handlers. A server that cannot start fails these tests; it never ski
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import threading
@@ -345,8 +346,6 @@ def test_a_file_swapped_for_a_link_after_listing_is_never_read_nor_touched(
 
 def dead_letters(stack: DevStack) -> list[dict[str, Any]]:
     """The claims in the claims queue's dead-letter queue, read and left there."""
-    import json
-
     sqs = boto3.client("sqs", region_name="us-east-1")
     found = sqs.receive_message(QueueUrl=stack.claims_dead_letter_url, MaxNumberOfMessages=10,
                                 VisibilityTimeout=0).get("Messages", [])
@@ -362,8 +361,13 @@ class ShortContext(LocalContext):
         return max(0, int(self.timeout_seconds * 1000))
 
 
-def test_a_sweep_interrupted_at_its_deadline_resumes_without_double_claims(
-        sftp_stack: DevStack) -> None:
+def test_a_sweep_interrupted_at_its_deadline_resumes_without_double_claims() -> None:
+    # one claim at a time, so the context's clock (one look per claim) cuts the same place
+    with DevStack(storage=SftpHarness(), env={"CONVBRIDGE_SFTP_CLAIM_WORKERS": "1"}) as stack:
+        check_interrupted_sweeps_resume(stack)
+
+
+def check_interrupted_sweeps_resume(sftp_stack: DevStack) -> None:
     keys = [f"inbox/part-{n // 10}/{n:02d}.png" for n in range(30)]
     for key in keys:
         sftp_stack.upload(key, png_bytes())
@@ -413,3 +417,20 @@ def test_an_outbox_replaced_by_a_link_to_inbox_gets_a_failure_report_not_a_loop(
         assert client.listdir("/drop/inbox") == []
         assert "failed/inbox/x.png" in stack.objects()
         assert sweep_once(stack)["counts"] == {}
+
+
+def test_hostile_claims_messages_are_acknowledged_and_move_nothing(sftp_stack: DevStack) -> None:
+    sftp_stack.upload("inbox/kept.png", png_bytes())
+    forged = {"kind": "convbridge.sftp-claim", "v": 1, "storage": "sftp",
+              "location": "elsewhere.example:22", "key": "processing/inbox/kept.png",
+              "version": "1:1", "size": 1}
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    for body in ("not json", "{}", '{"kind": "convbridge.sftp-claim", "v": 1}',
+                 json.dumps(forged), "\u2028" * 50):
+        sqs.send_message(QueueUrl=sftp_stack.claims_queue_url, MessageBody=body)
+    sftp_stack.wait(timeout=60)
+    # each refused with its reason on the first delivery: none retried into the DLQ, no job,
+    # and the drop as it was
+    assert dead_letters(sftp_stack) == []
+    assert sftp_stack.sandbox.jobs() == []
+    assert sftp_stack.objects() == {"inbox/kept.png": len(png_bytes())}

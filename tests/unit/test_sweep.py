@@ -682,3 +682,24 @@ def test_host_key_pins_parse_and_refuse_garbage() -> None:
 ])
 def test_key_problems(key: str, problem: str | None) -> None:
     assert key_problem(key) == problem
+
+
+@pytest.mark.parametrize(("environ", "problem"), [
+    ({"SFTP_SWEEP_WINDOW": "0"}, "SFTP_SWEEP_WINDOW"),
+    ({"SFTP_SWEEP_WINDOW": "2.5"}, "SFTP_SWEEP_WINDOW"),
+    ({"SFTP_CLAIM_WORKERS": "65"}, "SFTP_CLAIM_WORKERS"),
+    ({"SFTP_SETTLE_SECONDS": "soon"}, "SFTP_SETTLE_SECONDS"),
+])
+def test_sweep_knobs_out_of_range_fail_the_cold_start(environ: dict[str, str],
+                                                      problem: str) -> None:
+    bridge: Any = SimpleNamespace(settings=SimpleNamespace(value=environ.get))
+    with pytest.raises(ConfigError, match=problem):
+        SweepSettings.from_bridge(bridge)
+
+
+def test_sweep_knobs_are_read_from_the_environment() -> None:
+    environ = {"SFTP_SWEEP_WINDOW": "500", "SFTP_CLAIM_WORKERS": "2",
+               "SFTP_SWEEP_MARGIN_SECONDS": "4"}
+    bridge: Any = SimpleNamespace(settings=SimpleNamespace(value=environ.get))
+    assert SweepSettings.from_bridge(bridge) == SweepSettings(
+        margin_seconds=4, window_files=500, claim_workers=2)

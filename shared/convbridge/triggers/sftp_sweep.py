@@ -144,15 +144,20 @@ class SweepSettings:
                 raise ConfigError(f"CONVBRIDGE_{name}={raw!r} must be zero or more")
             return value
 
-        window = number("SFTP_SWEEP_WINDOW", cls.window_files)
-        if window < 1 or window != int(window):
-            raise ConfigError(f"CONVBRIDGE_SFTP_SWEEP_WINDOW={window!r} must be a whole "
-                              "number of files, 1 or more")
+        def count(name: str, default: int, upper: int) -> int:
+            value = number(name, default)
+            if not 1 <= value <= upper or value != int(value):
+                raise ConfigError(f"CONVBRIDGE_{name}={value!r} must be a whole number from 1 "
+                                  f"to {upper}")
+            return int(value)
+
         return cls(settle_seconds=number("SFTP_SETTLE_SECONDS", cls.settle_seconds),
                    margin_seconds=number("SFTP_SWEEP_MARGIN_SECONDS", cls.margin_seconds),
                    claim_timeout_seconds=number("SFTP_CLAIM_TIMEOUT_SECONDS",
                                                 cls.claim_timeout_seconds),
-                   window_files=int(window))
+                   window_files=count("SFTP_SWEEP_WINDOW", cls.window_files, 10**7),
+                   # each is an SSH connection: servers limit them (OpenSSH's MaxStartups)
+                   claim_workers=count("SFTP_CLAIM_WORKERS", cls.claim_workers, 64))
 
 
 @dataclass
