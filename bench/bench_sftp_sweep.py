@@ -32,6 +32,7 @@ import resource
 import secrets
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -157,40 +158,50 @@ def _sweep_runs(stack: DevStack, count: int, run_seconds: float
     return runs, rss_growth
 
 
+COLLECTOR = """
+import sys, boto3
+sqs = boto3.client("sqs", region_name="us-east-1")
+url, out = sys.argv[1], open(sys.argv[2], "w")
+import select
+def take():
+    messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                   VisibilityTimeout=600).get("Messages", [])
+    for m in messages:
+        out.write(m["Body"] + "\\n")
+    if messages:
+        sqs.delete_message_batch(QueueUrl=url, Entries=[
+            {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(messages)])
+    return bool(messages)
+while not select.select([sys.stdin], [], [], 0)[0]:
+    if not take():
+        select.select([sys.stdin], [], [], 0.05)
+while take():
+    pass
+out.close()
+"""
+
+
 class Collector:
     """Takes every message off the claims queue as it arrives and keeps its body (see the
-    module's docstring for why)."""
+    module's docstring for why), in a process of its own so that it keeps up with the sweep's
+    claiming threads."""
 
-    def __init__(self, sqs: Any, url: str) -> None:
-        self._sqs, self._url = sqs, url
+    def __init__(self, url: str, keep: Path) -> None:
+        self._url, self._keep = url, keep
         self.bodies: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._process: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> Collector:
-        self._thread.start()
+        self._process = subprocess.Popen([sys.executable, "-c", COLLECTOR, self._url,
+                                          str(self._keep)], stdin=subprocess.PIPE, text=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        while self._take():
-            pass
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if not self._take():
-                self._stop.wait(0.05)
-
-    def _take(self) -> bool:
-        messages = self._sqs.receive_message(QueueUrl=self._url, MaxNumberOfMessages=10,
-                                             VisibilityTimeout=600).get("Messages", [])
-        if messages:
-            self.bodies.extend(m["Body"] for m in messages)
-            self._sqs.delete_message_batch(QueueUrl=self._url, Entries=[
-                {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]}
-                for n, m in enumerate(messages)])
-        return bool(messages)
+        assert self._process is not None and self._process.stdin is not None
+        self._process.stdin.write("stop\n")
+        self._process.stdin.close()
+        self._process.wait(timeout=600)
+        self.bodies = self._keep.read_text().splitlines()
 
 
 def _drain(stack: DevStack, harness: SftpHarness, count: int, run_seconds: float,
@@ -203,7 +214,8 @@ def _drain(stack: DevStack, harness: SftpHarness, count: int, run_seconds: float
     started = time.perf_counter()
     keys = _fill(harness, count)
     say(f"  drop filled in {time.perf_counter() - started:.1f} s")
-    with Collector(sqs, stack.claims_queue_url) as collector:
+    with tempfile.TemporaryDirectory() as folder, Collector(
+            stack.claims_queue_url, Path(folder) / "claims.jsonl") as collector:
         runs, rss_growth = _sweep_runs(stack, count, run_seconds)
     collected = Counter(json.loads(body)["key"] for body in collector.bodies)
     expected = Counter(f"processing/{key}" for key in keys)

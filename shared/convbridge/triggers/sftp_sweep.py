@@ -378,7 +378,11 @@ def _sweep_drop(drop: _DropSweep) -> None:
     config, report = drop.config, drop.report
     start = _load_cursor(drop)
     cursor = after = start
+    settles = not all(rule.ready_marker for rule in drop.rules)
     while drop.seconds_left() >= config.margin_seconds:
+        if after != start and settles and (
+                drop.seconds_left() < config.settle_seconds + config.margin_seconds):
+            break  # another window could not be watched settling: not listed at all
         first = _observe(drop, after=after, limit=config.window_files, until=None)
         report.windows += 1
         second = first
