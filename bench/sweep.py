@@ -35,7 +35,7 @@ def rows(figures: dict[str, float]) -> list[Row]:
         Row("sftp drop", f"first sweep run of a {files:,}-file drop (list, settle, claim, "
             "enqueue)", figures["files_per_second"], "files/s", None, "", "report", None,
             f"{int(figures['first_run_enqueued']):,} files in "
-            f"{figures['first_run_seconds']:.1f} s, 1 s of it settling; RSS growth "
+            f"{figures['first_run_seconds']:.1f} s, a 1 s settle wait per window; RSS growth "
             f"{figures['rss_growth_mb']:.0f} MB"),
         Row("sftp drop", f"sweep runs to claim all {files:,} files ({deadline:.0f} s deadline "
             "each)", runs, "runs", None, "", "every file claimed and enqueued once, each run "
