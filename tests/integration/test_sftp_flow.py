@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 
 from convbridge.bridge import Bridge
 from convbridge.errors import StorageError
-from convbridge.triggers.sftp_sweep import CURSOR_KEY, sweep
+from convbridge.triggers.sftp_sweep import CURSOR_KEY, SweepSettings, sweep
 from devstack.harness.sftp import SftpHarness
 from devstack.lambda_local import LocalContext
 from devstack.servers_sftp import new_key
@@ -318,7 +319,9 @@ def test_a_file_swapped_for_a_link_after_listing_is_never_read_nor_touched(
     storage.move = move_swapping
     context = LocalContext()
     bridge.claims.register_lambda_context(context)
-    report = sweep(bridge, remaining_ms=context.get_remaining_time_in_millis)
+    # one claim at a time: the swap happens between two claims
+    config = replace(SweepSettings.from_bridge(bridge), claim_workers=1)
+    report = sweep(bridge, remaining_ms=context.get_remaining_time_in_millis, config=config)
     sftp_stack.wait(timeout=60)
     assert report.errors == []
     assert len(sftp_stack.sandbox.jobs()) == 1  # only 3-last.png: the secret was never sent
