@@ -57,7 +57,7 @@ MEASURES = (
     Measure("relay", "Relay: peak memory", "object size (MiB)", "peak RSS (MB)",
             _relay("rss_mb"), x_divisor=MIB, log_y=True),
     Measure("SFTP sweep", "SFTP sweep: duration", "files in the drop", "duration (s)",
-            {"first_sweep_s": "first sweep (claim + submit)",
+            {"first_sweep_s": "first sweep run (claim + enqueue)",
              "resweep_s": "empty re-sweep"}, log_y=True),
     Measure("SFTP sweep", "SFTP sweep: memory", "files in the drop", "RSS growth (MB)",
             {"rss_growth_mb": "sweeping process"}),

@@ -32,6 +32,8 @@ __all__ = ["DevStack", "patched_environ", "s3_put_event"]
 
 REGION = "us-east-1"
 CLAIMS_TABLE = "convbridge-claims"
+#: the SFTP sweep hands claimed files to its own function through this queue
+CLAIMS_QUEUE = "convbridge-sftp-claims"
 
 
 @contextmanager
@@ -66,6 +68,10 @@ class DevStack:
         self._env_cm: Any = None
         self.trigger_module: Any = None
         self.pollers: list[SqsPoller] = []
+        #: the SFTP claims queue and its DLQ (SFTP stacks only)
+        self.claims_queue_url: str | None = None
+        self.claims_dead_letter_url: str | None = None
+        self.claims_poller: SqsPoller | None = None
 
     # lifecycle
 
@@ -106,6 +112,7 @@ class DevStack:
         sqs = boto3.client("sqs", region_name=REGION)
         completion_url = sqs.create_queue(QueueName="convbridge-completion")["QueueUrl"]
         os.environ["CONVBRIDGE_COMPLETION_QUEUE_URL"] = completion_url
+        claims_url = self._claims_queue(sqs) if self._swept else None
         from convbridge import runtime
 
         runtime.bridge.cache_clear()
@@ -117,7 +124,29 @@ class DevStack:
         self.sandbox.set_aws_endpoint(os.environ.get("CONVBRIDGE_S3_ENDPOINT_URL"))
         self.trigger_module = self.harness.load_trigger()
         self.pollers.append(SqsPoller(sqs, completion_url, webhook.handler, batch_size=5).start())
+        if claims_url is not None:
+            # the sweep function's second event source: the claims it queued, submitted
+            self.claims_poller = SqsPoller(sqs, claims_url, self.trigger_module.handler).start()
+            self.pollers.append(self.claims_poller)
         return self
+
+    @property
+    def _swept(self) -> bool:
+        return self.harness.trigger_function == "sftp_sweep"
+
+    def _claims_queue(self, sqs: Any) -> str:
+        """The SFTP claims queue and its dead-letter queue, with the template's redrive
+        policy (five receives), so a claim that keeps failing ends where a deployment's would."""
+        dead = sqs.create_queue(QueueName=f"{CLAIMS_QUEUE}-dlq")["QueueUrl"]
+        dead_arn = sqs.get_queue_attributes(QueueUrl=dead, AttributeNames=["QueueArn"])[
+            "Attributes"]["QueueArn"]
+        self.claims_dead_letter_url = dead
+        url: str = sqs.create_queue(QueueName=CLAIMS_QUEUE, Attributes={
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dead_arn,
+                                         "maxReceiveCount": "5"})})["QueueUrl"]
+        self.claims_queue_url = url
+        os.environ["CONVBRIDGE_SFTP_CLAIMS_QUEUE_URL"] = url
+        return url
 
     def stop(self) -> None:
         from convbridge import runtime
@@ -130,7 +159,8 @@ class DevStack:
         self.harness.stop()
         if self._env_cm:
             self._env_cm.__exit__(None, None, None)
-        for late in ("CONVBRIDGE_WEBHOOK_URL", "CONVBRIDGE_COMPLETION_QUEUE_URL"):
+        for late in ("CONVBRIDGE_WEBHOOK_URL", "CONVBRIDGE_COMPLETION_QUEUE_URL",
+                     "CONVBRIDGE_SFTP_CLAIMS_QUEUE_URL"):
             os.environ.pop(late, None)
         self.sandbox.stop()
         self.moto.stop()

@@ -79,7 +79,9 @@ EVERY_OPTION_ON: Mapping[str, str | int] = {
     "CompletionMaxConcurrency": 20,
     "AzureTriggerConcurrency": 5,
     "GcsTriggerConcurrency": 5,
-    "SftpSweepConcurrency": 1,
+    # above SftpClaimsMaxConcurrency (5) + 1: the sweep's reservation must never throttle its
+    # claims queue's poller
+    "SftpSweepConcurrency": 7,
     "ReconcilerConcurrency": 1,
 }
 

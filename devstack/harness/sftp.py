@@ -62,7 +62,8 @@ class SftpHarness(StorageHarness):
     storage: ClassVar[str] = "sftp"
     trigger_function: ClassVar[str] = "sftp_sweep"
     title: ClassVar[str] = "SFTP (OpenSSH sshd with a chrooted account; asyncssh when not root)"
-    delivery: ClassVar[str] = "scheduled EventBridge event -> SFTP sweep"
+    delivery: ClassVar[str] = ("scheduled EventBridge event -> SFTP sweep -> claims queue -> "
+                               "sweep function")
 
     def __init__(self, *, server: SftpServer | None = None, settle_seconds: float = 1.0,
                  auth: Literal["key", "password"] = "key", hand_over_account: bool = False,

@@ -1,5 +1,5 @@
-"""SFTP sweep: run on a schedule (EventBridge); claims the drop's settled files once each and
-submits them."""
+"""SFTP sweep: on a schedule (EventBridge) it claims the drop's settled files once each and
+queues them; on its claims queue (SQS) it submits them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from convbridge.runtime import route_library_logs
-from convbridge.triggers.sftp_sweep import run_scheduled
+from convbridge.triggers.sftp_sweep import run_function
 
 logger = Logger(service="convbridge")
 route_library_logs(logger)
@@ -16,4 +16,4 @@ route_library_logs(logger)
 
 @logger.inject_lambda_context
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return run_scheduled(event, context)
+    return run_function(event, context)

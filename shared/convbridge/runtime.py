@@ -15,7 +15,7 @@ import contextvars
 import functools
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -26,8 +26,8 @@ from convbridge.errors import CallbackError, ConvbridgeError
 from convbridge.events import ParsedEvents
 from convbridge.events.retry import BadRetryEvent, is_retry_event, parse_retry_event
 from convbridge.http import deadline_from
-from convbridge.model import CallbackRequest
-from convbridge.pipeline import retry_failures, submit_all, summarize
+from convbridge.model import CallbackRequest, ObjectRef
+from convbridge.pipeline import Submission, retry_failures, submit_all, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -185,14 +185,40 @@ def answer_retry(current: Bridge, event: dict[str, Any],
     return summary
 
 
+def run_batch(event: dict[str, Any], context: Any,
+              record_handler: Callable[[Bridge, Any], Any]) -> dict[str, Any]:
+    """An SQS batch for a function whose messages are not S3 events (the SFTP claims queue):
+    the cold-start Bridge, claims that expire with the invocation, its deadline, and
+    :func:`process_batch` calling ``record_handler(bridge, record)`` for each message."""
+    current = bridge()
+    current.claims.register_lambda_context(context)
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    with deadline_from(remaining):
+        return process_batch(event, context, lambda record: record_handler(current, record))
+
+
 def _submit_message(current: Bridge, record: Any,
                     parse_message: Callable[[str], ParsedEvents]) -> dict[str, Any]:
     parsed = parse_message(record.body)
     _log_ignored(parsed)
+    return submit_queued(current, record, parsed.objects)
+
+
+def submit_queued(current: Bridge, record: Any, objects: Iterable[ObjectRef], *,
+                  settled: Callable[[Submission], None] | None = None) -> dict[str, Any]:
+    """Submit the objects one queued message names, as every SQS-fed trigger does: the last
+    delivery (or one past its deferral budget) is the final attempt; "not now" answers defer
+    the message (:mod:`convbridge.backpressure`); other transient trouble raises RetryLater so
+    SQS delivers it again. ``settled`` is told of each submission that needs no other
+    delivery (submitted, duplicate, rejected, skipped) before that."""
     final = (receive_count(record.attributes.approximate_receive_count) >= MAX_RECEIVES
              or backpressure.budget_spent(current, record.message_attributes))
     with deferring():
-        submissions = submit_all(current, parsed.objects, final_attempt=final)
+        submissions = submit_all(current, objects, final_attempt=final)
+    if settled is not None:
+        for submission in submissions:
+            if submission.status not in {"retry", "error"}:
+                settled(submission)
     again = [s for s in submissions if s.status in {"retry", "error"}]
     busy = [s for s in again if s.busy_wait is not None]
     # only "not now" answers: the event waits in the queue (convbridge.backpressure);

@@ -99,7 +99,8 @@ def _cdk_config(values: dict[str, Any]) -> dict[str, Any]:
                          "pushServiceAccount": values["PubSubServiceAccount"],
                          "audience": values["PubSubAudience"]}
     if values["SftpSecretArn"]:
-        config["sftp"] = {"secretArn": values["SftpSecretArn"], "hostKey": values["SftpHostKey"]}
+        config["sftp"] = {"secretArn": values["SftpSecretArn"], "hostKey": values["SftpHostKey"],
+                          "claimsMaxConcurrency": values.get("SftpClaimsMaxConcurrency", 5)}
     return config
 
 

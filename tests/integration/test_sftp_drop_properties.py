@@ -3,8 +3,9 @@
 (names that are not UTF-8 or hold control characters, dots and spaces, regular files, folders,
 links to files and folders inside and outside the drop, an output folder that is a link), a sweep
 never fails as a whole, never reads a file outside the drop or through a link, never writes
-outside the drop, and claims every good file exactly once. 25 examples, each a fresh drop
-folder below ``/drop`` on one server. A server that cannot start fails this test; it never
+outside the drop, and claims and queues every good file exactly once, walking the drop in
+windows of three files from its cursor. 25 examples, each a fresh drop folder below ``/drop``
+on one server. A server that cannot start fails this test; it never
 skips."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,11 +27,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from convbridge.errors import StorageError
-from convbridge.model import ObjectRef
-from convbridge.pipeline import Submission
 from convbridge.rules import parse_rules
 from convbridge.storage.sftp import PinnedHostKeys, SftpAccount, SftpStorage, printable
-from convbridge.triggers.sftp_sweep import SweepSettings, sweep
+from convbridge.triggers.sftp_claims import ClaimMessage, SendOutcome, parse_claim
+from convbridge.triggers.sftp_sweep import CURSOR_KEY, SweepSettings, sweep
 from devstack.servers_sftp import DROP, SftpServer
 
 EXAMPLES = 25
@@ -248,41 +248,55 @@ def test_any_drop_is_swept_without_leaving_it(server: SftpServer, layout: Layout
     read: dict[str, bytes] = {}
     refused_writes: list[str] = []
 
-    def relay(bridge: Any, refs: Iterable[ObjectRef]) -> list[Submission]:
-        """What the pipeline does with a claimed file on the relay route: read it (the
-        upload), write its output and a record, and the webhook's move to done/."""
-        results = []
-        for ref in refs:
-            try:
-                data = b"".join(storage.read_stream(ref.location, ref.key))
-            except StorageError as exc:
-                results.append(Submission(ref, "error", str(exc)))
-                continue
-            read[ref.key] = data
-            relative = ref.key.removeprefix("processing/inbox/")
-            for key in (f"outbox/{relative}.out", f"results/{relative}.json"):
+    class Relay:
+        """The claims queue and its consumer on the relay route, per message: read the
+        claimed file (the upload), write its output and a record, and the webhook's move to
+        done/."""
+
+        def send(self, claims: Sequence[ClaimMessage]) -> SendOutcome:
+            for claim in (parse_claim(c.body()) for c in claims):
                 try:
-                    storage.write_stream(ref.location, key, [data])
-                except StorageError as exc:
-                    refused_writes.append(f"{key}: {exc}")
-            storage.after_settle(ref.location, ref.key, "finished")
-            results.append(Submission(ref, "submitted", rule="drop"))
-        return results
+                    data = b"".join(storage.read_stream(claim.location, claim.key))
+                except StorageError:
+                    continue
+                read[claim.key] = data
+                relative = claim.key.removeprefix("processing/inbox/")
+                for key in (f"outbox/{relative}.out", f"results/{relative}.json"):
+                    try:
+                        storage.write_stream(claim.location, key, [data])
+                    except StorageError as exc:
+                        refused_writes.append(f"{key}: {exc}")
+                storage.after_settle(claim.location, claim.key, "finished")
+            return SendOutcome(sent=tuple(claims))
 
     logged = len(server.file_operations())
-    config = SweepSettings(settle_seconds=0, margin_seconds=0)
+    # each run ends (its margin reached) after two claims, leaving a cursor for the next
+    config = SweepSettings(settle_seconds=0, margin_seconds=1, window_files=3)
+    claims_this_run = [0]
+    touch = storage.touch_access_time
+
+    def counted(location: str, key: str, mtime: int) -> None:
+        claims_this_run[0] += 1
+        touch(location, key, mtime)
+
+    storage.touch_access_time = counted  # type: ignore[method-assign]
+    reports = []
     try:
-        first = sweep(bridge, config=config, sleep=lambda _: None, wall_clock=time.time,
-                      submit=relay)
-        second = sweep(bridge, config=config, sleep=lambda _: None, wall_clock=time.time,
-                       submit=relay)
+        for _ in range(len(layout.files) + 3):
+            claims_this_run[0] = 0
+            reports.append(sweep(bridge, config=config, sleep=lambda _: None,
+                                 wall_clock=time.time, queue=Relay(),
+                                 remaining_ms=lambda: 5000 if claims_this_run[0] < 2 else 0))
+            if reports[-1].cursors == {server.location: ""} and len(reports) > 1 and (
+                    not reports[-1].claimed):
+                break  # a whole pass that found nothing left to claim
     finally:
         storage.close()
     operations = server.file_operations()[logged:]
 
     # never fails as a whole, and every good file is claimed exactly once
-    assert first.errors == [] and second.errors == []
-    assert Counter(first.claimed + second.claimed) == Counter(
+    assert all(report.errors == [] for report in reports)
+    assert Counter(key for report in reports for key in report.claimed) == Counter(
         f"processing/{key}" for key in drop.good)
     # what was read is exactly the good files, each its own bytes
     assert read == {f"processing/{key}": content for key, content in drop.good.items()}
@@ -297,6 +311,8 @@ def test_any_drop_is_swept_without_leaving_it(server: SftpServer, layout: Layout
                 assert path != link and not path.startswith(link + b"/"), (line, link)
         if line.startswith("open ") and "flags READ" in line:
             [path] = logged_paths(line)
+            if path == root + CURSOR_KEY.encode():
+                continue  # the sweep's own cursor
             assert path.removeprefix(root + b"processing/").decode() in drop.good, line
     # what links lead to is unchanged, and outputs exist only in a real output folder
     assert drop.outside() == before
@@ -305,6 +321,8 @@ def test_any_drop_is_swept_without_leaving_it(server: SftpServer, layout: Layout
             for name in names:
                 if name.endswith((b".out", b".json")):
                     path = os.path.realpath(os.path.join(folder, name))
+                    if path == drop.local(f"{drop.root}/{CURSOR_KEY}"):
+                        continue  # the sweep's own cursor, in its own folder
                     assert path.startswith((drop.local(f"{drop.root}/outbox/"),
                                             drop.local(f"{drop.root}/results/"))), path
     blocked = [name for name, kind in (("outbox", layout.outbox), ("results", layout.results))
@@ -321,5 +339,6 @@ def test_any_drop_is_swept_without_leaving_it(server: SftpServer, layout: Layout
     for link in drop.links:
         assert os.path.islink(drop.local(link)), link
     # each entry left behind was reported with a reason, and no good one was
-    assert set(first.refused) == drop.refused
-    assert not set(drop.good) & set(first.refused)
+    refused = {name for report in reports for name in report.refused}
+    assert refused == drop.refused
+    assert not set(drop.good) & refused

@@ -1,24 +1,27 @@
-"""The SFTP drop -> sweep -> CloudConvert v2 -> SFTP flow against a real SFTP server (OpenSSH's
-sshd with a chrooted account when root, asyncssh otherwise), moto, the sandbox, and the real
-sweep and webhook handlers. A server that cannot start fails these tests; it never skips them."""
+"""The SFTP drop -> sweep -> claims queue -> sweep function -> CloudConvert v2 -> SFTP flow
+against a real SFTP server (OpenSSH's sshd with a chrooted account when root, asyncssh
+otherwise), moto (the claims queue and its dead-letter queue), the sandbox, and the real sweep
+and webhook handlers. A server that cannot start fails these tests; it never skips them."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from convbridge.bridge import Bridge
 from convbridge.errors import StorageError
-from convbridge.model import ObjectRef
-from convbridge.pipeline import Submission, submit_all
-from convbridge.triggers.sftp_sweep import sweep
+from convbridge.triggers.sftp_sweep import CURSOR_KEY, SweepSettings, sweep
 from devstack.harness.sftp import SftpHarness
 from devstack.lambda_local import LocalContext
 from devstack.servers_sftp import new_key
@@ -47,7 +50,7 @@ def test_drop_becomes_a_pdf_a_record_and_the_source_moves_to_done(sftp_stack: De
     sftp_stack.upload("inbox/a/my photo.png", png_bytes())
     sftp_stack.upload("inbox/broken.png", b"\x89PNG\r\n\x1a\nnot an image at all")
     summary = sweep_once(sftp_stack)
-    assert summary["counts"] == {"submitted": 2}
+    assert summary["counts"] == {"enqueued": 2}
     record = sftp_stack.read_json("results/a/my photo.png.json")
     assert record is not None and record["status"] == "finished"
     assert record["route"] == "relay"  # no rule opted in: the account never left the bridge
@@ -72,7 +75,7 @@ def test_drop_becomes_a_pdf_a_record_and_the_source_moves_to_done(sftp_stack: De
 def test_a_rule_that_opts_in_hands_over_the_dedicated_account(auth: str) -> None:
     with DevStack(storage=SftpHarness(hand_over_account=True, auth=auth)) as stack:  # type: ignore[arg-type]
         stack.upload("inbox/x.png", png_bytes())
-        assert sweep_once(stack)["counts"] == {"submitted": 1}
+        assert sweep_once(stack)["counts"] == {"enqueued": 1}
         record = stack.read_json("results/x.png.json")
         assert record is not None and record["status"] == "finished"
         assert record["route"] == "native"
@@ -115,14 +118,15 @@ def test_a_file_still_being_written_is_not_picked(sftp_stack: DevStack) -> None:
     finally:
         stop.set()
         grower.join()
-    objects = [o["object"].rsplit("/", 1)[-1] for o in summary["objects"]]
-    assert objects == ["ready.png"] and summary["waiting"] == 1
+    assert summary["counts"] == {"enqueued": 1} and summary["waiting"] == 1
+    assert "processing/inbox/ready.png" in sftp_stack.objects() or (
+        "done/inbox/ready.png" in sftp_stack.objects())
     assert "inbox/growing.png" in sftp_stack.objects()
     # finished and closed: the next sweep takes it, whole
     handle.write(data[handle.tell():])
     handle.close()
     writer.close()
-    assert sweep_once(sftp_stack)["counts"] == {"submitted": 1}
+    assert sweep_once(sftp_stack)["counts"] == {"enqueued": 1}
     record = sftp_stack.read_json("results/growing.png.json")
     assert record is not None and record["status"] == "finished"
     assert record["source"]["size"] == len(data)
@@ -160,7 +164,7 @@ def test_two_sweeps_at_once_never_claim_the_same_file(sftp_stack: DevStack) -> N
 def test_an_empty_file_is_reported_not_converted(sftp_stack: DevStack) -> None:
     sftp_stack.upload("inbox/empty.png", b"")
     summary = sweep_once(sftp_stack)
-    assert summary["counts"] == {"rejected": 1}
+    assert summary["counts"] == {"enqueued": 1}
     report = sftp_stack.read_json("failures/empty.png.json")
     assert report is not None and report["error"]["code"] == "EMPTY_OBJECT"
     assert sftp_stack.sandbox.jobs() == []
@@ -185,7 +189,7 @@ def check_hostile_names(sftp_stack: DevStack) -> None:
     # a link planted in the drop is not a file the bridge will read
     drop.client.symlink("/drop/outbox", "/drop/inbox/link.png")
     summary = sweep_once(sftp_stack)
-    assert summary["counts"] == {"submitted": len(HOSTILE)}
+    assert summary["counts"] == {"enqueued": len(HOSTILE)}
     assert summary["refused"] == 2  # the control character and the link
     for key in HOSTILE:
         relative = key.removeprefix("inbox/")
@@ -269,7 +273,7 @@ def test_names_that_are_not_utf8_or_hold_control_characters_are_left_and_the_res
         with client.open(inner, "wb") as handle:
             handle.write(png_bytes())
     summary = sweep_once(sftp_stack)
-    assert summary["errors"] == [] and summary["counts"] == {"submitted": 2}
+    assert summary["errors"] == [] and summary["counts"] == {"enqueued": 2}
     assert summary["refused"] == 3
     for key in ("first.png", "sub/second.png"):
         record = sftp_stack.read_json(f"results/{key}.json")
@@ -293,9 +297,8 @@ def test_a_file_swapped_for_a_link_after_listing_is_never_read_nor_touched(
     client = harness(sftp_stack).client
     secret_png = png_bytes((31, 17))
     target, secret = outside_the_drop(sftp_stack, "secret.png", secret_png)
-    for number, name in enumerate(("1-early.png", "2-later.png", "3-last.png"), 1):
+    for name in ("1-early.png", "2-later.png", "3-last.png"):  # claimed in this order
         sftp_stack.upload(f"inbox/{name}", png_bytes())
-        client.utime(f"/drop/inbox/{name}", (number * 1000, number * 1000))  # claim order
     swapped: list[str] = []
 
     def swap(key: str) -> None:
@@ -303,18 +306,23 @@ def test_a_file_swapped_for_a_link_after_listing_is_never_read_nor_touched(
         client.symlink(target, f"/drop/{key}")
         swapped.append(key)
 
-    def submit_swapping(bridge: Bridge, refs: Iterable[ObjectRef]) -> list[Submission]:
-        if not swapped:
+    bridge = Bridge.from_env()
+    storage: Any = bridge.storage("sftp")
+    move = storage.move
+
+    def move_swapping(location: str, key: str, claimed: str, *, replace: bool) -> bool:
+        if key == "inbox/2-later.png" and not swapped:
             swap("processing/inbox/1-early.png")  # claimed, not read yet
             swap("inbox/2-later.png")  # listed and settled, not claimed yet
-        return submit_all(bridge, refs)
+        return bool(move(location, key, claimed, replace=replace))
 
-    bridge = Bridge.from_env()
+    storage.move = move_swapping
     context = LocalContext()
     bridge.claims.register_lambda_context(context)
-    report = sweep(bridge, remaining_ms=context.get_remaining_time_in_millis,
-                   submit=submit_swapping)
-    sftp_stack.wait()
+    # one claim at a time: the swap happens between two claims
+    config = replace(SweepSettings.from_bridge(bridge), claim_workers=1)
+    report = sweep(bridge, remaining_ms=context.get_remaining_time_in_millis, config=config)
+    sftp_stack.wait(timeout=60)
     assert report.errors == []
     assert len(sftp_stack.sandbox.jobs()) == 1  # only 3-last.png: the secret was never sent
     record = sftp_stack.read_json("results/3-last.png.json")
@@ -323,10 +331,13 @@ def test_a_file_swapped_for_a_link_after_listing_is_never_read_nor_touched(
         record = sftp_stack.read_json(f"results/{name}.json")
         assert record is None or record["status"] != "finished", name
         assert not harness(sftp_stack).read_bytes(f"outbox/{name[:-4]}.pdf")
-        # the links go back where they were dropped, and stay there as links
-        assert stat.S_ISLNK(client.lstat(f"/drop/inbox/{name}").st_mode or 0), name
-    assert [s.status for s in report.submissions] == ["error", "submitted"]
-    assert "link" in report.submissions[0].reason
+    # the link claimed before the swap stays a link where it is: its submission failed on
+    # every delivery and the claim ended in the dead-letter queue; the other went back
+    assert stat.S_ISLNK(client.lstat("/drop/processing/inbox/1-early.png").st_mode or 0)
+    assert stat.S_ISLNK(client.lstat("/drop/inbox/2-later.png").st_mode or 0)
+    assert report.enqueued == ["processing/inbox/1-early.png", "processing/inbox/3-last.png"]
+    dead = dead_letters(sftp_stack)
+    assert [m["key"] for m in dead] == ["processing/inbox/1-early.png"]
     assert list(report.refused) == ["inbox/2-later.png"]
     assert "symbolic link" in report.refused["inbox/2-later.png"]
     # nothing was written through a link: the secret keeps its bytes and its times
@@ -334,6 +345,60 @@ def test_a_file_swapped_for_a_link_after_listing_is_never_read_nor_touched(
     # and a later sweep leaves the links alone
     assert sweep_once(sftp_stack)["counts"] == {}
     assert len(sftp_stack.sandbox.jobs()) == 1
+
+
+def dead_letters(stack: DevStack) -> list[dict[str, Any]]:
+    """The claims in the claims queue's dead-letter queue, read and left there."""
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    found = sqs.receive_message(QueueUrl=stack.claims_dead_letter_url, MaxNumberOfMessages=10,
+                                VisibilityTimeout=0).get("Messages", [])
+    return [json.loads(m["Body"]) for m in found]
+
+
+class ShortContext(LocalContext):
+    """A Lambda context with little time whose clock moves 0.2 s each time it is read,
+    so the deadline falls at the same point of a sweep on a fast machine and a slow one."""
+
+    def get_remaining_time_in_millis(self) -> int:
+        self.timeout_seconds -= 0.2
+        return max(0, int(self.timeout_seconds * 1000))
+
+
+def test_a_sweep_interrupted_at_its_deadline_resumes_without_double_claims() -> None:
+    # one claim at a time, so the context's clock (one look per claim) cuts the same place
+    with DevStack(storage=SftpHarness(), env={"CONVBRIDGE_SFTP_CLAIM_WORKERS": "1"}) as stack:
+        check_interrupted_sweeps_resume(stack)
+
+
+def check_interrupted_sweeps_resume(sftp_stack: DevStack) -> None:
+    keys = [f"inbox/part-{n // 10}/{n:02d}.png" for n in range(30)]
+    for key in keys:
+        sftp_stack.upload(key, png_bytes())
+    summaries = []
+    for _ in range(6):
+        # 5 s, a 2 s margin and a 1 s settle wait: about a dozen claims per run
+        summaries.append(sftp_stack.invoke_trigger(sftp_stack.event_for(""),
+                                                 ShortContext(timeout_seconds=5.0)))
+        if not sftp_stack.objects("inbox/"):
+            break
+    first = summaries[0]
+    assert 0 < first["counts"]["enqueued"] < len(keys) and first["deferred"] > 0
+    cursor = first["cursors"][harness(sftp_stack).location]
+    assert cursor in keys
+    assert len(summaries) > 2  # the drop took several runs, each resuming after the last
+    assert summaries[-1]["cursors"] == {harness(sftp_stack).location: ""}
+    assert sum(s["counts"].get("enqueued", 0) for s in summaries) == len(keys)
+    assert sum(s["lost"] for s in summaries) == 0
+    sftp_stack.wait(timeout=120)
+    # every file submitted once by the claims consumer, and each ended with its record
+    jobs = sftp_stack.sandbox.jobs()
+    assert len(jobs) == len(keys)
+    for key in keys:
+        record = sftp_stack.read_json(f"results/{key.removeprefix('inbox/')}.json")
+        assert record is not None and record["status"] == "finished", key
+    assert Counter(k for k in sftp_stack.objects("done/")) == Counter(f"done/{k}" for k in keys)
+    assert dead_letters(sftp_stack) == []
+    assert harness(sftp_stack).read_bytes(CURSOR_KEY) is not None
 
 
 @pytest.mark.parametrize("hand_over_account", [False, True], ids=["relay", "account"])
@@ -345,7 +410,7 @@ def test_an_outbox_replaced_by_a_link_to_inbox_gets_a_failure_report_not_a_loop(
         client.mkdir("/drop/outbox")
         client.rmdir("/drop/outbox")
         client.symlink("/drop/inbox", "/drop/outbox")
-        assert sweep_once(stack)["counts"] == {"submitted": 1}
+        assert sweep_once(stack)["counts"] == {"enqueued": 1}
         report = stack.read_json("failures/x.png.json")
         assert report is not None, stack.objects()
         assert report["error"]["code"] == "OUTPUT_UNAVAILABLE"
@@ -355,3 +420,20 @@ def test_an_outbox_replaced_by_a_link_to_inbox_gets_a_failure_report_not_a_loop(
         assert client.listdir("/drop/inbox") == []
         assert "failed/inbox/x.png" in stack.objects()
         assert sweep_once(stack)["counts"] == {}
+
+
+def test_hostile_claims_messages_are_acknowledged_and_move_nothing(sftp_stack: DevStack) -> None:
+    sftp_stack.upload("inbox/kept.png", png_bytes())
+    forged = {"kind": "convbridge.sftp-claim", "v": 1, "storage": "sftp",
+              "location": "elsewhere.example:22", "key": "processing/inbox/kept.png",
+              "version": "1:1", "size": 1}
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    for body in ("not json", "{}", '{"kind": "convbridge.sftp-claim", "v": 1}',
+                 json.dumps(forged), "\u2028" * 50):
+        sqs.send_message(QueueUrl=sftp_stack.claims_queue_url, MessageBody=body)
+    sftp_stack.wait(timeout=60)
+    # each refused with its reason on the first delivery: none retried into the DLQ, no job,
+    # and the drop as it was
+    assert dead_letters(sftp_stack) == []
+    assert sftp_stack.sandbox.jobs() == []
+    assert sftp_stack.objects() == {"inbox/kept.png": len(png_bytes())}

@@ -378,6 +378,17 @@ def _webhook(storage_secrets: tuple[str, ...]) -> set[tuple[str, str, str]]:
     }
 
 
+def _sftp_sweep() -> set[tuple[str, str, str]]:
+    """triggers/sftp_sweep.py: the SFTP account secret; send_message_batch of each claim to
+    the claims queue (SendMessage), which its event source mapping consumes; backpressure.py
+    re-sends a deferred claim to it (get_queue_url, send_message)."""
+    return {
+        (GET_SECRET, SECRET.format("sftp"), ""),
+        ("sqs:getqueueurl", "${SftpClaimsQueue.Arn}", ""),
+        ("sqs:sendmessage", "${SftpClaimsQueue.Arn}", ""),
+    } | {(action, "${SftpClaimsQueue.Arn}", "") for action in SQS_CONSUME}
+
+
 def _reconciler(storage_secrets: tuple[str, ...]) -> set[tuple[str, str, str]]:
     """reconcile.py: list_objects_v2 on each results prefix (ListBucket, which also turns a
     missing record into 404), get/put_object on records, its cursor and relayed outputs, the
@@ -409,7 +420,7 @@ EXPECTED_ALL_ON = {
        (GET_SECRET, SECRET.format("azure-account"), ""), FEDERATE_TO_AZURE},
     "GcsTriggerFunction": _core(ALL_ON_PREFIX, kms=True)
     | {(GET_SECRET, SECRET.format("gcs-service-account"), "")},
-    "SftpSweepFunction": _core(ALL_ON_PREFIX, kms=True) | {(GET_SECRET, SECRET.format("sftp"), "")},
+    "SftpSweepFunction": _core(ALL_ON_PREFIX, kms=True) | _sftp_sweep(),
     "ReconcilerFunction": _core(ALL_ON_PREFIX, kms=True)
     | _reconciler(("azure-account", "gcs-service-account", "sftp")) | {FEDERATE_TO_AZURE},
 }
@@ -854,7 +865,8 @@ def test_environment_with_every_option_on(
                                "CONVBRIDGE_PUBSUB_AUDIENCE": "convbridge-demo",
                                "CONVBRIDGE_PUBSUB_SERVICE_ACCOUNT":
                                    EVERY_OPTION_ON["PubSubServiceAccount"]} | gcs,
-        "SftpSweepFunction": {"CONVBRIDGE_WEBHOOK_URL": WEBHOOK_URL} | sftp,
+        "SftpSweepFunction": {"CONVBRIDGE_WEBHOOK_URL": WEBHOOK_URL,
+                              "CONVBRIDGE_SFTP_CLAIMS_QUEUE_URL": "${SftpClaimsQueue}"} | sftp,
         "ReconcilerFunction": azure | gcs | sftp,
     }
     for function_id, extra in expected.items():
@@ -976,6 +988,8 @@ def test_function_urls_are_public_and_output(
         "GcsFederatedRoleArns":
             "${GcsTriggerRole.Arn},${WebhookFunctionRole.Arn},${ReconcilerRole.Arn}",
         "SftpSweepFunctionName": "${SftpSweepFunction}",
+        "SftpClaimsQueueUrl": "${SftpClaimsQueue}",
+        "SftpClaimsDeadLetterQueueUrl": "${SftpClaimsDeadLetterQueue}",
         "S3TriggerFunctionName": "${S3TriggerFunction}",
         "ReconcilerFunctionName": "${ReconcilerFunction}",
         "SourceBucket": "${SourceBucket}",
@@ -1084,7 +1098,8 @@ def test_log_groups_and_reserved_concurrency(
             "/aws/lambda/${AWS::StackName}/")
         # The SQS consumers are capped on their event source (below), never by reservation.
         reserved = "ReservedConcurrentExecutions" in properties
-        assert reserved == (function_id not in SQS_CONSUMERS), function_id
+        assert reserved == (function_id not in SQS_CONSUMERS
+                            or function_id in RESERVABLE_CONSUMERS), function_id
     # -1 (the default) leaves every function unreserved.
     for function in _resources(deployed, "AWS::Lambda::Function").values():
         assert "ReservedConcurrentExecutions" not in function["Properties"]
@@ -1125,19 +1140,28 @@ def test_functions_consume_their_queues_with_partial_batch_failures(
     deployed_all: dict[str, Any],
 ) -> None:
     mappings = _event_source_mappings(deployed_all)
-    assert set(mappings) == {"S3TriggerFunction", "WebhookFunction"}
+    assert set(mappings) == {"S3TriggerFunction", "WebhookFunction", "SftpSweepFunction"}
     trigger, webhook = mappings["S3TriggerFunction"], mappings["WebhookFunction"]
+    claims = mappings["SftpSweepFunction"]
+    assert claims["EventSourceArn"] == {"Fn::GetAtt": ["SftpClaimsQueue", "Arn"]}
+    assert claims["BatchSize"] == 10
+    assert 0 < claims["MaximumBatchingWindowInSeconds"] <= 5
     assert trigger["EventSourceArn"] == {"Fn::GetAtt": ["S3EventsQueue", "Arn"]}
     assert trigger["BatchSize"] == 10
     assert 0 < trigger["MaximumBatchingWindowInSeconds"] <= 5
     assert webhook["EventSourceArn"] == {"Fn::GetAtt": ["CompletionQueue", "Arn"]}
     assert webhook["BatchSize"] == 5
-    for mapping in (trigger, webhook):
+    for mapping in (trigger, webhook, claims):
         assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
 
 
 SQS_CONSUMERS = {"S3TriggerFunction": "S3EventsMaxConcurrency",
-                 "WebhookFunction": "CompletionMaxConcurrency"}
+                 "WebhookFunction": "CompletionMaxConcurrency",
+                 "SftpSweepFunction": "SftpClaimsMaxConcurrency"}
+#: consumers that also run on a schedule and keep a reservation parameter of their own; set,
+#: it must exceed the event source's cap (one more for the scheduled run), so the poller is
+#: never throttled
+RESERVABLE_CONSUMERS = {"SftpSweepFunction": "SftpSweepConcurrency"}
 
 
 @pytest.mark.parametrize("which", ["deployed", "deployed_all"])
@@ -1151,8 +1175,14 @@ def test_queue_consumers_are_capped_by_maximum_concurrency_not_reservation(
     params = parameter_values(template, values)
     mappings = _event_source_mappings(template)
     for function_id, parameter in SQS_CONSUMERS.items():
-        assert "ReservedConcurrentExecutions" not in (
-            template["Resources"][function_id]["Properties"]), function_id
+        if function_id not in template["Resources"]:
+            continue  # an optional storage that is off
+        reserved = template["Resources"][function_id]["Properties"].get(
+            "ReservedConcurrentExecutions")
+        if function_id in RESERVABLE_CONSUMERS and reserved is not None:
+            assert int(render(reserved, params)) > int(params[parameter]) + 1, function_id
+        else:
+            assert reserved is None, function_id
         scaling = render(mappings[function_id]["ScalingConfig"], params)
         assert scaling == {"MaximumConcurrency": params[parameter]}, function_id
         assert 2 <= int(params[parameter]) <= 1000
@@ -1206,11 +1236,11 @@ def test_s3_never_invokes_a_function_directly(deployed_all: dict[str, Any]) -> N
                 "InvokedViaFunctionUrl") is True
 
 
-def test_visibility_timeouts_outlast_their_consumers(deployed: dict[str, Any]) -> None:
+def test_visibility_timeouts_outlast_their_consumers(deployed_all: dict[str, Any]) -> None:
     # AWS: at least 6 x the function timeout plus the batching window, or a batch still being
     # worked on is delivered again; SQS caps it at 12 hours.
-    resources = deployed["Resources"]
-    for function, mapping in _event_source_mappings(deployed).items():
+    resources = deployed_all["Resources"]
+    for function, mapping in _event_source_mappings(deployed_all).items():
         timeout = resources[function]["Properties"]["Timeout"]
         queue = resources[mapping["EventSourceArn"]["Fn::GetAtt"][0]]["Properties"]
         window = mapping.get("MaximumBatchingWindowInSeconds", 0)
@@ -1222,6 +1252,7 @@ def test_visibility_timeouts_outlast_their_consumers(deployed: dict[str, Any]) -
 QUEUES_AND_DLQS = {
     "S3EventsQueue": "S3EventsDeadLetterQueue",
     "CompletionQueue": "CompletionDeadLetterQueue",
+    "SftpClaimsQueue": "SftpClaimsDeadLetterQueue",
 }
 
 

@@ -117,11 +117,14 @@ class GcsOptions:
 
 @dataclass(frozen=True)
 class SftpOptions:
-    """Scheduled sweep of an SFTP drop; the host key is pinned."""
+    """Scheduled sweep of an SFTP drop; the host key is pinned. The sweep queues what it
+    claims and submits it from that queue, at most ``claims_max_concurrency`` invocations at
+    once (template.yaml's SftpClaimsMaxConcurrency)."""
 
     secret_arn: str
     host_key: str
     schedule: str = "rate(5 minutes)"
+    claims_max_concurrency: int = 5
 
 
 @dataclass(frozen=True)
@@ -287,6 +290,9 @@ class ConvBridge(Construct):
             _check_secret_arn("sftp.secret_arn", props.sftp.secret_arn)
             if not props.sftp.host_key:
                 raise ValueError("sftp.host_key is required (the host key is pinned)")
+            if props.sftp.claims_max_concurrency not in MAX_CONCURRENCY_RANGE:
+                raise ValueError("sftp.claims_max_concurrency must be 2..1000: "
+                                 f"{props.sftp.claims_max_concurrency!r}")
 
     # --- building blocks -----------------------------------------------------------------
 
@@ -776,24 +782,44 @@ class ConvBridge(Construct):
 
     def _sftp_sweep(self, sftp: SftpOptions) -> None:
         assert self.storage_sdk_layer is not None
+        # 6 x the 300 s timeout plus the 2 s batching window, rounded up (template.yaml)
+        self.sftp_claims_queue, self.sftp_claims_dlq = self._queue_pair(
+            "SftpClaims", Duration.seconds(1860))
+        claims = self.sftp_claims_queue.queue_arn
         role = self._role(
-            "SftpSweepRole", "convbridge SFTP sweep; the SFTP account secret only.",
-            [self._storage_secret_statement([sftp.secret_arn])], "convbridge-sftp-sweep")
+            "SftpSweepRole",
+            "convbridge SFTP sweep; the SFTP account secret and its claims queue only.",
+            [self._storage_secret_statement([sftp.secret_arn]),
+             # each claimed file is handed to the claims queue; a provider's "not now" sends
+             # it again, delayed (convbridge.backpressure)
+             iam.PolicyStatement(sid="QueueClaims",
+                                 actions=["sqs:GetQueueUrl", "sqs:SendMessage"],
+                                 resources=[claims]),
+             iam.PolicyStatement(sid="ConsumeClaims",
+                                 actions=["sqs:ReceiveMessage", "sqs:DeleteMessage",
+                                          "sqs:GetQueueAttributes"],
+                                 resources=[claims])],
+            "convbridge-sftp-sweep")
         function = self._function(
             "sftp_sweep", "SftpSweepFunction", directory="sftp_sweep",
-            description="Sweeps the SFTP drop on a schedule and submits conversion jobs for new "
-                        "files.",
+            description="Sweeps the SFTP drop on a schedule, queues its settled files, and "
+                        "submits them from the queue.",
             role=role, layer=self.storage_sdk_layer,
             log_group=self._log_group("SftpSweepLogGroup", "sftp-sweep"),
             environment={"CONVBRIDGE_WEBHOOK_URL": self.webhook_url.url,
                          "CONVBRIDGE_SFTP_SECRET": sftp.secret_arn,
-                         "CONVBRIDGE_SFTP_HOST_KEY": sftp.host_key},
+                         "CONVBRIDGE_SFTP_HOST_KEY": sftp.host_key,
+                         "CONVBRIDGE_SFTP_CLAIMS_QUEUE_URL": self.sftp_claims_queue.queue_url},
             concurrency=self.props.concurrency.sftp_sweep,
             timeout_seconds=300,
             retry_attempts=0, max_event_age=Duration.seconds(300))
         events.Rule(self, "SftpSweepFunctionSweep", description="convbridge SFTP sweep",
                     schedule=events.Schedule.expression(sftp.schedule),
                     targets=[targets.LambdaFunction(function)])
+        lambda_.EventSourceMapping(
+            self, "SftpSweepFunctionClaims", target=function, event_source_arn=claims,
+            batch_size=10, max_batching_window=Duration.seconds(2),
+            max_concurrency=sftp.claims_max_concurrency, report_batch_item_failures=True)
 
     def _reconciler(self) -> None:
         statements = [
@@ -830,6 +856,8 @@ class ConvBridge(Construct):
         for name, queue, what in (
             ("S3EventsDeadLetterAlarm", self.s3_events_dlq, "convbridge S3 events"),
             ("CompletionDeadLetterAlarm", self.completion_dlq, "convbridge completions"),
+            *([("SftpClaimsDeadLetterAlarm", self.sftp_claims_dlq, "convbridge SFTP claims")]
+              if self.props.sftp else []),
         ):
             alarm = cloudwatch.Alarm(
                 self, name,
@@ -975,6 +1003,11 @@ class ConvBridge(Construct):
         if self.props.sftp:
             self._output("SftpSweepFunctionName", self.functions["sftp_sweep"].function_name,
                          "The scheduled SFTP sweep; invoke it by hand to sweep now.")
+            self._output("SftpClaimsQueueUrl", self.sftp_claims_queue.queue_url,
+                         "Files the SFTP sweep claimed, waiting to be submitted by it.")
+            self._output("SftpClaimsDeadLetterQueueUrl", self.sftp_claims_dlq.queue_url,
+                         "SFTP claims given up on; their files return to the drop after the "
+                         "claim timeout.")
         self._output("S3TriggerFunctionName", self.functions["s3_trigger"].function_name,
                      "The S3 trigger; convbridge retry --stack invokes it with a retry event.")
         self._output("ReconcilerFunctionName", self.functions["reconciler"].function_name,
@@ -1043,7 +1076,8 @@ def props_from_config(config: Mapping[str, Any], code_root: Path = REPO_ROOT) ->
             "serviceAccountSecretArn": "service_account_secret_arn",
             "pushServiceAccount": "push_service_account", "audience": "audience"}),
         sftp=optional("sftp", SftpOptions, {
-            "secretArn": "secret_arn", "hostKey": "host_key", "schedule": "schedule"}),
+            "secretArn": "secret_arn", "hostKey": "host_key", "schedule": "schedule",
+            "claimsMaxConcurrency": "claims_max_concurrency"}),
         reconcile_schedule=config.get("reconcileSchedule", "rate(1 hour)"),
         log_level=config.get("logLevel", "INFO"),
         log_retention_days=int(config.get("logRetentionDays", 30)),
