@@ -22,6 +22,7 @@ from convbridge.errors import ConfigError
 from convbridge.planner import plan_route
 from convbridge.providers import PROVIDERS
 from convbridge.rules import Rule, RuleSet
+from convbridge.settings import environment_count
 from convbridge.storage import STORAGES
 
 FormatFamily = Literal["image", "document", "audio", "video", "archive"]
@@ -447,8 +448,7 @@ def budget_warnings(rules: RuleSet, deployment: Deployment) -> list[str]:
         return []
     running, where = found
     environment = deployment.environment(function)
-    shares = environment.get(TRIGGER_CONCURRENCY_VARIABLE, "1")
-    share_count = int(shares) if shares.isdigit() and int(shares) >= 1 else 1
+    share_count = environment_count(environment.get(TRIGGER_CONCURRENCY_VARIABLE, "1")) or 1
     warnings = []
     for provider in sorted({rule.provider for rule in rules.rules if rule.storage == "s3"}):
         users = ", ".join(r.name for r in rules.rules

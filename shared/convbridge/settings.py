@@ -20,6 +20,23 @@ from convbridge.registries import PROVIDERS
 PREFIX = "CONVBRIDGE_"
 
 
+
+#: the most environments CONVBRIDGE_TRIGGER_CONCURRENCY may name: 1000, AWS's largest
+#: MaximumConcurrency for one event source, is plenty for several
+MAX_ENVIRONMENTS = 1000
+
+
+def environment_count(text: str) -> int | None:
+    """``N`` or ``N+M+...`` (whole numbers), their sum when it is 1 to MAX_ENVIRONMENTS, else
+    None."""
+    terms = text.strip().split("+")
+    if not all(term.strip().isascii() and term.strip().isdigit() and len(term.strip()) <= 6
+               for term in terms):
+        return None
+    total = sum(int(term) for term in terms)
+    return total if 1 <= total <= MAX_ENVIRONMENTS else None
+
+
 @dataclass(frozen=True)
 class Settings:
     rules_location: str
@@ -45,9 +62,11 @@ class Settings:
     #: account's limits; a provider missing here, or a value left out, takes the adapter's
     #: ``default_limits``
     provider_limit_overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    #: CONVBRIDGE_TRIGGER_CONCURRENCY: how many execution environments of this function may
-    #: run at once, each taking an equal share of every provider account's limits (the S3
-    #: trigger: its event source's MaximumConcurrency). Unset, one environment takes all.
+    #: CONVBRIDGE_TRIGGER_CONCURRENCY: how many execution environments that create jobs may
+    #: run at once, each taking an equal share of every provider account's limits: the sum of
+    #: the job-creating event sources' MaximumConcurrency (``5+5``: the S3 trigger's and the
+    #: SFTP claims queue's; CloudFormation cannot add, so the sum is written out). Unset, one
+    #: environment takes all.
     trigger_concurrency: int = 1
     #: an event whose provider says "not now" is sent again after base * 2^(n-1) seconds
     #: (its n-th deferral, at most the max; SQS delays stop at 900 s), and reported as a
@@ -133,6 +152,17 @@ class Settings:
                 problems.append(f"{PREFIX}{name}={value} is outside {low}..{high}")
             return value
 
+        def environments(name: str) -> int:
+            raw = env.get(PREFIX + name)
+            if raw is None or raw.strip() == "":
+                return 1
+            total = environment_count(raw)
+            if total is None:
+                problems.append(f"{PREFIX}{name}={raw!r} is not a count of environments (a "
+                                "whole number, or a sum like 5+5, 1 to 1000 in all)")
+                return 1
+            return total
+
         def url(name: str) -> str | None:
             raw = env.get(PREFIX + name, "").strip() or None
             if raw is not None and urlparse(raw).scheme not in {"http", "https"}:
@@ -206,7 +236,7 @@ class Settings:
                                             30 * 24 * 3600),
             relay_extra_hosts=tuple(relay_extra_hosts),
             provider_limit_overrides=limit_overrides,
-            trigger_concurrency=integer("TRIGGER_CONCURRENCY", 1, 1, 1000),
+            trigger_concurrency=environments("TRIGGER_CONCURRENCY"),
             backpressure_base_seconds=integer("BACKPRESSURE_BASE_SECONDS", 30, 1, 900),
             backpressure_max_seconds=integer("BACKPRESSURE_MAX_SECONDS", 900, 1, 900),
             backpressure_max_deferrals=integer("BACKPRESSURE_MAX_DEFERRALS", 100, 0, 10000),

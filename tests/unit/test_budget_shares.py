@@ -66,7 +66,18 @@ def test_without_a_trigger_concurrency_one_environment_takes_all() -> None:
     assert settings.provider_limits("cloudconvert") == settings.account_limits("cloudconvert")
 
 
-@pytest.mark.parametrize("value", ["0", "1001", "many"])
+def test_the_s3_trigger_and_the_sftp_claims_queue_share_the_account() -> None:
+    # the template writes the sum out (CloudFormation cannot add): 5 + 5 environments at once
+    # of either function, each with a tenth of the account
+    env = {**ENV, "CONVBRIDGE_TRIGGER_CONCURRENCY": "5+5",
+           "CONVBRIDGE_CLOUDCONVERT_MAX_CONCURRENT_JOBS": "20"}
+    settings = Settings.from_env(env)
+    assert settings.trigger_concurrency == 10
+    assert settings.provider_limits("cloudconvert").max_concurrent_jobs == 2
+
+
+@pytest.mark.parametrize("value", ["0", "1001", "many", "5+", "+5", "5+-1", "999+2", "0+0",
+                                   "\u0665"])
 def test_an_unusable_trigger_concurrency_is_reported_at_cold_start(value: str) -> None:
     with pytest.raises(ConfigError, match="CONVBRIDGE_TRIGGER_CONCURRENCY"):
         Settings.from_env({**ENV, "CONVBRIDGE_TRIGGER_CONCURRENCY": value})

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from convbridge.settings import Settings
+from convbridge.settings import Settings, environment_count
 from devstack.template_check import (
     EVERY_OPTION_ON,
     EXISTING_BUCKET,
@@ -855,7 +855,8 @@ def test_environment_with_every_option_on(
         "S3TriggerFunction": {"CONVBRIDGE_WEBHOOK_URL": WEBHOOK_URL,
                               "CONVBRIDGE_GRANT_ROLE_ARN": "${GrantRole.Arn}",
                               "CONVBRIDGE_TRIGGER_CONCURRENCY":
-                                  str(EVERY_OPTION_ON["S3EventsMaxConcurrency"])},
+                                  f"{params_all['S3EventsMaxConcurrency']}+"
+                                  f"{params_all['SftpClaimsMaxConcurrency']}"},
         "WebhookFunction": {"CONVBRIDGE_COMPLETION_QUEUE_URL": "${CompletionQueue}"}
         | azure | gcs | sftp,
         "AzureTriggerFunction": {"CONVBRIDGE_WEBHOOK_URL": WEBHOOK_URL,
@@ -866,7 +867,10 @@ def test_environment_with_every_option_on(
                                "CONVBRIDGE_PUBSUB_SERVICE_ACCOUNT":
                                    EVERY_OPTION_ON["PubSubServiceAccount"]} | gcs,
         "SftpSweepFunction": {"CONVBRIDGE_WEBHOOK_URL": WEBHOOK_URL,
-                              "CONVBRIDGE_SFTP_CLAIMS_QUEUE_URL": "${SftpClaimsQueue}"} | sftp,
+                              "CONVBRIDGE_SFTP_CLAIMS_QUEUE_URL": "${SftpClaimsQueue}",
+                              "CONVBRIDGE_TRIGGER_CONCURRENCY":
+                                  f"{params_all['S3EventsMaxConcurrency']}+"
+                                  f"{params_all['SftpClaimsMaxConcurrency']}"} | sftp,
         "ReconcilerFunction": azure | gcs | sftp,
     }
     for function_id, extra in expected.items():
@@ -1192,23 +1196,32 @@ def test_queue_consumers_are_capped_by_maximum_concurrency_not_reservation(
             "5", "5")
 
 
+JOB_CREATING_CONSUMERS = ("S3TriggerFunction", "SftpSweepFunction")
+
+
 @pytest.mark.parametrize("which", ["deployed", "deployed_all"])
-def test_the_trigger_splits_provider_limits_by_its_maximum_concurrency(
-    request: pytest.FixtureRequest, which: str,
+@pytest.mark.parametrize("changed", [{}, {"S3EventsMaxConcurrency": 7},
+                                     {"SftpClaimsMaxConcurrency": 9}])
+def test_job_creating_consumers_split_provider_limits_by_their_maximum_concurrency(
+    request: pytest.FixtureRequest, which: str, changed: dict[str, int],
 ) -> None:
-    # Each S3 trigger environment takes 1/N of a provider account's limits, N being as many
-    # as its event source may run at once: one number, or the shares sum over the account.
+    # Every environment that creates jobs takes 1/N of a provider account's limits, N being
+    # as many as the job-creating event sources may run at once together: with N any smaller,
+    # the shares would sum over the account.
     template = request.getfixturevalue(which)
-    params = parameter_values(template, ALL_ON if which == "deployed_all" else DEFAULTS)
-    function = template["Resources"]["S3TriggerFunction"]["Properties"]
-    variables = render(function["Environment"]["Variables"], params)
-    scaling = render(_event_source_mappings(template)["S3TriggerFunction"]["ScalingConfig"],
-                     params)
-    assert variables["CONVBRIDGE_TRIGGER_CONCURRENCY"] == scaling["MaximumConcurrency"]
-    changed = parameter_values(template, {**(ALL_ON if which == "deployed_all" else DEFAULTS),
-                                          "S3EventsMaxConcurrency": 7})
-    assert render(function["Environment"]["Variables"], changed)[
-        "CONVBRIDGE_TRIGGER_CONCURRENCY"] == "7"
+    params = parameter_values(template, {**(ALL_ON if which == "deployed_all" else DEFAULTS),
+                                         **changed})
+    mappings = _event_source_mappings(template)
+    running = sum(int(render(mappings[name]["ScalingConfig"], params)["MaximumConcurrency"])
+                  for name in JOB_CREATING_CONSUMERS if name in mappings)
+    consumers = [name for name in JOB_CREATING_CONSUMERS if name in mappings]
+    assert consumers == (list(JOB_CREATING_CONSUMERS) if which == "deployed_all"
+                         else ["S3TriggerFunction"])
+    for name in consumers:
+        function = template["Resources"][name]["Properties"]
+        shares = render(function["Environment"]["Variables"], params)[
+            "CONVBRIDGE_TRIGGER_CONCURRENCY"]
+        assert environment_count(shares) == running, (name, shares)
 
 
 @pytest.mark.parametrize("parameter", sorted(SQS_CONSUMERS.values()))

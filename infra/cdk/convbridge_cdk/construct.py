@@ -146,8 +146,9 @@ MAX_CONCURRENCY_RANGE = range(2, 1001)
 class QueueConcurrency:
     """Most invocations at once per SQS event source (ScalingConfig.MaximumConcurrency): a cap
     that, unlike reserved concurrency, never throttles messages into the dead-letter queue.
-    ``s3_events`` is also how many S3 trigger environments share each provider account's
-    limits (CONVBRIDGE_TRIGGER_CONCURRENCY); the default matches CloudConvert's default 5."""
+    ``s3_events``, with the SFTP claims queue's cap, is also how many job-creating
+    environments share each provider account's limits (CONVBRIDGE_TRIGGER_CONCURRENCY); the
+    default matches CloudConvert's default 5."""
 
     s3_events: int = 5
     completions: int = 5
@@ -723,11 +724,9 @@ class ConvBridge(Construct):
             description="Matches new S3 objects against the rules and submits conversion jobs.",
             role=role, layer=self.shared_layer,
             log_group=self._log_group("S3TriggerLogGroup", "s3-trigger"),
-            # as many environments as the event source runs at once split each provider
-            # account's limits between them (convbridge.budget.environment_share)
             environment={"CONVBRIDGE_WEBHOOK_URL": self.webhook_url.url,
                          "CONVBRIDGE_GRANT_ROLE_ARN": grant_role.role_arn,
-                         "CONVBRIDGE_TRIGGER_CONCURRENCY": str(props.queue_concurrency.s3_events)},
+                         "CONVBRIDGE_TRIGGER_CONCURRENCY": self._job_creating_environments()},
             concurrency=None)
         function.node.add_dependency(assume)
         lambda_.EventSourceMapping(
@@ -735,6 +734,15 @@ class ConvBridge(Construct):
             event_source_arn=self.s3_events_queue.queue_arn, batch_size=10,
             max_batching_window=Duration.seconds(2),
             max_concurrency=props.queue_concurrency.s3_events, report_batch_item_failures=True)
+
+    def _job_creating_environments(self) -> str:
+        """How many environments of the job-creating queue consumers run at once (the S3
+        trigger's and, with SFTP, the claims queue's MaximumConcurrency): each takes that share
+        of every provider account's limits (convbridge.budget.environment_share)."""
+        total = self.props.queue_concurrency.s3_events
+        if self.props.sftp is not None:
+            total += self.props.sftp.claims_max_concurrency
+        return str(total)
 
     def _azure_trigger(self, azure: AzureOptions) -> None:
         assert self.storage_sdk_layer is not None
@@ -809,7 +817,8 @@ class ConvBridge(Construct):
             environment={"CONVBRIDGE_WEBHOOK_URL": self.webhook_url.url,
                          "CONVBRIDGE_SFTP_SECRET": sftp.secret_arn,
                          "CONVBRIDGE_SFTP_HOST_KEY": sftp.host_key,
-                         "CONVBRIDGE_SFTP_CLAIMS_QUEUE_URL": self.sftp_claims_queue.queue_url},
+                         "CONVBRIDGE_SFTP_CLAIMS_QUEUE_URL": self.sftp_claims_queue.queue_url,
+                         "CONVBRIDGE_TRIGGER_CONCURRENCY": self._job_creating_environments()},
             concurrency=self.props.concurrency.sftp_sweep,
             timeout_seconds=300,
             retry_attempts=0, max_event_age=Duration.seconds(300))
