@@ -130,7 +130,9 @@ class ProviderBudget:
             if len(self._sent) == self._per_window:
                 turn = max(turn, self._sent[0] + self._window)
             wait = turn - now
-            if wait > self._patience_now():
+            # a request whose turn is now never waits, however little time is left: the
+            # budget is not the invocation's deadline (the HTTP layer keeps that)
+            if wait > 0 and wait > self._patience_now():
                 raise ProviderBusy(f"{self.name}: over the bridge's budget of "
                                    f"{self.limits.requests_per_second:g} requests per second",
                                    retry_after=wait)

@@ -17,6 +17,7 @@ from convbridge.budget import (
     oversubscribed,
 )
 from convbridge.errors import ConfigError, ProviderBusy
+from convbridge.http import deadline_from
 from convbridge.settings import Settings
 
 ENV = {"CONVBRIDGE_RULES": "r.yaml", "CONVBRIDGE_CONTEXT_SECRET": "c",
@@ -135,3 +136,15 @@ def test_a_hold_past_the_patience_defers_at_once() -> None:
         budget.pace()
     assert refused.value.retry_after == pytest.approx(30.0)
     assert clock.now == 0.0
+
+
+def test_a_request_whose_turn_is_now_goes_out_even_near_the_deadline() -> None:
+    # An invocation with less than the HTTP layer's safety margin left still sends a request
+    # that needs no wait: "over the budget" would be a false report of a busy provider.
+    clock = _Clock()
+    budget = ProviderBudget("p", ProviderLimits(5, 10.0), clock=clock, sleep=clock.sleep)
+    with deadline_from(lambda: 500):
+        budget.pace()
+        with pytest.raises(ProviderBusy):  # one that would have to wait is still refused
+            for _ in range(20):
+                budget.pace()

@@ -738,11 +738,12 @@ class ConvBridge(Construct):
     def _job_creating_environments(self) -> str:
         """How many environments of the job-creating queue consumers run at once (the S3
         trigger's and, with SFTP, the claims queue's MaximumConcurrency): each takes that share
-        of every provider account's limits (convbridge.budget.environment_share)."""
-        total = self.props.queue_concurrency.s3_events
+        of every provider account's limits (convbridge.budget.environment_share). Written as
+        the sum, as the template must (CloudFormation cannot add), so both synthesize alike."""
+        caps = [self.props.queue_concurrency.s3_events]
         if self.props.sftp is not None:
-            total += self.props.sftp.claims_max_concurrency
-        return str(total)
+            caps.append(self.props.sftp.claims_max_concurrency)
+        return "+".join(str(cap) for cap in caps)
 
     def _azure_trigger(self, azure: AzureOptions) -> None:
         assert self.storage_sdk_layer is not None
