@@ -12,18 +12,9 @@ from typing import Any
 from convbridge.model import Grant, GrantKind, ObjectRef
 from convbridge.pipeline import submit
 from convbridge.testing import MemoryStorage, memory_bridge
+from tests.memory_rules import PNG_TO_PDF
 
-RULES = """
-version: 1
-rules:
-  - name: png-to-pdf
-    match: {storage: s3, location: bucket, prefix: inbox/, suffixes: [.png]}
-    convert: {to: pdf}
-    provider: cloudconvert
-    outputs: outbox/
-    results: results/
-    failures: failures/
-"""
+RULES = PNG_TO_PDF
 
 ReadGrant = Callable[[ObjectRef, int, GrantKind], Grant]
 

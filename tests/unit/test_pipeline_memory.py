@@ -23,20 +23,10 @@ from convbridge.errors import (
 from convbridge.model import Grant, JobSpec, ObjectRef
 from convbridge.pipeline import accept, complete, settle, submit, submit_all
 from convbridge.testing import MemoryClaims, MemoryStorage, ScriptedProvider, memory_bridge
+from tests.memory_rules import PNG_TO_PDF
 
 BUCKET = "bucket"
-RULES = """
-version: 1
-rules:
-  - name: png-to-pdf
-    match: {storage: s3, location: bucket, prefix: inbox/, suffixes: [.png]}
-    convert: {to: pdf}
-    provider: cloudconvert
-    outputs: outbox/
-    results: results/
-    failures: failures/
-    max_size_bytes: 100
-"""
+RULES = PNG_TO_PDF + "    max_size_bytes: 100\n"
 
 
 @pytest.fixture

@@ -23,18 +23,9 @@ from convbridge.model import ObjectRef
 from convbridge.reconcile import CURSOR_PREFIX, _context, reconcile
 from convbridge.records import ResultRecord
 from convbridge.rules import parse_rules
+from tests.memory_rules import PNG_TO_PDF
 
-RULES = parse_rules("""\
-version: 1
-rules:
-  - name: images-to-pdf
-    match: {storage: s3, location: bucket, prefix: inbox/, suffixes: [.png]}
-    convert: {to: pdf}
-    provider: cloudconvert
-    outputs: outbox/
-    results: results/
-    failures: failures/
-""")
+RULES = parse_rules(PNG_TO_PDF)
 RULE = RULES.rules[0]
 #: key segments as users name files: letters, digits, spaces and a little punctuation
 SEGMENT = st.text(st.characters(whitelist_categories=("L", "N"), whitelist_characters=" -_()"),

@@ -14,10 +14,10 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import botocore.exceptions
 from botocore.config import Config
@@ -358,26 +358,17 @@ class S3Storage(Storage):
     def read_revision(self, location: str, key: str) -> tuple[bytes, str] | None:
         """One GetObject: its ETag is what If-Match compares (``stat`` names the VersionId
         in a versioned bucket)."""
-        try:
+        def read() -> tuple[bytes, str]:
             answer = self._s3.get_object(Bucket=location, Key=key)
-            data = answer["Body"].read()
-        except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
-                return None
-            raise StorageError(f"cannot read s3://{location}/{key}: {_describe(exc)}") from exc
-        except botocore.exceptions.BotoCoreError as exc:
-            raise StorageError(f"cannot read s3://{location}/{key}: {exc}") from exc
-        return bytes(data), str(answer.get("ETag", ""))
+            return bytes(answer["Body"].read()), str(answer.get("ETag", ""))
+
+        return _unless_missing(read, f"cannot read s3://{location}/{key}")
 
     def stat(self, location: str, key: str) -> ObjectRef | None:
-        try:
-            head = self._s3.head_object(Bucket=location, Key=key)
-        except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
-                return None
-            raise StorageError(f"cannot stat s3://{location}/{key}: {_describe(exc)}") from exc
-        except botocore.exceptions.BotoCoreError as exc:
-            raise StorageError(f"cannot stat s3://{location}/{key}: {exc}") from exc
+        head = _unless_missing(lambda: self._s3.head_object(Bucket=location, Key=key),
+                               f"cannot stat s3://{location}/{key}")
+        if head is None:
+            return None
         version = head.get("VersionId") or str(head.get("ETag", "")).strip('"') or None
         return ObjectRef(
             storage=self.name, location=location, key=key, version=version,
@@ -477,6 +468,9 @@ def _collision(location: str, key: str) -> OutputCollision:
                            "output was written; it was left as it is")
 
 
+#: what _unless_missing returns when the object is there
+Found = TypeVar("Found")
+
 #: what botocore raises for a request that failed: no answer (BotoCoreError) or AWS's refusal
 #: (ClientError)
 _AWS_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
@@ -489,6 +483,23 @@ def _aws_errors(doing: str, error: type[StorageError] = StorageError) -> Iterato
         yield
     except _AWS_ERRORS as exc:
         raise error(f"{doing}: {_describe(exc)}") from exc
+
+
+#: the codes S3 answers for an object that is not there (GetObject, HeadObject)
+_MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
+def _unless_missing(call: Callable[[], Found], doing: str) -> Found | None:
+    """``call()``'s answer, or None when the object is not there; any other error of
+    botocore's as StorageError, saying what was being done."""
+    try:
+        return call()
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in _MISSING:
+            return None
+        raise StorageError(f"{doing}: {_describe(exc)}") from exc
+    except botocore.exceptions.BotoCoreError as exc:
+        raise StorageError(f"{doing}: {exc}") from exc
 
 
 def _describe(exc: BaseException) -> str:
