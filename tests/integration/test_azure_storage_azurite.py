@@ -25,6 +25,7 @@ from convbridge.storage import azure_blob
 from convbridge.storage.azure_blob import AzureBlobStorage
 from devstack.servers import ServerStartError
 from devstack.servers_azure import ACCOUNT_KEY, ACCOUNT_NAME, AzuriteServer
+from tests.conditional_writes import check_conditional_record_writes
 
 SMALL_BLOCK = 64 * 1024
 
@@ -213,14 +214,4 @@ def test_a_blob_appearing_during_a_staged_output_is_left_alone(
 
 def test_a_create_only_record_write_is_refused_once_a_record_exists(
         storage: AzureBlobStorage, where: str) -> None:
-    storage.write_json(where, "results/once.json", {"n": 1}, marker="r", if_absent=True)
-    with pytest.raises(StaleWrite):
-        storage.write_json(where, "results/once.json", {"n": 2}, marker="r", if_absent=True)
-    data, revision = storage.read_revision(where, "results/once.json") or (b"", "")
-    assert json.loads(data) == {"n": 1}
-    # replacing exactly what was read, once: a second writer of that revision loses
-    storage.write_json(where, "results/once.json", {"n": 3}, marker="r", if_revision=revision)
-    with pytest.raises(StaleWrite):
-        storage.write_json(where, "results/once.json", {"n": 4}, marker="r", if_revision=revision)
-    assert json.loads(storage.read_bytes(where, "results/once.json")) == {"n": 3}
-    assert storage.read_revision(where, "results/none.json") is None
+    check_conditional_record_writes(storage, where)

@@ -63,6 +63,7 @@ from devstack.harness.gcs import (
 from devstack.servers import RELAY_EXTRA_HOSTS, ServerStartError
 from devstack.servers_gcs import FakeGcsServer
 from devstack.stack import DevStack
+from tests.conditional_writes import check_conditional_record_writes
 from tests.conftest import png_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -611,15 +612,4 @@ def test_an_object_appearing_during_a_resumable_output_is_left_alone(bucket: Buc
 
 
 def test_a_create_only_record_write_is_refused_once_a_record_exists(bucket: Bucket) -> None:
-    gcs, name = bucket.gcs, bucket.name
-    gcs.write_json(name, "results/once.json", {"n": 1}, marker="r", if_absent=True)
-    with pytest.raises(StaleWrite):
-        gcs.write_json(name, "results/once.json", {"n": 2}, marker="r", if_absent=True)
-    data, revision = gcs.read_revision(name, "results/once.json") or (b"", "")
-    assert json.loads(data) == {"n": 1}
-    # replacing exactly what was read, once: a second writer of that revision loses
-    gcs.write_json(name, "results/once.json", {"n": 3}, marker="r", if_revision=revision)
-    with pytest.raises(StaleWrite):
-        gcs.write_json(name, "results/once.json", {"n": 4}, marker="r", if_revision=revision)
-    assert json.loads(gcs.read_bytes(name, "results/once.json")) == {"n": 3}
-    assert gcs.read_revision(name, "results/none.json") is None
+    check_conditional_record_writes(bucket.gcs, bucket.name)

@@ -21,6 +21,7 @@ from convbridge.errors import OutputCollision, StaleWrite
 from convbridge.model import OUTPUT_MARKER, SOURCE_TAG, source_tag
 from convbridge.storage.s3 import PART_SIZE, READ_CHUNK, S3_CLIENT_CONFIG, S3Storage
 from devstack.servers import MotoServer, ServerStartError
+from tests.conditional_writes import check_conditional_record_writes
 
 BUCKET = "convbridge-moto"
 
@@ -256,14 +257,4 @@ def test_an_object_appearing_during_a_multipart_output_is_left_alone(
 
 
 def test_a_create_only_record_write_is_refused_once_a_record_exists(storage: S3Storage) -> None:
-    storage.write_json(BUCKET, "results/once.json", {"n": 1}, marker="r", if_absent=True)
-    with pytest.raises(StaleWrite):
-        storage.write_json(BUCKET, "results/once.json", {"n": 2}, marker="r", if_absent=True)
-    data, revision = storage.read_revision(BUCKET, "results/once.json") or (b"", "")
-    assert json.loads(data) == {"n": 1}
-    # replacing exactly what was read, once: a second writer of that revision loses
-    storage.write_json(BUCKET, "results/once.json", {"n": 3}, marker="r", if_revision=revision)
-    with pytest.raises(StaleWrite):
-        storage.write_json(BUCKET, "results/once.json", {"n": 4}, marker="r", if_revision=revision)
-    assert json.loads(storage.read_bytes(BUCKET, "results/once.json")) == {"n": 3}
-    assert storage.read_revision(BUCKET, "results/none.json") is None
+    check_conditional_record_writes(storage, BUCKET)

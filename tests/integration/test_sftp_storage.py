@@ -4,7 +4,6 @@ key refusal and grants. A server that cannot start fails these tests; it never s
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import stat
@@ -24,6 +23,7 @@ from convbridge.storage.sftp import (
     SftpStorage,
 )
 from devstack.servers_sftp import DROP, SftpServer, new_key, openssh_available
+from tests.conditional_writes import check_conditional_record_writes
 
 BACKENDS = ["openssh", "asyncssh"] if openssh_available() is None else ["asyncssh"]
 
@@ -370,15 +370,6 @@ def test_a_picked_port_taken_before_sshd_binds_it_is_picked_again() -> None:
 
 def test_a_create_only_record_write_is_refused_once_a_record_exists(server: SftpServer) -> None:
     drop, location = storage_for(server), server.location
-    drop.write_json(location, "results/once.json", {"n": 1}, marker="r", if_absent=True)
-    with pytest.raises(StaleWrite):
-        drop.write_json(location, "results/once.json", {"n": 2}, marker="r", if_absent=True)
-    data, revision = drop.read_revision(location, "results/once.json") or (b"", "")
-    assert json.loads(data) == {"n": 1}
-    drop.write_json(location, "results/once.json", {"n": 3}, marker="r", if_revision=revision)
-    with pytest.raises(StaleWrite):
-        drop.write_json(location, "results/once.json", {"n": 4}, marker="r",
-                        if_revision=revision)
-    assert json.loads(drop.read_bytes(location, "results/once.json")) == {"n": 3}
-    assert drop.read_revision(location, "results/none.json") is None
+    check_conditional_record_writes(drop, location)
+    # no temporary file of the refused writes is left beside the record
     assert [name for name in drop.list_keys(location, "results/") if "once" not in name] == []
